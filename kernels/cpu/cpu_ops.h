@@ -1,0 +1,40 @@
+/* CPU backend: the kernels behind kernels/ops.h.
+ *
+ * kn_cpu_<op> take the same arguments as kn_<op>, already checked by ops.c
+ * (shapes agree, activations F32 and contiguous), so they only compute.
+ * The raw GEMM is shared by every op that reduces to a matrix product
+ * (linear layers, attention tiles, convolutions via im2col).
+ * Naive reference twins (kn_ref_*) are the readable math; tests compare
+ * the fast kernels against them. */
+#ifndef KN_CPU_OPS_H
+#define KN_CPU_OPS_H
+
+#include "kernels/ops.h"
+
+/* C[M,N] = A[M,K] . op(B) + beta * C, row-major, F32. op(B) = B[K,N] when
+ * !trans_b, B[N,K]^T when trans_b. Threads internally (call from one thread),
+ * or single-threaded when called inside an OpenMP parallel region. */
+int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int trans_b,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc, kn_err *err);
+
+int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
+int kn_cpu_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
+int kn_cpu_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b,
+                     float eps);
+int kn_cpu_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
+int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                     const kn_tensor *key_mask, int causal, float scale);
+int kn_cpu_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
+int kn_cpu_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
+int kn_cpu_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);
+int kn_cpu_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t);
+int kn_cpu_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift, const kn_tensor *scale);
+int kn_cpu_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate);
+
+/* Naive references (single-threaded, obviously correct). */
+void kn_ref_linear(float *y, const float *x, const float *w, const float *bias, int64_t M, int64_t N, int64_t K);
+void kn_ref_attention(float *out, const float *q, const float *k, const float *v, const float *key_mask,
+                      int causal, float scale, int64_t B, int64_t Lq, int64_t Lk, int64_t Hq, int64_t Hkv,
+                      int64_t D);
+
+#endif

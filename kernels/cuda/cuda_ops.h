@@ -1,0 +1,40 @@
+/* CUDA backend: the kernels behind kernels/ops.h, for tensors on KN_DEV_CUDA.
+ *
+ * kn_cuda_<op> take the same arguments as kn_<op>, already checked by ops.c.
+ * Compiled only when nvcc is found (KN_HAVE_CUDA). Without a GPU every entry
+ * point fails cleanly with KN_ERR_BACKEND and the CUDA runtime's reason. */
+#ifndef KN_CUDA_OPS_H
+#define KN_CUDA_OPS_H
+
+#include <stddef.h>
+
+#include "kernels/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int kn_cuda_device_count(char *why, size_t why_len);
+void *kn_cuda_malloc(size_t bytes, kn_err *err);
+void kn_cuda_free(void *p);
+int kn_cuda_memcpy(void *dst, int dst_on_device, const void *src, int src_on_device, size_t bytes, kn_err *err);
+
+int kn_cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
+int kn_cuda_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
+int kn_cuda_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b,
+                      float eps);
+int kn_cuda_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
+int kn_cuda_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                      const kn_tensor *key_mask, int causal, float scale);
+int kn_cuda_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
+int kn_cuda_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
+int kn_cuda_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);
+int kn_cuda_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t);
+int kn_cuda_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift, const kn_tensor *scale);
+int kn_cuda_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,91 @@
+/* kn ops: the tensor operations every model is built from.
+ *
+ * One entry point per op. Each checks shapes and dtypes (errors name the
+ * tensors), then dispatches on the device of its output to the CPU kernel
+ * (kernels/cpu/) or the CUDA kernel (kernels/cuda/). Kernels themselves assume
+ * checked input. A DiT block and an LLM layer call the same functions.
+ *
+ * Conventions
+ *  - Activations are contiguous and row-major; on CPU they are F32.
+ *  - Weights may be F32, BF16, F16, F8_E4M3 or F8_E5M2 (with tensor->scale);
+ *    they are never converted as a whole: GEMM widens them panel by panel.
+ *  - Outputs may alias inputs where noted ("in place allowed").
+ *  - Errors go to ctx->err; every op returns KN_OK or an error code.
+ */
+#ifndef KN_OPS_H
+#define KN_OPS_H
+
+#include "kernels/tensor.h"
+
+typedef enum kn_precision {
+    KN_PREC_FP32 = 0, /* f32 GEMM inputs: weights widened exactly, per panel */
+    KN_PREC_BF16,     /* activations rounded to bf16, bf16 weights, f32 accumulation */
+    KN_PREC_FP16,     /* same with fp16 (CUDA only; CPU falls back to FP32) */
+} kn_precision;
+
+typedef struct kn_ctx {
+    kn_device device;
+    kn_precision precision;
+    kn_arena *scratch; /* op temporaries; each op restores the mark it found */
+    kn_err err;
+} kn_ctx;
+
+int kn_ctx_init(kn_ctx *ctx, kn_device dev, kn_precision prec);
+void kn_ctx_free(kn_ctx *ctx);
+int kn_precision_parse(const char *s, kn_precision *out); /* "fp32" | "bf16" | "fp16" */
+
+/* y[..., N] = x[..., K] @ w[N, K]^T (+ bias[N]). bias may be NULL. */
+int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
+
+/* Over the last dim D. w (and b) are [D] or NULL (no affine). In place allowed. */
+int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
+int kn_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                 const kn_tensor *b, float eps);
+
+typedef enum kn_rope_mode {
+    KN_ROPE_INTERLEAVED, /* pairs (x[2i], x[2i+1]): Flux, Qwen-Image, Z-Image DiTs */
+    KN_ROPE_HALF,        /* pairs (x[i], x[i+D/2]), "rotate_half": Llama/Qwen LLMs */
+} kn_rope_mode;
+/* In place on x [B, L, H, D]; cos and sin are F32 [L, D/2] (pair i uses column i). */
+int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
+
+/* Scaled dot-product attention.
+ *   q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D], out [B, Lq, Hq, D]; Hq % Hkv == 0
+ *   (query head h reads kv head h / (Hq / Hkv)).
+ *   key_mask: NULL or F32 [B, Lk] added to every score of that key (0 keep, -inf/-big drop).
+ *   causal: query i sees keys j <= i (Lq == Lk).
+ * The CPU kernel is tiled with an online softmax: no Lq x Lk buffer. */
+int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k,
+                 const kn_tensor *v, const kn_tensor *key_mask, int causal, float scale);
+
+typedef enum kn_act {
+    KN_ACT_SILU,       /* x * sigmoid(x) */
+    KN_ACT_GELU_TANH,  /* 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
+    KN_ACT_GELU_ERF,   /* 0.5x(1 + erf(x / sqrt 2)) */
+    KN_ACT_QUICK_GELU, /* x * sigmoid(1.702x) */
+} kn_act;
+/* Elementwise, in place allowed. */
+int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
+/* Softmax over the last dim, in place allowed. */
+int kn_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
+
+typedef enum kn_binop { KN_ADD, KN_SUB, KN_MUL } kn_binop;
+/* y = a op b, b broadcast over a: each dim of b equals a's or is 1 (ndims
+ * aligned from the right). y has a's shape; in place (y == a) allowed. */
+int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);
+/* y = x * s + t (scalars), in place allowed. */
+int kn_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t);
+
+/* DiT modulation. x, y [B, L, D]; shift, scale, gate [B, D] rows of a larger
+ * F32 tensor are fine (their row stride is st[0]).
+ *   kn_modulate:  y = x * (1 + scale) + shift        (in place allowed)
+ *   kn_gate_add:  acc += gate * x                     */
+int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift,
+                const kn_tensor *scale);
+int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate);
+
+/* Weights of any float dtype to an F32 tensor in ctx->scratch (small tensors:
+ * norm weights, biases, embeddings rows). */
+int kn_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w);
+
+#endif

@@ -1,0 +1,45 @@
+/* kn_st: safetensors files, memory-mapped and fully validated.
+ *
+ * Format: 8-byte little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, ...,
+ *    "__metadata__": {"k": "v"}}
+ * then the data region; offsets are relative to its start.
+ *
+ * kn_st_open rejects, with a message naming the file and tensor: a header length
+ * that overflows or exceeds the file or KN_ST_MAX_HEADER, JSON that is not valid
+ * UTF-8 or has duplicate names, unknown dtypes, shapes whose byte count
+ * overflows or differs from the offsets, offsets outside the data region,
+ * overlapping tensors. Tensors point into the mapping (no copy) and stay valid
+ * until kn_st_close. */
+#ifndef KN_SAFETENSORS_H
+#define KN_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/tensor.h"
+
+#define KN_ST_MAX_HEADER ((uint64_t)100 << 20) /* the format's own 100 MB cap */
+
+typedef struct kn_st_file kn_st_file;
+
+int kn_st_open(kn_st_file **out, const char *path, kn_err *err);
+/* Parse from memory (the buffer must outlive the file object; used by fuzzing). */
+int kn_st_open_memory(kn_st_file **out, const void *buf, size_t len, const char *label, kn_err *err);
+void kn_st_close(kn_st_file *f);
+
+const char *kn_st_path(const kn_st_file *f);
+int kn_st_count(const kn_st_file *f);
+const kn_tensor *kn_st_at(const kn_st_file *f, int i);   /* in file order */
+const kn_tensor *kn_st_find(const kn_st_file *f, const char *name); /* NULL if absent */
+/* Like kn_st_find but an absent name is an error naming the file. For a
+ * "<x>.weight" stored as fp8 with a sibling "<x>.scale_weight", out->scale is
+ * set from it (ComfyUI "fp8_scaled" checkpoints). */
+int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err);
+/* Value of a __metadata__ string, or NULL. */
+const char *kn_st_metadata(const kn_st_file *f, const char *key);
+
+/* Write tensors (CPU, contiguous) to a new file; names from t[i].name. */
+int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err);
+
+#endif

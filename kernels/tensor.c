@@ -1,0 +1,234 @@
+#include "kernels/tensor.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/device.h"
+
+kn_tensor kn_tensor_make(kn_dtype dtype, kn_device dev, void *data, int ndim, const int64_t *ne) {
+    kn_tensor t;
+    memset(&t, 0, sizeof t);
+    t.dtype = dtype;
+    t.device = dev;
+    t.ndim = ndim;
+    t.data = data;
+    t.scale = 1.0f;
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t.ne[i] = ne[i];
+        t.st[i] = s;
+        s *= ne[i];
+    }
+    return t;
+}
+
+static int checked_nbytes(kn_dtype dtype, int ndim, const int64_t *ne, size_t *out) {
+    size_t n = kn_dtype_size(dtype);
+    for (int i = 0; i < ndim; i++) {
+        if (ne[i] < 0 || kn_mul_size(n, (size_t)ne[i], &n)) return 1;
+    }
+    *out = n;
+    return 0;
+}
+
+int kn_tensor_new(kn_tensor *t, kn_dtype dtype, kn_device dev, int ndim, const int64_t *ne, kn_err *err) {
+    size_t bytes;
+    if (ndim < 0 || ndim > KN_MAX_DIMS || checked_nbytes(dtype, ndim, ne, &bytes))
+        return kn_fail(err, KN_ERR_NOMEM, "tensor size overflows (ndim %d)", ndim);
+    void *p = kn_device_alloc(dev, bytes ? bytes : 1, err);
+    if (!p) return err->code;
+    *t = kn_tensor_make(dtype, dev, p, ndim, ne);
+    return KN_OK;
+}
+
+void kn_tensor_free(kn_tensor *t) {
+    if (!t || !t->data) return;
+    kn_device_free(t->device, t->data);
+    t->data = NULL;
+}
+
+int64_t kn_tensor_numel(const kn_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->ne[i];
+    return n;
+}
+
+size_t kn_tensor_nbytes(const kn_tensor *t) { return (size_t)kn_tensor_numel(t) * kn_dtype_size(t->dtype); }
+
+int kn_tensor_is_contiguous(const kn_tensor *t) {
+    int64_t s = 1;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        if (t->ne[i] != 1 && t->st[i] != s) return 0;
+        s *= t->ne[i];
+    }
+    return 1;
+}
+
+int64_t kn_tensor_rows(const kn_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i + 1 < t->ndim; i++) n *= t->ne[i];
+    return n;
+}
+
+int kn_tensor_reshape(kn_tensor *out, const kn_tensor *t, int ndim, const int64_t *ne, kn_err *err) {
+    char a[96];
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= ne[i];
+    if (ndim > KN_MAX_DIMS || n != kn_tensor_numel(t) || !kn_tensor_is_contiguous(t))
+        return kn_fail(err, KN_ERR_SHAPE, "cannot reshape %s %s to %d dims of %lld elements",
+                       t->name ? t->name : "tensor", kn_tensor_desc(t, a, sizeof a), ndim, (long long)n);
+    kn_tensor r = kn_tensor_make(t->dtype, t->device, t->data, ndim, ne);
+    r.scale = t->scale;
+    r.name = t->name;
+    *out = r;
+    return KN_OK;
+}
+
+int kn_tensor_slice(kn_tensor *out, const kn_tensor *t, int dim, int64_t start, int64_t len, kn_err *err) {
+    char a[96];
+    if (dim < 0 || dim >= t->ndim || start < 0 || len < 0 || start + len > t->ne[dim])
+        return kn_fail(err, KN_ERR_SHAPE, "slice [%lld, %lld) of dim %d is outside %s %s", (long long)start,
+                       (long long)(start + len), dim, t->name ? t->name : "tensor",
+                       kn_tensor_desc(t, a, sizeof a));
+    kn_tensor r = *t;
+    r.ne[dim] = len;
+    r.data = (char *)t->data + (size_t)(start * t->st[dim]) * kn_dtype_size(t->dtype);
+    *out = r;
+    return KN_OK;
+}
+
+const char *kn_tensor_desc(const kn_tensor *t, char *buf, size_t len) {
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, len - o, "[");
+    for (int i = 0; i < t->ndim && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, i ? ", %lld" : "%lld", (long long)t->ne[i]);
+    if (o < len) snprintf(buf + o, len - o, "] %s", kn_dtype_name(t->dtype));
+    return buf;
+}
+
+int kn_tensor_expect(const kn_tensor *t, const char *what, int ndim, const int64_t *ne, kn_err *err) {
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = ne[i] < 0 || ne[i] == t->ne[i];
+    if (ok) return KN_OK;
+    char got[96], want[96];
+    size_t o = (size_t)snprintf(want, sizeof want, "[");
+    for (int i = 0; i < ndim && o < sizeof want; i++) {
+        if (ne[i] < 0) o += (size_t)snprintf(want + o, sizeof want - o, i ? ", *" : "*");
+        else o += (size_t)snprintf(want + o, sizeof want - o, i ? ", %lld" : "%lld", (long long)ne[i]);
+    }
+    if (o < sizeof want) snprintf(want + o, sizeof want - o, "]");
+    return kn_fail(err, KN_ERR_SHAPE, "%s%s%s has shape %s, expected %s", what,
+                   t->name ? " " : "", t->name ? t->name : "", kn_tensor_desc(t, got, sizeof got), want);
+}
+
+int kn_tensor_copy(kn_tensor *dst, const kn_tensor *src, kn_err *err) {
+    char a[96], b[96];
+    if (kn_tensor_numel(dst) != kn_tensor_numel(src) || !kn_tensor_is_contiguous(dst) ||
+        !kn_tensor_is_contiguous(src))
+        return kn_fail(err, KN_ERR_SHAPE, "copy %s -> %s: sizes differ or not contiguous",
+                       kn_tensor_desc(src, a, sizeof a), kn_tensor_desc(dst, b, sizeof b));
+    size_t n = (size_t)kn_tensor_numel(src);
+    if (dst->dtype == src->dtype && src->scale == 1.0f)
+        return kn_device_memcpy(dst->device, dst->data, src->device, src->data, kn_tensor_nbytes(src), err);
+    if (dst->device != KN_DEV_CPU || src->device != KN_DEV_CPU)
+        return kn_fail(err, KN_ERR_UNSUPPORTED, "dtype-converting copy %s -> %s needs both on CPU",
+                       kn_tensor_desc(src, a, sizeof a), kn_tensor_desc(dst, b, sizeof b));
+    if (dst->dtype == KN_F32) {
+        kn_to_f32(dst->data, src->data, src->dtype, n, src->scale);
+        return KN_OK;
+    }
+    if (src->dtype == KN_F32 && src->scale == 1.0f && kn_dtype_is_float(dst->dtype)) {
+        kn_from_f32(dst->data, dst->dtype, src->data, n);
+        return KN_OK;
+    }
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "copy %s -> %s: convert through F32",
+                   kn_tensor_desc(src, a, sizeof a), kn_tensor_desc(dst, b, sizeof b));
+}
+
+/* ---- arena ---------------------------------------------------------------- */
+
+/* Chunks are kept in a list; offsets are global so a mark is a single number. */
+typedef struct arena_chunk {
+    struct arena_chunk *prev;
+    char *base;
+    size_t start; /* global offset of base */
+    size_t size;
+} arena_chunk;
+
+struct kn_arena {
+    kn_device dev;
+    arena_chunk *top;
+    size_t used; /* global offset of the next free byte */
+};
+
+int kn_arena_create(kn_arena **out, kn_device dev, kn_err *err) {
+    kn_arena *a = calloc(1, sizeof *a);
+    if (!a) return kn_fail(err, KN_ERR_NOMEM, "arena: out of memory");
+    a->dev = dev;
+    *out = a;
+    return KN_OK;
+}
+
+static void arena_pop(kn_arena *a) {
+    arena_chunk *c = a->top;
+    a->top = c->prev;
+    kn_device_free(a->dev, c->base);
+    free(c);
+}
+
+void kn_arena_destroy(kn_arena *a) {
+    if (!a) return;
+    while (a->top) arena_pop(a);
+    free(a);
+}
+
+void *kn_arena_alloc(kn_arena *a, size_t bytes, kn_err *err) {
+    size_t need;
+    if (kn_add_size(bytes, 63, &need)) goto overflow;
+    need &= ~(size_t)63;
+    arena_chunk *c = a->top;
+    if (c && a->used + need <= c->start + c->size) {
+        void *p = c->base + (a->used - c->start);
+        a->used += need;
+        return p;
+    }
+    size_t size = need > ((size_t)64 << 20) ? need : ((size_t)64 << 20);
+    arena_chunk *n = calloc(1, sizeof *n);
+    if (!n) goto oom;
+    n->base = kn_device_alloc(a->dev, size, err);
+    if (!n->base) {
+        free(n);
+        return NULL;
+    }
+    n->prev = c;
+    n->start = a->used;
+    n->size = size;
+    a->top = n;
+    a->used += need;
+    return n->base;
+overflow:
+    kn_fail(err, KN_ERR_NOMEM, "arena: allocation of %zu bytes overflows", bytes);
+    return NULL;
+oom:
+    kn_fail(err, KN_ERR_NOMEM, "arena: out of memory");
+    return NULL;
+}
+
+size_t kn_arena_mark(const kn_arena *a) { return a->used; }
+
+void kn_arena_reset(kn_arena *a, size_t mark) {
+    /* the bottom chunk is kept so a reset-and-reuse loop does not re-map memory */
+    while (a->top && a->top->prev && a->top->start >= mark) arena_pop(a);
+    a->used = mark;
+}
+
+int kn_arena_tensor(kn_arena *a, kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err) {
+    size_t bytes;
+    if (ndim < 0 || ndim > KN_MAX_DIMS || checked_nbytes(dtype, ndim, ne, &bytes))
+        return kn_fail(err, KN_ERR_NOMEM, "arena tensor size overflows");
+    void *p = kn_arena_alloc(a, bytes, err);
+    if (!p) return err->code;
+    *t = kn_tensor_make(dtype, a->dev, p, ndim, ne);
+    return KN_OK;
+}
