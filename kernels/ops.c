@@ -1,0 +1,236 @@
+/* Op entry points: argument checks, then one dispatch per op to the backend
+ * that owns the output tensor. */
+#include "kernels/ops.h"
+
+#include <string.h>
+
+#include "kernels/cpu/cpu_ops.h"
+#ifdef KN_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#define DISPATCH(dev, op, ...) ((dev) == KN_DEV_CUDA ? kn_cuda_##op(__VA_ARGS__) : kn_cpu_##op(__VA_ARGS__))
+#else
+#define DISPATCH(dev, op, ...) kn_cpu_##op(__VA_ARGS__)
+#endif
+
+int kn_ctx_init(kn_ctx *ctx, kn_device dev, kn_precision prec) {
+    memset(ctx, 0, sizeof *ctx);
+    ctx->device = dev;
+    ctx->precision = prec;
+    return kn_arena_create(&ctx->scratch, dev, &ctx->err);
+}
+
+void kn_ctx_free(kn_ctx *ctx) {
+    kn_arena_destroy(ctx->scratch);
+    ctx->scratch = NULL;
+}
+
+int kn_precision_parse(const char *s, kn_precision *out) {
+    static const char *names[] = {"fp32", "bf16", "fp16"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = (kn_precision)i;
+            return KN_OK;
+        }
+    }
+    return KN_ERR_INVALID;
+}
+
+/* ---- checks ------------------------------------------------------------- */
+
+static const char *tname(const kn_tensor *t) { return t->name ? t->name : "tensor"; }
+
+static int check_act(kn_ctx *ctx, const char *op, const kn_tensor *t, const char *role) {
+    char d[96];
+    int dtype_ok = t->device == KN_DEV_CPU ? t->dtype == KN_F32
+                                           : (t->dtype == KN_F32 || t->dtype == KN_BF16 || t->dtype == KN_F16);
+    if (!dtype_ok || !kn_tensor_is_contiguous(t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: %s %s %s must be a contiguous activation (F32 on CPU)", op,
+                       role, tname(t), kn_tensor_desc(t, d, sizeof d));
+    return KN_OK;
+}
+
+static int check_same_device(kn_ctx *ctx, const char *op, const kn_tensor *a, const kn_tensor *b) {
+    if (b && a->device != b->device)
+        return kn_fail(&ctx->err, KN_ERR_INVALID, "%s: %s and %s are on different devices", op, tname(a), tname(b));
+    return KN_OK;
+}
+
+static int check_same_shape(kn_ctx *ctx, const char *op, const kn_tensor *a, const kn_tensor *b) {
+    char x[96], y[96];
+    int ok = a->ndim == b->ndim;
+    for (int i = 0; ok && i < a->ndim; i++) ok = a->ne[i] == b->ne[i];
+    if (!ok)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: %s %s and %s %s differ in shape", op, tname(a),
+                       kn_tensor_desc(a, x, sizeof x), tname(b), kn_tensor_desc(b, y, sizeof y));
+    return KN_OK;
+}
+
+/* A per-channel parameter (norm weight, bias) of length n on the op's device. */
+static int check_vec(kn_ctx *ctx, const char *op, const kn_tensor *v, int64_t n) {
+    char d[96];
+    if (!v) return KN_OK;
+    if (kn_tensor_numel(v) != n || !kn_dtype_is_float(v->dtype) || !kn_tensor_is_contiguous(v))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: %s %s should be %lld floats", op, tname(v),
+                       kn_tensor_desc(v, d, sizeof d), (long long)n);
+    return KN_OK;
+}
+
+#define TRY(x)                                                                                              \
+    do {                                                                                                    \
+        int rc_ = (x);                                                                                      \
+        if (rc_) return rc_;                                                                                \
+    } while (0)
+
+static int last_dim(const kn_tensor *t) { return t->ndim ? (int)t->ne[t->ndim - 1] : 1; }
+
+/* ---- ops ---------------------------------------------------------------- */
+
+int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias) {
+    char a[96], b[96], c[96];
+    TRY(check_act(ctx, "linear", x, "input"));
+    TRY(check_act(ctx, "linear", y, "output"));
+    TRY(check_same_device(ctx, "linear", y, x));
+    TRY(check_same_device(ctx, "linear", y, w));
+    if (w->ndim != 2 || !kn_dtype_is_float(w->dtype) || w->dtype == KN_F64 || !kn_tensor_is_contiguous(w) ||
+        w->ne[1] != last_dim(x) || w->ne[0] != last_dim(y) || kn_tensor_rows(x) != kn_tensor_rows(y))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "linear: weight %s %s does not map input %s to output %s", tname(w),
+                       kn_tensor_desc(w, a, sizeof a), kn_tensor_desc(x, b, sizeof b), kn_tensor_desc(y, c, sizeof c));
+    TRY(check_vec(ctx, "linear", bias, w->ne[0]));
+    return DISPATCH(y->device, linear, ctx, y, x, w, bias);
+}
+
+int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps) {
+    TRY(check_act(ctx, "rmsnorm", x, "input"));
+    TRY(check_same_shape(ctx, "rmsnorm", y, x));
+    TRY(check_same_device(ctx, "rmsnorm", y, x));
+    TRY(check_vec(ctx, "rmsnorm", w, last_dim(x)));
+    return DISPATCH(y->device, rmsnorm, ctx, y, x, w, eps);
+}
+
+int kn_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b, float eps) {
+    TRY(check_act(ctx, "layernorm", x, "input"));
+    TRY(check_same_shape(ctx, "layernorm", y, x));
+    TRY(check_same_device(ctx, "layernorm", y, x));
+    TRY(check_vec(ctx, "layernorm", w, last_dim(x)));
+    TRY(check_vec(ctx, "layernorm", b, last_dim(x)));
+    return DISPATCH(y->device, layernorm, ctx, y, x, w, b, eps);
+}
+
+int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode) {
+    char a[96], b[96];
+    TRY(check_act(ctx, "rope", x, "input"));
+    if (x->ndim != 4 || x->ne[3] % 2 || cos->ndim != 2 || cos->dtype != KN_F32 || cos->ne[0] != x->ne[1] ||
+        cos->ne[1] != x->ne[3] / 2 || sin->ndim != 2 || sin->dtype != KN_F32 || sin->ne[0] != cos->ne[0] ||
+        sin->ne[1] != cos->ne[1])
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope: x %s %s needs [B, L, H, D] with cos/sin F32 [L, D/2], got %s",
+                       tname(x), kn_tensor_desc(x, a, sizeof a), kn_tensor_desc(cos, b, sizeof b));
+    TRY(check_same_device(ctx, "rope", x, cos));
+    TRY(check_same_device(ctx, "rope", x, sin));
+    return DISPATCH(x->device, rope, ctx, x, cos, sin, mode);
+}
+
+int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                 const kn_tensor *key_mask, int causal, float scale) {
+    char a[96], b[96], c[96];
+    TRY(check_act(ctx, "attention", q, "query"));
+    TRY(check_act(ctx, "attention", k, "key"));
+    TRY(check_act(ctx, "attention", v, "value"));
+    TRY(check_act(ctx, "attention", out, "output"));
+    TRY(check_same_shape(ctx, "attention", out, q));
+    TRY(check_same_shape(ctx, "attention", k, v));
+    TRY(check_same_device(ctx, "attention", out, q));
+    TRY(check_same_device(ctx, "attention", out, k));
+    TRY(check_same_device(ctx, "attention", out, v));
+    if (q->ndim != 4 || k->ndim != 4 || q->ne[0] != k->ne[0] || q->ne[3] != k->ne[3] || k->ne[2] == 0 ||
+        q->ne[2] % k->ne[2] || (causal && q->ne[1] != k->ne[1]))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE,
+                       "attention: q %s, k %s, v %s must be [B, L, H, D] with query heads a multiple of kv heads%s",
+                       kn_tensor_desc(q, a, sizeof a), kn_tensor_desc(k, b, sizeof b), kn_tensor_desc(v, c, sizeof c),
+                       causal ? " and Lq == Lk (causal)" : "");
+    if (key_mask) {
+        TRY(check_same_device(ctx, "attention", out, key_mask));
+        if (key_mask->dtype != KN_F32 || key_mask->ndim != 2 || key_mask->ne[0] != q->ne[0] ||
+            key_mask->ne[1] != k->ne[1] || !kn_tensor_is_contiguous(key_mask))
+            return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: key mask %s must be F32 [B=%lld, Lk=%lld]",
+                           kn_tensor_desc(key_mask, a, sizeof a), (long long)q->ne[0], (long long)k->ne[1]);
+    }
+    return DISPATCH(out->device, attention, ctx, out, q, k, v, key_mask, causal, scale);
+}
+
+int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act) {
+    TRY(check_act(ctx, "activation", x, "input"));
+    TRY(check_same_shape(ctx, "activation", y, x));
+    TRY(check_same_device(ctx, "activation", y, x));
+    return DISPATCH(y->device, activation, ctx, y, x, act);
+}
+
+int kn_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
+    TRY(check_act(ctx, "softmax", x, "input"));
+    TRY(check_same_shape(ctx, "softmax", y, x));
+    TRY(check_same_device(ctx, "softmax", y, x));
+    return DISPATCH(y->device, softmax, ctx, y, x);
+}
+
+int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op) {
+    char s1[96], s2[96];
+    TRY(check_act(ctx, "binary", a, "input"));
+    TRY(check_act(ctx, "binary", b, "input"));
+    TRY(check_same_shape(ctx, "binary", y, a));
+    TRY(check_same_device(ctx, "binary", y, a));
+    TRY(check_same_device(ctx, "binary", y, b));
+    int ok = b->ndim <= a->ndim;
+    for (int i = 0; ok && i < b->ndim; i++) {
+        int64_t nb = b->ne[b->ndim - 1 - i], na = a->ne[a->ndim - 1 - i];
+        ok = nb == na || nb == 1;
+    }
+    if (!ok)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "binary: %s %s does not broadcast to %s %s", tname(b),
+                       kn_tensor_desc(b, s1, sizeof s1), tname(a), kn_tensor_desc(a, s2, sizeof s2));
+    return DISPATCH(y->device, binary, ctx, y, a, b, op);
+}
+
+int kn_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t) {
+    TRY(check_act(ctx, "affine", x, "input"));
+    TRY(check_same_shape(ctx, "affine", y, x));
+    TRY(check_same_device(ctx, "affine", y, x));
+    return DISPATCH(y->device, affine, ctx, y, x, s, t);
+}
+
+/* shift/scale/gate: [B, D] F32 rows, possibly strided views into [B, k*D]. */
+static int check_mod_vec(kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *v) {
+    char a[96], b[96];
+    TRY(check_same_device(ctx, op, x, v));
+    if (v->dtype != x->dtype || v->ndim != 2 || v->ne[0] != x->ne[0] || v->ne[1] != x->ne[2] || v->st[1] != 1)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: modulation %s %s must be [B, D] rows for x %s", op, tname(v),
+                       kn_tensor_desc(v, a, sizeof a), kn_tensor_desc(x, b, sizeof b));
+    return KN_OK;
+}
+
+int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift, const kn_tensor *scale) {
+    TRY(check_act(ctx, "modulate", x, "input"));
+    TRY(check_same_shape(ctx, "modulate", y, x));
+    if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "modulate: x must be [B, L, D]");
+    TRY(check_mod_vec(ctx, "modulate", x, shift));
+    TRY(check_mod_vec(ctx, "modulate", x, scale));
+    return DISPATCH(y->device, modulate, ctx, y, x, shift, scale);
+}
+
+int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate) {
+    TRY(check_act(ctx, "gate_add", x, "input"));
+    TRY(check_act(ctx, "gate_add", acc, "accumulator"));
+    TRY(check_same_shape(ctx, "gate_add", acc, x));
+    if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "gate_add: x must be [B, L, D]");
+    TRY(check_mod_vec(ctx, "gate_add", x, gate));
+    return DISPATCH(acc->device, gate_add, ctx, acc, x, gate);
+}
+
+int kn_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w) {
+    char d[96];
+    if (ctx->device != KN_DEV_CPU || w->device != KN_DEV_CPU || !kn_dtype_is_float(w->dtype) || !kn_tensor_is_contiguous(w))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "weight %s %s: expected contiguous float weights on CPU", tname(w),
+                       kn_tensor_desc(w, d, sizeof d));
+    TRY(kn_arena_tensor(ctx->scratch, out, KN_F32, w->ndim, w->ne, &ctx->err));
+    kn_to_f32(out->data, w->data, w->dtype, (size_t)kn_tensor_numel(w), w->scale);
+    out->name = w->name;
+    return KN_OK;
+}

@@ -1,0 +1,318 @@
+#include "kernels/safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct kn_st_file {
+    char *path;
+    const uint8_t *map;     /* whole file (or caller's buffer) */
+    size_t map_len;
+    int owns_map;
+    const uint8_t *data;    /* start of the data region */
+    size_t data_len;
+    json_t *metadata;       /* "__metadata__" object or NULL */
+    kn_tensor *tensors;     /* file order */
+    char **names;
+    int *by_name;           /* tensor indices sorted by name, for kn_st_find */
+    int count;
+    json_t *header;         /* keeps the parsed JSON alive */
+};
+
+typedef struct span {
+    size_t begin, end;
+    int index;
+} span;
+
+static int cmp_span(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : (x->end > y->end);
+}
+
+/* A JSON integer in [0, 2^63) as size_t; 0 on success. */
+static int json_size(const json_t *v, size_t *out) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0) return 1;
+    *out = (size_t)json_integer_value(v);
+    return 0;
+}
+
+static int parse_tensor(kn_st_file *f, const char *name, const json_t *entry, span *sp, kn_err *err) {
+    const char *path = f->path;
+    if (!json_is_object(entry))
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': header entry is not an object", path, name);
+    const json_t *jd = json_object_get(entry, "dtype");
+    const json_t *js = json_object_get(entry, "shape");
+    const json_t *jo = json_object_get(entry, "data_offsets");
+    if (!json_is_string(jd) || !json_is_array(js) || !json_is_array(jo))
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': needs string dtype, shape array, data_offsets array",
+                       path, name);
+    kn_dtype dt;
+    if (kn_dtype_from_st(json_string_value(jd), &dt))
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': unknown dtype '%s'", path, name, json_string_value(jd));
+    size_t ndim = json_array_size(js);
+    if (ndim > KN_MAX_DIMS)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': %zu dims (at most %d supported)", path, name, ndim,
+                       KN_MAX_DIMS);
+    int64_t ne[KN_MAX_DIMS];
+    size_t bytes = kn_dtype_size(dt);
+    for (size_t i = 0; i < ndim; i++) {
+        size_t d;
+        if (json_size(json_array_get(js, i), &d) || d > (size_t)INT64_MAX)
+            return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer", path,
+                           name, i);
+        if (kn_mul_size(bytes, d, &bytes))
+            return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': shape size overflows", path, name);
+        ne[i] = (int64_t)d;
+    }
+    size_t begin, end;
+    if (json_array_size(jo) != 2 || json_size(json_array_get(jo, 0), &begin) ||
+        json_size(json_array_get(jo, 1), &end))
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers", path,
+                       name);
+    if (begin > end || end > f->data_len)
+        return kn_fail(err, KN_ERR_FORMAT,
+                       "%s: tensor '%s': data_offsets [%zu, %zu] outside the %zu-byte data region (truncated file?)",
+                       path, name, begin, end, f->data_len);
+    if (end - begin != bytes)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': %s shape needs %zu bytes but data_offsets span %zu",
+                       path, name, kn_dtype_name(dt), bytes, end - begin);
+    kn_tensor *t = &f->tensors[sp->index];
+    *t = kn_tensor_make(dt, KN_DEV_CPU, (void *)(f->data + begin), (int)ndim, ne);
+    sp->begin = begin;
+    sp->end = end;
+    return KN_OK;
+}
+
+static int parse_header(kn_st_file *f, kn_err *err) {
+    const char *path = f->path;
+    if (f->map_len < 8)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: %zu bytes is too short for a safetensors file", path, f->map_len);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | f->map[i];
+    if (hlen > KN_ST_MAX_HEADER)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: header length %llu exceeds the %llu-byte limit", path,
+                       (unsigned long long)hlen, (unsigned long long)KN_ST_MAX_HEADER);
+    if (hlen > f->map_len - 8)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: header length %llu runs past the end of the %zu-byte file", path,
+                       (unsigned long long)hlen, f->map_len);
+    f->data = f->map + 8 + hlen;
+    f->data_len = f->map_len - 8 - (size_t)hlen;
+
+    json_error_t jerr;
+    f->header = json_loadb((const char *)f->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!f->header)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: header is not valid JSON: %s (at byte %d)", path, jerr.text,
+                       jerr.position);
+    if (!json_is_object(f->header)) return kn_fail(err, KN_ERR_FORMAT, "%s: header is not a JSON object", path);
+
+    size_t n = json_object_size(f->header);
+    f->metadata = json_object_get(f->header, "__metadata__");
+    if (f->metadata) {
+        if (!json_is_object(f->metadata))
+            return kn_fail(err, KN_ERR_FORMAT, "%s: __metadata__ is not an object", path);
+        const char *k;
+        json_t *v;
+        json_object_foreach(f->metadata, k, v) {
+            if (!json_is_string(v))
+                return kn_fail(err, KN_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string", path, k);
+        }
+        n--;
+    }
+    f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
+    f->names = calloc(n ? n : 1, sizeof *f->names);
+    span *spans = calloc(n ? n : 1, sizeof *spans);
+    if (!f->tensors || !f->names || !spans) {
+        free(spans);
+        return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory for %zu tensors", path, n);
+    }
+    int rc = KN_OK;
+    const char *name;
+    json_t *entry;
+    int i = 0;
+    json_object_foreach(f->header, name, entry) {
+        if (strcmp(name, "__metadata__") == 0) continue;
+        f->names[i] = (char *)name; /* owned by f->header */
+        spans[i].index = i;
+        rc = parse_tensor(f, name, entry, &spans[i], err);
+        if (rc) break;
+        f->tensors[i].name = name;
+        i++;
+    }
+    f->count = i;
+    if (rc == KN_OK) {
+        /* Sorted by begin, any tensor starting before the previous one ended overlaps it. */
+        qsort(spans, (size_t)f->count, sizeof *spans, cmp_span);
+        for (int j = 1; j < f->count; j++) {
+            if (spans[j].begin < spans[j - 1].end && spans[j].end > spans[j].begin) {
+                rc = kn_fail(err, KN_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap in the data region", path,
+                             f->names[spans[j - 1].index], f->names[spans[j].index]);
+                break;
+            }
+        }
+    }
+    free(spans);
+    return rc;
+}
+
+static int cmp_by_name(const void *a, const void *b, void *file) {
+    char **names = ((kn_st_file *)file)->names;
+    return strcmp(names[*(const int *)a], names[*(const int *)b]);
+}
+
+static int st_open(kn_st_file **out, kn_st_file *f, kn_err *err) {
+    int rc = parse_header(f, err);
+    if (rc == KN_OK && !(f->by_name = malloc(sizeof(int) * (size_t)(f->count ? f->count : 1))))
+        rc = kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", f->path);
+    if (rc) {
+        kn_st_close(f);
+        return rc;
+    }
+    for (int i = 0; i < f->count; i++) f->by_name[i] = i;
+    qsort_r(f->by_name, (size_t)f->count, sizeof(int), cmp_by_name, f);
+    *out = f;
+    return KN_OK;
+}
+
+int kn_st_open(kn_st_file **out, const char *path, kn_err *err) {
+    *out = NULL;
+    kn_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) {
+        free(f);
+        return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", path);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        kn_st_close(f);
+        return kn_fail(err, e == ENOENT ? KN_ERR_NOT_FOUND : KN_ERR_IO, "%s: cannot open: %s", path, strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        kn_st_close(f);
+        return kn_fail(err, KN_ERR_IO, "%s: not a regular file", path);
+    }
+    f->map_len = (size_t)sb.st_size;
+    if (f->map_len > 0) {
+        void *m = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            kn_st_close(f);
+            return kn_fail(err, KN_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
+        }
+        f->map = m;
+        f->owns_map = 1;
+    }
+    close(fd);
+    return st_open(out, f, err);
+}
+
+int kn_st_open_memory(kn_st_file **out, const void *buf, size_t len, const char *label, kn_err *err) {
+    *out = NULL;
+    kn_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(label ? label : "<memory>"))) {
+        free(f);
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    }
+    f->map = buf;
+    f->map_len = len;
+    return st_open(out, f, err);
+}
+
+void kn_st_close(kn_st_file *f) {
+    if (!f) return;
+    if (f->owns_map && f->map) munmap((void *)f->map, f->map_len);
+    json_decref(f->header);
+    free(f->tensors);
+    free(f->names);
+    free(f->by_name);
+    free(f->path);
+    free(f);
+}
+
+const char *kn_st_path(const kn_st_file *f) { return f->path; }
+int kn_st_count(const kn_st_file *f) { return f->count; }
+const kn_tensor *kn_st_at(const kn_st_file *f, int i) { return i >= 0 && i < f->count ? &f->tensors[i] : NULL; }
+
+const kn_tensor *kn_st_find(const kn_st_file *f, const char *name) {
+    int lo = 0, hi = f->count - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, f->names[f->by_name[mid]]);
+        if (c == 0) return &f->tensors[f->by_name[mid]];
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return NULL;
+}
+
+int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err) {
+    const kn_tensor *t = kn_st_find(f, name);
+    if (!t) return kn_fail(err, KN_ERR_NOT_FOUND, "%s: tensor '%s' not found", f->path, name);
+    *out = *t;
+    size_t n = strlen(name);
+    if ((t->dtype == KN_F8_E4M3 || t->dtype == KN_F8_E5M2) && n > 7 && strcmp(name + n - 7, ".weight") == 0) {
+        char sname[1024];
+        snprintf(sname, sizeof sname, "%.*sscale_weight", (int)(n - 6), name);
+        const kn_tensor *s = kn_st_find(f, sname);
+        if (s) {
+            if (kn_tensor_numel(s) != 1 || !kn_dtype_is_float(s->dtype))
+                return kn_fail(err, KN_ERR_FORMAT, "%s: '%s' must be a single float", f->path, sname);
+            kn_to_f32(&out->scale, s->data, s->dtype, 1, 1.0f);
+        }
+    }
+    return KN_OK;
+}
+
+const char *kn_st_metadata(const kn_st_file *f, const char *key) {
+    return f->metadata ? json_string_value(json_object_get(f->metadata, key)) : NULL;
+}
+
+int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err) {
+    json_t *h = json_object();
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *shape = json_array();
+        for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].ne[d]));
+        size_t bytes = kn_tensor_nbytes(&t[i]);
+        json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", kn_dtype_name(t[i].dtype), "shape", shape,
+                              "data_offsets", (json_int_t)off, (json_int_t)(off + bytes));
+        if (!t[i].name || t[i].device != KN_DEV_CPU || !kn_tensor_is_contiguous(&t[i]) || !e ||
+            json_object_set_new(h, t[i].name, e)) {
+            json_decref(h);
+            return kn_fail(err, KN_ERR_INVALID, "%s: tensor %d ('%s') needs a unique name and contiguous CPU data",
+                           path, i, t[i].name ? t[i].name : "");
+        }
+        off += bytes;
+    }
+    char *js = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(h);
+    if (!js) return kn_fail(err, KN_ERR_NOMEM, "%s: cannot serialise header", path);
+    size_t hlen = strlen(js);
+    size_t padded = (hlen + 7) & ~(size_t)7; /* 8-byte aligned data, padded with spaces */
+    FILE *fp = fopen(path, "wb");
+    int rc = KN_OK;
+    if (!fp) {
+        rc = kn_fail(err, KN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    } else {
+        uint8_t len8[8];
+        for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+        int ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(js, 1, hlen, fp) == hlen;
+        for (size_t i = hlen; ok && i < padded; i++) ok = fputc(' ', fp) != EOF;
+        for (int i = 0; ok && i < n; i++) {
+            size_t b = kn_tensor_nbytes(&t[i]);
+            ok = fwrite(t[i].data, 1, b, fp) == b;
+        }
+        if (fclose(fp) != 0 || !ok) rc = kn_fail(err, KN_ERR_IO, "%s: write failed", path);
+    }
+    free(js);
+    return rc;
+}

@@ -1,0 +1,220 @@
+/* The fixture harness: `kiln fixture DIR`. */
+#include "runtime/fixture.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_RESULTS 64
+
+typedef struct result {
+    char name[128];
+    kn_tensor t; /* F32, CPU, owned */
+} result;
+
+struct kn_fixture_results {
+    result items[MAX_RESULTS];
+    int count;
+};
+
+static const struct {
+    const char *component;
+    kn_fixture_fn run;
+} runners[] = {
+    {"qwen_image_dit", kn_qwen_image_dit_fixture},
+    {"qwen_image_vae", kn_wan_vae_fixture},
+    {"qwen25_vl_text", kn_qwen25vl_fixture},
+};
+
+int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *t, kn_err *err) {
+    if (res->count == MAX_RESULTS) return kn_fail(err, KN_ERR_INVALID, "too many fixture outputs");
+    result *r = &res->items[res->count];
+    if (strlen(name) >= sizeof r->name) return kn_fail(err, KN_ERR_INVALID, "output name '%s' too long", name);
+    int rc = kn_tensor_new(&r->t, KN_F32, KN_DEV_CPU, t->ndim, t->ne, err);
+    if (rc) return rc;
+    rc = kn_tensor_copy(&r->t, t, err);
+    if (rc) {
+        kn_tensor_free(&r->t);
+        return rc;
+    }
+    snprintf(r->name, sizeof r->name, "%s", name);
+    res->count++;
+    return KN_OK;
+}
+
+int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err) {
+    char full[256];
+    snprintf(full, sizeof full, "in.%s", name);
+    return kn_st_get(c->data, full, out, err);
+}
+
+int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn_err *err) {
+    const char *file = json_string_value(json_object_get(c->info, "weights"));
+    if (!file) {
+        const json_t *w = json_object_get(c->meta, "weights");
+        void *it = json_is_object(w) ? json_object_iter((json_t *)w) : NULL;
+        file = it ? json_object_iter_key(it) : NULL;
+    }
+    if (!file || strchr(file, '/') || strstr(file, ".."))
+        return kn_fail(err, KN_ERR_FORMAT, "%s/meta.json: no usable weights file name", c->dir);
+    if ((size_t)snprintf(path, len, "%s/%s", c->dir, file) >= len)
+        return kn_fail(err, KN_ERR_INVALID, "%s: path too long", c->dir);
+    return KN_OK;
+}
+
+double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double dflt) {
+    const json_t *v = json_object_get(json_object_get(c->meta, "config"), key);
+    return json_is_number(v) ? json_number_value(v) : dflt;
+}
+
+int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals, int max) {
+    const json_t *a = json_object_get(json_object_get(c->meta, "config"), key);
+    int n = 0;
+    for (size_t i = 0; json_is_array(a) && i < json_array_size(a) && n < max; i++) {
+        const json_t *v = json_array_get(a, i);
+        if (!json_is_integer(v)) return 0;
+        vals[n++] = (int)json_integer_value(v);
+    }
+    return n;
+}
+
+/* The tolerance for a case: a bf16-weight case uses rel_l2_bf16_case when given. */
+static double case_tolerance(const json_t *meta, const json_t *info) {
+    const json_t *tol = json_object_get(meta, "tolerance");
+    const char *w = json_string_value(json_object_get(info, "weights"));
+    const json_t *v = NULL;
+    if (w && strstr(w, "bf16")) v = json_object_get(tol, "rel_l2_bf16_case");
+    if (!v) v = json_object_get(tol, "rel_l2_fp32");
+    if (!v && json_is_object(tol)) { /* a folder with one differently-named tolerance */
+        void *it = json_object_iter((json_t *)tol);
+        v = it ? json_object_iter_value(it) : NULL;
+    }
+    return json_is_number(v) ? json_number_value(v) : 1e-4;
+}
+
+static double rel_l2(const kn_tensor *out, const kn_tensor *ref_f32) {
+    const float *a = out->data, *b = ref_f32->data;
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < kn_tensor_numel(out); i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    if (den == 0.0) return num == 0.0 ? 0.0 : INFINITY;
+    return sqrt(num / den);
+}
+
+/* Compares every expected tensor the runner produced; returns 1 on a miss. */
+static int compare_case(const kn_st_file *data, kn_fixture_results *res, const char *label, double tol,
+                        kn_err *err) {
+    int missed = 0;
+    for (int i = 0; i < kn_st_count(data); i++) {
+        const kn_tensor *ref = kn_st_at(data, i);
+        int is_out = strncmp(ref->name, "out.", 4) == 0, is_debug = strncmp(ref->name, "debug.", 6) == 0;
+        if (!is_out && !is_debug) continue;
+        result *got = NULL;
+        for (int j = 0; j < res->count; j++)
+            if (strcmp(res->items[j].name, ref->name) == 0) got = &res->items[j];
+        if (!got) {
+            if (is_out) {
+                printf("  %-34s MISSING  (%s did not produce it)\n", ref->name, label);
+                missed = 1;
+            }
+            continue;
+        }
+        char a[96], b[96];
+        int same_shape = got->t.ndim == ref->ndim;
+        for (int d = 0; same_shape && d < ref->ndim; d++) same_shape = got->t.ne[d] == ref->ne[d];
+        if (!same_shape) {
+            printf("  %-34s SHAPE    got %s, expected %s\n", ref->name, kn_tensor_desc(&got->t, a, sizeof a),
+                   kn_tensor_desc(ref, b, sizeof b));
+            missed |= is_out;
+            continue;
+        }
+        kn_tensor ref32;
+        if (kn_tensor_new(&ref32, KN_F32, KN_DEV_CPU, ref->ndim, ref->ne, err) || kn_tensor_copy(&ref32, ref, err))
+            return kn_tensor_free(&ref32), -1;
+        double e = rel_l2(&got->t, &ref32);
+        kn_tensor_free(&ref32);
+        int pass = e <= tol;
+        printf("  %-34s rel_l2 %.3e  tol %.1e  %s\n", ref->name, e, tol,
+               pass ? "ok" : is_out ? "FAIL" : "(debug, differs)");
+        if (!pass && is_out) missed = 1;
+    }
+    return missed;
+}
+
+static void results_clear(kn_fixture_results *res) {
+    for (int i = 0; i < res->count; i++) kn_tensor_free(&res->items[i].t);
+    res->count = 0;
+}
+
+int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
+    char path[4096];
+    *failed = 0;
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    json_error_t jerr;
+    json_t *meta = json_load_file(path, 0, &jerr);
+    if (!meta) return kn_fail(err, KN_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    const char *component = json_string_value(json_object_get(meta, "component"));
+    kn_fixture_fn run = NULL;
+    for (size_t i = 0; component && i < sizeof runners / sizeof runners[0]; i++)
+        if (strcmp(runners[i].component, component) == 0) run = runners[i].run;
+    const json_t *cases = json_object_get(meta, "cases");
+    if (!run || !json_is_array(cases)) {
+        json_decref(meta);
+        return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: component '%s' has no runner in this build", path,
+                       component ? component : "(none)");
+    }
+    kn_ctx ctx;
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    kn_fixture_results *res = calloc(1, sizeof *res);
+    if (rc || !res) {
+        json_decref(meta);
+        free(res);
+        kn_ctx_free(&ctx);
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    }
+    printf("%s (%s): %zu cases\n", dir, component, json_array_size(cases));
+    size_t i;
+    json_t *info;
+    json_array_foreach(cases, i, info) {
+        const char *file = json_string_value(json_object_get(info, "file"));
+        const char *desc = json_string_value(json_object_get(info, "desc"));
+        double tol = case_tolerance(meta, info);
+        printf("case %zu: %s\n", i, desc ? desc : "");
+        kn_st_file *data = NULL;
+        kn_err cerr;
+        kn_err_clear(&cerr);
+        int crc = KN_ERR_FORMAT;
+        if (!file || strchr(file, '/')) {
+            kn_fail(&cerr, KN_ERR_FORMAT, "case %zu has no plain file name", i);
+        } else {
+            snprintf(path, sizeof path, "%s/%s", dir, file);
+            crc = kn_st_open(&data, path, &cerr);
+        }
+        if (crc == KN_OK) {
+            kn_fixture_case c = {dir, meta, info, data, &ctx};
+            kn_err_clear(&ctx.err);
+            crc = run(&c, res, &cerr);
+            if (crc == KN_OK) {
+                int m = compare_case(data, res, component, tol, &cerr);
+                crc = m < 0 ? cerr.code : KN_OK;
+                if (m > 0) (*failed)++;
+            }
+        }
+        if (crc != KN_OK) {
+            printf("  ERROR %s\n", cerr.msg);
+            (*failed)++;
+        }
+        results_clear(res);
+        kn_st_close(data);
+        (void)verbose;
+    }
+    printf("%s: %zu cases, %d failed\n", component, json_array_size(cases), *failed);
+    free(res);
+    kn_ctx_free(&ctx);
+    json_decref(meta);
+    return *failed ? kn_fail(err, KN_ERR_INVALID, "%s: %d case(s) failed", dir, *failed) : KN_OK;
+}

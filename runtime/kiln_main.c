@@ -1,0 +1,48 @@
+/* kiln: the command-line entry point. Subcommands:
+ *   kiln fixture DIR...   run model fixtures (shared format) and report rel L2 errors
+ * (`run` and `serve` arrive with the workflow and server work). */
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/device.h"
+#include "runtime/fixture.h"
+
+static int usage(FILE *out) {
+    fprintf(out,
+            "usage: kiln <command> [args]\n"
+            "  fixture DIR...   run every case of fixture folders; exit 1 on any miss\n"
+            "  version          print build information\n");
+    return out == stderr ? 2 : 0;
+}
+
+static int cmd_fixture(int argc, char **argv) {
+    if (argc < 1) return usage(stderr);
+    int status = 0;
+    for (int i = 0; i < argc; i++) {
+        kn_err err;
+        kn_err_clear(&err);
+        int failed = 0;
+        if (kn_fixture_run_dir(argv[i], 0, &failed, &err) != KN_OK) {
+            fprintf(stderr, "kiln fixture: %s\n", err.msg);
+            status = 1;
+        }
+    }
+    return status;
+}
+
+static int cmd_version(void) {
+    char why[256];
+    int cuda = kn_cuda_available(why, sizeof why);
+    printf("kiln 0.1\nCPU threads: %d\nCUDA: %s\n", kn_cpu_threads(), cuda ? "available" : why);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return usage(stderr);
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "fixture") == 0) return cmd_fixture(argc - 2, argv + 2);
+    if (strcmp(cmd, "version") == 0) return cmd_version();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
+    fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
+    return usage(stderr);
+}
