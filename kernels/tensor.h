@@ -51,7 +51,8 @@ int kn_tensor_slice(kn_tensor *out, const kn_tensor *t, int dim, int64_t start, 
 const char *kn_tensor_desc(const kn_tensor *t, char *buf, size_t len);
 /* Checks ndim and each size (-1 = any); error names the tensor. */
 int kn_tensor_expect(const kn_tensor *t, const char *what, int ndim, const int64_t *ne, kn_err *err);
-/* Copy between tensors of equal shape (any devices; dtype converted on CPU). */
+/* Copy between tensors of equal shape: strided views of one dtype on any
+ * devices, or contiguous tensors converted between dtypes on the CPU. */
 int kn_tensor_copy(kn_tensor *dst, const kn_tensor *src, kn_err *err);
 
 /* Arena: bump allocation for per-run scratch, 64-byte aligned, freed at once. */
