@@ -6,7 +6,8 @@
  *    time (exact), then dnnl_sgemm. F32 weights are used in place.
  *  - BF16 precision: activations are rounded to bf16 once, weights used in
  *    place when stored bf16 (else rounded per panel), and the oneDNN matmul
- *    primitive accumulates in f32 into F32 output. */
+ *    primitive accumulates in f32 into F32 output. CPUs without bf16 units
+ *    (AVX2-only) get the same products through the f32 GEMM. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,44 +113,77 @@ static void add_bias(float *y, int64_t M, int64_t N, const float *b) {
         for (int64_t n = 0; n < N; n++) y[m * N + n] += b[n];
 }
 
+/* Whether this CPU and oneDNN build run bf16 matmuls (AVX512_BF16 or AMX);
+ * asked once with a tiny problem. */
+static int bf16_matmul_ok;
+static pthread_once_t bf16_probe_once = PTHREAD_ONCE_INIT;
+
+static void bf16_probe(void) {
+    uint16_t a[16] = {0}, w[16] = {0};
+    float c[16];
+    kn_err err;
+    bf16_matmul_ok = matmul_bf16(4, 4, 4, a, 4, w, 4, c, 4, &err) == KN_OK;
+}
+
+/* y = x . w^T with F32 inputs; non-F32 weights widened exactly, one panel at a time. */
+static int linear_f32(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const kn_tensor *w) {
+    int64_t K = w->ne[1], N = w->ne[0];
+    if (w->dtype == KN_F32 && w->scale == 1.0f)
+        return kn_cpu_gemm_f32(M, N, K, xd, K, 1, w->data, K, 0.0f, yd, N, &ctx->err);
+    int64_t P = panel_rows(N, K, 4);
+    float *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 4, &ctx->err);
+    if (!panel) return ctx->err.code;
+    for (int64_t n0 = 0; n0 < N; n0 += P) {
+        int64_t rows = N - n0 < P ? N - n0 : P;
+        widen_rows(panel, KN_F32, w, n0, rows);
+        int rc = kn_cpu_gemm_f32(M, rows, K, xd, K, 1, panel, K, 0.0f, yd + n0, N, &ctx->err);
+        if (rc) return rc;
+    }
+    return KN_OK;
+}
+
+/* y = bf16(x) . bf16(w)^T accumulated in f32 by oneDNN. */
+static int linear_bf16(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const kn_tensor *w) {
+    int64_t K = w->ne[1], N = w->ne[0];
+    uint16_t *xb = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 2, &ctx->err);
+    if (!xb) return ctx->err.code;
+    kn_from_f32(xb, KN_BF16, xd, (size_t)(M * K));
+    if (w->dtype == KN_BF16 && w->scale == 1.0f) return matmul_bf16(M, N, K, xb, K, w->data, K, yd, N, &ctx->err);
+    int64_t P = panel_rows(N, K, 2);
+    uint16_t *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 2, &ctx->err);
+    if (!panel) return ctx->err.code;
+    for (int64_t n0 = 0; n0 < N; n0 += P) {
+        int64_t rows = N - n0 < P ? N - n0 : P;
+        widen_rows(panel, KN_BF16, w, n0, rows);
+        int rc = matmul_bf16(M, rows, K, xb, K, panel, K, yd + n0, N, &ctx->err);
+        if (rc) return rc;
+    }
+    return KN_OK;
+}
+
 int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias) {
-    int64_t M = kn_tensor_rows(x), K = w->ne[1], N = w->ne[0];
-    float *yd = y->data;
-    const float *xd = x->data;
+    int64_t M = kn_tensor_rows(x), N = w->ne[0], K = w->ne[1];
     size_t mark = kn_arena_mark(ctx->scratch);
-    int rc = KN_OK;
-    if (ctx->precision == KN_PREC_BF16) {
-        uint16_t *xb = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 2, &ctx->err);
-        if (!xb) return ctx->err.code;
-        kn_from_f32(xb, KN_BF16, xd, (size_t)(M * K));
-        if (w->dtype == KN_BF16 && w->scale == 1.0f) {
-            rc = matmul_bf16(M, N, K, xb, K, w->data, K, yd, N, &ctx->err);
-        } else {
-            int64_t P = panel_rows(N, K, 2);
-            uint16_t *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 2, &ctx->err);
-            if (!panel) rc = ctx->err.code;
-            for (int64_t n0 = 0; rc == KN_OK && n0 < N; n0 += P) {
-                int64_t rows = N - n0 < P ? N - n0 : P;
-                widen_rows(panel, KN_BF16, w, n0, rows);
-                rc = matmul_bf16(M, rows, K, xb, K, panel, K, yd + n0, N, &ctx->err);
-            }
-        }
-    } else if (w->dtype == KN_F32 && w->scale == 1.0f) {
-        rc = kn_cpu_gemm_f32(M, N, K, xd, K, 1, w->data, K, 0.0f, yd, N, &ctx->err);
+    int rc;
+    pthread_once(&bf16_probe_once, bf16_probe);
+    if (ctx->precision != KN_PREC_BF16) {
+        rc = linear_f32(ctx, y->data, x->data, M, w);
+    } else if (bf16_matmul_ok) {
+        rc = linear_bf16(ctx, y->data, x->data, M, w);
     } else {
-        int64_t P = panel_rows(N, K, 4);
-        float *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 4, &ctx->err);
-        if (!panel) rc = ctx->err.code;
-        for (int64_t n0 = 0; rc == KN_OK && n0 < N; n0 += P) {
-            int64_t rows = N - n0 < P ? N - n0 : P;
-            widen_rows(panel, KN_F32, w, n0, rows);
-            rc = kn_cpu_gemm_f32(M, rows, K, xd, K, 1, panel, K, 0.0f, yd + n0, N, &ctx->err);
-        }
+        /* No bf16 units: the same products (bf16 x bf16 is exact in f32) through
+         * the f32 GEMM on bf16-rounded activations; f16/fp8 weights keep their values. */
+        float *xr = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 4, &ctx->err);
+        if (!xr) return ctx->err.code;
+        const float *xd = x->data;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < M * K; i++) xr[i] = kn_bf16_to_f32(kn_f32_to_bf16(xd[i]));
+        rc = linear_f32(ctx, y->data, xr, M, w);
     }
     if (rc == KN_OK && bias) {
         kn_tensor bf;
         rc = kn_weight_f32(ctx, &bf, bias);
-        if (rc == KN_OK) add_bias(yd, M, N, bf.data);
+        if (rc == KN_OK) add_bias(y->data, M, N, bf.data);
     }
     kn_arena_reset(ctx->scratch, mark);
     return rc;
