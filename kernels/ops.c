@@ -2,6 +2,7 @@
  * that owns the output tensor. */
 #include "kernels/ops.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -127,6 +128,28 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
     TRY(check_same_device(ctx, "rope", x, cos));
     TRY(check_same_device(ctx, "rope", x, sin));
     return DISPATCH(x->device, rope, ctx, x, cos, sin, mode);
+}
+
+int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
+                   const int *dims, double theta) {
+    int64_t L = cos_t->ne[0], half = 0;
+    for (int a = 0; a < n_axes; a++) half += dims[a] / 2;
+    if (cos_t->ndim != 2 || sin_t->ndim != 2 || cos_t->dtype != KN_F32 || sin_t->dtype != KN_F32 ||
+        cos_t->device != KN_DEV_CPU || sin_t->device != KN_DEV_CPU || cos_t->ne[1] != half || sin_t->ne[0] != L ||
+        sin_t->ne[1] != half || !kn_tensor_is_contiguous(cos_t) || !kn_tensor_is_contiguous(sin_t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope tables: cos/sin must be CPU F32 [L, %lld]", (long long)half);
+    float *c = cos_t->data, *s = sin_t->data;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t col = l * half;
+        for (int a = 0; a < n_axes; a++) {
+            for (int k = 0; k < dims[a] / 2; k++, col++) {
+                double ang = pos[l * n_axes + a] * pow(theta, -2.0 * k / dims[a]);
+                c[col] = (float)cos(ang);
+                s[col] = (float)sin(ang);
+            }
+        }
+    }
+    return KN_OK;
 }
 
 int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,

@@ -48,6 +48,12 @@ typedef enum kn_rope_mode {
 } kn_rope_mode;
 /* In place on x [B, L, H, D]; cos and sin are F32 [L, D/2] (pair i uses column i). */
 int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
+/* The cos/sin tables for kn_rope (CPU F32 [L, D/2], caller-allocated) from
+ * per-token positions pos[L][n_axes]: axis a owns dims[a] channels (D =
+ * sum of dims), its pair k turns by pos * theta^(-2k/dims[a]); pair blocks
+ * are ordered by axis. Angles in double, rounded once (as the references). */
+int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
+                   const int *dims, double theta);
 
 /* Scaled dot-product attention.
  *   q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D], out [B, Lq, Hq, D]; Hq % Hkv == 0

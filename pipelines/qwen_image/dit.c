@@ -389,21 +389,6 @@ static void unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, in
                 }
 }
 
-/* Angles of one token at (frame, row, col): per axis a with d_a dims, pair k
- * turns by pos_a * theta^(-2k/d_a); pair blocks are ordered by axis. In double,
- * as the reference computes them, then rounded once. */
-static void rope_row(float *cs, float *sn, const kn_qwen_dit_family *fam, const double pos[3]) {
-    int col = 0;
-    for (int a = 0; a < 3; a++) {
-        int d = fam->axes_dims[a];
-        for (int k = 0; k < d / 2; k++, col++) {
-            double ang = pos[a] * pow(fam->rope_theta, -2.0 * k / d);
-            cs[col] = (float)cos(ang);
-            sn[col] = (float)sin(ang);
-        }
-    }
-}
-
 /* [cos(args), sin(args)], args_k = 1000 sigma * max_period^(-k/half). */
 static void time_sinusoid(float *emb, int64_t ch, double sigma) {
     int64_t half = ch / 2;
@@ -475,21 +460,21 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
     kn_tensor cos_t, sin_t;
     TRY(kn_arena_tensor(a, &cos_t, KN_F32, 2, (int64_t[]){L, P}, e));
     TRY(kn_arena_tensor(a, &sin_t, KN_F32, 2, (int64_t[]){L, P}, e));
-    float *cs = cos_t.data, *sn = sin_t.data;
+    double *pos = kn_arena_alloc(a, (size_t)L * 3 * sizeof(double), e);
+    if (!pos) return e->code;
     int64_t txt_start = g.hl / 2 > g.wl / 2 ? g.hl / 2 : g.wl / 2;
-    for (int64_t j = 0; j < Lt; j++) {
-        double pos[3] = {(double)(txt_start + j), (double)(txt_start + j), (double)(txt_start + j)};
-        rope_row(cs + j * P, sn + j * P, &c->family, pos);
-    }
+    for (int64_t j = 0; j < Lt; j++) pos[3 * j] = pos[3 * j + 1] = pos[3 * j + 2] = (double)(txt_start + j);
     int64_t t = Lt;
     for (int r = -1; r < in->n_refs; r++) {
         grid gr = grid_of(r < 0 ? in->x : in->refs[r], p);
         for (int64_t i = 0; i < gr.hl; i++)
             for (int64_t jj = 0; jj < gr.wl; jj++, t++) {
-                double pos[3] = {(double)(r + 1), (double)(i - gr.hl / 2), (double)(jj - gr.wl / 2)};
-                rope_row(cs + t * P, sn + t * P, &c->family, pos);
+                pos[3 * t] = (double)(r + 1);
+                pos[3 * t + 1] = (double)(i - gr.hl / 2);
+                pos[3 * t + 2] = (double)(jj - gr.wl / 2);
             }
     }
+    TRY(kn_rope_tables(ctx, &cos_t, &sin_t, pos, 3, c->family.axes_dims, c->family.rope_theta));
 
     /* text padding: ComfyUI turns an integer mask into (m - 1) * FLT_MAX on text keys */
     kn_tensor mask_t, *key_mask = NULL;

@@ -175,23 +175,17 @@ static int key_mask_from(kn_arena *a, const kn_tensor *mask, kn_tensor *km, kn_e
     return KN_OK;
 }
 
-/* cos/sin [L, head_dim/2] of angle p * theta^(-2i/head_dim), in double so the
- * table adds no error of its own before the f32 rounding. */
-static int rope_tables(kn_arena *a, int64_t L, const kn_qwen25vl_family *fam, kn_tensor *cos_t, kn_tensor *sin_t,
-                       kn_err *err) {
-    const int64_t half = fam->head_dim / 2, ne[] = {L, half};
+/* 1-D RoPE at positions 0..L-1 over the whole head. */
+static int rope_tables(kn_ctx *ctx, kn_arena *a, int64_t L, const kn_qwen25vl_family *fam, kn_tensor *cos_t,
+                       kn_tensor *sin_t) {
+    const int64_t ne[] = {L, fam->head_dim / 2};
     int rc;
-    if ((rc = scratch(a, cos_t, 2, ne, err)) || (rc = scratch(a, sin_t, 2, ne, err))) return rc;
-    float *c = cos_t->data, *s = sin_t->data;
-    for (int64_t i = 0; i < half; i++) {
-        double inv_freq = pow(fam->rope_theta, -2.0 * (double)i / (double)fam->head_dim);
-        for (int64_t p = 0; p < L; p++) {
-            double ang = (double)p * inv_freq;
-            c[p * half + i] = (float)cos(ang);
-            s[p * half + i] = (float)sin(ang);
-        }
-    }
-    return KN_OK;
+    double *pos = kn_arena_alloc(a, (size_t)L * sizeof(double), &ctx->err);
+    if (!pos) return ctx->err.code;
+    if ((rc = scratch(a, cos_t, 2, ne, &ctx->err)) || (rc = scratch(a, sin_t, 2, ne, &ctx->err))) return rc;
+    for (int64_t p = 0; p < L; p++) pos[p] = (double)p;
+    int dims[1] = {(int)fam->head_dim};
+    return kn_rope_tables(ctx, cos_t, sin_t, pos, 1, dims, fam->rope_theta);
 }
 
 /* One decoder layer, updating the residual stream x [B, L, hidden] in place. */
@@ -266,7 +260,7 @@ int kn_qwen25vl_forward(kn_ctx *ctx, const kn_qwen25vl *m, kn_arena *arena, cons
     kn_tensor x, cos_t, sin_t, km;
     if (prenorm) x = *prenorm;
     else if ((rc = scratch(arena, &x, 3, ne, err))) goto out;
-    if ((rc = embed_lookup(m, ids, &x, err)) || (rc = rope_tables(arena, L, &m->cfg.family, &cos_t, &sin_t, err)) ||
+    if ((rc = embed_lookup(m, ids, &x, err)) || (rc = rope_tables(ctx, arena, L, &m->cfg.family, &cos_t, &sin_t)) ||
         (mask && (rc = key_mask_from(arena, mask, &km, err))))
         goto out;
     for (int64_t i = 0; i < m->cfg.layers; i++) {
