@@ -56,6 +56,17 @@ static int check_same_device(kn_ctx *ctx, const char *op, const kn_tensor *a, co
     return KN_OK;
 }
 
+/* An elementwise-style output: an activation of the input's dtype and shape. */
+static int check_out(kn_ctx *ctx, const char *op, const kn_tensor *y, const kn_tensor *x) {
+    char d[96];
+    int rc = check_act(ctx, op, y, "output");
+    if (rc) return rc;
+    if (y->dtype != x->dtype)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: output %s %s must have the input's dtype %s", op, tname(y),
+                       kn_tensor_desc(y, d, sizeof d), kn_dtype_name(x->dtype));
+    return KN_OK;
+}
+
 static int check_same_shape(kn_ctx *ctx, const char *op, const kn_tensor *a, const kn_tensor *b) {
     char x[96], y[96];
     int ok = a->ndim == b->ndim;
@@ -103,6 +114,7 @@ int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
 int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps) {
     TRY(check_act(ctx, "rmsnorm", x, "input"));
     TRY(check_same_shape(ctx, "rmsnorm", y, x));
+    TRY(check_out(ctx, "rmsnorm", y, x));
     TRY(check_same_device(ctx, "rmsnorm", y, x));
     TRY(check_vec(ctx, "rmsnorm", w, last_dim(x)));
     return DISPATCH(y->device, rmsnorm, ctx, y, x, w, eps);
@@ -111,6 +123,7 @@ int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 int kn_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b, float eps) {
     TRY(check_act(ctx, "layernorm", x, "input"));
     TRY(check_same_shape(ctx, "layernorm", y, x));
+    TRY(check_out(ctx, "layernorm", y, x));
     TRY(check_same_device(ctx, "layernorm", y, x));
     TRY(check_vec(ctx, "layernorm", w, last_dim(x)));
     TRY(check_vec(ctx, "layernorm", b, last_dim(x)));
@@ -122,8 +135,8 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
     TRY(check_act(ctx, "rope", x, "input"));
     if (x->ndim != 4 || x->ne[3] % 2 || cos->ndim != 2 || cos->dtype != KN_F32 || cos->ne[0] != x->ne[1] ||
         cos->ne[1] != x->ne[3] / 2 || sin->ndim != 2 || sin->dtype != KN_F32 || sin->ne[0] != cos->ne[0] ||
-        sin->ne[1] != cos->ne[1])
-        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope: x %s %s needs [B, L, H, D] with cos/sin F32 [L, D/2], got %s",
+        sin->ne[1] != cos->ne[1] || !kn_tensor_is_contiguous(cos) || !kn_tensor_is_contiguous(sin))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope: x %s %s needs [B, L, H, D] with contiguous cos/sin F32 [L, D/2], got %s",
                        tname(x), kn_tensor_desc(x, a, sizeof a), kn_tensor_desc(cos, b, sizeof b));
     TRY(check_same_device(ctx, "rope", x, cos));
     TRY(check_same_device(ctx, "rope", x, sin));
@@ -183,6 +196,7 @@ int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tenso
 int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act) {
     TRY(check_act(ctx, "activation", x, "input"));
     TRY(check_same_shape(ctx, "activation", y, x));
+    TRY(check_out(ctx, "activation", y, x));
     TRY(check_same_device(ctx, "activation", y, x));
     return DISPATCH(y->device, activation, ctx, y, x, act);
 }
@@ -190,6 +204,7 @@ int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act) {
 int kn_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
     TRY(check_act(ctx, "softmax", x, "input"));
     TRY(check_same_shape(ctx, "softmax", y, x));
+    TRY(check_out(ctx, "softmax", y, x));
     TRY(check_same_device(ctx, "softmax", y, x));
     return DISPATCH(y->device, softmax, ctx, y, x);
 }
@@ -199,6 +214,8 @@ int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b,
     TRY(check_act(ctx, "binary", a, "input"));
     TRY(check_act(ctx, "binary", b, "input"));
     TRY(check_same_shape(ctx, "binary", y, a));
+    TRY(check_out(ctx, "binary", y, a));
+    TRY(check_out(ctx, "binary", b, a));
     TRY(check_same_device(ctx, "binary", y, a));
     TRY(check_same_device(ctx, "binary", y, b));
     int ok = b->ndim <= a->ndim;
@@ -215,6 +232,7 @@ int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b,
 int kn_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t) {
     TRY(check_act(ctx, "affine", x, "input"));
     TRY(check_same_shape(ctx, "affine", y, x));
+    TRY(check_out(ctx, "affine", y, x));
     TRY(check_same_device(ctx, "affine", y, x));
     return DISPATCH(y->device, affine, ctx, y, x, s, t);
 }
@@ -232,6 +250,7 @@ static int check_mod_vec(kn_ctx *ctx, const char *op, const kn_tensor *x, const 
 int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift, const kn_tensor *scale) {
     TRY(check_act(ctx, "modulate", x, "input"));
     TRY(check_same_shape(ctx, "modulate", y, x));
+    TRY(check_out(ctx, "modulate", y, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "modulate: x must be [B, L, D]");
     TRY(check_mod_vec(ctx, "modulate", x, shift));
     TRY(check_mod_vec(ctx, "modulate", x, scale));
@@ -242,6 +261,7 @@ int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor
     TRY(check_act(ctx, "gate_add", x, "input"));
     TRY(check_act(ctx, "gate_add", acc, "accumulator"));
     TRY(check_same_shape(ctx, "gate_add", acc, x));
+    TRY(check_out(ctx, "gate_add", acc, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "gate_add: x must be [B, L, D]");
     TRY(check_mod_vec(ctx, "gate_add", x, gate));
     return DISPATCH(acc->device, gate_add, ctx, acc, x, gate);

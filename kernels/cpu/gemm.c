@@ -125,10 +125,18 @@ static void bf16_probe(void) {
     bf16_matmul_ok = matmul_bf16(4, 4, 4, a, 4, w, 4, c, 4, &err) == KN_OK;
 }
 
-/* y = x . w^T with F32 inputs; non-F32 weights widened exactly, one panel at a time. */
-static int linear_f32(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const kn_tensor *w) {
+static void round_to_bf16(float *v, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) v[i] = kn_bf16_to_f32(kn_f32_to_bf16(v[i]));
+}
+
+/* y = x . w^T with F32 inputs; non-F32 weights widened exactly, one panel at a
+ * time, and rounded to bf16 values when `bf16_weights` (BF16 precision
+ * emulated on CPUs without bf16 units). */
+static int linear_f32(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const kn_tensor *w, int bf16_weights) {
     int64_t K = w->ne[1], N = w->ne[0];
-    if (w->dtype == KN_F32 && w->scale == 1.0f)
+    int exact = w->dtype == KN_BF16 || (w->dtype == KN_F32 && !bf16_weights);
+    if (w->dtype == KN_F32 && w->scale == 1.0f && exact)
         return kn_cpu_gemm_f32(M, N, K, xd, K, 1, w->data, K, 0.0f, yd, N, &ctx->err);
     int64_t P = panel_rows(N, K, 4);
     float *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 4, &ctx->err);
@@ -136,6 +144,7 @@ static int linear_f32(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const 
     for (int64_t n0 = 0; n0 < N; n0 += P) {
         int64_t rows = N - n0 < P ? N - n0 : P;
         widen_rows(panel, KN_F32, w, n0, rows);
+        if (bf16_weights && !(exact && w->scale == 1.0f)) round_to_bf16(panel, rows * K);
         int rc = kn_cpu_gemm_f32(M, rows, K, xd, K, 1, panel, K, 0.0f, yd + n0, N, &ctx->err);
         if (rc) return rc;
     }
@@ -167,18 +176,17 @@ int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     int rc;
     pthread_once(&bf16_probe_once, bf16_probe);
     if (ctx->precision != KN_PREC_BF16) {
-        rc = linear_f32(ctx, y->data, x->data, M, w);
+        rc = linear_f32(ctx, y->data, x->data, M, w, 0);
     } else if (bf16_matmul_ok) {
         rc = linear_bf16(ctx, y->data, x->data, M, w);
     } else {
         /* No bf16 units: the same products (bf16 x bf16 is exact in f32) through
-         * the f32 GEMM on bf16-rounded activations; f16/fp8 weights keep their values. */
+         * the f32 GEMM on bf16-rounded activations and weights. */
         float *xr = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 4, &ctx->err);
         if (!xr) return ctx->err.code;
-        const float *xd = x->data;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < M * K; i++) xr[i] = kn_bf16_to_f32(kn_f32_to_bf16(xd[i]));
-        rc = linear_f32(ctx, y->data, xr, M, w);
+        memcpy(xr, x->data, (size_t)(M * K) * sizeof(float));
+        round_to_bf16(xr, M * K);
+        rc = linear_f32(ctx, y->data, xr, M, w, 1);
     }
     if (rc == KN_OK && bias) {
         kn_tensor bf;

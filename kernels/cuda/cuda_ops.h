@@ -2,17 +2,21 @@
  *
  * kn_cuda_<op> take the same arguments as kn_<op>, already checked by ops.c.
  * Compiled only when nvcc is found (KN_HAVE_CUDA). Without a GPU every entry
- * point fails cleanly with KN_ERR_BACKEND and the CUDA runtime's reason. */
+ * point fails cleanly with KN_ERR_BACKEND and the CUDA runtime's reason.
+ * Ops are queued on one stream and return before the GPU finishes; copies to
+ * the host wait for it. KN_CUDA_SYNC=1 in the environment makes every op wait,
+ * so a fault inside a kernel is reported by that op rather than a later one. */
 #ifndef KN_CUDA_OPS_H
 #define KN_CUDA_OPS_H
 
 #include <stddef.h>
 
-#include "kernels/ops.h"
-
+/* The .cu files are C++: the core's C headers are declared with C linkage too. */
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "kernels/ops.h"
 
 int kn_cuda_device_count(char *why, size_t why_len);
 void *kn_cuda_malloc(size_t bytes, kn_err *err);
