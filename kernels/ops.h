@@ -75,7 +75,7 @@ int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 /* Softmax over the last dim, in place allowed. */
 int kn_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 
-typedef enum kn_binop { KN_ADD, KN_SUB, KN_MUL } kn_binop;
+typedef enum kn_binop { KN_ADD, KN_SUB, KN_MUL, KN_DIV } kn_binop;
 /* y = a op b, b broadcast over a: each dim of b equals a's or is 1 (ndims
  * aligned from the right). y has a's shape; in place (y == a) allowed. */
 int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);

@@ -50,7 +50,7 @@ int kn_cpu_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
 }
 
 static inline float binop(float a, float b, kn_binop op) {
-    return op == KN_ADD ? a + b : op == KN_SUB ? a - b : a * b;
+    return op == KN_ADD ? a + b : op == KN_SUB ? a - b : op == KN_MUL ? a * b : a / b;
 }
 
 int kn_cpu_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op) {

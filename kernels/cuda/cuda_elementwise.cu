@@ -88,7 +88,7 @@ template <typename T, typename TB> struct kn_cu_binary_f {
             rest /= bc.ne[d];
         }
         float u = kn_cu_f32(a[i]), v = kn_cu_f32(b[boff]);
-        y[i] = kn_cu_to<T>(op == KN_ADD ? u + v : op == KN_SUB ? u - v : u * v);
+        y[i] = kn_cu_to<T>(op == KN_ADD ? u + v : op == KN_SUB ? u - v : op == KN_MUL ? u * v : u / v);
     }
 };
 

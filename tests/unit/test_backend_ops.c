@@ -650,12 +650,12 @@ static void test_binary(int and_, const int64_t *ane, int bnd, const int64_t *bn
             }
         }
         double u = a[i], v = b[bi];
-        ref[i] = (float)(op == KN_ADD ? u + v : op == KN_SUB ? u - v : u * v);
+        ref[i] = (float)(op == KN_ADD ? u + v : op == KN_SUB ? u - v : op == KN_MUL ? u * v : u / v);
     }
     check c = {"binary", "", run_binary, &p, KN_PREC_FP32, n, ref, 1e-7, 1e-7};
     char s1[64], s2[64];
     snprintf(c.what, sizeof c.what, "%s %s %s%s", shape_str(s1, sizeof s1, and_, ane),
-             op == KN_ADD ? "+" : op == KN_SUB ? "-" : "*", shape_str(s2, sizeof s2, bnd, bne),
+             op == KN_ADD ? "+" : op == KN_SUB ? "-" : op == KN_MUL ? "*" : "/", shape_str(s2, sizeof s2, bnd, bne),
              in_place ? " in-place" : "");
     run_check(&c);
     free(a);
@@ -668,7 +668,7 @@ static void test_binary_all(void) {
     const int64_t same[] = {2, 3, 4, 5}, last[] = {5}, mid[] = {3, 1, 5}, outer[] = {2, 1, 1, 1}, one[] = {1},
                   col[] = {4, 1};
     const int64_t odd[] = {3, 7, 13}, odd_b[] = {7, 1};
-    for (int op = KN_ADD; op <= KN_MUL; op++) {
+    for (int op = KN_ADD; op <= KN_DIV; op++) {
         test_binary(4, a, 4, same, (kn_binop)op, 0);
         test_binary(4, a, 1, last, (kn_binop)op, 0);
         test_binary(4, a, 3, mid, (kn_binop)op, op == KN_ADD);
