@@ -1,16 +1,21 @@
 /* kiln: the command-line entry point. Subcommands:
  *   kiln fixture DIR...   run model fixtures (shared format) and report rel L2 errors
+ *   kiln convert FILE     print the API-format prompt ComfyUI's front end would send
  * (`run` and `serve` arrive with the workflow and server work). */
 #include <stdio.h>
 #include <string.h>
 
 #include "kernels/device.h"
+#include "runtime/convert.h"
 #include "runtime/fixture.h"
 
 static int usage(FILE *out) {
     fprintf(out,
             "usage: kiln <command> [args]\n"
             "  fixture DIR...   run every case of fixture folders; exit 1 on any miss\n"
+            "  convert [--no-validate] [--compact] FILE|-\n"
+            "                   print the API-format prompt for a workflow file (either format),\n"
+            "                   or ComfyUI's error JSON and exit 1\n"
             "  version          print build information\n");
     return out == stderr ? 2 : 0;
 }
@@ -41,6 +46,7 @@ int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
     if (strcmp(cmd, "fixture") == 0) return cmd_fixture(argc - 2, argv + 2);
+    if (strcmp(cmd, "convert") == 0) return kn_cmd_convert(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0) return cmd_version();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
     fprintf(stderr, "kiln: unknown command '%s'\n", cmd);

@@ -1,0 +1,38 @@
+/* kn_json: JSON text and value helpers shared by the workflow, validation and
+ * node-schema code, so that what Kiln prints is what ComfyUI (Python) or its
+ * front end (JavaScript) would print.
+ *
+ * Contract:
+ *  - kn_json_dumps writes any jansson value as JSON with reals in their
+ *    shortest round-trip form, spelled as Python's repr does ("0.1", "8.0",
+ *    "1e-05"), where jansson's own dumper prints 17 digits ("0.10000000000000001").
+ *    Object keys keep insertion order. indent 0 = one line with Python's
+ *    default separators (", " and ": "); indent > 0 = that many spaces per
+ *    level, like json.dumps(indent=n). Returns a malloc'd string or NULL when
+ *    out of memory.
+ *  - kn_py_float formats a double like Python's repr(float).
+ *  - kn_py_str / kn_py_repr format a JSON value as Python's str() / repr()
+ *    of the value json.loads would give (None, True, 'text', [1, 2.5],
+ *    {'k': 'v'}): ComfyUI builds its error details with them. Strings are
+ *    escaped as repr does for ASCII and C1 control characters; other
+ *    non-printable Unicode is copied through. malloc'd, NULL when out of memory.
+ *  - kn_json_js_copy deep-copies a value with every number turned into what
+ *    a JavaScript front end would send for it after JSON.parse + stringify:
+ *    integral reals become integers (1.0 -> 1), integers beyond 2^53 are
+ *    rounded to the nearest double. New reference, NULL when out of memory.
+ *  - Recursion follows the value's nesting, which jansson's parser caps at
+ *    2048 levels for anything loaded from text. */
+#ifndef KN_GRAPH_JSON_H
+#define KN_GRAPH_JSON_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+char *kn_json_dumps(const json_t *v, int indent);
+void kn_py_float(double d, char *buf, size_t len);
+char *kn_py_str(const json_t *v);
+char *kn_py_repr(const json_t *v);
+json_t *kn_json_js_copy(const json_t *v);
+
+#endif

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One-time set-up on Debian 12: install the build's packages (as root or with
+# sudo) and build Kiln into build/. CI (.ci/run) uses the same package list.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake make gcc libc6-dev pkg-config clang libclang-rt-14-dev libomp-14-dev llvm
+          libjansson-dev libdnnl-dev libopenblas-dev libpng-dev libstb-dev python3-numpy)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The CUDA backend compiles whenever nvcc is there, GPU or not.
+[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
+cmake -S . -B build >/dev/null
+cmake --build build -j"$(nproc)"
