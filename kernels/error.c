@@ -50,6 +50,7 @@ const char *kn_status_name(int code) {
     case KN_ERR_UNSUPPORTED: return "unsupported";
     case KN_ERR_BACKEND: return "backend";
     case KN_ERR_NOT_FOUND: return "not_found";
+    case KN_ERR_CANCELLED: return "cancelled";
     }
     return "unknown";
 }

@@ -26,6 +26,7 @@ enum {
     KN_ERR_UNSUPPORTED, /* valid but not implemented here */
     KN_ERR_BACKEND,     /* a device or library call failed */
     KN_ERR_NOT_FOUND,   /* a named tensor, file or key is missing */
+    KN_ERR_CANCELLED,   /* the caller asked the work to stop */
 };
 
 typedef struct kn_err {

@@ -6,16 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_RESULTS 64
-
 typedef struct result {
     char name[128];
     kn_tensor t; /* F32, CPU, owned */
 } result;
 
 struct kn_fixture_results {
-    result items[MAX_RESULTS];
-    int count;
+    result *items; /* grows: a schedules case emits ~100 tensors */
+    int count, cap;
 };
 
 static const struct {
@@ -25,10 +23,17 @@ static const struct {
     {"qwen_image_dit", kn_qwen_image_dit_fixture},
     {"qwen_image_vae", kn_wan_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},
+    {"sampling", kn_sampling_fixture},
 };
 
 int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *t, kn_err *err) {
-    if (res->count == MAX_RESULTS) return kn_fail(err, KN_ERR_INVALID, "too many fixture outputs");
+    if (res->count == res->cap) {
+        int cap = res->cap ? 2 * res->cap : 64;
+        result *items = realloc(res->items, (size_t)cap * sizeof *items);
+        if (!items) return kn_fail(err, KN_ERR_NOMEM, "fixture output '%s': out of memory", name);
+        res->items = items;
+        res->cap = cap;
+    }
     result *r = &res->items[res->count];
     if (strlen(name) >= sizeof r->name) return kn_fail(err, KN_ERR_INVALID, "output name '%s' too long", name);
     int rc = kn_tensor_new(&r->t, KN_F32, KN_DEV_CPU, t->ndim, t->ne, err);
@@ -79,35 +84,72 @@ int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals,
     return n;
 }
 
-/* The tolerance for a case: a bf16-weight case uses rel_l2_bf16_case when given. */
-static double case_tolerance(const json_t *meta, const json_t *info) {
+/* How one expected tensor is compared. meta.json's "tolerance" gives, in order of precedence:
+ * a per-tensor entry "bit-exact..." (e.g. {"out.noise": "bit-exact"}: every float's bits must
+ * match); a per-value bound |a - b| <= rel * |b| + abs_floor when "abs_floor" is present; else a
+ * relative L2 bound: the case's own "tolerance_rel_l2", rel_l2_bf16_case for bf16-weight cases,
+ * rel_l2_fp32, or the folder's one differently-named number. NaN in the reference must be
+ * matched by NaN (ComfyUI returns NaN for some degenerate schedules). */
+typedef struct tolerance {
+    enum { TOL_REL_L2, TOL_PER_VALUE, TOL_BITWISE } mode;
+    double rel, abs_floor;
+} tolerance;
+
+static tolerance tensor_tolerance(const json_t *meta, const json_t *info, const char *name) {
     const json_t *tol = json_object_get(meta, "tolerance");
+    const char *own = json_string_value(json_object_get(tol, name));
+    if (own && strncmp(own, "bit-exact", 9) == 0) return (tolerance){TOL_BITWISE, 0.0, 0.0};
     const char *w = json_string_value(json_object_get(info, "weights"));
-    const json_t *v = NULL;
-    if (w && strstr(w, "bf16")) v = json_object_get(tol, "rel_l2_bf16_case");
+    const json_t *v = json_object_get(info, "tolerance_rel_l2");
+    if (!v && w && strstr(w, "bf16")) v = json_object_get(tol, "rel_l2_bf16_case");
     if (!v) v = json_object_get(tol, "rel_l2_fp32");
+    if (!v) v = json_object_get(tol, "rel_fp32");
     if (!v && json_is_object(tol)) { /* a folder with one differently-named tolerance */
         void *it = json_object_iter((json_t *)tol);
         v = it ? json_object_iter_value(it) : NULL;
     }
-    return json_is_number(v) ? json_number_value(v) : 1e-4;
+    double rel = json_is_number(v) ? json_number_value(v) : 1e-4;
+    const json_t *floor = json_object_get(tol, "abs_floor");
+    if (json_is_number(floor)) return (tolerance){TOL_PER_VALUE, rel, json_number_value(floor)};
+    return (tolerance){TOL_REL_L2, rel, 0.0};
 }
 
-static double rel_l2(const kn_tensor *out, const kn_tensor *ref_f32) {
+/* The error of `out` against `ref` in the tolerance's own measure (pass: <= limit). */
+static double tensor_error(const kn_tensor *out, const kn_tensor *ref_f32, const tolerance *tol, double *limit) {
     const float *a = out->data, *b = ref_f32->data;
-    double num = 0.0, den = 0.0;
-    for (int64_t i = 0; i < kn_tensor_numel(out); i++) {
+    int64_t n = kn_tensor_numel(out);
+    double num = 0.0, den = 0.0, worst = 0.0;
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (tol->mode == TOL_BITWISE) {
+            differ += memcmp(&a[i], &b[i], sizeof a[i]) != 0;
+            continue;
+        }
+        if (isnan(b[i]) || isnan(a[i])) {
+            if (!(isnan(b[i]) && isnan(a[i]))) return *limit = tol->rel, INFINITY;
+            continue;
+        }
         double d = (double)a[i] - b[i];
+        if (tol->mode == TOL_PER_VALUE) {
+            double r = fabs(d) / (tol->rel * fabs((double)b[i]) + tol->abs_floor);
+            if (r > worst) worst = r;
+        }
         num += d * d;
         den += (double)b[i] * b[i];
     }
+    switch (tol->mode) {
+    case TOL_BITWISE: *limit = 0.0; return (double)differ;
+    case TOL_PER_VALUE: *limit = 1.0; return worst;
+    default: break;
+    }
+    *limit = tol->rel;
     if (den == 0.0) return num == 0.0 ? 0.0 : INFINITY;
     return sqrt(num / den);
 }
 
 /* Compares every expected tensor the runner produced; returns 1 on a miss. */
-static int compare_case(const kn_st_file *data, kn_fixture_results *res, const char *label, double tol,
-                        kn_err *err) {
+static int compare_case(const kn_st_file *data, kn_fixture_results *res, const char *label, const json_t *meta,
+                        const json_t *info, kn_err *err) {
     int missed = 0;
     for (int i = 0; i < kn_st_count(data); i++) {
         const kn_tensor *ref = kn_st_at(data, i);
@@ -137,11 +179,18 @@ static int compare_case(const kn_st_file *data, kn_fixture_results *res, const c
         kn_tensor ref32;
         if (kn_tensor_new(&ref32, KN_F32, KN_DEV_CPU, ref->ndim, ref->ne, err) || kn_tensor_copy(&ref32, ref, err))
             return kn_tensor_free(&ref32), -1;
-        double e = rel_l2(&got->t, &ref32);
+        tolerance tol = tensor_tolerance(meta, info, want);
+        double limit, e = tensor_error(&got->t, &ref32, &tol, &limit);
         kn_tensor_free(&ref32);
-        int pass = e <= tol;
-        printf("  %-34s rel_l2 %.3e  tol %.1e  %s\n", ref->name, e, tol,
-               pass ? "ok" : is_out ? "FAIL" : "(debug, differs)");
+        int pass = e <= limit;
+        const char *verdict = pass ? "ok" : is_out ? "FAIL" : "(debug, differs)";
+        if (tol.mode == TOL_BITWISE)
+            printf("  %-34s bit-exact: %.0f of %lld values differ  %s\n", ref->name, e,
+                   (long long)kn_tensor_numel(ref), verdict);
+        else if (tol.mode == TOL_PER_VALUE)
+            printf("  %-34s max |a-b|/(%.0e|b|+%.0e) %.3f  %s\n", ref->name, tol.rel, tol.abs_floor, e, verdict);
+        else
+            printf("  %-34s rel_l2 %.3e  tol %.1e  %s\n", ref->name, e, limit, verdict);
         if (!pass && is_out) missed = 1;
     }
     return missed;
@@ -152,6 +201,38 @@ static void results_clear(kn_fixture_results *res) {
     res->count = 0;
 }
 
+/* A component "a/b" (a sub-folder of a component's fixtures) runs under the runner of "a". */
+static kn_fixture_fn find_runner(const char *component) {
+    size_t len = component ? strcspn(component, "/") : 0;
+    for (size_t i = 0; component && i < sizeof runners / sizeof runners[0]; i++)
+        if (strlen(runners[i].component) == len && strncmp(runners[i].component, component, len) == 0)
+            return runners[i].run;
+    return NULL;
+}
+
+/* A folder whose meta.json lists "folders" (and has no "cases") runs each sub-folder in turn. */
+static int run_folders(const char *dir, const json_t *folders, int verbose, int *failed, kn_err *err) {
+    const char *name;
+    const json_t *what;
+    json_object_foreach((json_t *)folders, name, what) {
+        char sub[4096];
+        kn_err serr;
+        kn_err_clear(&serr);
+        int f = 0;
+        if (strchr(name, '/') || strstr(name, "..") ||
+            (size_t)snprintf(sub, sizeof sub, "%s/%s", dir, name) >= sizeof sub) {
+            printf("%s: ERROR folder name '%s' is not a plain name\n", dir, name);
+            f = 1;
+        } else if (kn_fixture_run_dir(sub, verbose, &f, &serr) != KN_OK && f == 0) {
+            printf("%s: ERROR %s\n", sub, serr.msg); /* the folder could not run at all */
+            f = 1;
+        }
+        *failed += f;
+        (void)what;
+    }
+    return *failed ? kn_fail(err, KN_ERR_INVALID, "%s: %d case(s) failed", dir, *failed) : KN_OK;
+}
+
 int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
     char path[4096];
     *failed = 0;
@@ -160,10 +241,14 @@ int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
     json_t *meta = json_load_file(path, 0, &jerr);
     if (!meta) return kn_fail(err, KN_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
     const char *component = json_string_value(json_object_get(meta, "component"));
-    kn_fixture_fn run = NULL;
-    for (size_t i = 0; component && i < sizeof runners / sizeof runners[0]; i++)
-        if (strcmp(runners[i].component, component) == 0) run = runners[i].run;
     const json_t *cases = json_object_get(meta, "cases");
+    const json_t *folders = json_object_get(meta, "folders");
+    if (!cases && json_is_object(folders)) {
+        int rc = run_folders(dir, folders, verbose, failed, err);
+        json_decref(meta);
+        return rc;
+    }
+    kn_fixture_fn run = find_runner(component);
     if (!run || !json_is_array(cases)) {
         json_decref(meta);
         return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: component '%s' has no runner in this build", path,
@@ -184,7 +269,7 @@ int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
     json_array_foreach(cases, i, info) {
         const char *file = json_string_value(json_object_get(info, "file"));
         const char *desc = json_string_value(json_object_get(info, "desc"));
-        double tol = case_tolerance(meta, info);
+        if (!desc) desc = json_string_value(json_object_get(info, "what"));
         printf("case %zu: %s\n", i, desc ? desc : "");
         kn_st_file *data = NULL;
         kn_err cerr;
@@ -201,7 +286,7 @@ int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
             kn_err_clear(&ctx.err);
             crc = run(&c, res, &cerr);
             if (crc == KN_OK) {
-                int m = compare_case(data, res, component, tol, &cerr);
+                int m = compare_case(data, res, component, meta, info, &cerr);
                 crc = m < 0 ? cerr.code : KN_OK;
                 if (m > 0) (*failed)++;
             }
@@ -215,6 +300,7 @@ int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err) {
         (void)verbose;
     }
     printf("%s: %zu cases, %d failed\n", component, json_array_size(cases), *failed);
+    free(res->items);
     free(res);
     kn_ctx_free(&ctx);
     json_decref(meta);

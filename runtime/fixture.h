@@ -5,8 +5,11 @@
  * intermediates where present). meta.json's "component" picks a runner; the
  * runner reads the inputs, computes, and hands each output to
  * kn_fixture_emit under the expected name ("out.x" or "debug.x"). The harness
- * prints every case's relative L2 error against the meta.json tolerance;
- * out.* tensors decide pass/fail, debug.* ones are printed to help find bugs. */
+ * prints every case's error against the meta.json tolerance (relative L2 by
+ * default; bit-exact or per-value bounds where meta.json asks for them);
+ * out.* tensors decide pass/fail, debug.* ones are printed to help find bugs.
+ * A folder whose meta.json lists "folders" instead of "cases" runs each
+ * sub-folder; a sub-folder's component "a/b" runs under the runner of "a". */
 #ifndef KN_FIXTURE_H
 #define KN_FIXTURE_H
 
@@ -46,5 +49,6 @@ int kn_fixture_run_dir(const char *dir, int verbose, int *failed, kn_err *err);
 int kn_qwen_image_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_wan_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen25vl_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_sampling_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 
 #endif

@@ -24,14 +24,6 @@ static const int wan_dim_mult[] = {1, 2, 4, 4};
 #define WAN_MAX_LAYERS 24   /* decoder: 3 middle + 4 stages x 3 blocks + 3 upsamples = 18 */
 
 /* ComfyUI comfy/latent_formats.py Wan21 (scale_factor 1). */
-#define WAN21_CHANNELS 16
-static const float wan21_mean[WAN21_CHANNELS] = {-0.7571f, -0.7089f, -0.9113f, 0.1075f,  -0.1745f, 0.9653f,
-                                                 -0.1517f, 1.5508f,  0.4134f,  -0.0715f, 0.5517f,  -0.3632f,
-                                                 -0.1922f, -0.9497f, 0.2503f,  -0.2921f};
-static const float wan21_std[WAN21_CHANNELS] = {2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f,
-                                                2.6052f, 2.0743f, 3.2687f, 2.1526f, 2.8652f, 1.5579f,
-                                                1.6382f, 1.1253f, 2.8251f, 1.9160f};
-
 /* ---- model ------------------------------------------------------------------- */
 
 typedef struct wan_conv {
@@ -538,33 +530,4 @@ int kn_wan_vae_decode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *image, cons
     if (!rc) rc = kn_tensor_copy(image, &r.x, &ctx->err);
     run_end(&r);
     return rc;
-}
-
-/* ---- latent format ----------------------------------------------------------- */
-
-/* Per channel of dim 1: y = (x - mean) / std into model space, y = x * std + mean
- * out of it, with ComfyUI's operations (a division, not a reciprocal multiply). */
-static int wan21_latent_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int to_model) {
-    char d[96];
-    if (x->ndim < 2 || x->ne[1] != WAN21_CHANNELS || x->device != KN_DEV_CPU)
-        return kn_fail(&ctx->err, KN_ERR_SHAPE, "wan21 latent: %s must be [B, %d, ...] on the CPU",
-                       kn_tensor_desc(x, d, sizeof d), WAN21_CHANNELS);
-    /* [16, 1, ...] broadcasts over the batch and every position */
-    int64_t ne[KN_MAX_DIMS] = {WAN21_CHANNELS, 1, 1, 1, 1, 1};
-    kn_tensor s = kn_tensor_make(KN_F32, KN_DEV_CPU, (float *)wan21_std, x->ndim - 1, ne);
-    kn_tensor t = kn_tensor_make(KN_F32, KN_DEV_CPU, (float *)wan21_mean, x->ndim - 1, ne);
-    if (to_model) {
-        TRY(kn_binary(ctx, y, x, &t, KN_SUB));
-        return kn_binary(ctx, y, y, &s, KN_DIV);
-    }
-    TRY(kn_binary(ctx, y, x, &s, KN_MUL));
-    return kn_binary(ctx, y, y, &t, KN_ADD);
-}
-
-int kn_wan21_latent_process_in(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
-    return wan21_latent_affine(ctx, y, x, 1);
-}
-
-int kn_wan21_latent_process_out(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
-    return wan21_latent_affine(ctx, y, x, 0);
 }

@@ -51,10 +51,7 @@ int kn_wan_vae_image_shape(const kn_wan_vae *vae, const kn_tensor *latent, int64
 int kn_wan_vae_encode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *latent_mean, const kn_tensor *image);
 int kn_wan_vae_decode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *image, const kn_tensor *latent);
 
-/* ComfyUI latent_formats.Wan21 over dim 1 of [B, 16, ...] (in place allowed):
- *   process_in:  (latent - mean) / std   VAE latent -> diffusion model space
- *   process_out: latent * std + mean     sampler output -> VAE latent */
-int kn_wan21_latent_process_in(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
-int kn_wan21_latent_process_out(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
+/* The latent normalisation (ComfyUI latent_formats.Wan21) lives with the
+ * samplers: kn_latent_wan21 in pipelines/sampling/samplers.h. */
 
 #endif

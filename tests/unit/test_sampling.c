@@ -1,0 +1,174 @@
+/* Tests for the sampling math (pipelines/sampling) beyond what the shared
+ * fixtures pin: properties every sampler must have, the generator against the
+ * C++ standard's MT19937 check value, batch_index noise, schedule edge cases,
+ * CFG's pass counting, cancellation and the errors of bad requests. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipelines/sampling/samplers.h"
+
+static int checks, failures;
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        checks++;                                                              \
+        if (!(cond) && ++failures <= 50) {                                     \
+            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+
+#define N_LATENT (2 * 16 * 4 * 6)
+static const int64_t latent_shape[4] = {2, 16, 4, 6};
+
+/* A perfect model of one clean latent: D(x, sigma) = x0 for every x, sigma. */
+typedef struct oracle {
+    const float *x0;
+    int calls[2]; /* per conditioning: positive, negative */
+} oracle;
+
+static int oracle_cond(void *user, const kn_tensor *x, float sigma, int negative, kn_tensor *den, kn_err *err) {
+    oracle *o = user;
+    o->calls[negative]++;
+    for (int64_t i = 0; i < kn_tensor_numel(x); i++) ((float *)den->data)[i] = o->x0[i] + (negative ? 1.0f : 0.0f);
+    (void)sigma, (void)err;
+    return KN_OK;
+}
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
+static void test_mt19937(void) {
+    kn_torch_rng g;
+    kn_torch_rng_seed(&g, 5489); /* std::mt19937's default seed */
+    uint32_t v = 0;
+    for (int i = 0; i < 10000; i++) v = kn_torch_rng_u32(&g);
+    CHECK(v == 4123659995u, "10000th output %u", v); /* the C++ standard's check value */
+}
+
+static void test_batch_index(void) {
+    float whole[N_LATENT], item[N_LATENT / 2];
+    kn_err err;
+    kn_tensor t = kn_tensor_make(KN_F32, KN_DEV_CPU, whole, 4, latent_shape);
+    int64_t one[4] = {1, 16, 4, 6};
+    kn_tensor t1 = kn_tensor_make(KN_F32, KN_DEV_CPU, item, 4, one);
+    /* 384-value items are whole blocks of 16: drawing item by item equals one draw over the batch */
+    CHECK(kn_prepare_noise(&t, 7, NULL, 0, KN_RANDN_AVX2, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_prepare_noise(&t1, 7, (int64_t[]){1}, 1, KN_RANDN_AVX2, &err) == KN_OK, "%s", err.msg);
+    CHECK(memcmp(item, whole + N_LATENT / 2, sizeof item) == 0, "batch_index [1] is not the second draw");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, -1}, 2, KN_RANDN_AVX2, &err) == KN_ERR_INVALID, "negative index");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, INT64_MAX}, 2, KN_RANDN_AVX2, &err) == KN_ERR_INVALID, "huge index");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0}, 1, KN_RANDN_AVX2, &err) == KN_ERR_SHAPE, "index count");
+}
+
+static void test_schedules(void) {
+    kn_model_sampling ms;
+    kn_err err;
+    float *s = NULL;
+    int n = -1;
+    CHECK(kn_model_sampling_flow(&ms, 3.0, 1.0, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_ksampler_sigmas(&ms, "simple", "euler", 8, 0.0, &s, &n, &err) == KN_OK && n == 0, "denoise 0: %d", n);
+    free(s);
+    CHECK(kn_ksampler_sigmas(&ms, "karras", "uni_pc", 8, 1.0, &s, &n, &err) == KN_OK && n == 9 && s[8] == 0.0f,
+          "uni_pc schedule: %d values", n);
+    free(s);
+    CHECK(kn_ksampler_sigmas(&ms, "kl_optimal", "euler", 1, 1.0, &s, &n, &err) == KN_OK && n == 2 && isnan(s[0]),
+          "kl_optimal 1 step is [NaN, 0] in ComfyUI");
+    free(s);
+    CHECK(kn_ksampler_sigmas(&ms, "simple", "euler", 10, 0.5, &s, &n, &err) == KN_OK && n == 11 &&
+              s[0] == ms.sigmas[ms.n - 1 - (int)(10 * 1000.0 / 20)],
+          "denoise 0.5 keeps the low end of a 20-step schedule");
+    free(s);
+    CHECK(kn_ksampler_sigmas(&ms, "nope", "euler", 4, 1.0, &s, &n, &err) == KN_ERR_NOT_FOUND, "unknown scheduler");
+    CHECK(kn_ksampler_sigmas(&ms, "simple", "euler", 0, 1.0, &s, &n, &err) == KN_ERR_INVALID, "0 steps");
+    kn_model_sampling_free(&ms);
+}
+
+/* Given the clean latent exactly, every sampler must end on it (uni_pc within its
+ * 0.001 final sigma), whatever noise it adds on the way; CFG runs the negative
+ * pass only when cfg is not 1. */
+static void test_samplers(void) {
+    static const char *names[] = {"euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_heun",
+                                  "lcm", "res_multistep", "res_multistep_ancestral", "ddim", "uni_pc", "uni_pc_bh2"};
+    float x0[N_LATENT], noise[N_LATENT], zeros[N_LATENT] = {0}, out[N_LATENT];
+    kn_tensor tn = kn_tensor_make(KN_F32, KN_DEV_CPU, noise, 4, latent_shape);
+    kn_tensor tx0 = kn_tensor_make(KN_F32, KN_DEV_CPU, x0, 4, latent_shape);
+    kn_tensor tz = kn_tensor_make(KN_F32, KN_DEV_CPU, zeros, 4, latent_shape);
+    kn_tensor to = kn_tensor_make(KN_F32, KN_DEV_CPU, out, 4, latent_shape);
+    kn_err err;
+    kn_model_sampling ms;
+    CHECK(kn_model_sampling_flux(&ms, 1.15, &err) == KN_OK, "%s", err.msg);
+    kn_prepare_noise(&tx0, 1, NULL, 0, KN_RANDN_AVX2, &err);
+    kn_prepare_noise(&tn, 2, NULL, 0, KN_RANDN_AVX2, &err);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        for (int guided = 0; guided < 2; guided++) {
+            float *s;
+            int n;
+            CHECK(kn_ksampler_sigmas(&ms, "simple", names[i], 8, 1.0, &s, &n, &err) == KN_OK, "%s", err.msg);
+            oracle o = {x0, {0, 0}};
+            kn_cfg_guider g = {oracle_cond, &o, guided ? 4.0 : 1.0, {0}};
+            kn_sample_params p = {.sampler = names[i], .ms = &ms, .sigmas = s, .n_sigmas = n,
+                                  .denoise = kn_cfg_denoise, .denoise_user = &g, .seed = 3};
+            int rc = kn_sample(&p, NULL, &tn, &tz, &to, NULL, &err);
+            CHECK(rc == KN_OK, "%s: %s", names[i], err.msg);
+            /* cfg 4 against a negative prediction of x0 + 1 aims at x0 - 3 */
+            for (int k = 0; guided && k < N_LATENT; k++) x0[k] -= 3.0f;
+            double e = rel_err(out, x0, N_LATENT), tol = strncmp(names[i], "uni_pc", 6) == 0 ? 3e-3 : 1e-5;
+            CHECK(e <= tol, "%s cfg %g: rel error %.3g to the clean latent", names[i], g.cfg, e);
+            for (int k = 0; guided && k < N_LATENT; k++) x0[k] += 3.0f;
+            CHECK(o.calls[1] == (guided ? o.calls[0] : 0), "%s: %d negative passes for %d positive", names[i],
+                  o.calls[1], o.calls[0]);
+            kn_cfg_guider_free(&g);
+            free(s);
+        }
+    }
+    kn_model_sampling_free(&ms);
+}
+
+static int count_steps(void *user, int step, int total, const kn_tensor *x, const kn_tensor *den, kn_err *err) {
+    (*(int *)user)++;
+    (void)step, (void)total, (void)x, (void)den, (void)err;
+    return KN_OK;
+}
+
+static void test_cancel_and_errors(void) {
+    float x[N_LATENT] = {0}, x0[N_LATENT] = {0};
+    kn_tensor tx = kn_tensor_make(KN_F32, KN_DEV_CPU, x, 4, latent_shape);
+    kn_err err;
+    kn_model_sampling ms;
+    kn_model_sampling_flow(&ms, 3.0, 1.0, &err);
+    float s[5] = {1.0f, 0.75f, 0.5f, 0.25f, 0.0f};
+    oracle o = {x0, {0, 0}};
+    kn_cfg_guider g = {oracle_cond, &o, 1.0, {0}};
+    atomic_int cancel = 1;
+    int steps = 0;
+    kn_sample_params p = {.sampler = "euler", .ms = &ms, .sigmas = s, .n_sigmas = 5, .denoise = kn_cfg_denoise,
+                          .denoise_user = &g, .progress = count_steps, .progress_user = &steps, .cancel = &cancel};
+    CHECK(kn_sampler_run(&p, &tx, &err) != KN_OK && strstr(err.msg, "cancelled"), "cancel: %s", err.msg);
+    CHECK(o.calls[0] == 1 && steps == 1, "cancel after the first step: %d calls, %d steps", o.calls[0], steps);
+    p.cancel = NULL;
+    p.sampler = "dpm_adaptive";
+    CHECK(kn_sampler_run(&p, &tx, &err) == KN_ERR_UNSUPPORTED && strstr(err.msg, "dpm_adaptive"), "%s", err.msg);
+    kn_model_sampling_free(&ms);
+}
+
+int main(void) {
+    test_mt19937();
+    test_batch_index();
+    test_schedules();
+    test_samplers();
+    test_cancel_and_errors();
+    printf("test_sampling: %d checks, %d failures\n", checks, failures);
+    return failures != 0;
+}
