@@ -16,6 +16,7 @@ struct kn_st_file {
     size_t map_len;
     int owns_map;
     const uint8_t *data;    /* start of the data region */
+    void *aligned_copy;     /* the data region, copied when the file leaves it misaligned */
     size_t data_len;
     json_t *metadata;       /* "__metadata__" object or NULL */
     kn_tensor *tensors;     /* file order */
@@ -61,13 +62,13 @@ static int parse_tensor(kn_st_file *f, const char *name, const json_t *entry, sp
         return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': %zu dims (at most %d supported)", path, name, ndim,
                        KN_MAX_DIMS);
     int64_t ne[KN_MAX_DIMS];
-    size_t bytes = kn_dtype_size(dt);
+    size_t bytes = kn_dtype_size(dt), dense = 1; /* product of the nonzero dims: bounds every stride */
     for (size_t i = 0; i < ndim; i++) {
         size_t d;
         if (json_size(json_array_get(js, i), &d) || d > (size_t)INT64_MAX)
             return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer", path,
                            name, i);
-        if (kn_mul_size(bytes, d, &bytes))
+        if (kn_mul_size(bytes, d, &bytes) || (d && kn_mul_size(dense, d, &dense)) || dense > (size_t)INT64_MAX)
             return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s': shape size overflows", path, name);
         ne[i] = (int64_t)d;
     }
@@ -104,6 +105,15 @@ static int parse_header(kn_st_file *f, kn_err *err) {
                        (unsigned long long)hlen, f->map_len);
     f->data = f->map + 8 + hlen;
     f->data_len = f->map_len - 8 - (size_t)hlen;
+    if ((uintptr_t)f->data % 8 && f->data_len) {
+        /* A header length that is not a multiple of 8 (older writers) leaves
+         * elements misaligned; kernels read them as float/uint16_t, so copy. */
+        f->aligned_copy = aligned_alloc(64, (f->data_len + 63) & ~(size_t)63);
+        if (!f->aligned_copy)
+            return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory copying the misaligned data region", path);
+        memcpy(f->aligned_copy, f->data, f->data_len);
+        f->data = f->aligned_copy;
+    }
 
     json_error_t jerr;
     f->header = json_loadb((const char *)f->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
@@ -147,14 +157,19 @@ static int parse_header(kn_st_file *f, kn_err *err) {
     }
     f->count = i;
     if (rc == KN_OK) {
-        /* Sorted by begin, any tensor starting before the previous one ended overlaps it. */
+        /* Sorted by begin, a tensor overlaps an earlier one iff it starts before the
+         * furthest end so far; empty tensors hold no bytes, so they neither overlap
+         * nor move that end (comparing neighbours only misses A=[0,16] E=[4,4] B=[8,12]). */
         qsort(spans, (size_t)f->count, sizeof *spans, cmp_span);
-        for (int j = 1; j < f->count; j++) {
-            if (spans[j].begin < spans[j - 1].end && spans[j].end > spans[j].begin) {
+        int last = -1; /* the span with the furthest end so far */
+        for (int j = 0; j < f->count; j++) {
+            if (spans[j].begin == spans[j].end) continue;
+            if (last >= 0 && spans[j].begin < spans[last].end) {
                 rc = kn_fail(err, KN_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap in the data region", path,
-                             f->names[spans[j - 1].index], f->names[spans[j].index]);
+                             f->names[spans[last].index], f->names[spans[j].index]);
                 break;
             }
+            if (last < 0 || spans[j].end > spans[last].end) last = j;
         }
     }
     free(spans);
@@ -231,6 +246,7 @@ void kn_st_close(kn_st_file *f) {
     if (!f) return;
     if (f->owns_map && f->map) munmap((void *)f->map, f->map_len);
     json_decref(f->header);
+    free(f->aligned_copy);
     free(f->tensors);
     free(f->names);
     free(f->by_name);
@@ -266,7 +282,9 @@ int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err
         if (s) {
             if (kn_tensor_numel(s) != 1 || !kn_dtype_is_float(s->dtype))
                 return kn_fail(err, KN_ERR_FORMAT, "%s: '%s' must be a single float", f->path, sname);
-            kn_to_f32(&out->scale, s->data, s->dtype, 1, 1.0f);
+            double v; /* the scale may sit at any offset; kn_to_f32 expects aligned elements */
+            memcpy(&v, s->data, kn_dtype_size(s->dtype));
+            kn_to_f32(&out->scale, &v, s->dtype, 1, 1.0f);
         }
     }
     return KN_OK;
@@ -280,16 +298,23 @@ int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err) {
     json_t *h = json_object();
     size_t off = 0;
     for (int i = 0; i < n; i++) {
+        /* Checked first: json_object_set_new would silently replace a duplicate name,
+         * leaving the first tensor's bytes as an unlisted hole. */
+        if (!t[i].name || json_object_get(h, t[i].name) || t[i].device != KN_DEV_CPU ||
+            !kn_tensor_is_contiguous(&t[i])) {
+            json_decref(h);
+            return kn_fail(err, KN_ERR_INVALID, "%s: tensor %d ('%s') needs a unique name and contiguous CPU data",
+                           path, i, t[i].name ? t[i].name : "");
+        }
         json_t *shape = json_array();
         for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].ne[d]));
         size_t bytes = kn_tensor_nbytes(&t[i]);
         json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", kn_dtype_name(t[i].dtype), "shape", shape,
                               "data_offsets", (json_int_t)off, (json_int_t)(off + bytes));
-        if (!t[i].name || t[i].device != KN_DEV_CPU || !kn_tensor_is_contiguous(&t[i]) || !e ||
-            json_object_set_new(h, t[i].name, e)) {
+        if (!e || json_object_set_new(h, t[i].name, e)) { /* set_new consumes e even when it fails */
             json_decref(h);
-            return kn_fail(err, KN_ERR_INVALID, "%s: tensor %d ('%s') needs a unique name and contiguous CPU data",
-                           path, i, t[i].name ? t[i].name : "");
+            return kn_fail(err, KN_ERR_INVALID, "%s: tensor '%s' cannot go into the header (name not UTF-8?)", path,
+                           t[i].name);
         }
         off += bytes;
     }
