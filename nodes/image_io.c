@@ -1,0 +1,996 @@
+/* kn image I/O: PNG writing and tEXt reading, image loading, and ComfyUI's
+ * common_upscale. See image_io.h for the contract.
+ *
+ * Where this departs from ComfyUI (PIL + torch):
+ *  - Truncated or corrupt files are errors. ComfyUI's node_helpers.pillow
+ *    retries with ImageFile.LOAD_TRUNCATED_IMAGES, which fills the missing
+ *    part of a truncated image with black.
+ *  - 16-bit grayscale PNGs follow LoadImage's mode "I" branch (value * (1/255),
+ *    clipped to 255), which is what Pillow before 10.x produced. Newer Pillow
+ *    opens them as "I;16", which LoadImage converts by clipping every value
+ *    above 255 to white.
+ *  - Non-PNG formats go through stb_image: JPEG (baseline and progressive, no
+ *    arithmetic coding, no 12-bit), BMP, GIF, TGA, PSD, HDR and PNM. WebP,
+ *    TIFF and APNG animation (only the default image is read) are not
+ *    supported. GIF frames are stb's composited canvases; PIL's frames
+ *    after the first are the same pixels, so the batch matches.
+ *  - EXIF orientation is applied from JPEG APP1 and PNG eXIf chunks; PIL also
+ *    reads it from TIFF and WebP, which are not decoded here.
+ *  - Lanczos on images with C != 3 treats every channel alike; PIL would
+ *    refuse most such arrays and premultiplies alpha for RGBA.
+ *  - Bilinear, bicubic and area follow torch's index and weight formulas in
+ *    float; sums may associate differently from torch's vectorised kernels
+ *    (differences of a few ulp).
+ */
+#include "nodes/image_io.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include <stb/stb_image.h>
+
+static const uint8_t kn_png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+/* Compressed files beyond this are refused before reading: stb_image takes
+ * an int length, and no legitimate input is near it. */
+#define KN_IMAGE_MAX_FILE_BYTES ((size_t)INT_MAX)
+
+/* ---- Shared helpers ------------------------------------------------------ */
+
+/* ComfyUI's np.clip(255. * x, 0, 255).astype(np.uint8): float32 product,
+ * truncated; NaN (undefined in numpy) becomes 0. */
+static uint8_t kn_quantise(float x) {
+    float v = 255.0f * x;
+    if (!(v > 0.0f)) return 0;
+    if (v >= 255.0f) return 255;
+    return (uint8_t)v;
+}
+
+static int kn_check_f32_4d(const kn_tensor *t, const char *what, kn_err *err) {
+    if (t->dtype != KN_F32 || t->device != KN_DEV_CPU || t->ndim != 4 || !kn_tensor_is_contiguous(t)) {
+        char d[96];
+        return kn_fail(err, KN_ERR_SHAPE, "%s must be a contiguous 4-D F32 CPU tensor, got %s", what,
+                       kn_tensor_desc(t, d, sizeof d));
+    }
+    for (int i = 0; i < 4; i++)
+        if (t->ne[i] < 1) return kn_fail(err, KN_ERR_SHAPE, "%s has an empty dimension %d", what, i);
+    return KN_OK;
+}
+
+/* Refuses images above KN_IMAGE_MAX_PIXELS before anything is allocated. */
+static int kn_check_pixels(int64_t w, int64_t h, int64_t frames, const char *name, kn_err *err) {
+    int64_t px;
+    if (w < 1 || h < 1 || frames < 1)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: invalid image size %lldx%lld (%lld frames)", name,
+                       (long long)w, (long long)h, (long long)frames);
+    if (__builtin_mul_overflow(w, h, &px) || __builtin_mul_overflow(px, frames, &px) ||
+        px > KN_IMAGE_MAX_PIXELS)
+        return kn_fail(err, KN_ERR_FORMAT,
+                       "%s: image of %lldx%lld x %lld frames exceeds the limit of %lld pixels", name,
+                       (long long)w, (long long)h, (long long)frames, (long long)KN_IMAGE_MAX_PIXELS);
+    return KN_OK;
+}
+
+static int kn_read_whole_file(const char *path, uint8_t **out, size_t *len, kn_err *err) {
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return kn_fail(err, KN_ERR_IO, "%s: %s", path, strerror(errno));
+    int rc = KN_OK;
+    uint8_t *buf = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        rc = kn_fail(err, KN_ERR_IO, "%s: cannot determine the size: %s", path, strerror(errno));
+    } else if ((unsigned long)n > KN_IMAGE_MAX_FILE_BYTES) {
+        rc = kn_fail(err, KN_ERR_INVALID, "%s: file of %ld bytes is too large", path, n);
+    } else if (!(buf = malloc(n ? (size_t)n : 1))) {
+        rc = kn_fail(err, KN_ERR_NOMEM, "%s: out of memory reading %ld bytes", path, n);
+    } else if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        rc = kn_fail(err, KN_ERR_IO, "%s: read failed", path);
+    }
+    fclose(f);
+    if (rc != KN_OK) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *len = (size_t)n;
+    return KN_OK;
+}
+
+/* ---- libpng plumbing ----------------------------------------------------- */
+
+/* State shared with libpng's callbacks. It lives in the caller of the
+ * function that calls setjmp, so its contents are well defined after
+ * libpng's longjmp (C11 7.13.2.1 only spares objects local to that function). */
+typedef struct kn_png_io {
+    char msg[200];
+    uint8_t *buf; /* encoder output */
+    size_t len, cap;
+    const uint8_t *src; /* decoder input */
+    size_t size, pos;
+    uint8_t *pix;       /* decoder output rows */
+    png_bytep *rows;
+} kn_png_io;
+
+static void kn_png_on_error(png_structp png, png_const_charp msg) {
+    kn_png_io *io = png_get_error_ptr(png);
+    snprintf(io->msg, sizeof io->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+/* Warnings (an ancillary chunk with a bad CRC, an unknown sRGB profile) do
+ * not affect the pixels; PIL ignores the same conditions. */
+static void kn_png_on_warning(png_structp png, png_const_charp msg) {
+    (void)png;
+    (void)msg;
+}
+
+static void kn_png_write_cb(png_structp png, png_bytep data, size_t n) {
+    kn_png_io *io = png_get_io_ptr(png);
+    if (n > io->cap - io->len) {
+        size_t cap = io->cap ? io->cap : 65536;
+        while (n > cap - io->len) {
+            if (kn_mul_size(cap, 2, &cap)) png_error(png, "output size overflows");
+        }
+        uint8_t *p = realloc(io->buf, cap);
+        if (!p) png_error(png, "out of memory");
+        io->buf = p;
+        io->cap = cap;
+    }
+    memcpy(io->buf + io->len, data, n);
+    io->len += n;
+}
+
+static void kn_png_flush_cb(png_structp png) { (void)png; }
+
+static void kn_png_read_cb(png_structp png, png_bytep data, size_t n) {
+    kn_png_io *io = png_get_io_ptr(png);
+    if (n > io->size - io->pos) png_error(png, "file is truncated");
+    memcpy(data, io->src + io->pos, n);
+    io->pos += n;
+}
+
+/* ---- PNG writing --------------------------------------------------------- */
+
+static int kn_png_encode_run(png_structp png, png_infop info, kn_png_io *io, const float *px, int64_t h,
+                             int64_t w, int64_t c, png_text *texts, int ntexts, int level, uint8_t *row) {
+    if (setjmp(png_jmpbuf(png))) return 1;
+    static const int color_type[5] = {0, PNG_COLOR_TYPE_GRAY, 0, PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGBA};
+    png_set_write_fn(png, io, kn_png_write_cb, kn_png_flush_cb);
+    png_set_compression_level(png, level);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, color_type[c], PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (ntexts > 0) png_set_text(png, info, texts, ntexts);
+    png_write_info(png, info);
+    for (int64_t y = 0; y < h; y++) {
+        const float *src = px + y * w * c;
+        for (int64_t i = 0; i < w * c; i++) row[i] = kn_quantise(src[i]);
+        png_write_row(png, row);
+    }
+    png_write_end(png, info);
+    return 0;
+}
+
+int kn_png_encode(const kn_tensor *image, int64_t index, const kn_png_text *texts, int ntexts,
+                  int compress_level, uint8_t **out, size_t *out_len, kn_err *err) {
+    *out = NULL;
+    *out_len = 0;
+    if (kn_check_f32_4d(image, "png: image", err)) return err->code;
+    int64_t b = image->ne[0], h = image->ne[1], w = image->ne[2], c = image->ne[3];
+    if (index < 0 || index >= b)
+        return kn_fail(err, KN_ERR_INVALID, "png: image index %lld outside the batch of %lld",
+                       (long long)index, (long long)b);
+    if (c != 1 && c != 3 && c != 4)
+        return kn_fail(err, KN_ERR_SHAPE, "png: images need 1, 3 or 4 channels, got %lld", (long long)c);
+    if (h > PNG_USER_HEIGHT_MAX || w > PNG_USER_WIDTH_MAX)
+        return kn_fail(err, KN_ERR_INVALID, "png: %lldx%lld is larger than libpng writes", (long long)w,
+                       (long long)h);
+    if (compress_level < 0 || compress_level > 9)
+        return kn_fail(err, KN_ERR_INVALID, "png: compress_level %d outside 0..9", compress_level);
+    if (ntexts < 0 || (ntexts > 0 && !texts))
+        return kn_fail(err, KN_ERR_INVALID, "png: bad text chunk list (%d entries)", ntexts);
+    for (int i = 0; i < ntexts; i++) {
+        size_t kl = texts[i].key ? strlen(texts[i].key) : 0;
+        if (kl < 1 || kl > 79 || !texts[i].value)
+            return kn_fail(err, KN_ERR_INVALID, "png: text chunk %d needs a key of 1..79 characters and a value", i);
+    }
+
+    kn_png_io io = {0};
+    uint8_t *row = malloc((size_t)(w * c));
+    png_text *pt = calloc(ntexts > 0 ? (size_t)ntexts : 1, sizeof *pt);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &io, kn_png_on_error, kn_png_on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    int rc = KN_OK;
+    if (!row || !pt || !info) {
+        rc = kn_fail(err, KN_ERR_NOMEM, "png: out of memory");
+    } else {
+        /* ComfyUI writes every text as uncompressed tEXt (PIL's add_text). */
+        for (int i = 0; i < ntexts; i++) {
+            pt[i].compression = PNG_TEXT_COMPRESSION_NONE;
+            pt[i].key = (png_charp)texts[i].key;
+            pt[i].text = (png_charp)texts[i].value;
+            pt[i].text_length = strlen(texts[i].value);
+        }
+        const float *px = (const float *)image->data + index * h * w * c;
+        if (kn_png_encode_run(png, info, &io, px, h, w, c, pt, ntexts, compress_level, row))
+            rc = kn_fail(err, KN_ERR_BACKEND, "png: encoding failed: %s", io.msg);
+    }
+    png_destroy_write_struct(&png, &info);
+    free(row);
+    free(pt);
+    if (rc != KN_OK) {
+        free(io.buf);
+        return rc;
+    }
+    *out = io.buf;
+    *out_len = io.len;
+    return KN_OK;
+}
+
+int kn_png_write(const char *path, const kn_tensor *image, int64_t index, const kn_png_text *texts,
+                 int ntexts, int compress_level, kn_err *err) {
+    uint8_t *buf;
+    size_t len;
+    if (kn_png_encode(image, index, texts, ntexts, compress_level, &buf, &len, err))
+        return kn_err_wrap(err, "%s: ", path);
+    FILE *f = fopen(path, "wb");
+    int rc = KN_OK;
+    if (!f) {
+        rc = kn_fail(err, KN_ERR_IO, "%s: %s", path, strerror(errno));
+    } else {
+        size_t put = fwrite(buf, 1, len, f);
+        if (fclose(f) != 0 || put != len) rc = kn_fail(err, KN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    }
+    free(buf);
+    return rc;
+}
+
+/* ---- PNG tEXt reading ---------------------------------------------------- */
+
+static uint32_t kn_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Walks the chunks of a PNG, checking lengths and CRCs, up to IEND. Without
+ * `out` it only counts the tEXt chunks and the bytes their strings need;
+ * with it, it fills out[] and the strings into `strings`. Sharing the walk
+ * keeps the two passes in agreement about what is valid. */
+static int kn_png_walk_text(const uint8_t *d, size_t len, const char *name, kn_png_text *out, char *strings,
+                            int *count, size_t *bytes, kn_err *err) {
+    if (len < 8 || memcmp(d, kn_png_signature, 8) != 0) return kn_fail(err, KN_ERR_FORMAT, "%s: not a PNG file", name);
+    *count = 0;
+    *bytes = 0;
+    size_t pos = 8;
+    for (;;) {
+        if (len - pos < 12) return kn_fail(err, KN_ERR_FORMAT, "%s: truncated PNG (no IEND chunk)", name);
+        uint32_t n = kn_be32(d + pos);
+        const uint8_t *type = d + pos + 4, *data = d + pos + 8;
+        if (n > 0x7fffffffu || n > len - pos - 12)
+            return kn_fail(err, KN_ERR_FORMAT, "%s: truncated PNG chunk at offset %zu", name, pos);
+        uLong crc = crc32(crc32(0L, Z_NULL, 0), type, n + 4);
+        if (crc != kn_be32(data + n))
+            return kn_fail(err, KN_ERR_FORMAT, "%s: CRC mismatch in the %.4s chunk at offset %zu", name,
+                           (const char *)type, pos);
+        if (memcmp(type, "IEND", 4) == 0) return KN_OK;
+        if (memcmp(type, "tEXt", 4) == 0) {
+            const uint8_t *nul = memchr(data, 0, n);
+            size_t kl = nul ? (size_t)(nul - data) : 0;
+            if (kl < 1 || kl > 79)
+                return kn_fail(err, KN_ERR_FORMAT, "%s: malformed tEXt chunk at offset %zu", name, pos);
+            size_t vl = n - kl - 1;
+            if (out) {
+                out[*count].key = memcpy(strings, data, kl);
+                strings[kl] = '\0';
+                out[*count].value = memcpy(strings + kl + 1, nul + 1, vl);
+                strings[kl + 1 + vl] = '\0';
+                strings += kl + vl + 2;
+            }
+            if (*count == INT_MAX) return kn_fail(err, KN_ERR_FORMAT, "%s: too many tEXt chunks", name);
+            (*count)++;
+            *bytes += kl + vl + 2; /* chunks lie inside the buffer, so this cannot overflow */
+        }
+        pos += 12 + (size_t)n;
+    }
+}
+
+int kn_png_read_text_mem(const void *data, size_t len, const char *name, kn_png_text **texts, int *ntexts,
+                         kn_err *err) {
+    *texts = NULL;
+    *ntexts = 0;
+    if (!name) name = "<memory>";
+    int count;
+    size_t bytes, total;
+    if (kn_png_walk_text(data, len, name, NULL, NULL, &count, &bytes, err)) return err->code;
+    if (count == 0) return KN_OK;
+    if (kn_mul_size((size_t)count, sizeof(kn_png_text), &total) || kn_add_size(total, bytes, &total))
+        return kn_fail(err, KN_ERR_NOMEM, "%s: text chunks too large", name);
+    kn_png_text *t = malloc(total);
+    if (!t) return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory for %zu bytes of text", name, total);
+    if (kn_png_walk_text(data, len, name, t, (char *)(t + count), &count, &bytes, err)) {
+        free(t);
+        return err->code;
+    }
+    *texts = t;
+    *ntexts = count;
+    return KN_OK;
+}
+
+int kn_png_read_text(const char *path, kn_png_text **texts, int *ntexts, kn_err *err) {
+    uint8_t *buf;
+    size_t len;
+    *texts = NULL;
+    *ntexts = 0;
+    if (kn_read_whole_file(path, &buf, &len, err)) return err->code;
+    int rc = kn_png_read_text_mem(buf, len, path, texts, ntexts, err);
+    free(buf);
+    return rc;
+}
+
+const char *kn_png_text_get(const kn_png_text *texts, int ntexts, const char *key) {
+    for (int i = 0; i < ntexts; i++)
+        if (strcmp(texts[i].key, key) == 0) return texts[i].value;
+    return NULL;
+}
+
+/* ---- Decoding ------------------------------------------------------------ */
+
+/* A decoded image before conversion: 8-bit interleaved samples. */
+typedef struct kn_decoded {
+    uint8_t *pix;               /* frames x h x w x comp */
+    void (*release)(void *);    /* free or stbi_image_free */
+    int64_t w, h, frames;
+    int comp;                   /* 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA */
+    int orientation;            /* EXIF orientation 1..8; 1 = as stored */
+} kn_decoded;
+
+/* EXIF orientation from a TIFF-structured blob (JPEG APP1 after "Exif\0\0",
+ * PNG eXIf): tag 0x0112 of IFD0. Anything malformed or out of range reads as
+ * 1, as PIL's exif_transpose ignores orientations it does not know. */
+static int kn_exif_orientation(const uint8_t *t, size_t len) {
+    if (len < 8) return 1;
+    int le = memcmp(t, "II*\0", 4) == 0;
+    if (!le && memcmp(t, "MM\0*", 4) != 0) return 1;
+#define KN_U16(p) (le ? (uint32_t)(p)[0] | (uint32_t)(p)[1] << 8 : (uint32_t)(p)[0] << 8 | (uint32_t)(p)[1])
+#define KN_U32(p) (le ? KN_U16(p) | KN_U16((p) + 2) << 16 : KN_U16(p) << 16 | KN_U16((p) + 2))
+    uint32_t ifd = KN_U32(t + 4);
+    if (ifd > len - 2) return 1;
+    uint32_t n = KN_U16(t + ifd);
+    for (uint32_t i = 0; i < n; i++) {
+        size_t e = ifd + 2 + (size_t)i * 12;
+        if (e + 12 > len) break;
+        if (KN_U16(t + e) == 0x0112 && KN_U16(t + e + 2) == 3) {
+            uint32_t v = KN_U16(t + e + 8);
+            return v >= 1 && v <= 8 ? (int)v : 1;
+        }
+    }
+#undef KN_U32
+#undef KN_U16
+    return 1;
+}
+
+/* Orientation of a JPEG from its first APP1 "Exif" segment before the scan. */
+static int kn_jpeg_orientation(const uint8_t *d, size_t len) {
+    size_t pos = 2;
+    while (pos + 4 <= len && d[pos] == 0xff) {
+        uint8_t marker = d[pos + 1];
+        if (marker == 0xff) { /* fill byte */
+            pos++;
+            continue;
+        }
+        if (marker == 0xda || marker == 0xd9) break; /* start of scan, end of image */
+        size_t seg = (size_t)d[pos + 2] << 8 | d[pos + 3];
+        if (seg < 2 || seg > len - pos - 2) break;
+        if (marker == 0xe1 && seg >= 8 && memcmp(d + pos + 4, "Exif\0\0", 6) == 0)
+            return kn_exif_orientation(d + pos + 10, seg - 8);
+        pos += 2 + seg;
+    }
+    return 1;
+}
+
+static int kn_png_decode_run(png_structp png, png_infop info, kn_png_io *io, const char *name,
+                             kn_decoded *d, kn_err *err) {
+    if (setjmp(png_jmpbuf(png))) return kn_fail(err, KN_ERR_FORMAT, "%s: invalid PNG: %s", name, io->msg);
+    png_set_read_fn(png, io, kn_png_read_cb);
+    /* Text is metadata to the loader; skipping it also spares inflating
+     * zTXt/iTXt payloads of untrusted files. */
+    static const png_byte skip[] = "tEXt\0zTXt\0iTXt";
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, skip, 3);
+    png_read_info(png, info);
+
+    png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+    int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
+    if (kn_check_pixels(w, h, 1, name, err)) return err->code;
+    /* PIL: palette transparency becomes alpha (LoadImage's "P" + transparency
+     * branch); tRNS on gray or RGB images is not an "A" band, so no mask. */
+    if (type == PNG_COLOR_TYPE_PALETTE) {
+        png_set_palette_to_rgb(png);
+        if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+    }
+    if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    /* PIL reads 16-bit RGB(A) and gray+alpha as 8-bit by keeping the high
+     * byte; 16-bit gray is an integer mode, scaled below. */
+    int gray16 = type == PNG_COLOR_TYPE_GRAY && depth == 16;
+    if (depth == 16 && !gray16) png_set_strip_16(png);
+    if (png_get_interlace_type(png, info) != PNG_INTERLACE_NONE) png_set_interlace_handling(png);
+    png_bytep exif;
+    png_uint_32 exif_len;
+    if (png_get_eXIf_1(png, info, &exif_len, &exif)) d->orientation = kn_exif_orientation(exif, exif_len);
+    png_read_update_info(png, info);
+
+    size_t rowbytes = png_get_rowbytes(png, info), total, nrows;
+    if (kn_mul_size(rowbytes, h, &total) || kn_mul_size(sizeof(png_bytep), h, &nrows))
+        return kn_fail(err, KN_ERR_NOMEM, "%s: image size overflows", name);
+    io->pix = malloc(total);
+    io->rows = malloc(nrows);
+    if (!io->pix || !io->rows) return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory for %zu bytes", name, total);
+    for (png_uint_32 y = 0; y < h; y++) io->rows[y] = io->pix + (size_t)y * rowbytes;
+    png_read_image(png, io->rows);
+
+    if (gray16) {
+        /* LoadImage: mode "I" -> i * (1 / 255), then convert("RGB") clips to
+         * 255. In place: sample k is written at k, read from 2k and 2k+1. */
+        size_t n = (size_t)w * h;
+        for (size_t k = 0; k < n; k++) {
+            double v = (double)((uint32_t)io->pix[2 * k] << 8 | io->pix[2 * k + 1]) * (1.0 / 255.0);
+            io->pix[k] = v >= 255.0 ? 255 : (uint8_t)v;
+        }
+    }
+    d->w = w;
+    d->h = h;
+    d->frames = 1;
+    d->comp = gray16 ? 1 : png_get_channels(png, info);
+    return KN_OK;
+}
+
+static int kn_png_decode(const uint8_t *data, size_t len, const char *name, kn_decoded *d, kn_err *err) {
+    kn_png_io io = {.src = data, .size = len};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &io, kn_png_on_error, kn_png_on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    int rc = info ? kn_png_decode_run(png, info, &io, name, d, err)
+                  : kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", name);
+    png_destroy_read_struct(&png, &info, NULL);
+    free(io.rows);
+    if (rc != KN_OK) {
+        free(io.pix);
+        return rc;
+    }
+    d->pix = io.pix;
+    d->release = free;
+    return KN_OK;
+}
+
+/* Skips GIF data sub-blocks (length byte, bytes; a zero length ends them). */
+static size_t kn_gif_skip_blocks(const uint8_t *d, size_t len, size_t pos) {
+    while (pos < len && d[pos] != 0) pos += 1 + (size_t)d[pos];
+    return pos + 1;
+}
+
+/* Frames of a GIF, counted from its block structure so that the pixel limit
+ * holds before stb_image decodes (and allocates) all of them. */
+static int64_t kn_gif_frames(const uint8_t *d, size_t len) {
+    if (len < 13) return 1;
+    size_t pos = 13;
+    if (d[10] & 0x80) pos += 3 * ((size_t)2 << (d[10] & 7)); /* global colour table */
+    int64_t frames = 0;
+    while (pos < len) {
+        uint8_t b = d[pos];
+        if (b == 0x21) { /* extension: label, sub-blocks */
+            pos = kn_gif_skip_blocks(d, len, pos + 2);
+        } else if (b == 0x2c) { /* image: descriptor, local table, LZW size, sub-blocks */
+            if (len - pos < 10) break;
+            uint8_t flags = d[pos + 9];
+            pos += 10;
+            if (flags & 0x80) pos += 3 * ((size_t)2 << (flags & 7));
+            pos = kn_gif_skip_blocks(d, len, pos + 1);
+            frames++;
+        } else {
+            break; /* trailer or garbage: stb stops here too */
+        }
+    }
+    return frames > 0 ? frames : 1;
+}
+
+static void kn_stbi_release(void *p) { stbi_image_free(p); }
+
+static int kn_stb_decode(const uint8_t *data, size_t len, const char *name, kn_decoded *d, kn_err *err) {
+    int w, h, comp;
+    if (len > KN_IMAGE_MAX_FILE_BYTES) return kn_fail(err, KN_ERR_INVALID, "%s: input too large", name);
+    if (!stbi_info_from_memory(data, (int)len, &w, &h, &comp)) {
+        /* stb tries every format in turn and then only says "unknown image
+         * type", so a broken file of a known format is told apart by its
+         * signature (TGA has none). */
+        static const struct {
+            const char *magic, *format;
+        } known[] = {{"\xff\xd8", "JPEG"}, {"GIF8", "GIF"},       {"BM", "BMP"}, {"8BPS", "PSD"},
+                     {"#?RADIANCE", "HDR"}, {"#?RGBE", "HDR"}, {"P5", "PNM"}, {"P6", "PNM"}};
+        for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
+            size_t n = strlen(known[i].magic);
+            if (len >= n && memcmp(data, known[i].magic, n) == 0)
+                return kn_fail(err, KN_ERR_FORMAT, "%s: corrupt or unsupported %s image", name, known[i].format);
+        }
+        return kn_fail(err, KN_ERR_UNSUPPORTED,
+                       "%s: not an image format Kiln decodes (PNG, JPEG, BMP, GIF, TGA, PSD, HDR, PNM)", name);
+    }
+    int is_gif = len >= 4 && memcmp(data, "GIF8", 4) == 0;
+    if (kn_check_pixels(w, h, is_gif ? kn_gif_frames(data, len) : 1, name, err)) return err->code;
+    uint8_t *pix;
+    int frames = 1;
+    if (is_gif) {
+        /* Every frame is composited onto the RGBA canvas. */
+        pix = stbi_load_gif_from_memory(data, (int)len, NULL, &w, &h, &frames, &comp, 4);
+        comp = 4;
+    } else {
+        pix = stbi_load_from_memory(data, (int)len, &w, &h, &comp, 0);
+    }
+    if (!pix) {
+        const char *why = stbi_failure_reason();
+        return kn_fail(err, KN_ERR_FORMAT, "%s: cannot decode: %s", name, why ? why : "unknown error");
+    }
+    d->pix = pix;
+    d->release = kn_stbi_release;
+    d->w = w;
+    d->h = h;
+    d->frames = frames;
+    d->comp = comp;
+    if (len >= 2 && data[0] == 0xff && data[1] == 0xd8) d->orientation = kn_jpeg_orientation(data, len);
+    return KN_OK;
+}
+
+/* PIL's exif_transpose as a source lookup: output (ox, oy) reads input
+ * (fx ? W-1-a : a, fy ? H-1-b : b) with (a, b) = swap ? (oy, ox) : (ox, oy).
+ * Index = orientation: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM,
+ * 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90. */
+static const struct {
+    uint8_t swap, fx, fy;
+} kn_orient[9] = {{0, 0, 0}, {0, 0, 0}, {0, 1, 0}, {0, 1, 1}, {0, 0, 1},
+                  {1, 0, 0}, {1, 0, 1}, {1, 1, 1}, {1, 1, 0}};
+
+/* LoadImage's tensors: image = u8 / 255, mask = 1 - alpha / 255 (float32). */
+static int kn_decoded_to_tensors(const kn_decoded *d, const char *name, kn_tensor *image, kn_tensor *mask,
+                                 kn_err *err) {
+    int o = d->orientation;
+    int64_t ow = kn_orient[o].swap ? d->h : d->w, oh = kn_orient[o].swap ? d->w : d->h;
+    int64_t ne[4] = {d->frames, oh, ow, 3};
+    if (kn_check_pixels(d->w, d->h, d->frames, name, err)) return err->code; /* stb may find more GIF frames */
+    if (kn_tensor_new(image, KN_F32, KN_DEV_CPU, 4, ne, err) || kn_tensor_new(mask, KN_F32, KN_DEV_CPU, 3, ne, err)) {
+        kn_tensor_free(image);
+        return kn_err_wrap(err, "%s: ", name);
+    }
+    float *img = image->data, *msk = mask->data;
+    int comp = d->comp, alpha = comp == 2 || comp == 4, color = comp >= 3;
+    for (int64_t n = 0; n < d->frames; n++) {
+        const uint8_t *frame = d->pix + (size_t)(n * d->h * d->w * comp);
+        for (int64_t oy = 0; oy < oh; oy++) {
+            for (int64_t ox = 0; ox < ow; ox++) {
+                int64_t a = kn_orient[o].swap ? oy : ox, b = kn_orient[o].swap ? ox : oy;
+                int64_t sx = kn_orient[o].fx ? d->w - 1 - a : a, sy = kn_orient[o].fy ? d->h - 1 - b : b;
+                const uint8_t *p = frame + (size_t)((sy * d->w + sx) * comp);
+                for (int c = 0; c < 3; c++) *img++ = (float)p[color ? c : 0] / 255.0f;
+                *msk++ = alpha ? 1.0f - (float)p[comp - 1] / 255.0f : 0.0f;
+            }
+        }
+    }
+    return KN_OK;
+}
+
+int kn_image_load_mem(const void *data, size_t len, const char *name, kn_tensor *image, kn_tensor *mask,
+                      kn_err *err) {
+    memset(image, 0, sizeof *image);
+    memset(mask, 0, sizeof *mask);
+    if (!name) name = "<memory>";
+    if (!data || len == 0) return kn_fail(err, KN_ERR_FORMAT, "%s: empty image file", name);
+    kn_decoded d = {.orientation = 1};
+    int rc = len >= 8 && memcmp(data, kn_png_signature, 8) == 0 ? kn_png_decode(data, len, name, &d, err)
+                                                               : kn_stb_decode(data, len, name, &d, err);
+    if (rc != KN_OK) return rc;
+    rc = kn_decoded_to_tensors(&d, name, image, mask, err);
+    d.release(d.pix);
+    return rc;
+}
+
+int kn_image_load(const char *path, kn_tensor *image, kn_tensor *mask, kn_err *err) {
+    uint8_t *buf;
+    size_t len;
+    memset(image, 0, sizeof *image);
+    memset(mask, 0, sizeof *mask);
+    if (kn_read_whole_file(path, &buf, &len, err)) return err->code;
+    int rc = kn_image_load_mem(buf, len, path, image, mask, err);
+    free(buf);
+    return rc;
+}
+
+/* ---- Scaling ------------------------------------------------------------- */
+
+static const char *const kn_method_names[] = {"nearest-exact", "bilinear", "area", "bicubic", "lanczos"};
+static const char *const kn_crop_names[] = {"disabled", "center"};
+
+/* One lookup for both option lists, so their error messages agree. */
+static int kn_parse_option(const char *name, const char *const *names, int n, const char *what, int *out,
+                           kn_err *err) {
+    for (int i = 0; i < n; i++)
+        if (name && strcmp(name, names[i]) == 0) {
+            *out = i;
+            return KN_OK;
+        }
+    char list[128] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s'%s'", i ? ", " : "", names[i]);
+    return kn_fail(err, KN_ERR_INVALID, "%s '%s' is not one of %s", what, name ? name : "(null)", list);
+}
+
+int kn_upscale_method_parse(const char *name, kn_upscale_method *out, kn_err *err) {
+    int v = 0;
+    if (kn_parse_option(name, kn_method_names, 5, "upscale_method", &v, err)) return err->code;
+    *out = (kn_upscale_method)v;
+    return KN_OK;
+}
+
+int kn_upscale_crop_parse(const char *name, kn_upscale_crop *out, kn_err *err) {
+    int v = 0;
+    if (kn_parse_option(name, kn_crop_names, 2, "crop", &v, err)) return err->code;
+    *out = (kn_upscale_crop)v;
+    return KN_OK;
+}
+
+/* Python's round() on a double: half to even, as rint does in the default
+ * rounding mode. */
+static int64_t kn_py_round(double x) { return (int64_t)rint(x); }
+
+void kn_image_scale_dims(int64_t in_w, int64_t in_h, int64_t *width, int64_t *height) {
+    if (*width == 0 && *height == 0) return;
+    if (*width == 0) {
+        int64_t w = kn_py_round((double)(in_w * *height) / (double)in_h);
+        *width = w > 1 ? w : 1;
+    } else if (*height == 0) {
+        int64_t h = kn_py_round((double)(in_h * *width) / (double)in_w);
+        *height = h > 1 ? h : 1;
+    }
+}
+
+int kn_image_total_pixels_dims(int64_t in_w, int64_t in_h, double megapixels, int64_t steps, int64_t *width,
+                               int64_t *height, kn_err *err) {
+    if (in_w < 1 || in_h < 1 || !(megapixels > 0) || steps < 1)
+        return kn_fail(err, KN_ERR_INVALID, "ImageScaleToTotalPixels: bad arguments (%lldx%lld, %g MP, steps %lld)",
+                       (long long)in_w, (long long)in_h, megapixels, (long long)steps);
+    double k = sqrt(megapixels * 1024 * 1024 / (double)(in_w * in_h));
+    *width = kn_py_round((double)in_w * k / (double)steps) * steps;
+    *height = kn_py_round((double)in_h * k / (double)steps) * steps;
+    if (*width < 1 || *height < 1)
+        return kn_fail(err, KN_ERR_INVALID,
+                       "ImageScaleToTotalPixels: %lldx%lld at %g MP in steps of %lld gives an empty %lldx%lld image",
+                       (long long)in_w, (long long)in_h, megapixels, (long long)steps, (long long)*width,
+                       (long long)*height);
+    return KN_OK;
+}
+
+/* One spatial plane of a 4-D tensor: element (y, x) at base[y * sy + x * sx]. */
+typedef struct kn_plane {
+    float *base;
+    int64_t h, w, sy, sx;
+} kn_plane;
+
+/* Source taps of each output index along one axis, as torch precomputes
+ * them: out[o] = sum over t < n[o] of w[o*k + t] * in[idx[o*k + t]]. */
+typedef struct kn_taps {
+    int k;
+    int *n;
+    int64_t *idx;
+    float *w;
+} kn_taps;
+
+static void kn_taps_free(kn_taps *t) {
+    free(t->n);
+    free(t->idx);
+    free(t->w);
+}
+
+/* torch's cubic convolution kernels (UpSample.h), A = -0.75. */
+static float kn_cubic1(float x, float a) { return ((a + 2) * x - (a + 3)) * x * x + 1; }
+static float kn_cubic2(float x, float a) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; }
+
+static int kn_taps_build(kn_taps *t, kn_upscale_method m, int64_t in, int64_t out, kn_err *err) {
+    /* Scales and source positions are float, as torch computes them for
+     * float tensors (compute_scales_value, area_pixel_compute_source_index). */
+    float scale = (float)in / (float)out;
+    int k = 1;
+    if (m == KN_UPSCALE_BILINEAR) k = 2;
+    if (m == KN_UPSCALE_BICUBIC) k = 4;
+    if (m == KN_UPSCALE_AREA) /* widest adaptive pooling window */
+        for (int64_t o = 0; o < out; o++) {
+            int64_t len = ((o + 1) * in + out - 1) / out - o * in / out;
+            if (len > k) k = (int)len;
+        }
+    t->k = k;
+    t->n = malloc((size_t)out * sizeof *t->n);
+    t->idx = malloc((size_t)out * (size_t)k * sizeof *t->idx);
+    t->w = malloc((size_t)out * (size_t)k * sizeof *t->w);
+    if (!t->n || !t->idx || !t->w) return kn_fail(err, KN_ERR_NOMEM, "upscale: out of memory for %lld taps", (long long)out);
+    for (int64_t o = 0; o < out; o++) {
+        int64_t *idx = t->idx + o * k;
+        float *w = t->w + o * k;
+        if (m == KN_UPSCALE_NEAREST_EXACT) {
+            int64_t s = (int64_t)floorf((float)(((double)o + 0.5) * scale)); /* double product, as torch */
+            idx[0] = s < in - 1 ? s : in - 1;
+            w[0] = 1.0f;
+            t->n[o] = 1;
+        } else if (m == KN_UPSCALE_AREA) {
+            int64_t start = o * in / out, end = ((o + 1) * in + out - 1) / out;
+            t->n[o] = (int)(end - start);
+            for (int64_t i = 0; i < end - start; i++) {
+                idx[i] = start + i;
+                w[i] = 1.0f;
+            }
+        } else {
+            /* guard_index_and_lambda: bilinear clamps the position at 0
+             * first; bicubic does not, and clamps its taps instead. */
+            float real = scale * ((float)o + 0.5f) - 0.5f;
+            if (m == KN_UPSCALE_BILINEAR && real < 0) real = 0;
+            int64_t i0 = (int64_t)floorf(real);
+            if (i0 > in - 1) i0 = in - 1;
+            float lambda = fminf(fmaxf(real - (float)i0, 0.0f), 1.0f);
+            if (m == KN_UPSCALE_BILINEAR) {
+                idx[0] = i0;
+                idx[1] = i0 + (i0 < in - 1);
+                w[0] = 1.0f - lambda;
+                w[1] = lambda;
+                t->n[o] = 2;
+            } else {
+                const float a = -0.75f;
+                w[0] = kn_cubic2(lambda + 1.0f, a);
+                w[1] = kn_cubic1(lambda, a);
+                w[2] = kn_cubic1(1.0f - lambda, a);
+                w[3] = kn_cubic2(2.0f - lambda, a);
+                for (int j = 0; j < 4; j++) {
+                    int64_t s = i0 - 1 + j;
+                    idx[j] = s < 0 ? 0 : s > in - 1 ? in - 1 : s;
+                }
+                t->n[o] = 4;
+            }
+        }
+    }
+    return KN_OK;
+}
+
+/* torch.nn.functional.interpolate on every plane: rows of taps weighted and
+ * summed along x, then along y (the order of torch's separable kernels);
+ * "area" divides the window sum by its size (adaptive_avg_pool2d). */
+static int kn_resample_torch(const kn_plane *src, const kn_plane *dst, int64_t nplanes, kn_upscale_method m,
+                             kn_err *err) {
+    kn_taps ty = {0}, tx = {0};
+    int rc = kn_taps_build(&ty, m, src->h, dst->h, err);
+    if (rc == KN_OK) rc = kn_taps_build(&tx, m, src->w, dst->w, err);
+    if (rc == KN_OK) {
+        int64_t rows = nplanes * dst->h;
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t p = r / dst->h, oy = r % dst->h;
+            const float *in = src[p].base;
+            float *out = dst[p].base + oy * dst->sy;
+            int ny = ty.n[oy];
+            const int64_t *iy = ty.idx + oy * ty.k;
+            const float *wy = ty.w + oy * ty.k;
+            for (int64_t ox = 0; ox < dst->w; ox++) {
+                int nx = tx.n[ox];
+                const int64_t *ix = tx.idx + ox * tx.k;
+                const float *wx = tx.w + ox * tx.k;
+                float acc = 0.0f;
+                for (int i = 0; i < ny; i++) {
+                    const float *row = in + iy[i] * src->sy;
+                    float s = 0.0f;
+                    for (int j = 0; j < nx; j++) s += row[ix[j] * src->sx] * wx[j];
+                    acc += s * wy[i];
+                }
+                if (m == KN_UPSCALE_AREA) acc /= (float)(ny * nx);
+                out[ox * dst->sx] = acc;
+            }
+        }
+    }
+    kn_taps_free(&ty);
+    kn_taps_free(&tx);
+    return rc;
+}
+
+/* ---- PIL's LANCZOS (libImaging/Resample.c, 8 bits per channel) ----------- */
+
+#define KN_PIL_PRECISION_BITS (32 - 8 - 2)
+
+static double kn_sinc(double x) {
+    if (x == 0.0) return 1.0;
+    x *= M_PI;
+    return sin(x) / x;
+}
+
+static double kn_lanczos3(double x) { return -3.0 <= x && x < 3.0 ? kn_sinc(x) * kn_sinc(x / 3.0) : 0.0; }
+
+/* precompute_coeffs + normalize_coeffs_8bpc: per output index the first
+ * source index, the tap count and fixed-point weights. */
+typedef struct kn_pil_coeffs {
+    int64_t ksize;
+    int64_t *bounds; /* [out * 2]: xmin, count */
+    int32_t *kk;     /* [out * ksize] */
+} kn_pil_coeffs;
+
+static int kn_pil_coeffs_build(kn_pil_coeffs *c, int64_t in, int64_t out, kn_err *err) {
+    double scale = (double)in / (double)out, filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = 3.0 * filterscale;
+    /* PIL sizes rows as 2 * ceil(support) + 1, but no output uses more than
+     * `in` taps; the cap keeps huge reductions from allocating unused rows. */
+    int64_t ksize = (int64_t)ceil(support) * 2 + 1;
+    if (ksize > in) ksize = in;
+    c->ksize = ksize;
+    size_t nk;
+    double *k = NULL;
+    c->bounds = malloc((size_t)out * 2 * sizeof *c->bounds);
+    if (kn_mul_size((size_t)out, (size_t)ksize, &nk) || !c->bounds || !(k = malloc(ksize * sizeof *k)) ||
+        !(c->kk = calloc(nk, sizeof *c->kk))) {
+        free(k);
+        return kn_fail(err, KN_ERR_NOMEM, "lanczos: out of memory for %lldx%lld coefficients", (long long)out,
+                       (long long)ksize);
+    }
+    for (int64_t xx = 0; xx < out; xx++) {
+        double center = ((double)xx + 0.5) * scale, ww = 0.0, ss = 1.0 / filterscale;
+        int64_t xmin = (int64_t)(center - support + 0.5), xmax = (int64_t)(center + support + 0.5);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in) xmax = in;
+        xmax -= xmin;
+        for (int64_t x = 0; x < xmax; x++) {
+            k[x] = kn_lanczos3(((double)(x + xmin) - center + 0.5) * ss);
+            ww += k[x];
+        }
+        int32_t *kk = c->kk + xx * ksize;
+        for (int64_t x = 0; x < xmax; x++) {
+            double v = ww != 0.0 ? k[x] / ww : k[x];
+            kk[x] = (int32_t)(v < 0 ? -0.5 + v * (1 << KN_PIL_PRECISION_BITS) : 0.5 + v * (1 << KN_PIL_PRECISION_BITS));
+        }
+        c->bounds[xx * 2] = xmin;
+        c->bounds[xx * 2 + 1] = xmax;
+    }
+    free(k);
+    return KN_OK;
+}
+
+static void kn_pil_coeffs_free(kn_pil_coeffs *c) {
+    free(c->bounds);
+    free(c->kk);
+}
+
+static uint8_t kn_pil_clip8(int64_t v) {
+    if (v >= (int64_t)1 << KN_PIL_PRECISION_BITS << 8) return 255;
+    if (v <= 0) return 0;
+    return (uint8_t)(v >> KN_PIL_PRECISION_BITS);
+}
+
+/* One fixed-point tap sum: `n` samples `stride` apart. PIL accumulates in
+ * int32 where the sum provably fits; int64 gives the same values. */
+static uint8_t kn_pil_tap(const uint8_t *src, int64_t stride, const int32_t *k, int64_t n) {
+    int64_t ss = (int64_t)1 << (KN_PIL_PRECISION_BITS - 1);
+    for (int64_t i = 0; i < n; i++) ss += (int64_t)src[i * stride] * k[i];
+    return kn_pil_clip8(ss);
+}
+
+/* Resize one quantised plane as ImagingResampleInner: a horizontal pass over
+ * just the rows the vertical pass reads, rounded to 8 bits, then the
+ * vertical pass. `tmp` holds in_h x out_w bytes. */
+static void kn_pil_resample(const uint8_t *in, int64_t ih, int64_t iw, uint8_t *out, int64_t oh, int64_t ow,
+                            uint8_t *tmp, const kn_pil_coeffs *cy, const kn_pil_coeffs *cx) {
+    int64_t y_first = cy->bounds[0], y_last = cy->bounds[oh * 2 - 2] + cy->bounds[oh * 2 - 1];
+    const uint8_t *rows = in; /* row y of the vertical pass's input is rows[(y - row0) * rw] */
+    int64_t row0 = 0, rw = iw;
+    if (ow != iw) {
+        for (int64_t y = y_first; y < y_last; y++)
+            for (int64_t xx = 0; xx < ow; xx++)
+                tmp[(y - y_first) * ow + xx] = kn_pil_tap(in + y * iw + cx->bounds[xx * 2], 1, cx->kk + xx * cx->ksize,
+                                                          cx->bounds[xx * 2 + 1]);
+        rows = tmp;
+        row0 = y_first;
+        rw = ow;
+    }
+    if (oh != ih) {
+        for (int64_t yy = 0; yy < oh; yy++)
+            for (int64_t xx = 0; xx < ow; xx++)
+                out[yy * ow + xx] = kn_pil_tap(rows + (cy->bounds[yy * 2] - row0) * rw + xx, rw,
+                                               cy->kk + yy * cy->ksize, cy->bounds[yy * 2 + 1]);
+    } else {
+        for (int64_t y = 0; y < oh; y++) memcpy(out + y * ow, rows + (y - row0) * rw, (size_t)ow);
+    }
+}
+
+/* comfy.utils.lanczos: each plane to uint8 (truncating), PIL resize, / 255. */
+static int kn_resample_lanczos(const kn_plane *src, const kn_plane *dst, int64_t nplanes, kn_err *err) {
+    int64_t ih = src->h, iw = src->w, oh = dst->h, ow = dst->w;
+    kn_pil_coeffs cy = {0}, cx = {0};
+    uint8_t *in = malloc((size_t)(ih * iw)), *tmp = malloc((size_t)(ih * ow)), *out = malloc((size_t)(oh * ow));
+    int rc = !in || !tmp || !out ? kn_fail(err, KN_ERR_NOMEM, "lanczos: out of memory") : KN_OK;
+    if (rc == KN_OK) rc = kn_pil_coeffs_build(&cy, ih, oh, err);
+    if (rc == KN_OK) rc = kn_pil_coeffs_build(&cx, iw, ow, err);
+    for (int64_t p = 0; rc == KN_OK && p < nplanes; p++) {
+        for (int64_t y = 0; y < ih; y++)
+            for (int64_t x = 0; x < iw; x++) in[y * iw + x] = kn_quantise(src[p].base[y * src->sy + x * src->sx]);
+        kn_pil_resample(in, ih, iw, out, oh, ow, tmp, &cy, &cx);
+        for (int64_t y = 0; y < oh; y++)
+            for (int64_t x = 0; x < ow; x++) dst[p].base[y * dst->sy + x * dst->sx] = (float)out[y * ow + x] / 255.0f;
+    }
+    kn_pil_coeffs_free(&cy);
+    kn_pil_coeffs_free(&cx);
+    free(in);
+    free(tmp);
+    free(out);
+    return rc;
+}
+
+/* ---- common_upscale -------------------------------------------------------- */
+
+/* Planes of x [B, H, W, C] (channels_last) or [B, C, H, W], cropped to rows
+ * y0.. and columns x0.. of size h x w. */
+static void kn_planes(kn_plane *pl, const kn_tensor *t, int channels_last, int64_t y0, int64_t x0, int64_t h,
+                      int64_t w) {
+    int64_t b = t->ne[0], c = channels_last ? t->ne[3] : t->ne[1];
+    int64_t H = channels_last ? t->ne[1] : t->ne[2], W = channels_last ? t->ne[2] : t->ne[3];
+    int64_t sy = channels_last ? W * c : W, sx = channels_last ? c : 1;
+    for (int64_t i = 0; i < b; i++)
+        for (int64_t j = 0; j < c; j++) {
+            float *base = (float *)t->data + (channels_last ? i * H * W * c + j : (i * c + j) * H * W);
+            pl[i * c + j] = (kn_plane){base + y0 * sy + x0 * sx, h, w, sy, sx};
+        }
+}
+
+static int kn_upscale(kn_tensor *out, const kn_tensor *x, int channels_last, int64_t width, int64_t height,
+                      kn_upscale_method method, kn_upscale_crop crop, kn_err *err) {
+    const char *what = channels_last ? "upscale: image" : "upscale: samples";
+    memset(out, 0, sizeof *out);
+    if (kn_check_f32_4d(x, what, err)) return err->code;
+    if ((unsigned)method > KN_UPSCALE_LANCZOS || (unsigned)crop > KN_CROP_CENTER)
+        return kn_fail(err, KN_ERR_INVALID, "upscale: bad method %d or crop %d", (int)method, (int)crop);
+    if (width < 1 || height < 1 || width > KN_IMAGE_MAX_PIXELS / height)
+        return kn_fail(err, KN_ERR_INVALID, "upscale: target size %lldx%lld is empty or above %lld pixels",
+                       (long long)width, (long long)height, (long long)KN_IMAGE_MAX_PIXELS);
+    int64_t b = x->ne[0], c = channels_last ? x->ne[3] : x->ne[1];
+    int64_t h = channels_last ? x->ne[1] : x->ne[2], w = channels_last ? x->ne[2] : x->ne[3];
+
+    int64_t x0 = 0, y0 = 0;
+    if (crop == KN_CROP_CENTER) {
+        double old_aspect = (double)w / (double)h, new_aspect = (double)width / (double)height;
+        if (old_aspect > new_aspect)
+            x0 = kn_py_round(((double)w - (double)w * (new_aspect / old_aspect)) / 2);
+        else if (old_aspect < new_aspect)
+            y0 = kn_py_round(((double)h - (double)h * (old_aspect / new_aspect)) / 2);
+    }
+    if (h - 2 * y0 < 1 || w - 2 * x0 < 1)
+        return kn_fail(err, KN_ERR_INVALID, "upscale: center crop of %lldx%lld to the aspect of %lldx%lld leaves nothing",
+                       (long long)w, (long long)h, (long long)width, (long long)height);
+    int64_t ne[4] = {b, channels_last ? height : c, channels_last ? width : height, channels_last ? c : width};
+    size_t np;
+    if (kn_mul_size((size_t)b, (size_t)c, &np) || kn_mul_size(np, 2 * sizeof(kn_plane), &np))
+        return kn_fail(err, KN_ERR_NOMEM, "upscale: too many planes");
+    kn_plane *pl = malloc(np);
+    if (!pl || kn_tensor_new(out, KN_F32, KN_DEV_CPU, 4, ne, err)) {
+        free(pl);
+        return pl ? err->code : kn_fail(err, KN_ERR_NOMEM, "upscale: out of memory");
+    }
+    int64_t nplanes = b * c;
+    kn_planes(pl, x, channels_last, y0, x0, h - 2 * y0, w - 2 * x0);
+    kn_planes(pl + nplanes, out, channels_last, 0, 0, height, width);
+    int rc = method == KN_UPSCALE_LANCZOS ? kn_resample_lanczos(pl, pl + nplanes, nplanes, err)
+                                          : kn_resample_torch(pl, pl + nplanes, nplanes, method, err);
+    free(pl);
+    if (rc != KN_OK) kn_tensor_free(out);
+    return rc;
+}
+
+int kn_image_upscale(kn_tensor *out, const kn_tensor *image, int64_t width, int64_t height,
+                     kn_upscale_method method, kn_upscale_crop crop, kn_err *err) {
+    return kn_upscale(out, image, 1, width, height, method, crop, err);
+}
+
+int kn_common_upscale(kn_tensor *out, const kn_tensor *samples, int64_t width, int64_t height,
+                      kn_upscale_method method, kn_upscale_crop crop, kn_err *err) {
+    return kn_upscale(out, samples, 0, width, height, method, crop, err);
+}
