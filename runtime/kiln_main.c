@@ -8,6 +8,7 @@
 #include "kernels/device.h"
 #include "runtime/convert.h"
 #include "runtime/fixture.h"
+#include "runtime/run.h"
 
 static int usage(FILE *out) {
     fprintf(out,
@@ -16,6 +17,8 @@ static int usage(FILE *out) {
             "  convert [--no-validate] [--compact] FILE|-\n"
             "                   print the API-format prompt for a workflow file (either format),\n"
             "                   or ComfyUI's error JSON and exit 1\n"
+            "  run [--models DIR] [--output DIR] [--set NODE.INPUT=VALUE]... [--seed N] [--json] FILE...\n"
+            "                   render workflow files headlessly (see runtime/run.h)\n"
             "  version          print build information\n");
     return out == stderr ? 2 : 0;
 }
@@ -47,6 +50,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "fixture") == 0) return cmd_fixture(argc - 2, argv + 2);
     if (strcmp(cmd, "convert") == 0) return kn_cmd_convert(argc - 2, argv + 2);
+    if (strcmp(cmd, "run") == 0) return kn_cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0) return cmd_version();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
     fprintf(stderr, "kiln: unknown command '%s'\n", cmd);

@@ -1,0 +1,222 @@
+/* Loader and model-sampling nodes: UNETLoader, CLIPLoader, VAELoader,
+ * ModelSamplingAuraFlow / SD3 / Flux.
+ *
+ * Loaded files go to the kn_models store keyed by what was loaded and the
+ * resolved path, so a file is mapped and bound once per process however many
+ * prompts and workflow files use it. MODEL objects are cheap wrappers
+ * (weights + model sampling) made per node run. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nodes/node.h"
+#include "runtime/models.h"
+
+/* The file a loader input names, resolved inside its model folder. */
+static int resolve(kn_node_call *c, const char *input, const char *folder, char **path) {
+    const char *name;
+    if (kn_in_string(c, input, &name)) return c->err->code;
+    kn_err e;
+    kn_err_clear(&e);
+    if (kn_models_resolve(c->env->models, folder, name, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
+    return KN_OK;
+}
+
+static int open_file(kn_node_call *c, const char *input, const char *path, kn_st_file **f) {
+    kn_err e;
+    kn_err_clear(&e);
+    if (kn_st_open(f, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
+    return KN_OK;
+}
+
+/* ---- diffusion models ---------------------------------------------------------- */
+
+static void free_dit_weights(kn_object *o) {
+    kn_dit_weights *w = (kn_dit_weights *)o;
+    kn_qwen_dit_free(&w->dit);
+    kn_st_close(w->file);
+    free(w);
+}
+
+static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit_weights **out) {
+    char key[4200];
+    snprintf(key, sizeof key, "qwen_image_dit:%s", path);
+    if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, key))) return KN_OK;
+    kn_dit_weights *w = calloc(1, sizeof *w);
+    if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
+    kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
+    int rc = open_file(c, input, path, &w->file);
+    if (!rc && kn_qwen_dit_load(&w->dit, w->file, &kn_qwen_image_family, c->err))
+        rc = kn_node_fail(c, input, c->err->code, "%s is not a Qwen-Image diffusion model: %s", path, c->err->msg);
+    if (!rc) rc = kn_models_put(c->env->models, key, &w->base, c->err);
+    if (rc) {
+        if (!w->file) free(w);
+        else kn_object_release(&w->base);
+        return rc;
+    }
+    *out = w;
+    return KN_OK;
+}
+
+/* A new MODEL over `weights`; the caller sets its model sampling. */
+static int make_model(kn_node_call *c, kn_dit_weights *weights, kn_model_obj **out) {
+    *out = kn_model_new(weights);
+    if (!*out) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    return KN_OK;
+}
+
+static int unet_loader(kn_node_call *c) {
+    const char *dtype;
+    char *path = NULL;
+    if (kn_in_string(c, "weight_dtype", &dtype)) return c->err->code;
+    /* Weights are used in their stored dtype; recasting to fp8 is not done here. */
+    if (strcmp(dtype, "default") != 0)
+        return kn_node_fail(c, "weight_dtype", KN_ERR_UNSUPPORTED, "'%s' is not supported; use 'default'", dtype);
+    if (resolve(c, "unet_name", "diffusion_models", &path)) return c->err->code;
+    kn_dit_weights *w = NULL;
+    kn_model_obj *m = NULL;
+    int rc = load_dit(c, "unet_name", path, &w);
+    if (!rc) rc = make_model(c, w, &m);
+    if (!rc && kn_model_sampling_flux(&m->ms, 1.15, c->err)) rc = c->err->code;
+    if (!rc) kn_out_object(c, 0, &m->base);
+    else if (m) kn_object_release(&m->base);
+    if (w) kn_object_release(&w->base);
+    free(path);
+    return rc;
+}
+
+/* ModelSamplingAuraFlow (multiplier 1), ModelSamplingSD3 (1000): a MODEL
+ * sharing the weights with ModelSamplingDiscreteFlow(shift, multiplier). */
+static int model_sampling_flow(kn_node_call *c, double multiplier) {
+    kn_object *in;
+    double shift;
+    if (kn_in_object(c, "model", "MODEL", &in) || kn_in_float(c, "shift", &shift)) return c->err->code;
+    kn_model_obj *m = NULL;
+    if (make_model(c, ((kn_model_obj *)in)->weights, &m)) return c->err->code;
+    if (kn_model_sampling_flow(&m->ms, shift, multiplier, c->err)) {
+        kn_object_release(&m->base);
+        return kn_node_fail(c, "shift", c->err->code, "%s", c->err->msg);
+    }
+    kn_out_object(c, 0, &m->base);
+    return KN_OK;
+}
+
+static int model_sampling_aura_flow(kn_node_call *c) { return model_sampling_flow(c, 1.0); }
+static int model_sampling_sd3(kn_node_call *c) { return model_sampling_flow(c, 1000.0); }
+
+static int model_sampling_flux(kn_node_call *c) {
+    kn_object *in;
+    double max_shift, base_shift;
+    int64_t width, height;
+    if (kn_in_object(c, "model", "MODEL", &in) || kn_in_float(c, "max_shift", &max_shift) ||
+        kn_in_float(c, "base_shift", &base_shift) || kn_in_int(c, "width", &width) || kn_in_int(c, "height", &height))
+        return c->err->code;
+    kn_model_obj *m = NULL;
+    if (make_model(c, ((kn_model_obj *)in)->weights, &m)) return c->err->code;
+    if (kn_model_sampling_flux(&m->ms, kn_flux_mu(max_shift, base_shift, (int)width, (int)height), c->err)) {
+        kn_object_release(&m->base);
+        return c->err->code;
+    }
+    kn_out_object(c, 0, &m->base);
+    return KN_OK;
+}
+
+/* ---- text encoders --------------------------------------------------------------- */
+
+static void free_clip(kn_object *o) {
+    kn_clip_obj *cl = (kn_clip_obj *)o;
+    kn_qwen25vl_free(&cl->te);
+    kn_bpe_free(cl->bpe);
+    kn_st_close(cl->file);
+    free(cl);
+}
+
+static int clip_loader(kn_node_call *c) {
+    const char *type;
+    char *path = NULL;
+    if (kn_in_string(c, "type", &type)) return c->err->code;
+    if (strcmp(type, "qwen_image") != 0)
+        return kn_node_fail(c, "type", KN_ERR_UNSUPPORTED, "text encoder type '%s' is not supported (qwen_image is)",
+                            type);
+    if (resolve(c, "clip_name", "text_encoders", &path)) return c->err->code;
+    char key[4200];
+    snprintf(key, sizeof key, "qwen25vl:%s", path);
+    kn_clip_obj *cl = (kn_clip_obj *)kn_models_get(c->env->models, key);
+    int rc = KN_OK;
+    if (!cl) {
+        if (!(cl = calloc(1, sizeof *cl))) rc = kn_node_fail(c, "clip_name", KN_ERR_NOMEM, "out of memory");
+        else kn_object_init(&cl->base, "CLIP", free_clip);
+        if (!rc) rc = open_file(c, "clip_name", path, &cl->file);
+        /* ComfyUI's detect_te_model: Qwen2.5-VL-7B has 4 kv heads x 128 (k_proj bias of 512) */
+        const kn_tensor *kb = rc ? NULL : kn_st_find(cl->file, "model.layers.0.self_attn.k_proj.bias");
+        if (!rc && (!kb || kb->ndim != 1 || kb->ne[0] != 512))
+            rc = kn_node_fail(c, "clip_name", KN_ERR_UNSUPPORTED,
+                              "%s is not a Qwen2.5-VL-7B text encoder (model.layers.0.self_attn.k_proj.bias)", path);
+        if (!rc && kn_qwen25vl_load(&cl->te, cl->file, "model.", &kn_qwen25vl_7b, c->err))
+            rc = kn_node_fail(c, "clip_name", c->err->code, "%s", c->err->msg);
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/qwen25", kn_models_tokenizer_dir(c->env->models));
+        if (!rc && kn_bpe_load(&cl->bpe, dir, c->err)) rc = kn_err_wrap(c->err, "Qwen2 tokenizer");
+        if (!rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
+        if (rc && cl) {
+            if (cl->file) kn_object_release(&cl->base);
+            else free(cl);
+            cl = NULL;
+        }
+    }
+    if (!rc) kn_out_object(c, 0, &cl->base);
+    free(path);
+    return rc;
+}
+
+/* ---- VAE ---------------------------------------------------------------------------- */
+
+static void free_vae(kn_object *o) {
+    kn_vae_obj *v = (kn_vae_obj *)o;
+    kn_wan_vae_free(v->vae);
+    kn_st_close(v->file);
+    free(v);
+}
+
+static int vae_loader(kn_node_call *c) {
+    const char *name;
+    char *path = NULL;
+    if (kn_in_string(c, "vae_name", &name)) return c->err->code;
+    if (strcmp(name, "pixel_space") == 0)
+        return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
+    if (resolve(c, "vae_name", "vae", &path)) return c->err->code;
+    char key[4200];
+    snprintf(key, sizeof key, "wan21_vae:%s", path);
+    kn_vae_obj *v = (kn_vae_obj *)kn_models_get(c->env->models, key);
+    int rc = KN_OK;
+    if (!v) {
+        if (!(v = calloc(1, sizeof *v))) rc = kn_node_fail(c, "vae_name", KN_ERR_NOMEM, "out of memory");
+        else kn_object_init(&v->base, "VAE", free_vae);
+        if (!rc) rc = open_file(c, "vae_name", path, &v->file);
+        /* comfy/sd.py VAE: Wan VAEs have decoder.middle.0.residual.0.gamma; 2.2 adds upsample residuals */
+        if (!rc && (!kn_st_find(v->file, "decoder.middle.0.residual.0.gamma") ||
+                    kn_st_find(v->file, "decoder.upsamples.0.upsamples.0.residual.2.weight")))
+            rc = kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "%s is not a Wan 2.1 VAE", path);
+        if (!rc && kn_wan_vae_load(&v->vae, v->file, c->err))
+            rc = kn_node_fail(c, "vae_name", c->err->code, "%s", c->err->msg);
+        if (!rc) rc = kn_models_put(c->env->models, key, &v->base, c->err);
+        if (rc && v) {
+            if (v->file) kn_object_release(&v->base);
+            else free(v);
+            v = NULL;
+        }
+    }
+    if (!rc) kn_out_object(c, 0, &v->base);
+    free(path);
+    return rc;
+}
+
+const kn_node_def kn_nodes_models[] = {
+    {"UNETLoader", unet_loader},
+    {"CLIPLoader", clip_loader},
+    {"VAELoader", vae_loader},
+    {"ModelSamplingAuraFlow", model_sampling_aura_flow},
+    {"ModelSamplingSD3", model_sampling_sd3},
+    {"ModelSamplingFlux", model_sampling_flux},
+    {NULL, NULL},
+};

@@ -1,0 +1,242 @@
+/* Objects, values, input getters and the class -> implementation table. */
+#include "nodes/node.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- objects ----------------------------------------------------------------- */
+
+void kn_object_init(kn_object *obj, const char *type, void (*destroy)(kn_object *)) {
+    obj->type = type;
+    obj->refs = 1;
+    obj->destroy = destroy;
+}
+
+kn_object *kn_object_retain(kn_object *obj) {
+    if (obj) obj->refs++;
+    return obj;
+}
+
+void kn_object_release(kn_object *obj) {
+    if (obj && --obj->refs == 0) obj->destroy(obj);
+}
+
+static void free_plain(kn_object *o) { free(o); }
+
+static void free_cond(kn_object *o) {
+    kn_cond_obj *c = (kn_cond_obj *)o;
+    kn_tensor_free(&c->cond);
+    kn_tensor_free(&c->mask);
+    free(c);
+}
+
+static void free_latent(kn_object *o) {
+    kn_latent_obj *l = (kn_latent_obj *)o;
+    kn_tensor_free(&l->samples);
+    free(l);
+}
+
+static void free_image(kn_object *o) {
+    kn_image_obj *im = (kn_image_obj *)o;
+    kn_tensor_free(&im->t);
+    free(im);
+}
+
+static void free_model(kn_object *o) {
+    kn_model_obj *m = (kn_model_obj *)o;
+    kn_model_sampling_free(&m->ms);
+    kn_object_release(&m->weights->base);
+    free(m);
+}
+
+static void free_sigmas(kn_object *o) {
+    free(((kn_sigmas_obj *)o)->sigmas);
+    free(o);
+}
+
+static void free_guider(kn_object *o) {
+    kn_guider_obj *g = (kn_guider_obj *)o;
+    kn_object_release(&g->model->base);
+    kn_object_release(&g->positive->base);
+    if (g->negative) kn_object_release(&g->negative->base);
+    free(g);
+}
+
+static void *object_new(size_t size, const char *type, void (*destroy)(kn_object *)) {
+    kn_object *o = calloc(1, size);
+    if (o) kn_object_init(o, type, destroy);
+    return o;
+}
+
+kn_cond_obj *kn_cond_new(void) { return object_new(sizeof(kn_cond_obj), "CONDITIONING", free_cond); }
+kn_latent_obj *kn_latent_new(void) { return object_new(sizeof(kn_latent_obj), "LATENT", free_latent); }
+kn_image_obj *kn_image_new(const char *type) { return object_new(sizeof(kn_image_obj), type, free_image); }
+
+kn_model_obj *kn_model_new(kn_dit_weights *weights) {
+    kn_model_obj *m = object_new(sizeof(kn_model_obj), "MODEL", free_model);
+    if (m) m->weights = (kn_dit_weights *)kn_object_retain(&weights->base);
+    return m;
+}
+
+kn_object *kn_simple_new(const char *type, size_t size) {
+    void (*destroy)(kn_object *) = free_plain;
+    if (strcmp(type, "SIGMAS") == 0) destroy = free_sigmas;
+    if (strcmp(type, "GUIDER") == 0) destroy = free_guider;
+    return object_new(size, type, destroy);
+}
+
+int kn_tensor_dup(kn_tensor *dst, const kn_tensor *src, kn_err *err) {
+    if (kn_tensor_new(dst, src->dtype, KN_DEV_CPU, src->ndim, src->ne, err)) return err->code;
+    if (kn_tensor_copy(dst, src, err)) {
+        kn_tensor_free(dst);
+        return err->code;
+    }
+    return KN_OK;
+}
+
+int kn_tensor_zeros(kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err) {
+    if (kn_tensor_new(t, dtype, KN_DEV_CPU, ndim, ne, err)) return err->code;
+    memset(t->data, 0, kn_tensor_nbytes(t));
+    return KN_OK;
+}
+
+/* ---- values ------------------------------------------------------------------ */
+
+int kn_value_from_json(kn_value *v, kn_input_kind kind, const json_t *j, kn_err *err) {
+    memset(v, 0, sizeof *v);
+    switch (kind) {
+    case KN_INPUT_INT:
+        v->kind = KN_VALUE_INT;
+        if (json_is_integer(j)) {
+            v->i = json_integer_value(j);
+        } else if (json_is_real(j) && json_real_value(j) >= 0 && json_real_value(j) < 18446744073709551616.0) {
+            /* validation leaves integers above 2^63 (seeds) as reals */
+            v->i = (int64_t)(uint64_t)json_real_value(j);
+        } else {
+            return kn_fail(err, KN_ERR_INVALID, "expected an integer");
+        }
+        return KN_OK;
+    case KN_INPUT_FLOAT:
+        if (!json_is_number(j)) return kn_fail(err, KN_ERR_INVALID, "expected a number");
+        v->kind = KN_VALUE_FLOAT;
+        v->f = json_number_value(j);
+        return KN_OK;
+    case KN_INPUT_BOOLEAN:
+        if (!json_is_boolean(j)) return kn_fail(err, KN_ERR_INVALID, "expected a boolean");
+        v->kind = KN_VALUE_BOOL;
+        v->b = json_is_true(j);
+        return KN_OK;
+    case KN_INPUT_STRING:
+    case KN_INPUT_COMBO:
+        if (!json_is_string(j)) return kn_fail(err, KN_ERR_INVALID, "expected a string");
+        v->kind = KN_VALUE_STRING;
+        v->s = strdup(json_string_value(j));
+        return v->s ? KN_OK : kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    case KN_INPUT_LINK: break;
+    }
+    return kn_fail(err, KN_ERR_INVALID, "a constant given to a socket input");
+}
+
+int kn_value_copy(kn_value *dst, const kn_value *src, kn_err *err) {
+    *dst = *src;
+    if (src->kind == KN_VALUE_STRING && !(dst->s = strdup(src->s))) {
+        dst->kind = KN_VALUE_NONE;
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    }
+    if (src->kind == KN_VALUE_OBJECT) kn_object_retain(src->obj);
+    return KN_OK;
+}
+
+void kn_value_clear(kn_value *v) {
+    if (v->kind == KN_VALUE_STRING) free(v->s);
+    if (v->kind == KN_VALUE_OBJECT) kn_object_release(v->obj);
+    memset(v, 0, sizeof *v);
+}
+
+/* ---- getters ----------------------------------------------------------------- */
+
+int kn_node_fail(kn_node_call *c, const char *input, int code, const char *fmt, ...) {
+    char msg[sizeof c->err->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (input) return kn_fail(c->err, code, "input '%s': %s", input, msg);
+    return kn_fail(c->err, code, "%s", msg);
+}
+
+static const kn_value *input(kn_node_call *c, const char *name, kn_value_kind kind, bool optional) {
+    for (int i = 0; i < c->cls->n_inputs; i++) {
+        if (strcmp(c->cls->inputs[i].name, name) != 0) continue;
+        const kn_value *v = &c->in[i];
+        if (v->kind == kind || (optional && v->kind == KN_VALUE_NONE)) return v;
+        break;
+    }
+    kn_node_fail(c, name, KN_ERR_INVALID, "missing or of the wrong kind");
+    return NULL;
+}
+
+int kn_in_int(kn_node_call *c, const char *name, int64_t *v) {
+    const kn_value *x = input(c, name, KN_VALUE_INT, false);
+    if (!x) return c->err->code;
+    *v = x->i;
+    return KN_OK;
+}
+
+int kn_in_int_opt(kn_node_call *c, const char *name, int64_t def, int64_t *v) {
+    const kn_value *x = input(c, name, KN_VALUE_INT, true);
+    if (!x) return c->err->code;
+    *v = x->kind == KN_VALUE_INT ? x->i : def;
+    return KN_OK;
+}
+
+int kn_in_float(kn_node_call *c, const char *name, double *v) {
+    const kn_value *x = input(c, name, KN_VALUE_FLOAT, false);
+    if (!x) return c->err->code;
+    *v = x->f;
+    return KN_OK;
+}
+
+int kn_in_string(kn_node_call *c, const char *name, const char **v) {
+    const kn_value *x = input(c, name, KN_VALUE_STRING, false);
+    if (!x) return c->err->code;
+    *v = x->s;
+    return KN_OK;
+}
+
+static int get_object(kn_node_call *c, const char *name, const char *type, kn_object **obj, bool optional) {
+    const kn_value *x = input(c, name, KN_VALUE_OBJECT, optional);
+    if (!x) return c->err->code;
+    *obj = x->kind == KN_VALUE_OBJECT ? x->obj : NULL;
+    if (*obj && strcmp((*obj)->type, type) != 0)
+        return kn_node_fail(c, name, KN_ERR_INVALID, "expected %s, got %s", type, (*obj)->type);
+    return KN_OK;
+}
+
+int kn_in_object(kn_node_call *c, const char *name, const char *type, kn_object **obj) {
+    return get_object(c, name, type, obj, false);
+}
+
+int kn_in_object_opt(kn_node_call *c, const char *name, const char *type, kn_object **obj) {
+    return get_object(c, name, type, obj, true);
+}
+
+void kn_out_object(kn_node_call *c, int i, kn_object *obj) {
+    kn_value_clear(&c->out[i]);
+    c->out[i].kind = KN_VALUE_OBJECT;
+    c->out[i].obj = obj;
+}
+
+/* ---- table ------------------------------------------------------------------- */
+
+kn_node_exec_fn kn_node_exec_find(const char *class_type) {
+    static const kn_node_def *const tables[] = {kn_nodes_models, kn_nodes_conditioning, kn_nodes_latent,
+                                                kn_nodes_sampling, kn_nodes_vae,          kn_nodes_image};
+    if (!class_type) return NULL;
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
+        for (const kn_node_def *d = tables[t]; d->class_type; d++)
+            if (strcmp(d->class_type, class_type) == 0) return d->exec;
+    return NULL;
+}

@@ -1,0 +1,223 @@
+/* kn_node: what flows between ComfyUI nodes in Kiln and how a node runs.
+ *
+ * Contract:
+ *  - Values are ComfyUI's: constants (INT, FLOAT, STRING, BOOLEAN) and
+ *    objects (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, SAMPLER,
+ *    SIGMAS, NOISE, GUIDER). Objects are immutable once a node returns them
+ *    and reference counted: the executor's cache, the model store and every
+ *    consumer hold their own reference, so a cached LATENT or a loaded MODEL
+ *    lives exactly as long as somebody uses it. kn_object_release on the last
+ *    reference calls the object's destroy.
+ *  - A node is a kn_node_exec_fn. It reads its inputs through the kn_in_*
+ *    getters (which fail naming the input), writes one new reference per
+ *    output into call->out, may add UI output ("images": [...]) to call->ui,
+ *    and on failure returns a status with call->err set; the executor turns
+ *    that into ComfyUI's execution_error naming the node; getters and
+ *    kn_node_fail start the message with the input it concerns ("input 'x': ").
+ *    Outputs already written when a node fails are released by the executor.
+ *  - kn_node_exec_find is the one name -> implementation table; the registry
+ *    (nodes/registry.h) keeps the schemas. */
+#ifndef KN_NODES_NODE_H
+#define KN_NODES_NODE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "kernels/ops.h"
+#include "kernels/safetensors.h"
+#include "nodes/registry.h"
+#include "pipelines/qwen_image/dit.h"
+#include "pipelines/qwen_image/qwen25vl.h"
+#include "pipelines/qwen_image/wan_vae.h"
+#include "pipelines/sampling/schedulers.h"
+#include "pipelines/tokenizers/bpe.h"
+
+/* ---- objects ----------------------------------------------------------------- */
+
+typedef struct kn_object kn_object;
+struct kn_object {
+    const char *type; /* ComfyUI type name, static */
+    int refs;
+    void (*destroy)(kn_object *obj); /* frees the object itself too */
+};
+
+void kn_object_init(kn_object *obj, const char *type, void (*destroy)(kn_object *));
+kn_object *kn_object_retain(kn_object *obj); /* NULL-safe; returns obj */
+void kn_object_release(kn_object *obj);      /* NULL-safe */
+
+/* A diffusion model file with its DiT bound to the mapping (what the model
+ * store caches per file; MODEL objects share it). */
+typedef struct kn_dit_weights {
+    kn_object base; /* "DIT_WEIGHTS" */
+    kn_st_file *file;
+    kn_qwen_dit dit;
+} kn_dit_weights;
+
+/* MODEL: weights plus the model sampling that ModelSampling* nodes replace. */
+typedef struct kn_model_obj {
+    kn_object base;
+    kn_dit_weights *weights; /* retained */
+    kn_model_sampling ms;    /* owned */
+} kn_model_obj;
+
+/* CLIP: the Qwen-Image text encoder and its tokenizer. */
+typedef struct kn_clip_obj {
+    kn_object base;
+    kn_st_file *file;
+    kn_qwen25vl te;
+    kn_bpe *bpe;
+} kn_clip_obj;
+
+typedef struct kn_vae_obj {
+    kn_object base;
+    kn_st_file *file;
+    kn_wan_vae *vae;
+} kn_vae_obj;
+
+/* CONDITIONING with one entry: cond [B, L, D] F32 and its attention mask
+ * (data NULL when ComfyUI would carry none). */
+typedef struct kn_cond_obj {
+    kn_object base;
+    kn_tensor cond, mask;
+} kn_cond_obj;
+
+/* LATENT {"samples": [B, C, (T,) h, w], "downscale_ratio_spacial": r (0 = absent)}. */
+typedef struct kn_latent_obj {
+    kn_object base;
+    kn_tensor samples;
+    int downscale_ratio;
+} kn_latent_obj;
+
+/* IMAGE [B, H, W, C] or MASK [B, H, W], F32. */
+typedef struct kn_image_obj {
+    kn_object base;
+    kn_tensor t;
+} kn_image_obj;
+
+typedef struct kn_sampler_obj {
+    kn_object base;
+    char name[48];
+} kn_sampler_obj;
+
+typedef struct kn_sigmas_obj {
+    kn_object base;
+    float *sigmas; /* malloc'd */
+    int n;
+} kn_sigmas_obj;
+
+typedef struct kn_noise_obj {
+    kn_object base;
+    uint64_t seed;
+    bool disabled; /* DisableNoise: zeros */
+} kn_noise_obj;
+
+/* GUIDER: CFGGuider (negative set) or BasicGuider (negative NULL, cfg 1). */
+typedef struct kn_guider_obj {
+    kn_object base;
+    kn_model_obj *model;
+    kn_cond_obj *positive, *negative; /* retained */
+    double cfg;
+} kn_guider_obj;
+
+/* New objects with one reference, tensors zeroed (the creator fills them).
+ * NULL when out of memory. */
+kn_cond_obj *kn_cond_new(void);
+kn_latent_obj *kn_latent_new(void);
+kn_image_obj *kn_image_new(const char *type); /* "IMAGE" or "MASK" */
+kn_model_obj *kn_model_new(kn_dit_weights *weights);  /* retains weights; ms zeroed */
+kn_object *kn_simple_new(const char *type, size_t size); /* SAMPLER, SIGMAS, NOISE, GUIDER */
+
+/* Tensors the objects own: a contiguous F32/any-dtype copy of src, and a
+ * zero-filled new tensor. Free with kn_tensor_free. */
+int kn_tensor_dup(kn_tensor *dst, const kn_tensor *src, kn_err *err);
+int kn_tensor_zeros(kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err);
+
+/* ---- values ------------------------------------------------------------------ */
+
+typedef enum kn_value_kind {
+    KN_VALUE_NONE = 0, /* absent optional input */
+    KN_VALUE_INT,
+    KN_VALUE_FLOAT,
+    KN_VALUE_STRING,
+    KN_VALUE_BOOL,
+    KN_VALUE_OBJECT,
+} kn_value_kind;
+
+typedef struct kn_value {
+    kn_value_kind kind;
+    int64_t i;      /* INT; seeds above 2^63 keep their 64 bits (read them as uint64_t) */
+    double f;       /* FLOAT */
+    bool b;         /* BOOLEAN */
+    char *s;        /* STRING, owned */
+    kn_object *obj; /* OBJECT, one reference owned */
+} kn_value;
+
+/* A validated constant as the value of an input of `kind`. */
+int kn_value_from_json(kn_value *v, kn_input_kind kind, const json_t *j, kn_err *err);
+/* A new value holding its own reference/copy of src. */
+int kn_value_copy(kn_value *dst, const kn_value *src, kn_err *err);
+void kn_value_clear(kn_value *v);
+
+/* ---- running a node ------------------------------------------------------------ */
+
+typedef struct kn_models kn_models;
+typedef struct kn_node_env kn_node_env;
+
+/* What a run offers every node. */
+struct kn_node_env {
+    kn_models *models;            /* model folders and the loaded-model store */
+    const char *output_dir;       /* SaveImage */
+    const char *temp_dir;         /* PreviewImage */
+    const char *input_dir;        /* LoadImage */
+    const json_t *prompt;         /* the API prompt (PNG "prompt" chunk) */
+    const json_t *extra_pnginfo;  /* object of further PNG chunks ("workflow"), or NULL */
+    kn_ctx *ctx;                  /* compute context */
+    const atomic_int *cancel;     /* interrupt flag, checked between sampler steps */
+    /* Reports sampler step `step` of `total` for the running node; a non-zero
+     * return (err set) stops sampling. */
+    int (*step)(const kn_node_env *env, int step, int total, kn_err *err);
+    void *step_user;
+};
+
+typedef struct kn_node_call {
+    const char *node_id;
+    const kn_node_class *cls;
+    const kn_value *in; /* cls->n_inputs values, in cls->inputs order (borrowed) */
+    kn_value *out;      /* cls->n_outputs values the node fills */
+    json_t *ui;         /* object: the node's UI output */
+    const kn_node_env *env;
+    kn_err *err;
+} kn_node_call;
+
+typedef int (*kn_node_exec_fn)(kn_node_call *call);
+
+/* The implementation of a class, NULL when Kiln has none. */
+kn_node_exec_fn kn_node_exec_find(const char *class_type);
+
+/* Input getters: fail (KN_ERR_INVALID, naming the input) when the input is
+ * absent or of another kind. kn_in_object also checks the object's type;
+ * kn_in_object_opt gives NULL for an absent optional input. */
+int kn_in_int(kn_node_call *c, const char *name, int64_t *v);
+int kn_in_int_opt(kn_node_call *c, const char *name, int64_t def, int64_t *v); /* def when absent */
+int kn_in_float(kn_node_call *c, const char *name, double *v);
+int kn_in_string(kn_node_call *c, const char *name, const char **v);
+int kn_in_object(kn_node_call *c, const char *name, const char *type, kn_object **obj);
+int kn_in_object_opt(kn_node_call *c, const char *name, const char *type, kn_object **obj);
+/* Set output i to a new object (steals the reference). */
+void kn_out_object(kn_node_call *c, int i, kn_object *obj);
+/* Fail with a message about `input` (NULL: the node as a whole), prefixed "input '<name>': ". */
+int kn_node_fail(kn_node_call *c, const char *input, int code, const char *fmt, ...) KN_PRINTF(4, 5);
+
+/* Per-file node tables, {NULL, NULL}-terminated (merged by kn_node_exec_find). */
+typedef struct kn_node_def {
+    const char *class_type;
+    kn_node_exec_fn exec;
+} kn_node_def;
+
+extern const kn_node_def kn_nodes_models[], kn_nodes_conditioning[], kn_nodes_latent[], kn_nodes_sampling[],
+    kn_nodes_vae[], kn_nodes_image[];
+
+#endif

@@ -1,0 +1,358 @@
+/* Sampler nodes: KSampler, KSamplerAdvanced, SamplerCustomAdvanced and the
+ * pieces it takes (RandomNoise, DisableNoise, KSamplerSelect, BasicScheduler,
+ * BasicGuider, CFGGuider), over pipelines/sampling and the Qwen-Image DiT. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "nodes/node.h"
+#include "pipelines/sampling/noise.h"
+#include "pipelines/sampling/samplers.h"
+
+/* ---- the model as the sampler sees it ----------------------------------------------- */
+
+/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), context) * sigma. */
+typedef struct dit_guide {
+    const kn_node_env *env;
+    const kn_model_obj *model;
+    const kn_cond_obj *cond[2]; /* positive, negative */
+    kn_tensor context[2];       /* cond repeated to the latent's batch, when it has more than one item */
+    kn_tensor t, v;             /* timestep [B], model output */
+} dit_guide;
+
+static void dit_guide_free(dit_guide *g) {
+    for (int i = 0; i < 2; i++) kn_tensor_free(&g->context[i]);
+    kn_tensor_free(&g->t);
+    kn_tensor_free(&g->v);
+}
+
+/* ComfyUI repeats a batch-1 conditioning to the latent's batch. */
+static int batch_context(dit_guide *g, int which, int64_t batch, const kn_tensor **out, kn_err *err) {
+    const kn_tensor *c = &g->cond[which]->cond;
+    *out = c;
+    if (c->ne[0] == batch) return KN_OK;
+    if (c->ne[0] != 1)
+        return kn_fail(err, KN_ERR_SHAPE, "conditioning batch %lld does not match the latent batch %lld",
+                       (long long)c->ne[0], (long long)batch);
+    kn_tensor *r = &g->context[which];
+    if (!r->data) {
+        int64_t ne[3] = {batch, c->ne[1], c->ne[2]};
+        if (kn_tensor_new(r, KN_F32, KN_DEV_CPU, 3, ne, err)) return err->code;
+        size_t row = kn_tensor_nbytes(c);
+        for (int64_t b = 0; b < batch; b++) memcpy((char *)r->data + b * row, c->data, row);
+    }
+    *out = r;
+    return KN_OK;
+}
+
+static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative, kn_tensor *denoised, kn_err *err) {
+    dit_guide *g = user;
+    if (!g->cond[negative]) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
+    int64_t b = x->ne[0];
+    const kn_tensor *context;
+    if (batch_context(g, negative, b, &context, err)) return err->code;
+    if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
+    if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
+    float t = (float)kn_ms_timestep(&g->model->ms, sigma);
+    for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
+    const kn_cond_obj *cond = g->cond[negative];
+    const kn_qwen_dit *dit = &g->model->weights->dit;
+    kn_qwen_dit_input in = {x, &g->t, context, cond->mask.data ? &cond->mask : NULL, NULL, 0,
+                            dit->cfg.default_ref_method};
+    kn_ctx *ctx = g->env->ctx;
+    if (kn_qwen_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
+        *err = ctx->err;
+        return err->code;
+    }
+    kn_ms_calculate_denoised(sigma, g->v.data, x->data, denoised->data, kn_tensor_numel(x));
+    return KN_OK;
+}
+
+/* Sampler steps -> the run's progress events; keeps the last prediction for
+ * SamplerCustomAdvanced's denoised_output. */
+typedef struct progress {
+    const kn_node_env *env;
+    kn_tensor *x0; /* NULL, or where to copy each step's denoised */
+} progress;
+
+static int on_progress(void *user, int step, int total, const kn_tensor *x, const kn_tensor *denoised, kn_err *err) {
+    progress *p = user;
+    if (p->x0) memcpy(p->x0->data, denoised->data, kn_tensor_nbytes(denoised));
+    return p->env->step(p->env, step + 1, total, err);
+}
+
+/* ---- the shared sampling path ------------------------------------------------------------ */
+
+typedef struct sample_job {
+    const kn_model_obj *model;
+    const kn_cond_obj *positive, *negative; /* negative NULL: positive only */
+    double cfg;
+    const char *sampler;
+    const float *sigmas;
+    int n_sigmas;
+    uint64_t seed;
+    bool add_noise;
+    const kn_latent_obj *latent;
+    const char *latent_input; /* the node's latent input name, for errors */
+} sample_job;
+
+/* fix_empty_latent_channels + Qwen-Image's frame axis: [B, 16, 1, h, w]. */
+static int model_latent(kn_node_call *c, const kn_latent_obj *l, const char *input, kn_tensor *out) {
+    const kn_tensor *s = &l->samples;
+    int64_t n = kn_tensor_numel(s), nz = 0;
+    for (const float *v = s->data; nz < n && v[nz] == 0.0f; nz++) {
+    }
+    bool empty = nz == n;
+    if (s->ndim != 4 && !(s->ndim == 5 && s->ne[2] == 1))
+        return kn_node_fail(c, input, KN_ERR_SHAPE, "Qwen-Image needs a [B, C, h, w] or [B, C, 1, h, w] latent");
+    if (!empty && s->ne[1] != 16)
+        return kn_node_fail(c, input, KN_ERR_SHAPE, "latent has %lld channels, Qwen-Image needs 16",
+                            (long long)s->ne[1]);
+    int64_t h = s->ne[s->ndim - 2], w = s->ne[s->ndim - 1];
+    int64_t ne[5] = {s->ne[0], 16, 1, h, w};
+    if (kn_tensor_zeros(out, KN_F32, 5, ne, c->err)) return c->err->code;
+    if (!empty) memcpy(out->data, s->data, kn_tensor_nbytes(out));
+    return KN_OK;
+}
+
+/* Samples job into *out (and the last prediction, process_out'd, into
+ * *denoised_out when it is not NULL). */
+static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **out, kn_latent_obj **denoised_out) {
+    kn_err *err = c->err;
+    kn_tensor lat = {0}, noise = {0}, x0 = {0};
+    kn_latent_obj *res = kn_latent_new(), *den = denoised_out ? kn_latent_new() : NULL;
+    dit_guide guide = {c->env, j->model, {j->positive, j->negative}, {{0}}, {0}, {0}};
+    kn_cfg_guider cfg = {dit_denoise, &guide, j->negative ? j->cfg : 1.0, {0}};
+    progress prog = {c->env, NULL};
+    int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
+    if (!rc) rc = model_latent(c, j->latent, j->latent_input, &lat);
+    if (!rc) rc = kn_tensor_zeros(&noise, KN_F32, lat.ndim, lat.ne, err);
+    if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, err);
+    if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
+    if (!rc && den) rc = kn_tensor_dup(&x0, &lat, err);
+    if (!rc && den) prog.x0 = &x0;
+    if (!rc) {
+        kn_sample_params p = {.sampler = j->sampler,
+                              .ms = &j->model->ms,
+                              .sigmas = j->sigmas,
+                              .n_sigmas = j->n_sigmas,
+                              .denoise = kn_cfg_denoise,
+                              .denoise_user = &cfg,
+                              .seed = j->seed,
+                              .randn_path = KN_RANDN_AVX2,
+                              .progress = on_progress,
+                              .progress_user = &prog,
+                              .cancel = c->env->cancel};
+        rc = kn_sample(&p, &kn_latent_wan21, &noise, &lat, &res->samples, NULL, err);
+    }
+    if (!rc && den) {
+        /* without steps there is no prediction: ComfyUI's denoised_output is then the output */
+        rc = j->n_sigmas > 1 ? kn_tensor_new(&den->samples, KN_F32, KN_DEV_CPU, x0.ndim, x0.ne, err)
+                             : kn_tensor_dup(&den->samples, &res->samples, err);
+        if (!rc && j->n_sigmas > 1) rc = kn_latent_process_out(&kn_latent_wan21, &x0, &den->samples, err);
+    }
+    dit_guide_free(&guide);
+    kn_cfg_guider_free(&cfg);
+    kn_tensor_free(&lat);
+    kn_tensor_free(&noise);
+    kn_tensor_free(&x0);
+    if (rc) {
+        if (res) kn_object_release(&res->base);
+        if (den) kn_object_release(&den->base);
+        return rc;
+    }
+    *out = res;
+    if (denoised_out) *denoised_out = den;
+    return KN_OK;
+}
+
+/* ---- KSampler / KSamplerAdvanced ------------------------------------------------------------ */
+
+typedef struct ksampler_args {
+    kn_object *model, *positive, *negative, *latent;
+    int64_t seed, steps;
+    double cfg;
+    const char *sampler, *scheduler;
+} ksampler_args;
+
+static int ksampler_inputs(kn_node_call *c, const char *seed_name, ksampler_args *a) {
+    if (kn_in_object(c, "model", "MODEL", &a->model) || kn_in_int(c, seed_name, &a->seed) ||
+        kn_in_int(c, "steps", &a->steps) || kn_in_float(c, "cfg", &a->cfg) ||
+        kn_in_string(c, "sampler_name", &a->sampler) || kn_in_string(c, "scheduler", &a->scheduler) ||
+        kn_in_object(c, "positive", "CONDITIONING", &a->positive) ||
+        kn_in_object(c, "negative", "CONDITIONING", &a->negative) ||
+        kn_in_object(c, "latent_image", "LATENT", &a->latent))
+        return c->err->code;
+    return KN_OK;
+}
+
+/* common_ksampler with KSampler.sample's step window: sigmas[start_step:]
+ * and sigmas[:last_step + 1] (last set to 0 when force_full_denoise). */
+static int common_ksampler(kn_node_call *c, const ksampler_args *a, double denoise, bool add_noise, int64_t start_step,
+                           int64_t last_step, bool force_full_denoise) {
+    const kn_model_obj *model = (const kn_model_obj *)a->model;
+    float *sigmas = NULL;
+    int n = 0;
+    if (kn_ksampler_sigmas(&model->ms, a->scheduler, a->sampler, (int)a->steps, denoise, &sigmas, &n, c->err))
+        return kn_node_fail(c, "scheduler", c->err->code, "%s", c->err->msg);
+    if (last_step >= 0 && last_step < n - 1) {
+        n = (int)last_step + 1;
+        if (force_full_denoise) sigmas[n - 1] = 0.0f;
+    }
+    int first = 0;
+    if (start_step > 0) {
+        if (start_step >= n - 1) { /* nothing left to do: the latent comes back as it is */
+            free(sigmas);
+            kn_out_object(c, 0, kn_object_retain(a->latent));
+            return KN_OK;
+        }
+        first = (int)start_step;
+    }
+    sample_job j = {model,
+                    (const kn_cond_obj *)a->positive,
+                    (const kn_cond_obj *)a->negative,
+                    a->cfg,
+                    a->sampler,
+                    sigmas + first,
+                    n - first,
+                    (uint64_t)a->seed,
+                    add_noise,
+                    (const kn_latent_obj *)a->latent,
+                    "latent_image"};
+    kn_latent_obj *out = NULL;
+    int rc = run_sampling(c, &j, &out, NULL);
+    free(sigmas);
+    if (!rc) kn_out_object(c, 0, &out->base);
+    return rc;
+}
+
+static int ksampler(kn_node_call *c) {
+    ksampler_args a;
+    double denoise;
+    if (ksampler_inputs(c, "seed", &a) || kn_in_float(c, "denoise", &denoise)) return c->err->code;
+    return common_ksampler(c, &a, denoise, true, -1, -1, false);
+}
+
+static int ksampler_advanced(kn_node_call *c) {
+    ksampler_args a;
+    const char *add_noise, *leftover;
+    int64_t start, end;
+    if (ksampler_inputs(c, "noise_seed", &a) || kn_in_string(c, "add_noise", &add_noise) ||
+        kn_in_int(c, "start_at_step", &start) || kn_in_int(c, "end_at_step", &end) ||
+        kn_in_string(c, "return_with_leftover_noise", &leftover))
+        return c->err->code;
+    return common_ksampler(c, &a, 1.0, strcmp(add_noise, "disable") != 0, start, end,
+                           strcmp(leftover, "disable") == 0);
+}
+
+/* ---- SamplerCustomAdvanced and its parts --------------------------------------------------- */
+
+static int sampler_custom_advanced(kn_node_call *c) {
+    kn_object *noise, *guider, *sampler, *sigmas, *latent;
+    if (kn_in_object(c, "noise", "NOISE", &noise) || kn_in_object(c, "guider", "GUIDER", &guider) ||
+        kn_in_object(c, "sampler", "SAMPLER", &sampler) || kn_in_object(c, "sigmas", "SIGMAS", &sigmas) ||
+        kn_in_object(c, "latent_image", "LATENT", &latent))
+        return c->err->code;
+    const kn_guider_obj *g = (const kn_guider_obj *)guider;
+    const kn_sigmas_obj *s = (const kn_sigmas_obj *)sigmas;
+    const kn_noise_obj *nz = (const kn_noise_obj *)noise;
+    sample_job j = {g->model,   g->positive, g->negative, g->cfg, ((const kn_sampler_obj *)sampler)->name,
+                    s->sigmas,  s->n,        nz->seed,    !nz->disabled, (const kn_latent_obj *)latent,
+                    "latent_image"};
+    kn_latent_obj *out = NULL, *den = NULL;
+    if (run_sampling(c, &j, &out, &den)) return c->err->code;
+    kn_out_object(c, 0, &out->base);
+    kn_out_object(c, 1, &den->base);
+    return KN_OK;
+}
+
+static int make_noise(kn_node_call *c, uint64_t seed, bool disabled) {
+    kn_noise_obj *n = (kn_noise_obj *)kn_simple_new("NOISE", sizeof *n);
+    if (!n) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    n->seed = seed;
+    n->disabled = disabled;
+    kn_out_object(c, 0, &n->base);
+    return KN_OK;
+}
+
+static int random_noise(kn_node_call *c) {
+    int64_t seed;
+    if (kn_in_int(c, "noise_seed", &seed)) return c->err->code;
+    return make_noise(c, (uint64_t)seed, false);
+}
+
+static int disable_noise(kn_node_call *c) { return make_noise(c, 0, true); }
+
+static int ksampler_select(kn_node_call *c) {
+    const char *name;
+    if (kn_in_string(c, "sampler_name", &name)) return c->err->code;
+    kn_sampler_obj *s = (kn_sampler_obj *)kn_simple_new("SAMPLER", sizeof *s);
+    if (!s) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    snprintf(s->name, sizeof s->name, "%s", name);
+    kn_out_object(c, 0, &s->base);
+    return KN_OK;
+}
+
+/* BasicScheduler: int(steps / denoise) scheduler steps, keeping the last steps + 1 sigmas. */
+static int basic_scheduler(kn_node_call *c) {
+    kn_object *model;
+    const char *scheduler;
+    int64_t steps;
+    double denoise;
+    if (kn_in_object(c, "model", "MODEL", &model) || kn_in_string(c, "scheduler", &scheduler) ||
+        kn_in_int(c, "steps", &steps) || kn_in_float(c, "denoise", &denoise))
+        return c->err->code;
+    kn_sigmas_obj *s = (kn_sigmas_obj *)kn_simple_new("SIGMAS", sizeof *s);
+    if (!s) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    if (denoise > 0) {
+        int64_t total = denoise < 1.0 ? (int64_t)(steps / denoise) : steps;
+        if (kn_scheduler_sigmas(&((kn_model_obj *)model)->ms, scheduler, (int)total, &s->sigmas, &s->n, c->err)) {
+            kn_object_release(&s->base);
+            return kn_node_fail(c, "scheduler", c->err->code, "%s", c->err->msg);
+        }
+        int keep = s->n < steps + 1 ? s->n : (int)steps + 1;
+        memmove(s->sigmas, s->sigmas + (s->n - keep), (size_t)keep * sizeof *s->sigmas);
+        s->n = keep;
+    }
+    kn_out_object(c, 0, &s->base);
+    return KN_OK;
+}
+
+static int make_guider(kn_node_call *c, kn_object *model, kn_object *positive, kn_object *negative, double cfg) {
+    kn_guider_obj *g = (kn_guider_obj *)kn_simple_new("GUIDER", sizeof *g);
+    if (!g) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    g->model = (kn_model_obj *)kn_object_retain(model);
+    g->positive = (kn_cond_obj *)kn_object_retain(positive);
+    g->negative = (kn_cond_obj *)kn_object_retain(negative);
+    g->cfg = cfg;
+    kn_out_object(c, 0, &g->base);
+    return KN_OK;
+}
+
+static int basic_guider(kn_node_call *c) {
+    kn_object *model, *cond;
+    if (kn_in_object(c, "model", "MODEL", &model) || kn_in_object(c, "conditioning", "CONDITIONING", &cond))
+        return c->err->code;
+    return make_guider(c, model, cond, NULL, 1.0);
+}
+
+static int cfg_guider(kn_node_call *c) {
+    kn_object *model, *pos, *neg;
+    double cfg;
+    if (kn_in_object(c, "model", "MODEL", &model) || kn_in_object(c, "positive", "CONDITIONING", &pos) ||
+        kn_in_object(c, "negative", "CONDITIONING", &neg) || kn_in_float(c, "cfg", &cfg))
+        return c->err->code;
+    return make_guider(c, model, pos, neg, cfg);
+}
+
+const kn_node_def kn_nodes_sampling[] = {
+    {"KSampler", ksampler},
+    {"KSamplerAdvanced", ksampler_advanced},
+    {"SamplerCustomAdvanced", sampler_custom_advanced},
+    {"RandomNoise", random_noise},
+    {"DisableNoise", disable_noise},
+    {"KSamplerSelect", ksampler_select},
+    {"BasicScheduler", basic_scheduler},
+    {"BasicGuider", basic_guider},
+    {"CFGGuider", cfg_guider},
+    {NULL, NULL},
+};

@@ -1,0 +1,245 @@
+/* Model folders, name resolution and the loaded-model store. */
+#include "runtime/models.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#ifndef KN_TOKENIZER_DIR
+#define KN_TOKENIZER_DIR "tokenizers"
+#endif
+
+/* Symlinked folders are followed (os.walk(followlinks=True)); this bounds loops. */
+#define KN_MODELS_MAX_DEPTH 16
+
+typedef struct store_entry {
+    char *key;
+    kn_object *obj;
+} store_entry;
+
+struct kn_models {
+    char *root, *input_dir;
+    store_entry *store;
+    int n_store, cap_store;
+};
+
+/* ComfyUI's folder names and the older aliases it also reads. */
+static const struct {
+    const char *folder;
+    const char *dirs[2];
+} kn_folders[] = {
+    {"diffusion_models", {"diffusion_models", "unet"}},
+    {"text_encoders", {"text_encoders", "clip"}},
+    {"vae", {"vae", NULL}},
+    {"loras", {"loras", NULL}},
+    {"checkpoints", {"checkpoints", NULL}},
+};
+
+static const char *const model_exts[] = {".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", NULL};
+static const char *const image_exts[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga", ".psd",
+                                         ".hdr", ".pnm", ".ppm", ".pgm", NULL};
+
+int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err) {
+    *out = NULL;
+    struct stat st;
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
+        return kn_fail(err, KN_ERR_NOT_FOUND, "models folder '%s' does not exist", root);
+    kn_models *m = calloc(1, sizeof *m);
+    if (!m || !(m->root = strdup(root)) || !(m->input_dir = strdup(input_dir))) {
+        kn_models_free(m);
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    }
+    *out = m;
+    return KN_OK;
+}
+
+void kn_models_free(kn_models *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_store; i++) {
+        free(m->store[i].key);
+        kn_object_release(m->store[i].obj);
+    }
+    free(m->store);
+    free(m->root);
+    free(m->input_dir);
+    free(m);
+}
+
+const char *kn_models_root(const kn_models *m) { return m->root; }
+
+const char *kn_models_tokenizer_dir(const kn_models *m) {
+    const char *env = getenv("KILN_TOKENIZERS");
+    return env && *env ? env : KN_TOKENIZER_DIR;
+}
+
+/* ---- listing ------------------------------------------------------------------ */
+
+typedef struct name_list {
+    char **v;
+    size_t n, cap;
+} name_list;
+
+static int has_ext(const char *name, const char *const *exts) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return 0;
+    for (int i = 0; exts[i]; i++)
+        if (strcasecmp(dot, exts[i]) == 0) return 1;
+    return 0;
+}
+
+static int push_name(name_list *l, const char *name, kn_err *err) {
+    for (size_t i = 0; i < l->n; i++) /* the same file under two alias folders is listed once */
+        if (strcmp(l->v[i], name) == 0) return KN_OK;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 32;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (!v) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+        l->v = v;
+        l->cap = cap;
+    }
+    if (!(l->v[l->n] = strdup(name))) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    l->n++;
+    return KN_OK;
+}
+
+/* Files under dir/rel (rel "" at the top), recursing when `recurse`. A
+ * folder that does not exist lists nothing, as in ComfyUI. */
+static int walk(const char *dir, const char *rel, int depth, int recurse, const char *const *exts, name_list *out,
+                kn_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s%s%s", dir, *rel ? "/" : "", rel);
+    DIR *d = opendir(path);
+    if (!d) return KN_OK;
+    int rc = KN_OK;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue; /* ".", "..", hidden files */
+        char sub[4096], full[4096 + 256];
+        if ((size_t)snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name) >= sizeof sub) continue;
+        snprintf(full, sizeof full, "%s/%s", dir, sub);
+        struct stat st;
+        if (stat(full, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (recurse && depth < KN_MODELS_MAX_DEPTH) rc = walk(dir, sub, depth + 1, recurse, exts, out, err);
+        } else if (S_ISREG(st.st_mode) && has_ext(e->d_name, exts)) {
+            rc = push_name(out, sub, err);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void names_free(name_list *l) {
+    for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+}
+
+static int folder_index(const char *folder) {
+    for (size_t i = 0; i < sizeof kn_folders / sizeof kn_folders[0]; i++)
+        if (strcmp(kn_folders[i].folder, folder) == 0) return (int)i;
+    return -1;
+}
+
+static int list_names(kn_models *m, const char *folder, name_list *out, kn_err *err) {
+    memset(out, 0, sizeof *out);
+    int rc = KN_OK;
+    if (strcmp(folder, "input") == 0) {
+        rc = walk(m->input_dir, "", 0, 0, image_exts, out, err);
+    } else {
+        int f = folder_index(folder);
+        if (f < 0) return kn_fail(err, KN_ERR_INVALID, "unknown model folder '%s'", folder);
+        for (int k = 0; !rc && k < 2 && kn_folders[f].dirs[k]; k++) {
+            char dir[4096];
+            snprintf(dir, sizeof dir, "%s/%s", m->root, kn_folders[f].dirs[k]);
+            rc = walk(dir, "", 0, 1, model_exts, out, err);
+        }
+    }
+    if (rc) {
+        names_free(out);
+        return rc;
+    }
+    qsort(out->v, out->n, sizeof *out->v, cmp_names);
+    return KN_OK;
+}
+
+int kn_models_list(kn_models *m, const char *folder, json_t *names, kn_err *err) {
+    name_list l;
+    int rc = list_names(m, folder, &l, err);
+    for (size_t i = 0; !rc && i < l.n; i++)
+        if (json_array_append_new(names, json_string(l.v[i])) != 0) rc = kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    names_free(&l);
+    return rc;
+}
+
+static int lister_list(void *user, const char *folder, json_t *names, kn_err *err) {
+    return kn_models_list(user, folder, names, err);
+}
+
+kn_folder_lister kn_models_lister(kn_models *m) { return (kn_folder_lister){lister_list, m}; }
+
+/* ---- resolution ----------------------------------------------------------------- */
+
+static int escapes(const char *name) {
+    if (name[0] == '/' || name[0] == '\\' || strchr(name, '\\') || strchr(name, ':')) return 1;
+    for (const char *p = name; *p;) { /* any ".." component */
+        size_t len = strcspn(p, "/");
+        if (len == 2 && p[0] == '.' && p[1] == '.') return 1;
+        p += len;
+        if (*p) p++;
+    }
+    return 0;
+}
+
+int kn_models_resolve(kn_models *m, const char *folder, const char *name, char **path, kn_err *err) {
+    *path = NULL;
+    if (!*name || escapes(name))
+        return kn_fail(err, KN_ERR_INVALID, "'%s' is not a file name inside the %s folder", name, folder);
+    name_list l;
+    int rc = list_names(m, folder, &l, err);
+    if (rc) return rc;
+    int found = bsearch(&name, l.v, l.n, sizeof *l.v, cmp_names) != NULL;
+    names_free(&l);
+    if (!found)
+        return kn_fail(err, KN_ERR_NOT_FOUND, "'%s' is not in the %s folder of %s", name, folder,
+                       strcmp(folder, "input") == 0 ? m->input_dir : m->root);
+    char buf[8192];
+    if (strcmp(folder, "input") == 0) {
+        snprintf(buf, sizeof buf, "%s/%s", m->input_dir, name);
+    } else { /* the first alias folder holding it, as ComfyUI's get_full_path */
+        int f = folder_index(folder);
+        for (int k = 0; k < 2 && kn_folders[f].dirs[k]; k++) {
+            struct stat st;
+            snprintf(buf, sizeof buf, "%s/%s/%s", m->root, kn_folders[f].dirs[k], name);
+            if (stat(buf, &st) == 0 && S_ISREG(st.st_mode)) break;
+        }
+    }
+    if (!(*path = strdup(buf))) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    return KN_OK;
+}
+
+/* ---- store ----------------------------------------------------------------------- */
+
+kn_object *kn_models_get(kn_models *m, const char *key) {
+    for (int i = 0; i < m->n_store; i++)
+        if (strcmp(m->store[i].key, key) == 0) return kn_object_retain(m->store[i].obj);
+    return NULL;
+}
+
+int kn_models_put(kn_models *m, const char *key, kn_object *obj, kn_err *err) {
+    if (m->n_store == m->cap_store) {
+        int cap = m->cap_store ? m->cap_store * 2 : 8;
+        store_entry *s = realloc(m->store, (size_t)cap * sizeof *s);
+        if (!s) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+        m->store = s;
+        m->cap_store = cap;
+    }
+    char *k = strdup(key);
+    if (!k) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    m->store[m->n_store++] = (store_entry){k, kn_object_retain(obj)};
+    return KN_OK;
+}

@@ -1,0 +1,297 @@
+/* kiln run: see runtime/run.h. */
+#include "runtime/run.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "graph/executor.h"
+#include "graph/json.h"
+#include "graph/validate.h"
+#include "graph/workflow.h"
+#include "runtime/models.h"
+
+#ifndef KN_DEFAULT_MODELS
+#define KN_DEFAULT_MODELS "models"
+#endif
+
+typedef struct run_opts {
+    const char *models, *output, *input, *temp;
+    const char **sets;
+    int n_sets;
+    const char *seed;
+    int json;
+} run_opts;
+
+typedef struct run_state {
+    const run_opts *o;
+    int bar_total; /* the progress bar on stderr is open */
+} run_state;
+
+/* The executor SIGINT interrupts (one run at a time per process). */
+static kn_executor *volatile interrupt_target;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    if (interrupt_target) kn_executor_interrupt(interrupt_target);
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]\n"
+                    "                [--set NODE.INPUT=VALUE]... [--seed N] [--json] FILE...\n");
+    return 2;
+}
+
+static void print_line(const json_t *msg) {
+    char *s = kn_json_dumps(msg, 0);
+    if (s) printf("%s\n", s);
+    free(s);
+    fflush(stdout);
+}
+
+static void print_event(const char *type, json_t *data) {
+    json_t *msg = json_pack("{s:s, s:o}", "type", type, "data", data);
+    if (msg) print_line(msg);
+    json_decref(msg);
+}
+
+/* Where an executed node's images are on disk. */
+static json_t *image_paths(const run_opts *o, const json_t *ui) {
+    json_t *paths = json_array();
+    size_t i;
+    const json_t *im;
+    json_array_foreach(json_object_get(ui, "images"), i, im) {
+        const char *sub = json_string_value(json_object_get(im, "subfolder"));
+        const char *type = json_string_value(json_object_get(im, "type"));
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s%s%s", type && strcmp(type, "temp") == 0 ? o->temp : o->output,
+                 sub ? sub : "", sub && *sub ? "/" : "", json_string_value(json_object_get(im, "filename")));
+        json_array_append_new(paths, json_string(p));
+    }
+    return paths;
+}
+
+static void on_event(void *user, const kn_exec_event *ev) {
+    run_state *st = user;
+    const run_opts *o = st->o;
+    if (o->json) {
+        switch (ev->kind) {
+        case KN_EVENT_START:
+            print_event("execution_start", json_pack("{s:s?}", "prompt_id", ev->prompt_id));
+            print_event("execution_cached", json_pack("{s:O, s:s?}", "nodes", ev->data, "prompt_id", ev->prompt_id));
+            break;
+        case KN_EVENT_EXECUTING:
+            print_event("executing", json_pack("{s:s, s:s?}", "node", ev->node_id, "prompt_id", ev->prompt_id));
+            break;
+        case KN_EVENT_PROGRESS:
+            print_event("progress", json_pack("{s:i, s:i, s:s?, s:s}", "value", ev->step, "max", ev->total,
+                                              "prompt_id", ev->prompt_id, "node", ev->node_id));
+            break;
+        case KN_EVENT_EXECUTED:
+            print_event("executed", json_pack("{s:s, s:O, s:s?, s:o}", "node", ev->node_id, "output", ev->data,
+                                              "prompt_id", ev->prompt_id, "paths", image_paths(o, ev->data)));
+            break;
+        }
+        return;
+    }
+    if (ev->kind == KN_EVENT_EXECUTING) {
+        if (st->bar_total) fputc('\n', stderr);
+        st->bar_total = 0;
+        fprintf(stderr, "[%s] %s\n", ev->node_id, ev->node_type);
+    } else if (ev->kind == KN_EVENT_PROGRESS) {
+        int width = 30, filled = ev->total > 0 ? ev->step * width / ev->total : width;
+        fprintf(stderr, "\r  %3d%% |", ev->total > 0 ? ev->step * 100 / ev->total : 100);
+        for (int i = 0; i < width; i++) fputc(i < filled ? '#' : ' ', stderr);
+        fprintf(stderr, "| %d/%d", ev->step, ev->total);
+        st->bar_total = ev->total;
+    } else if (ev->kind == KN_EVENT_EXECUTED) {
+        if (st->bar_total) fputc('\n', stderr);
+        st->bar_total = 0;
+        json_t *paths = image_paths(o, ev->data);
+        size_t i;
+        json_t *p;
+        json_array_foreach(paths, i, p) printf("%s\n", json_string_value(p));
+        json_decref(paths);
+        fflush(stdout);
+    }
+}
+
+/* --set NODE.INPUT=VALUE and --seed N on the API prompt. */
+static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
+    for (int i = 0; i < o->n_sets; i++) {
+        const char *s = o->sets[i], *eq = strchr(s, '=');
+        const char *dot = eq ? memrchr(s, '.', (size_t)(eq - s)) : NULL;
+        if (!dot || dot == s || dot + 1 == eq)
+            return kn_fail(err, KN_ERR_INVALID, "--set '%s': expected NODE.INPUT=VALUE", s);
+        char *id = strndup(s, (size_t)(dot - s)), *name = strndup(dot + 1, (size_t)(eq - dot - 1));
+        json_t *inputs = json_object_get(json_object_get(prompt, id ? id : ""), "inputs");
+        json_t *value = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+        if (!value) value = json_string(eq + 1);
+        int rc = !id || !name || !value ? kn_fail(err, KN_ERR_NOMEM, "out of memory")
+                 : !json_is_object(inputs) ? kn_fail(err, KN_ERR_NOT_FOUND, "--set '%s': no node '%s' in the prompt", s, id)
+                 : json_object_set_new(inputs, name, value) ? kn_fail(err, KN_ERR_NOMEM, "out of memory")
+                                                             : KN_OK;
+        if (rc && value && (!id || !name || !json_is_object(inputs))) json_decref(value);
+        free(id);
+        free(name);
+        if (rc) return rc;
+    }
+    if (!o->seed) return KN_OK;
+    json_t *seed = json_loads(o->seed, JSON_DECODE_ANY, NULL);
+    if (!json_is_integer(seed) || json_integer_value(seed) < 0) {
+        json_decref(seed);
+        return kn_fail(err, KN_ERR_INVALID, "--seed '%s': expected a non-negative integer", o->seed);
+    }
+    const char *id;
+    json_t *node;
+    json_object_foreach(prompt, id, node) {
+        json_t *inputs = json_object_get(node, "inputs");
+        static const char *const names[] = {"seed", "noise_seed"};
+        for (int k = 0; k < 2; k++) {
+            json_t *v = json_object_get(inputs, names[k]);
+            if (v && !json_is_array(v)) json_object_set(inputs, names[k], seed); /* constants only, not links */
+        }
+    }
+    json_decref(seed);
+    return KN_OK;
+}
+
+static void new_prompt_id(char *buf, size_t len) {
+    unsigned char r[16] = {0};
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(r, 1, sizeof r, f) != sizeof r) { /* good enough to tell runs apart */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        memcpy(r, &ts, sizeof ts < sizeof r ? sizeof ts : sizeof r);
+    }
+    if (f) fclose(f);
+    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
+    snprintf(buf, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3],
+             r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+}
+
+/* Reports a failure: the ComfyUI-shaped JSON on stdout, a line on stderr. */
+static int report_failure(const char *path, const json_t *body, const kn_err *err) {
+    if (body) print_line(body);
+    fprintf(stderr, "kiln run: %s: %s\n", path, err->msg);
+    return 1;
+}
+
+static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const char *path) {
+    kn_err err;
+    kn_err_clear(&err);
+    kn_folder_lister lister = kn_models_lister(models);
+    json_t *prompt = NULL, *error = NULL, *extra = NULL;
+    if (kn_workflow_load_file(path, &lister, &prompt, &error, &err)) {
+        int rc = report_failure(path, error, &err);
+        json_decref(error);
+        return rc;
+    }
+    /* A UI-format file goes into the PNGs as the "workflow" chunk, as the front end sends it. */
+    json_t *doc = json_load_file(path, 0, NULL);
+    if (doc && kn_workflow_detect(doc) == KN_WORKFLOW_UI) extra = json_pack("{s:O}", "workflow", doc);
+    json_decref(doc);
+
+    kn_validation v = {0};
+    kn_exec_result res = {0};
+    int status = 0;
+    if (apply_edits(o, prompt, &err)) {
+        json_t *body = kn_prompt_error_body("invalid_prompt", "Invalid prompt", err.msg, NULL);
+        status = report_failure(path, body, &err);
+        json_decref(body);
+    } else if (kn_validate_prompt(prompt, NULL, &lister, &v, &err)) {
+        json_t *body = v.error ? kn_validation_body(&v) : NULL;
+        status = report_failure(path, body, &err);
+        json_decref(body);
+    } else {
+        if (json_object_size(v.node_errors)) { /* ComfyUI runs the valid outputs and reports the rest */
+            json_t *body = kn_validation_body(&v);
+            fprintf(stderr, "kiln run: %s: some outputs failed validation and are skipped\n", path);
+            if (body) print_line(body);
+            json_decref(body);
+        }
+        char id[40];
+        new_prompt_id(id, sizeof id);
+        run_state st = {o, 0};
+        kn_executor_set_events(ex, on_event, &st);
+        if (kn_executor_run(ex, prompt, &v, extra, id, &res, &err)) {
+            if (st.bar_total) fputc('\n', stderr);
+            status = report_failure(path, res.error, &err);
+        } else if (o->json) {
+            print_event("execution_success", json_pack("{s:s, s:O, s:O, s:O}", "prompt_id", id, "outputs", res.outputs,
+                                                       "executed", res.executed, "cached", res.cached));
+        }
+    }
+    kn_exec_result_free(&res);
+    kn_validation_free(&v);
+    json_decref(prompt);
+    json_decref(extra);
+    return status;
+}
+
+int kn_cmd_run(int argc, char **argv) {
+    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, 0};
+    const char **files = calloc((size_t)argc + 1, sizeof *files);
+    o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
+    int n_files = 0;
+    if (!files || !o.sets) {
+        free(files);
+        free(o.sets);
+        fprintf(stderr, "kiln run: out of memory\n");
+        return 1;
+    }
+    int bad = 0;
+    for (int i = 0; i < argc && !bad; i++) {
+        const char *a = argv[i];
+        const char **dst = strcmp(a, "--models") == 0  ? &o.models
+                           : strcmp(a, "--output") == 0 ? &o.output
+                           : strcmp(a, "--input") == 0  ? &o.input
+                           : strcmp(a, "--temp") == 0   ? &o.temp
+                           : strcmp(a, "--seed") == 0   ? &o.seed
+                           : strcmp(a, "--set") == 0    ? &o.sets[o.n_sets]
+                                                        : NULL;
+        if (dst) {
+            if (i + 1 >= argc) bad = 1;
+            else *dst = argv[++i];
+            if (dst == &o.sets[o.n_sets]) o.n_sets++;
+        } else if (strcmp(a, "--json") == 0) {
+            o.json = 1;
+        } else if (a[0] == '-' && a[1] == '-') {
+            bad = 1;
+        } else {
+            files[n_files++] = a;
+        }
+    }
+    if (bad || n_files == 0) {
+        free(files);
+        free(o.sets);
+        return usage();
+    }
+    if (!o.models) o.models = getenv("KILN_MODELS") && *getenv("KILN_MODELS") ? getenv("KILN_MODELS") : KN_DEFAULT_MODELS;
+
+    kn_err err;
+    kn_err_clear(&err);
+    kn_models *models = NULL;
+    kn_executor *ex = NULL;
+    int status = 0;
+    kn_executor_config cfg = {NULL, o.output, o.temp, o.input, KN_PREC_FP32};
+    if (kn_models_new(&models, o.models, o.input, &err) || (cfg.models = models, kn_executor_new(&ex, &cfg, &err))) {
+        fprintf(stderr, "kiln run: %s\n", err.msg);
+        status = 1;
+    }
+    if (!status) {
+        interrupt_target = ex;
+        signal(SIGINT, on_sigint);
+        for (int i = 0; i < n_files; i++) status |= run_file(&o, models, ex, files[i]);
+        signal(SIGINT, SIG_DFL);
+        interrupt_target = NULL;
+    }
+    kn_executor_free(ex);
+    kn_models_free(models);
+    free(files);
+    free(o.sets);
+    return status;
+}
