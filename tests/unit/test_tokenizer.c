@@ -24,6 +24,7 @@
 #include "pipelines/tokenizers/unicode.h"
 
 #define FIXTURES KN_SOURCE_DIR "/tests/fixtures/tokenizers"
+#define TOKENIZERS KN_SOURCE_DIR "/pipelines/tokenizers/data" /* shipped with Kiln: the runtime reads them too */
 
 static int checks, failures;
 
@@ -550,12 +551,12 @@ int main(void) {
     kn_bpe *qwen25 = NULL, *qwen3 = NULL;
     kn_err err;
     double t0 = cpu_ms();
-    if (kn_bpe_load(&qwen25, FIXTURES "/qwen25", &err)) {
+    if (kn_bpe_load(&qwen25, TOKENIZERS "/qwen25", &err)) {
         printf("FAIL %s\n", err.msg);
         return 1;
     }
     double load_ms = cpu_ms() - t0;
-    if (kn_bpe_load(&qwen3, FIXTURES "/qwen3", &err)) {
+    if (kn_bpe_load(&qwen3, TOKENIZERS "/qwen3", &err)) {
         printf("FAIL %s\n", err.msg);
         return 1;
     }
