@@ -20,21 +20,10 @@
 
 #include "kernels/dtype.h"
 #include "kernels/safetensors.h"
-
-static int checks, failures;
+#include "check.h"
 
 /* Failures past the first few are only counted: a broken conversion would
  * otherwise print one line for each of a million inputs. */
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        checks++;                                                              \
-        if (!(cond) && ++failures <= 50) {                                     \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
-    } while (0)
-
 static char tmp_dir[512];
 
 static void tmp_path(char *out, size_t len, const char *name) { snprintf(out, len, "%s/%s", tmp_dir, name); }

@@ -10,18 +10,7 @@
 #include <string.h>
 
 #include "pipelines/sampling/samplers.h"
-
-static int checks, failures;
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        checks++;                                                              \
-        if (!(cond) && ++failures <= 50) {                                     \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
-    } while (0)
+#include "check.h"
 
 #define N_LATENT (2 * 16 * 4 * 6)
 static const int64_t latent_shape[4] = {2, 16, 4, 6};

@@ -22,22 +22,10 @@
 #include "pipelines/tokenizers/bpe.h"
 #include "pipelines/tokenizers/prompt.h"
 #include "pipelines/tokenizers/unicode.h"
+#include "check.h"
 
 #define FIXTURES KN_SOURCE_DIR "/tests/fixtures/tokenizers"
 #define TOKENIZERS KN_SOURCE_DIR "/pipelines/tokenizers/data" /* shipped with Kiln: the runtime reads them too */
-
-static int checks, failures;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        checks++;                                                          \
-        if (!(cond)) {                                                     \
-            failures++;                                                    \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
 
 /* CPU time: the test machines are shared, and wall time mostly measures the others. */
 static double cpu_ms(void) {

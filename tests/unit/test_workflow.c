@@ -20,19 +20,7 @@
 #include "graph/validate.h"
 #include "graph/workflow.h"
 #include "nodes/registry.h"
-
-static int checks, failures;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        checks++;                                                          \
-        if (!(cond)) {                                                     \
-            failures++;                                                    \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
+#include "check.h"
 
 #define FIXTURES KN_SOURCE_DIR "/tests/fixtures/workflows/"
 
