@@ -17,7 +17,8 @@ static int usage(FILE *out) {
             "  convert [--no-validate] [--compact] FILE|-\n"
             "                   print the API-format prompt for a workflow file (either format),\n"
             "                   or ComfyUI's error JSON and exit 1\n"
-            "  run [--models DIR] [--output DIR] [--set NODE.INPUT=VALUE]... [--seed N] [--json] FILE...\n"
+            "  run [--models DIR] [--output DIR] [--set NODE.INPUT=VALUE]... [--seed N]\n"
+            "      [--precision fp32|bf16|fp16] [--json] FILE...\n"
             "                   render workflow files headlessly (see runtime/run.h)\n"
             "  version          print build information\n");
     return out == stderr ? 2 : 0;

@@ -22,6 +22,7 @@ typedef struct run_opts {
     const char **sets;
     int n_sets;
     const char *seed;
+    const char *precision; /* GEMM input precision: fp32 (default), bf16, fp16 */
     int json;
 } run_opts;
 
@@ -40,7 +41,8 @@ static void on_sigint(int sig) {
 
 static int usage(void) {
     fprintf(stderr, "usage: kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]\n"
-                    "                [--set NODE.INPUT=VALUE]... [--seed N] [--json] FILE...\n");
+                    "                [--set NODE.INPUT=VALUE]... [--seed N] [--precision fp32|bf16|fp16]\n"
+                    "                [--json] FILE...\n");
     return 2;
 }
 
@@ -233,7 +235,7 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
 }
 
 int kn_cmd_run(int argc, char **argv) {
-    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, 0};
+    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", 0};
     const char **files = calloc((size_t)argc + 1, sizeof *files);
     o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
     int n_files = 0;
@@ -251,6 +253,7 @@ int kn_cmd_run(int argc, char **argv) {
                            : strcmp(a, "--input") == 0  ? &o.input
                            : strcmp(a, "--temp") == 0   ? &o.temp
                            : strcmp(a, "--seed") == 0   ? &o.seed
+                           : strcmp(a, "--precision") == 0 ? &o.precision
                            : strcmp(a, "--set") == 0    ? &o.sets[o.n_sets]
                                                         : NULL;
         if (dst) {
@@ -265,7 +268,8 @@ int kn_cmd_run(int argc, char **argv) {
             files[n_files++] = a;
         }
     }
-    if (bad || n_files == 0) {
+    kn_precision precision = KN_PREC_FP32;
+    if (bad || n_files == 0 || kn_precision_parse(o.precision, &precision) != KN_OK) {
         free(files);
         free(o.sets);
         return usage();
@@ -277,7 +281,7 @@ int kn_cmd_run(int argc, char **argv) {
     kn_models *models = NULL;
     kn_executor *ex = NULL;
     int status = 0;
-    kn_executor_config cfg = {NULL, o.output, o.temp, o.input, KN_PREC_FP32};
+    kn_executor_config cfg = {NULL, o.output, o.temp, o.input, precision};
     if (kn_models_new(&models, o.models, o.input, &err) || (cfg.models = models, kn_executor_new(&ex, &cfg, &err))) {
         fprintf(stderr, "kiln run: %s\n", err.msg);
         status = 1;

@@ -1,13 +1,16 @@
 /* kiln run: execute ComfyUI workflow files (either format) headlessly.
  *
  *   kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]
- *            [--set NODE.INPUT=VALUE]... [--seed N] [--json] FILE...
+ *            [--set NODE.INPUT=VALUE]... [--seed N] [--precision fp32|bf16|fp16]
+ *            [--json] FILE...
  *
  * Each file is converted (UI format), edited (--set: VALUE parsed as JSON,
  * else taken as a string; --seed: every constant seed/noise_seed input),
  * validated as ComfyUI's POST /prompt would and executed. All files share one
  * executor, so loaded models and cached node outputs carry over. The models
  * root is --models, else $KILN_MODELS, else the build's tiny model set.
+ * --precision sets the GEMM input precision (like sglang's --dit-precision);
+ * weights always stay in their stored dtype.
  * --json prints one JSON event per line on stdout (ComfyUI's websocket
  * message shapes: execution_start, execution_cached, executing, progress,
  * executed (+ "paths"), execution_success); otherwise a progress bar goes to
