@@ -290,6 +290,11 @@ int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err
     return KN_OK;
 }
 
+const void *kn_st_data(const kn_st_file *f, size_t *len) {
+    *len = f->data_len;
+    return f->data;
+}
+
 const char *kn_st_metadata(const kn_st_file *f, const char *key) {
     return f->metadata ? json_string_value(json_object_get(f->metadata, key)) : NULL;
 }

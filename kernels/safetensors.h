@@ -36,6 +36,9 @@ const kn_tensor *kn_st_find(const kn_st_file *f, const char *name); /* NULL if a
  * "<x>.weight" stored as fp8 with a sibling "<x>.scale_weight", out->scale is
  * set from it (ComfyUI "fp8_scaled" checkpoints). */
 int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err);
+/* The data region every tensor points into (the mapping, or an aligned copy
+ * when the file leaves its elements misaligned) and its length. */
+const void *kn_st_data(const kn_st_file *f, size_t *len);
 /* Value of a __metadata__ string, or NULL. */
 const char *kn_st_metadata(const kn_st_file *f, const char *key);
 

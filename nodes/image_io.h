@@ -28,9 +28,10 @@
 #include "kernels/error.h"
 #include "kernels/tensor.h"
 
-/* Upper bound on decoded pixels (all frames together): 2^28 = 16384 x 16384,
- * ComfyUI's MAX_RESOLUTION squared, i.e. 3 GiB of F32 RGB. */
-#define KN_IMAGE_MAX_PIXELS ((int64_t)1 << 28)
+/* Upper bound on decoded pixels (all frames together): 2^26 = 8192 x 8192,
+ * 768 MiB of F32 RGB. A few hundred bytes of PNG can claim this much, so the
+ * cap is what one upload may cost the server, not ComfyUI's 16384^2 limit. */
+#define KN_IMAGE_MAX_PIXELS ((int64_t)1 << 26)
 
 /* ComfyUI's SaveImage and PreviewImage zlib levels. */
 #define KN_PNG_COMPRESS_SAVE 4
