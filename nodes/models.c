@@ -33,6 +33,7 @@ static int open_file(kn_node_call *c, const char *input, const char *path, kn_st
 
 static void free_dit_weights(kn_object *o) {
     kn_dit_weights *w = (kn_dit_weights *)o;
+    kn_lora_model_free(w->lora_table); /* puts the file views back first */
     kn_qwen_dit_free(&w->dit);
     kn_st_close(w->file);
     free(w);
@@ -58,10 +59,12 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit
     return KN_OK;
 }
 
-/* A new MODEL over `weights`; the caller sets its model sampling. */
-static int make_model(kn_node_call *c, kn_dit_weights *weights, kn_model_obj **out) {
+/* A new MODEL over `weights` keeping the LoRA patch list of `from` (NULL:
+ * none), as ComfyUI's model.clone() does; the caller sets its model sampling. */
+static int make_model(kn_node_call *c, kn_dit_weights *weights, const kn_model_obj *from, kn_model_obj **out) {
     *out = kn_model_new(weights);
     if (!*out) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    if (from) (*out)->loras = kn_object_retain(from->loras);
     return KN_OK;
 }
 
@@ -76,7 +79,7 @@ static int unet_loader(kn_node_call *c) {
     kn_dit_weights *w = NULL;
     kn_model_obj *m = NULL;
     int rc = load_dit(c, "unet_name", path, &w);
-    if (!rc) rc = make_model(c, w, &m);
+    if (!rc) rc = make_model(c, w, NULL, &m);
     if (!rc && kn_model_sampling_flux(&m->ms, 1.15, c->err)) rc = c->err->code;
     if (!rc) kn_out_object(c, 0, &m->base);
     else if (m) kn_object_release(&m->base);
@@ -92,7 +95,7 @@ static int model_sampling_flow(kn_node_call *c, double multiplier) {
     double shift;
     if (kn_in_object(c, "model", "MODEL", &in) || kn_in_float(c, "shift", &shift)) return c->err->code;
     kn_model_obj *m = NULL;
-    if (make_model(c, ((kn_model_obj *)in)->weights, &m)) return c->err->code;
+    if (make_model(c, ((kn_model_obj *)in)->weights, (kn_model_obj *)in, &m)) return c->err->code;
     if (kn_model_sampling_flow(&m->ms, shift, multiplier, c->err)) {
         kn_object_release(&m->base);
         return kn_node_fail(c, "shift", c->err->code, "%s", c->err->msg);
@@ -112,7 +115,7 @@ static int model_sampling_flux(kn_node_call *c) {
         kn_in_float(c, "base_shift", &base_shift) || kn_in_int(c, "width", &width) || kn_in_int(c, "height", &height))
         return c->err->code;
     kn_model_obj *m = NULL;
-    if (make_model(c, ((kn_model_obj *)in)->weights, &m)) return c->err->code;
+    if (make_model(c, ((kn_model_obj *)in)->weights, (kn_model_obj *)in, &m)) return c->err->code;
     if (kn_model_sampling_flux(&m->ms, kn_flux_mu(max_shift, base_shift, (int)width, (int)height), c->err)) {
         kn_object_release(&m->base);
         return c->err->code;

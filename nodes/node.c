@@ -47,6 +47,7 @@ static void free_image(kn_object *o) {
 static void free_model(kn_object *o) {
     kn_model_obj *m = (kn_model_obj *)o;
     kn_model_sampling_free(&m->ms);
+    kn_object_release(m->loras);
     kn_object_release(&m->weights->base);
     free(m);
 }
@@ -233,7 +234,8 @@ void kn_out_object(kn_node_call *c, int i, kn_object *obj) {
 
 kn_node_exec_fn kn_node_exec_find(const char *class_type) {
     static const kn_node_def *const tables[] = {kn_nodes_models, kn_nodes_conditioning, kn_nodes_latent,
-                                                kn_nodes_sampling, kn_nodes_vae,          kn_nodes_image};
+                                                kn_nodes_sampling, kn_nodes_vae,          kn_nodes_image,
+                                                kn_nodes_lora};
     if (!class_type) return NULL;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const kn_node_def *d = tables[t]; d->class_type; d++)

@@ -28,6 +28,7 @@
 
 #include "kernels/ops.h"
 #include "kernels/safetensors.h"
+#include "loras/lora.h"
 #include "nodes/registry.h"
 #include "pipelines/qwen_image/dit.h"
 #include "pipelines/qwen_image/qwen25vl.h"
@@ -54,6 +55,7 @@ typedef struct kn_dit_weights {
     kn_object base; /* "DIT_WEIGHTS" */
     kn_st_file *file;
     kn_qwen_dit dit;
+    kn_lora_model *lora_table; /* owned; made by the first LoRA node, NULL until then (nodes/lora.c) */
 } kn_dit_weights;
 
 /* MODEL: weights plus the model sampling that ModelSampling* nodes replace. */
@@ -61,7 +63,13 @@ typedef struct kn_model_obj {
     kn_object base;
     kn_dit_weights *weights; /* retained */
     kn_model_sampling ms;    /* owned */
+    kn_object *loras;        /* retained LoRA patch list (nodes/lora.c), NULL: the plain weights */
 } kn_model_obj;
+
+/* The DiT to run for m: brings the shared weights to m's LoRA patch list
+ * (only tensors whose list changed are recomputed) and returns them. Call it
+ * before each forward; the result is valid until another MODEL's call. */
+int kn_model_dit(const kn_model_obj *m, const kn_qwen_dit **dit, kn_err *err);
 
 /* CLIP: the Qwen-Image text encoder and its tokenizer. */
 typedef struct kn_clip_obj {
@@ -218,6 +226,6 @@ typedef struct kn_node_def {
 } kn_node_def;
 
 extern const kn_node_def kn_nodes_models[], kn_nodes_conditioning[], kn_nodes_latent[], kn_nodes_sampling[],
-    kn_nodes_vae[], kn_nodes_image[];
+    kn_nodes_vae[], kn_nodes_image[], kn_nodes_lora[];
 
 #endif

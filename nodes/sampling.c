@@ -55,7 +55,8 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     float t = (float)kn_ms_timestep(&g->model->ms, sigma);
     for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
     const kn_cond_obj *cond = g->cond[negative];
-    const kn_qwen_dit *dit = &g->model->weights->dit;
+    const kn_qwen_dit *dit;
+    if (kn_model_dit(g->model, &dit, err)) return err->code;
     kn_qwen_dit_input in = {x, &g->t, context, cond->mask.data ? &cond->mask : NULL, NULL, 0,
                             dit->cfg.default_ref_method};
     kn_ctx *ctx = g->env->ctx;

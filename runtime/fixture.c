@@ -24,6 +24,7 @@ static const struct {
     {"qwen_image_vae", kn_wan_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},
     {"sampling", kn_sampling_fixture},
+    {"lora_qwen_image", kn_lora_fixture},
 };
 
 int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *t, kn_err *err) {

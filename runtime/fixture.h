@@ -50,5 +50,6 @@ int kn_qwen_image_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res,
 int kn_wan_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen25vl_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_sampling_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 
 #endif

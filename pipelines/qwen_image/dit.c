@@ -158,6 +158,19 @@ void kn_qwen_dit_free(kn_qwen_dit *m) {
     m->block = NULL;
 }
 
+kn_tensor *kn_qwen_dit_weight(kn_qwen_dit *m, const char *key) {
+    static const char blocks[] = "transformer_blocks.";
+    for (size_t i = 0; i < sizeof model_specs / sizeof model_specs[0]; i++)
+        if (strcmp(key, model_specs[i].key) == 0) return (kn_tensor *)((char *)m + model_specs[i].offset);
+    if (strncmp(key, blocks, sizeof blocks - 1) != 0) return NULL;
+    char *end;
+    long long l = strtoll(key + sizeof blocks - 1, &end, 10);
+    if (end == key + sizeof blocks - 1 || *end != '.' || l < 0 || l >= m->cfg.layers) return NULL;
+    for (size_t i = 0; i < sizeof block_specs / sizeof block_specs[0]; i++)
+        if (strcmp(end + 1, block_specs[i].key) == 0) return (kn_tensor *)((char *)&m->block[l] + block_specs[i].offset);
+    return NULL;
+}
+
 /* ---- block -------------------------------------------------------------- */
 
 /* Chunk k of a [B, 6D] (or [B, 2D]) modulation tensor, optionally of one sample. */

@@ -62,6 +62,9 @@ typedef struct kn_qwen_dit {
 
 int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_family *family, kn_err *err);
 void kn_qwen_dit_free(kn_qwen_dit *m);
+/* The field holding the weight with checkpoint key `key` (no "model.diffusion_model."
+ * prefix), or NULL: LoRA patching swaps these views (loras/lora.h). */
+kn_tensor *kn_qwen_dit_weight(kn_qwen_dit *m, const char *key);
 
 typedef struct kn_qwen_dit_input {
     const kn_tensor *x;            /* [B, C, 1, H, W] */

@@ -1,0 +1,258 @@
+/* lora_bench: LoRA hot-swap time against the base model's load time.
+ *
+ *   lora_bench [BASE.safetensors]
+ *
+ * BASE defaults to $KN_BENCH_DIR/qi_dit_2.safetensors (KN_BENCH_DIR default
+ * /tmp/kiln-bench): the full-width Qwen-Image DiT with 2 blocks, bf16,
+ * written by shared/bench/make_model.py when absent. Measured, in one run:
+ *  - load: kn_st_open (open + mmap + header), kn_qwen_dit_load (bind every
+ *    weight), and one checksum pass reading every byte of every tensor (what
+ *    a first render pays to fault the weights in). The page cache is warm
+ *    (the file was just written or read); a cold disk read only adds to it.
+ *    Median of KN_BENCH_REPS (default 3).
+ *  - swap: from the current stack to a new one, kn_lora_load of the LoRA
+ *    (open + mmap + key mapping + validation) plus kn_lora_model_apply (every
+ *    patched tensor recomputed from the mmap'd base in f32 and rounded to
+ *    bf16). LoRAs of rank 16 and 64 on every attention and MLP linear
+ *    (12 per block, peft names "transformer_blocks.N.attn.to_q.lora_A.weight"),
+ *    random bf16 factors written next to BASE on first use.
+ *  - for reference: what a runtime low-rank path (y += s B(A x)) would pay
+ *    per swap instead, i.e. loading the LoRA and widening its factors to f32. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "bench/timer.h"
+#include "kernels/dtype.h"
+#include "kernels/safetensors.h"
+#include "loras/lora.h"
+
+static const char *const linears[] = {
+    "attn.to_q",         "attn.to_k",         "attn.to_v",         "attn.to_out.0",
+    "attn.add_q_proj",   "attn.add_k_proj",   "attn.add_v_proj",   "attn.to_add_out",
+    "img_mlp.net.0.proj", "img_mlp.net.2",    "txt_mlp.net.0.proj", "txt_mlp.net.2",
+};
+#define N_LINEARS ((int)(sizeof linears / sizeof linears[0]))
+
+static int reps = 3;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int exists(const char *path) {
+    struct stat s;
+    return stat(path, &s) == 0;
+}
+
+/* Sum of every tensor's bytes as 64-bit words: faults in the whole mapping. */
+static uint64_t checksum(const kn_st_file *f) {
+    uint64_t sum = 0;
+    for (int i = 0; i < kn_st_count(f); i++) {
+        const kn_tensor *t = kn_st_at(f, i);
+        size_t n = kn_tensor_nbytes(t);
+        const unsigned char *p = t->data;
+        size_t k = 0;
+        for (; k + 8 <= n; k += 8) {
+            uint64_t w;
+            memcpy(&w, p + k, 8);
+            sum += w;
+        }
+        for (; k < n; k++) sum += p[k];
+    }
+    return sum;
+}
+
+typedef struct base {
+    kn_st_file *f;
+    kn_qwen_dit dit;
+} base;
+
+static int load_base(const char *path, base *b, uint64_t *sum, kn_err *err) {
+    if (kn_st_open(&b->f, path, err)) return err->code;
+    if (kn_qwen_dit_load(&b->dit, b->f, &kn_qwen_image_family, err)) {
+        kn_st_close(b->f);
+        return err->code;
+    }
+    *sum = checksum(b->f);
+    return KN_OK;
+}
+
+static void free_base(base *b) {
+    kn_qwen_dit_free(&b->dit);
+    kn_st_close(b->f);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float rnd(float a) {
+    rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+    return a * ((float)((rng * 0x2545f4914f6cdd1dull) >> 40) / (float)(1 << 24) * 2.0f - 1.0f);
+}
+
+/* A rank-r LoRA on every attention and MLP linear of the base, bf16 factors. */
+static int write_lora(const char *path, kn_qwen_dit *dit, int64_t r, kn_err *err) {
+    int n = (int)dit->cfg.layers * N_LINEARS * 2, k = 0, rc = KN_OK;
+    kn_tensor *t = calloc((size_t)n, sizeof *t);
+    char (*names)[128] = calloc((size_t)n, sizeof *names);
+    if (!t || !names) rc = kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    for (int64_t l = 0; !rc && l < dit->cfg.layers; l++)
+        for (int j = 0; !rc && j < N_LINEARS; j++) {
+            char key[128];
+            snprintf(key, sizeof key, "transformer_blocks.%lld.%s.weight", (long long)l, linears[j]);
+            const kn_tensor *w = kn_qwen_dit_weight(dit, key);
+            int64_t shapes[2][2] = {{r, w->ne[1]}, {w->ne[0], r}}; /* lora_A [r, in], lora_B [out, r] */
+            for (int h = 0; !rc && h < 2; h++, k++) {
+                snprintf(names[k], sizeof names[k], "transformer_blocks.%lld.%s.lora_%c.weight", (long long)l,
+                         linears[j], h ? 'B' : 'A');
+                if ((rc = kn_tensor_new(&t[k], KN_BF16, KN_DEV_CPU, 2, shapes[h], err))) break;
+                t[k].name = names[k];
+                uint16_t *d = t[k].data;
+                for (int64_t i = 0; i < kn_tensor_numel(&t[k]); i++) d[i] = kn_f32_to_bf16(rnd(0.02f));
+            }
+        }
+    if (!rc) rc = kn_st_write(path, t, n, err);
+    for (int i = 0; i < k; i++) kn_tensor_free(&t[i]);
+    free(t);
+    free(names);
+    return rc;
+}
+
+/* Load the LoRA file and widen every factor to f32: the runtime path's swap. */
+static double runtime_path_swap(const char *path, kn_err *err) {
+    double t0 = bench_now();
+    kn_st_file *f;
+    if (kn_st_open(&f, path, err)) return -1.0;
+    for (int i = 0; i < kn_st_count(f); i++) {
+        const kn_tensor *t = kn_st_at(f, i);
+        float *dst = malloc((size_t)kn_tensor_numel(t) * sizeof *dst);
+        if (!dst) {
+            kn_st_close(f);
+            kn_fail(err, KN_ERR_NOMEM, "out of memory");
+            return -1.0;
+        }
+        kn_to_f32(dst, t->data, t->dtype, (size_t)kn_tensor_numel(t), t->scale);
+        free(dst);
+    }
+    kn_st_close(f);
+    return bench_now() - t0;
+}
+
+/* Swap the model to {lora at strength} (path NULL: no LoRA; reuse: the held
+ * LoRA at a new strength, as a node re-run with its file cached); seconds, or -1. */
+static double swap(kn_lora_model *m, const char *path, int reuse, double strength, kn_lora **held,
+                   kn_lora_apply_stats *st, kn_err *err) {
+    double t0 = bench_now();
+    kn_lora *l = reuse ? *held : NULL;
+    if (path && !reuse && kn_lora_load(&l, path, m, err)) return -1.0;
+    kn_lora_use u = {l, strength};
+    if (kn_lora_model_apply(m, &u, l ? 1 : 0, st, err)) {
+        if (!reuse) kn_lora_free(l);
+        return -1.0;
+    }
+    double dt = bench_now() - t0;
+    if (!reuse) {
+        kn_lora_free(*held); /* the previous LoRA is no longer applied */
+        *held = l;
+    }
+    return dt;
+}
+
+int main(int argc, char **argv) {
+    kn_err err;
+    kn_err_clear(&err);
+    if (getenv("KN_BENCH_REPS")) reps = atoi(getenv("KN_BENCH_REPS")) > 0 ? atoi(getenv("KN_BENCH_REPS")) : 1;
+    const char *dir = getenv("KN_BENCH_DIR") ? getenv("KN_BENCH_DIR") : "/tmp/kiln-bench";
+    char path[4096], cmd[9000];
+    if (argc > 1) snprintf(path, sizeof path, "%s", argv[1]);
+    else snprintf(path, sizeof path, "%s/qi_dit_2.safetensors", dir);
+    if (!exists(path)) {
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p '%s' && /usr/bin/python3 /work/shared/bench/make_model.py "
+                 "/work/shared/bench/manifests/qwen_image_dit.json '%s' --blocks 2 --dtype bf16 --seed 1",
+                 dir, path);
+        fprintf(stderr, "lora_bench: writing %s\n", path);
+        if (system(cmd) != 0 || !exists(path)) {
+            fprintf(stderr, "lora_bench: could not write %s\n", path);
+            return 1;
+        }
+    }
+
+    double load[16];
+    uint64_t sum = 0;
+    base b;
+    if (reps > 16) reps = 16;
+    for (int i = 0; i < reps; i++) {
+        double t0 = bench_now();
+        if (load_base(path, &b, &sum, &err)) {
+            fprintf(stderr, "lora_bench: %s\n", err.msg);
+            return 1;
+        }
+        load[i] = bench_now() - t0;
+        if (i + 1 < reps) free_base(&b);
+    }
+    qsort(load, (size_t)reps, sizeof load[0], cmp_double);
+    double t_load = load[reps / 2];
+    size_t bytes = 0;
+    for (int i = 0; i < kn_st_count(b.f); i++) bytes += kn_tensor_nbytes(kn_st_at(b.f, i));
+    printf("base: %s, %lld blocks, dim %lld, %.2f GB (checksum %016llx)\n", path, (long long)b.dit.cfg.layers,
+           (long long)b.dit.cfg.dim, (double)bytes / 1e9, (unsigned long long)sum);
+    printf("load (open + mmap + bind + read every byte once, warm page cache, median of %d): %8.1f ms\n", reps,
+           1e3 * t_load);
+
+    kn_lora_model *m = NULL;
+    double t0 = bench_now();
+    if (kn_lora_model_qwen_dit(&m, &b.dit, b.f, &err)) {
+        fprintf(stderr, "lora_bench: %s\n", err.msg);
+        return 1;
+    }
+    printf("weight table (once per base model):                                   %8.1f ms\n",
+           1e3 * (bench_now() - t0));
+
+    static const int ranks[] = {16, 64};
+    char lpath[2][4300];
+    for (int i = 0; i < 2; i++) {
+        snprintf(lpath[i], sizeof lpath[i], "%s/lora_qi_r%d_b%lld.safetensors", dir, ranks[i],
+                 (long long)b.dit.cfg.layers);
+        if (!exists(lpath[i]) && write_lora(lpath[i], &b.dit, ranks[i], &err)) {
+            fprintf(stderr, "lora_bench: %s\n", err.msg);
+            return 1;
+        }
+    }
+
+    kn_lora *held = NULL;
+    kn_lora_apply_stats st;
+    struct {
+        const char *what;
+        int lora; /* index into lpath, -1: none */
+        double strength;
+    } steps[] = {
+        {"swap none -> r16 @1.0", 0, 1.0}, {"swap r16 -> r64 @1.0", 1, 1.0}, {"strength r64 1.0 -> 0.7", 1, 0.7},
+        {"swap r64 -> none   ", -1, 0.0},  {"swap none -> r64 @1.0", 1, 1.0}, {"swap r64 -> r16 @1.0", 0, 1.0},
+    };
+    double swap_r[2] = {0.0, 0.0};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        int reuse = i > 0 && steps[i].lora >= 0 && steps[i].lora == steps[i - 1].lora;
+        double dt =
+            swap(m, steps[i].lora >= 0 ? lpath[steps[i].lora] : NULL, reuse, steps[i].strength, &held, &st, &err);
+        if (dt < 0) {
+            fprintf(stderr, "lora_bench: %s\n", err.msg);
+            return 1;
+        }
+        if (i == 0 || i == 4) swap_r[i == 4] = dt;
+        printf("%-26s (%3d tensors recomputed, %3d restored): %8.1f ms  = %.3f x load\n", steps[i].what,
+               st.recomputed, st.restored, 1e3 * dt, dt / t_load);
+    }
+    for (int i = 0; i < 2; i++) {
+        double rt = runtime_path_swap(lpath[i], &err);
+        printf("rank %2d: merge swap / load = %.3f (target <= 0.05); runtime low-rank path would pay %.1f ms "
+               "(%.4f x load)\n",
+               ranks[i], swap_r[i] / t_load, 1e3 * rt, rt / t_load);
+    }
+    kn_lora_free(held);
+    kn_lora_model_free(m);
+    free_base(&b);
+    return 0;
+}

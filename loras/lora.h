@@ -1,0 +1,117 @@
+/* kn_lora: LoRA-family files mapped onto a loaded model, and hot-swapping
+ * them without ever touching the base weights.
+ *
+ * Design (why; loras/README.md has the measurements):
+ *  - The base weights are kn_tensor views into a read-only mmap of the model
+ *    file. They must never drift, so a LoRA is never merged in place and
+ *    never "unmerged" by subtraction (in bf16 that leaves 7-18 % of the
+ *    elements wrong after a few swaps; shared/notes/lora-hotswap.md §5).
+ *  - A kn_lora_model is the model's weight table: every patchable tensor by
+ *    checkpoint key, with the live slot the forward reads and a copy of the
+ *    original file view. Applying a LoRA stack writes, per patched tensor, a
+ *    separate buffer computed in f32 from the original view plus every patch
+ *    in stack order, rounded once to the stored dtype (f32/f16/bf16; fp8 and
+ *    other bases keep the f32 result), and points the slot at it. Removing a
+ *    LoRA points the slot back at the original view: bit-identical to the
+ *    file by construction, with no arithmetic.
+ *  - Each tensor remembers which (LoRA, strength) list its buffer holds, so a
+ *    new stack recomputes only tensors whose list changed; the others keep
+ *    their buffer or their file view. The model file is never re-read or
+ *    re-mapped: the mapping stays open for the life of the model.
+ *  - This is option B of the notes (merge from a pristine base). It handles
+ *    every format ComfyUI does (LoRA, DoRA, LoHa, LoKr, OFT, diff, set) with
+ *    zero per-step cost. Its swap cost is proportional to the weights a LoRA
+ *    touches, not to the LoRA's size: bench/lora_bench.c measures it against
+ *    the model load; the runtime low-rank path (y += s B(Ax)) that makes a
+ *    swap O(LoRA size) is the documented follow-up (README).
+ *
+ * Formats and key mapping follow ComfyUI (shared/notes/comfyui-lora.md and
+ * the lora_qwen_image fixture's key_mapping_rules / patch_math):
+ *  - Every file tensor is split into a stem and a known suffix (.lora_up /
+ *    .lora_down / .lora_A / .lora_B and their variants, .alpha, .dora_scale,
+ *    .hada_*, .lokr_*, .oft_blocks, .diff, .diff_b, .w_norm, .b_norm,
+ *    .set_weight); the stem is looked up in the family's key map
+ *    (Qwen-Image: for each checkpoint key <k>.weight the stems
+ *    diffusion_model.<k>, lora_unet_<k with . -> _>, <k>, transformer.<k>,
+ *    lycoris_<k with . -> _>; any other tensor by diffusion_model.<key>).
+ *  - Tensors no rule consumes are not an error: they are listed (file order)
+ *    by kn_lora_unloaded, and the rest of the file applies.
+ *  - Errors name the file and the key: unreadable or truncated files, factor
+ *    shapes that do not fit the mapped weight, up/down rank mismatch,
+ *    non-finite alpha, non-float factors, incomplete LoHa/LoKr factor sets,
+ *    and the conv-only Tucker factors (lora_mid, hada_t*, lokr_t2).
+ *
+ * Ownership: a kn_lora_model borrows its slots (the model's kn_tensor fields)
+ * and must be freed before the model; kn_lora_model_free restores every slot
+ * first. A kn_lora owns its mapped file; it belongs to the kn_lora_model it
+ * was loaded for and must outlive every stack applied with it. Not
+ * thread-safe: one thread applies stacks and runs the model. */
+#ifndef KN_LORA_H
+#define KN_LORA_H
+
+#include <stdint.h>
+
+#include "kernels/safetensors.h"
+#include "pipelines/qwen_image/dit.h"
+
+typedef struct kn_lora_model kn_lora_model;
+typedef struct kn_lora kn_lora;
+
+/* ---- the model's weight table ------------------------------------------------ */
+
+/* Key-map families (the stem rules of §3 of the notes). */
+typedef enum kn_lora_family { KN_LORA_QWEN_IMAGE = 0 } kn_lora_family;
+
+int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err);
+/* Register a patchable tensor: `key` is the checkpoint key without the
+ * "diffusion_model." prefix ("transformer_blocks.0.attn.to_q.weight"),
+ * `slot` the view the model reads (borrowed; its current value is kept as
+ * the original). */
+int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_err *err);
+/* Every tensor of `f` that the Qwen-Image DiT bound (keys with an optional
+ * "model.diffusion_model." prefix). */
+int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_file *f, kn_err *err);
+void kn_lora_model_free(kn_lora_model *m); /* NULL-safe; restores every slot */
+
+/* The registered slot for `key`, or NULL. */
+const kn_tensor *kn_lora_model_slot(const kn_lora_model *m, const char *key);
+
+/* ---- LoRA files ---------------------------------------------------------------- */
+
+/* Map and validate a LoRA file against m (errors name the file and key).
+ * Builds m's key map on first use after kn_lora_model_add. */
+int kn_lora_load(kn_lora **out, const char *path, kn_lora_model *m, kn_err *err);
+void kn_lora_free(kn_lora *l); /* NULL-safe */
+
+const char *kn_lora_name(const kn_lora *l);  /* the file's base name */
+int kn_lora_patch_count(const kn_lora *l);   /* model tensors it patches */
+int kn_lora_tensor_count(const kn_lora *l);  /* tensors in the file */
+/* Tensors of the file no rule consumed, in file order (the ComfyUI warning
+ * "[name] lora keys not loaded (n / total): [...]"). */
+int kn_lora_unloaded_count(const kn_lora *l);
+const char *kn_lora_unloaded(const kn_lora *l, int i);
+/* That warning as one line into buf (empty when every key loaded); returns buf. */
+const char *kn_lora_warning(const kn_lora *l, char *buf, size_t len);
+
+/* ---- applying a stack ------------------------------------------------------------ */
+
+typedef struct kn_lora_use {
+    const kn_lora *lora;
+    double strength; /* LoraLoader's strength_model */
+} kn_lora_use;
+
+typedef struct kn_lora_apply_stats {
+    int recomputed; /* tensors (re)patched from their original view */
+    int restored;   /* tensors pointed back at their original view */
+    int kept;       /* patched tensors whose patch list did not change */
+} kn_lora_apply_stats;
+
+/* Make every slot equal to base + the stack (in order, ComfyUI's
+ * calculate_weight): tensors no entry patches get their original view back.
+ * An empty stack (n == 0) restores the base. stats may be NULL. On failure
+ * the tensors not yet recomputed keep their previous state and the failing
+ * tensor its original view, so the model is never half-written. */
+int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lora_apply_stats *stats,
+                        kn_err *err);
+
+#endif

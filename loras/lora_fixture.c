@@ -1,0 +1,159 @@
+/* Fixture runner for LoRA patching (component "lora_qwen_image").
+ *
+ * patched_weights cases: the base DiT with one LoRA at a strength; emits
+ * every tensor the case lists ("out.weight.<key>") from the patched weight
+ * table, and fails when the set of patched tensors or the file's unloaded keys
+ * differ from ComfyUI's. dit_output cases: the DiT forward with a LoRA
+ * stack; an "after_unpatch_of" case applies that stack, removes it, and
+ * requires the output to be bit-identical to the unpatched model's. */
+#include <stdio.h>
+#include <string.h>
+
+#include "loras/lora.h"
+#include "runtime/fixture.h"
+
+#define MAX_STACK 8
+
+typedef struct base {
+    kn_st_file *file;
+    kn_qwen_dit dit;
+    kn_lora_model *table;
+    kn_lora *loras[MAX_STACK];
+    int n_loras;
+} base;
+
+static void base_free(base *b) {
+    for (int i = 0; i < b->n_loras; i++) kn_lora_free(b->loras[i]);
+    kn_lora_model_free(b->table); /* restores the views before the DiT goes */
+    kn_qwen_dit_free(&b->dit);
+    kn_st_close(b->file);
+}
+
+/* meta["base_model"]: the weights (relative to the folder) and the tiny config. */
+static int base_open(const kn_fixture_case *c, base *b, kn_err *err) {
+    memset(b, 0, sizeof *b);
+    const json_t *bm = json_object_get(c->meta, "base_model");
+    const char *rel = json_string_value(json_object_get(bm, "weights"));
+    if (!rel) return kn_fail(err, KN_ERR_FORMAT, "%s/meta.json: base_model.weights missing", c->dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", c->dir, rel);
+    const json_t *cfg = json_object_get(bm, "config");
+    kn_qwen_dit_family fam = kn_qwen_image_family;
+    const json_t *axes = json_object_get(cfg, "axes_dims_rope");
+    for (size_t i = 0; i < 3 && i < json_array_size(axes); i++) fam.axes_dims[i] = (int)json_integer_value(json_array_get(axes, i));
+    if (json_is_number(json_object_get(cfg, "rope_theta"))) fam.rope_theta = json_number_value(json_object_get(cfg, "rope_theta"));
+    if (json_is_integer(json_object_get(cfg, "patch_size"))) fam.patch = (int)json_integer_value(json_object_get(cfg, "patch_size"));
+    int rc = kn_st_open(&b->file, path, err);
+    if (!rc && (rc = kn_qwen_dit_load(&b->dit, b->file, &fam, err))) {
+        kn_st_close(b->file);
+        b->file = NULL;
+    }
+    if (!rc && (rc = kn_lora_model_qwen_dit(&b->table, &b->dit, b->file, err))) base_free(b);
+    return rc;
+}
+
+static int load_lora(const kn_fixture_case *c, base *b, const char *file, kn_lora **out, kn_err *err) {
+    if (b->n_loras == MAX_STACK) return kn_fail(err, KN_ERR_INVALID, "lora fixture: more than %d LoRAs", MAX_STACK);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", c->dir, file);
+    if (kn_lora_load(out, path, b->table, err)) return err->code;
+    b->loras[b->n_loras++] = *out;
+    return KN_OK;
+}
+
+/* A [[file, strength], ...] list into a stack. */
+static int stack_of(const kn_fixture_case *c, base *b, const json_t *list, kn_lora_use *st, int *n, kn_err *err) {
+    *n = 0;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        const json_t *e = json_array_get(list, i);
+        kn_lora *l;
+        if (*n == MAX_STACK) return kn_fail(err, KN_ERR_INVALID, "lora fixture: stack too deep");
+        if (load_lora(c, b, json_string_value(json_array_get(e, 0)), &l, err)) return err->code;
+        st[(*n)++] = (kn_lora_use){l, json_number_value(json_array_get(e, 1))};
+    }
+    return KN_OK;
+}
+
+/* The file's unloaded keys must be meta["unmapped_keys"][file] (none when absent). */
+static int check_unloaded(const kn_fixture_case *c, const kn_lora *l, const char *file, kn_err *err) {
+    const json_t *want = json_object_get(json_object_get(c->meta, "unmapped_keys"), file);
+    int n = kn_lora_unloaded_count(l), ok = (size_t)n == json_array_size(want);
+    for (int i = 0; ok && i < n; i++) ok = strcmp(kn_lora_unloaded(l, i), json_string_value(json_array_get(want, (size_t)i))) == 0;
+    if (ok) return KN_OK;
+    char w[2048];
+    return kn_fail(err, KN_ERR_INVALID, "%s: unloaded keys differ from ComfyUI's (%zu expected): %s", file,
+                   json_array_size(want), kn_lora_warning(l, w, sizeof w));
+}
+
+static int patched_weights(const kn_fixture_case *c, kn_fixture_results *res, base *b, kn_err *err) {
+    const char *file = json_string_value(json_object_get(c->info, "lora"));
+    kn_lora *l;
+    if (!file) return kn_fail(err, KN_ERR_FORMAT, "case without \"lora\"");
+    if (load_lora(c, b, file, &l, err) || check_unloaded(c, l, file, err)) return err->code;
+    kn_lora_use use = {l, json_number_value(json_object_get(c->info, "strength"))};
+    kn_lora_apply_stats st;
+    if (kn_lora_model_apply(b->table, &use, 1, &st, err)) return err->code;
+    const json_t *outs = json_object_get(c->info, "outputs");
+    if ((size_t)st.recomputed != json_object_size(outs))
+        return kn_fail(err, KN_ERR_INVALID, "%s patched %d tensors, ComfyUI patches %zu", file, st.recomputed,
+                       json_object_size(outs));
+    const char *name;
+    const json_t *v;
+    json_object_foreach((json_t *)outs, name, v) {
+        const kn_tensor *w = strncmp(name, "weight.", 7) == 0 ? kn_lora_model_slot(b->table, name + 7) : NULL;
+        if (!w) return kn_fail(err, KN_ERR_NOT_FOUND, "%s: no model tensor for output '%s'", file, name);
+        char full[600];
+        snprintf(full, sizeof full, "out.%s", name);
+        if (kn_fixture_emit(res, full, w, err)) return err->code;
+    }
+    return KN_OK;
+}
+
+static int forward(const kn_fixture_case *c, base *b, kn_tensor *out, kn_err *err) {
+    kn_tensor x, sigma, context;
+    if (kn_fixture_input(c, "x", &x, err) || kn_fixture_input(c, "timestep", &sigma, err) ||
+        kn_fixture_input(c, "context", &context, err))
+        return err->code;
+    kn_qwen_dit_input in = {&x, &sigma, &context, NULL, NULL, 0, b->dit.cfg.default_ref_method};
+    if (!out->data &&
+        kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){x.ne[0], b->dit.cfg.out_channels, 1, x.ne[3], x.ne[4]}, err))
+        return err->code;
+    if (kn_qwen_dit_forward(c->ctx, &b->dit, &in, out, NULL, NULL)) {
+        *err = c->ctx->err;
+        return err->code;
+    }
+    return KN_OK;
+}
+
+static int dit_output(const kn_fixture_case *c, kn_fixture_results *res, base *b, kn_err *err) {
+    kn_lora_use st[MAX_STACK];
+    int n = 0, rc = KN_OK;
+    kn_tensor before = {0}, out = {0};
+    const json_t *undo = json_object_get(c->info, "after_unpatch_of");
+    if (undo) { /* the unpatched output, then the stack on and off again */
+        if (!(rc = forward(c, b, &before, err)) && !(rc = stack_of(c, b, undo, st, &n, err)) &&
+            !(rc = kn_lora_model_apply(b->table, st, n, NULL, err)))
+            rc = forward(c, b, &out, err);
+    }
+    if (!rc) rc = stack_of(c, b, json_object_get(c->info, "loras"), st, &n, err);
+    if (!rc) rc = kn_lora_model_apply(b->table, st, n, NULL, err);
+    if (!rc) rc = forward(c, b, &out, err);
+    if (!rc && undo && memcmp(before.data, out.data, kn_tensor_nbytes(&out)) != 0)
+        rc = kn_fail(err, KN_ERR_INVALID, "output after removing the LoRA stack is not bit-identical to the base");
+    if (!rc) rc = kn_fixture_emit(res, "out.model_output", &out, err);
+    kn_tensor_free(&before);
+    kn_tensor_free(&out);
+    return rc;
+}
+
+int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
+    base b;
+    if (base_open(c, &b, err)) return err->code;
+    const char *kind = json_string_value(json_object_get(c->info, "kind"));
+    int rc;
+    if (kind && strcmp(kind, "patched_weights") == 0) rc = patched_weights(c, res, &b, err);
+    else if (kind && strcmp(kind, "dit_output") == 0) rc = dit_output(c, res, &b, err);
+    else rc = kn_fail(err, KN_ERR_UNSUPPORTED, "lora fixture: case kind '%s'", kind ? kind : "(none)");
+    base_free(&b);
+    return rc;
+}

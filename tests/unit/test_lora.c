@@ -1,0 +1,247 @@
+/* Tests for LoRA hot-swap (loras/lora.h) on the tiny Qwen-Image DiT stored
+ * bf16, so patched weights are really rounded:
+ *  - the base file is opened once, then unlinked: applying A, B, none, A
+ *    again and 200 strength changes must never need it again (a re-read
+ *    would fail), and after removal every weight is the file's view with its
+ *    original bytes (bit-identical by construction);
+ *  - unchanged tensors are not recomputed (stats), a swap order does not
+ *    change the result (A directly == A after B and none);
+ *  - bad LoRA files fail with messages naming the file and the key;
+ *    unmapped keys are listed, not fatal.
+ * Bad files are written into $KN_TEST_TMP. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "loras/lora.h"
+
+#ifndef KN_SOURCE_DIR
+#define KN_SOURCE_DIR "."
+#endif
+#define FIX KN_SOURCE_DIR "/tests/fixtures/"
+
+typedef struct snapshot {
+    int n;
+    const char **key;
+    void **bytes;   /* copies of the original bytes */
+    const void **at; /* the file views' addresses */
+} snapshot;
+
+static int copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    char buf[1 << 16];
+    size_t n;
+    int ok = a && b;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    if (a) fclose(a);
+    if (b && fclose(b)) ok = 0;
+    return ok ? 0 : -1;
+}
+
+static void take(snapshot *s, const kn_lora_model *m, const kn_st_file *f) {
+    int n = kn_st_count(f);
+    s->key = calloc((size_t)n, sizeof *s->key);
+    s->bytes = calloc((size_t)n, sizeof *s->bytes);
+    s->at = calloc((size_t)n, sizeof *s->at);
+    s->n = 0;
+    for (int i = 0; i < n; i++) {
+        const kn_tensor *t = kn_lora_model_slot(m, kn_st_at(f, i)->name);
+        if (!t) continue;
+        s->key[s->n] = kn_st_at(f, i)->name;
+        s->at[s->n] = t->data;
+        s->bytes[s->n] = malloc(kn_tensor_nbytes(t));
+        memcpy(s->bytes[s->n], t->data, kn_tensor_nbytes(t));
+        s->n++;
+    }
+}
+
+/* Tensors that are not the original view with the original bytes. */
+static int drifted(const snapshot *s, const kn_lora_model *m) {
+    int bad = 0;
+    for (int i = 0; i < s->n; i++) {
+        const kn_tensor *t = kn_lora_model_slot(m, s->key[i]);
+        bad += t->data != s->at[i] || memcmp(t->data, s->bytes[i], kn_tensor_nbytes(t)) != 0;
+    }
+    return bad;
+}
+
+static void drop(snapshot *s) {
+    for (int i = 0; i < s->n; i++) free(s->bytes[i]);
+    free(s->bytes), free(s->at), free(s->key);
+}
+
+/* One tensor's current bytes, copied (free()). */
+static void *bytes_of(const kn_lora_model *m, const char *key, size_t *n) {
+    const kn_tensor *t = kn_lora_model_slot(m, key);
+    *n = kn_tensor_nbytes(t);
+    void *p = malloc(*n);
+    memcpy(p, t->data, *n);
+    return p;
+}
+
+static void hot_swap(const char *tmp) {
+    kn_err err;
+    char base[4096];
+    snprintf(base, sizeof base, "%s/lora_base.bf16.safetensors", tmp);
+    CHECK(copy_file(FIX "qwen_image_dit/model.bf16.safetensors", base) == 0, "copy to %s", base);
+    kn_st_file *f = NULL;
+    kn_qwen_dit dit;
+    kn_lora_model *m = NULL;
+    kn_qwen_dit_family fam = kn_qwen_image_family;
+    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6; /* the tiny config's head_dim 16 */
+    CHECK(kn_st_open(&f, base, &err) == KN_OK, "%s", err.msg);
+    if (!f) return;
+    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_slot(m, "transformer_blocks.0.attn.to_q.weight")->dtype == KN_BF16, "base not bf16");
+    snapshot s;
+    take(&s, m, f);
+    CHECK(s.n > 50, "only %d patchable tensors", s.n);
+    /* from here on the base exists only as the mapping: reading it from disk again would fail */
+    CHECK(unlink(base) == 0, "unlink %s", base);
+
+    kn_lora *a = NULL, *b = NULL;
+    CHECK(kn_lora_load(&a, FIX "lora_qwen_image/lora_kohya.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_load(&b, FIX "lora_qwen_image/lora_peft_bare.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    if (!a || !b) return;
+    CHECK(kn_lora_patch_count(a) == 10 && kn_lora_patch_count(b) == 8, "%d, %d patches", kn_lora_patch_count(a),
+          kn_lora_patch_count(b));
+    const char *key = "transformer_blocks.0.attn.add_k_proj.weight"; /* patched by A only */
+    kn_lora_apply_stats st;
+    kn_lora_use ua = {a, 0.8}, ub = {b, 1.3}, both[2] = {{a, 0.8}, {b, 1.3}};
+
+    CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.recomputed == 10 && st.kept == 0, "A: %d recomputed, %d kept", st.recomputed, st.kept);
+    CHECK(drifted(&s, m) == 10, "A moved %d tensors", drifted(&s, m));
+    size_t na;
+    void *with_a = bytes_of(m, key, &na);
+    CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK && st.recomputed == 0 && st.kept == 10,
+          "same stack again: %d recomputed", st.recomputed);
+    CHECK(kn_lora_model_apply(m, both, 2, &st, &err) == KN_OK && st.recomputed == 8 && st.kept == 10 - 4,
+          "A+B: %d recomputed, %d kept", st.recomputed, st.kept); /* B's 8 tensors; 4 of A's are B's too */
+    CHECK(kn_lora_model_apply(m, &ub, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.recomputed == 4 && st.restored == 6, "B: %d recomputed, %d restored", st.recomputed, st.restored);
+    CHECK(kn_lora_model_apply(m, NULL, 0, &st, &err) == KN_OK && st.restored == 8, "none: %d restored", st.restored);
+    CHECK(drifted(&s, m) == 0, "%d tensors differ from the file after removal", drifted(&s, m));
+    CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK, "%s", err.msg);
+    size_t na2;
+    void *again = bytes_of(m, key, &na2);
+    CHECK(na == na2 && memcmp(with_a, again, na) == 0, "A after B and none differs from A");
+    free(with_a), free(again);
+
+    srand(7);
+    for (int i = 0; i < 200; i++) {
+        kn_lora_use u[2] = {{a, 0.5 + rand() / (double)RAND_MAX}, {b, -1.0 + 2.0 * rand() / (double)RAND_MAX}};
+        CHECK(kn_lora_model_apply(m, u, 1 + (i % 2), NULL, &err) == KN_OK, "%s", err.msg);
+    }
+    CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(drifted(&s, m) == 0, "%d tensors drifted after 200 swaps", drifted(&s, m));
+
+    kn_lora_free(a), kn_lora_free(b);
+    drop(&s);
+    kn_lora_model_free(m);
+    kn_qwen_dit_free(&dit);
+    kn_st_close(f);
+}
+
+/* A LoRA file of the given tensors; returns its path in buf. */
+static const char *write_lora(const char *tmp, const char *name, kn_tensor *t, int n, char *buf, size_t len) {
+    kn_err err;
+    snprintf(buf, len, "%s/%s", tmp, name);
+    CHECK(kn_st_write(buf, t, n, &err) == KN_OK, "%s", err.msg);
+    return buf;
+}
+
+/* Loading `path` fails with `code` and a message naming the file and `key`. */
+static void expect_error(kn_lora_model *m, const char *path, int code, const char *key) {
+    kn_err err;
+    kn_err_clear(&err);
+    kn_lora *l = NULL;
+    int rc = kn_lora_load(&l, path, m, &err);
+    CHECK(rc == code, "%s: got %s (%s), want %s", path, kn_status_name(rc), err.msg, kn_status_name(code));
+    CHECK(strstr(err.msg, path) != NULL, "message does not name the file: %s", err.msg);
+    CHECK(!key || strstr(err.msg, key) != NULL, "message does not name '%s': %s", key, err.msg);
+    kn_lora_free(l);
+}
+
+static void bad_files(const char *tmp) {
+    kn_err err;
+    kn_st_file *f = NULL;
+    kn_qwen_dit dit;
+    kn_lora_model *m = NULL;
+    kn_qwen_dit_family fam = kn_qwen_image_family;
+    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6;
+    CHECK(kn_st_open(&f, FIX "qwen_image_dit/model.safetensors", &err) == KN_OK, "%s", err.msg);
+    if (!f) return;
+    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+
+    static float down[4 * 64], up[64 * 4], bad_down[4 * 63], up3[64 * 3], alpha_nan[1];
+    static int32_t ints[4 * 64];
+    for (int i = 0; i < 256; i++) down[i] = up[i] = 0.01f * (float)(i % 7);
+    alpha_nan[0] = NAN;
+    const char *q = "transformer_blocks.0.attn.to_q";
+    char kd[128], ku[128], ka[128], path[4096];
+    snprintf(kd, sizeof kd, "%s.lora_A.weight", q);
+    snprintf(ku, sizeof ku, "%s.lora_B.weight", q);
+    snprintf(ka, sizeof ka, "%s.alpha", q);
+    kn_tensor t[3];
+
+    /* shape that does not fit the 64x64 weight */
+    t[0] = kn_tensor_make(KN_F32, KN_DEV_CPU, bad_down, 2, (int64_t[]){4, 63});
+    t[1] = kn_tensor_make(KN_F32, KN_DEV_CPU, up, 2, (int64_t[]){64, 4});
+    t[0].name = kd, t[1].name = ku;
+    expect_error(m, write_lora(tmp, "bad_shape.safetensors", t, 2, path, sizeof path), KN_ERR_SHAPE, kd);
+    /* up rank 3, down rank 4 */
+    t[0] = kn_tensor_make(KN_F32, KN_DEV_CPU, down, 2, (int64_t[]){4, 64});
+    t[1] = kn_tensor_make(KN_F32, KN_DEV_CPU, up3, 2, (int64_t[]){64, 3});
+    t[0].name = kd, t[1].name = ku;
+    expect_error(m, write_lora(tmp, "bad_rank.safetensors", t, 2, path, sizeof path), KN_ERR_SHAPE, ku);
+    /* NaN alpha */
+    t[1] = kn_tensor_make(KN_F32, KN_DEV_CPU, up, 2, (int64_t[]){64, 4});
+    t[2] = kn_tensor_make(KN_F32, KN_DEV_CPU, alpha_nan, 0, NULL);
+    t[1].name = ku, t[2].name = ka;
+    expect_error(m, write_lora(tmp, "bad_alpha.safetensors", t, 3, path, sizeof path), KN_ERR_FORMAT, ka);
+    /* integer factor */
+    t[0] = kn_tensor_make(KN_I32, KN_DEV_CPU, ints, 2, (int64_t[]){4, 64});
+    t[0].name = kd;
+    expect_error(m, write_lora(tmp, "bad_dtype.safetensors", t, 2, path, sizeof path), KN_ERR_FORMAT, kd);
+    /* truncated file */
+    t[0] = kn_tensor_make(KN_F32, KN_DEV_CPU, down, 2, (int64_t[]){4, 64});
+    t[0].name = kd;
+    write_lora(tmp, "truncated.safetensors", t, 2, path, sizeof path);
+    CHECK(truncate(path, 600) == 0, "truncate %s", path);
+    expect_error(m, path, KN_ERR_FORMAT, NULL);
+    /* missing file */
+    snprintf(path, sizeof path, "%s/no_such_lora.safetensors", tmp);
+    expect_error(m, path, KN_ERR_NOT_FOUND, NULL);
+
+    /* unmapped keys: listed once, the rest applies */
+    kn_lora *l = NULL;
+    CHECK(kn_lora_load(&l, FIX "lora_qwen_image/lora_unmapped.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    if (l) {
+        char w[2048];
+        CHECK(kn_lora_unloaded_count(l) == 8 && kn_lora_patch_count(l) == 2, "%d unloaded, %d patches",
+              kn_lora_unloaded_count(l), kn_lora_patch_count(l));
+        CHECK(strncmp(kn_lora_warning(l, w, sizeof w),
+                      "[lora_unmapped.safetensors] lora keys not loaded (8 / 12): "
+                      "['lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha', ",
+                      120) == 0,
+              "warning: %s", w);
+        kn_lora_free(l);
+    }
+    kn_lora_model_free(m);
+    kn_qwen_dit_free(&dit);
+    kn_st_close(f);
+}
+
+int main(void) {
+    const char *tmp = getenv("KN_TEST_TMP") ? getenv("KN_TEST_TMP") : "/tmp";
+    hot_swap(tmp);
+    bad_files(tmp);
+    printf("test_lora: %d checks, %d failures\n", checks, failures);
+    return failures != 0;
+}
