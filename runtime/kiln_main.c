@@ -9,6 +9,7 @@
 #include "runtime/convert.h"
 #include "runtime/fixture.h"
 #include "runtime/run.h"
+#include "runtime/serve.h"
 
 static int usage(FILE *out) {
     fprintf(out,
@@ -20,6 +21,8 @@ static int usage(FILE *out) {
             "  run [--models DIR] [--output DIR] [--set NODE.INPUT=VALUE]... [--seed N]\n"
             "      [--precision fp32|bf16|fp16] [--json] FILE...\n"
             "                   render workflow files headlessly (see runtime/run.h)\n"
+            "  serve [--listen [ADDR]] [--port N] [--models DIR] [--output-directory DIR] ...\n"
+            "                   ComfyUI-compatible HTTP/WebSocket server and browser UI (runtime/serve.h)\n"
             "  version          print build information\n");
     return out == stderr ? 2 : 0;
 }
@@ -52,6 +55,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "fixture") == 0) return cmd_fixture(argc - 2, argv + 2);
     if (strcmp(cmd, "convert") == 0) return kn_cmd_convert(argc - 2, argv + 2);
     if (strcmp(cmd, "run") == 0) return kn_cmd_run(argc - 2, argv + 2);
+    if (strcmp(cmd, "serve") == 0) return kn_cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0) return cmd_version();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
     fprintf(stderr, "kiln: unknown command '%s'\n", cmd);

@@ -163,7 +163,7 @@ static int list_names(kn_models *m, const char *folder, name_list *out, kn_err *
         names_free(out);
         return rc;
     }
-    qsort(out->v, out->n, sizeof *out->v, cmp_names);
+    if (out->n) qsort(out->v, out->n, sizeof *out->v, cmp_names); /* v is NULL for an empty folder */
     return KN_OK;
 }
 

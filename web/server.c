@@ -1,0 +1,741 @@
+/* The HTTP side of `kiln serve`: route table and handlers. See web/server.h. */
+#include "web/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <civetweb.h>
+
+#include "graph/executor.h"
+#include "graph/json.h"
+#include "graph/validate.h"
+#include "graph/workflow.h"
+#include "nodes/registry.h"
+#include "runtime/models.h"
+#include "web/files.h"
+#include "web/multipart.h"
+#include "web/queue.h"
+#include "web/stack.h"
+#include "web/ws.h"
+
+#define KN_SERVER_THREADS "32"
+#define KN_QUERY_VALUE_MAX 4096
+#define KN_PROMPT_ID_MAX 256
+
+struct kn_server {
+    size_t max_body;
+    char *listen, *models_root, *output_dir, *input_dir, *temp_dir, *ui_dir, *workflows_dir;
+    kn_models *models;
+    kn_executor *ex;
+    kn_ws_hub *hub;
+    kn_queue *queue;
+    struct mg_context *ctx;
+};
+
+/* One request as the handlers see it. */
+typedef struct request {
+    struct mg_connection *conn;
+    kn_server *s;
+    const char *method;
+    const char *path;  /* without the /api prefix */
+    const char *param; /* the {param} tail of a prefix route, else NULL */
+    const char *query; /* may be NULL */
+} request;
+
+/* ---- responses ------------------------------------------------------------------- */
+
+static const char *status_text(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    default: return "Internal Server Error";
+    }
+}
+
+static int send_bytes(request *r, int status, const char *type, const void *data, size_t len, const char *extra) {
+    mg_printf(r->conn,
+              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s"
+              "Connection: close\r\n\r\n",
+              status, status_text(status), type, len, extra ? extra : "");
+    if (len && strcmp(r->method, "HEAD") != 0) mg_write(r->conn, data, len);
+    return status;
+}
+
+static int send_text(request *r, int status, const char *text) {
+    return send_bytes(r, status, "text/plain; charset=utf-8", text, strlen(text), NULL);
+}
+
+/* body is stolen; NULL means an allocation failed. */
+static int send_json(request *r, int status, json_t *body) {
+    char *text = body ? kn_json_dumps(body, 0) : NULL;
+    json_decref(body);
+    if (!text) return send_text(r, 500, "500: out of memory");
+    int rc = send_bytes(r, status, "application/json; charset=utf-8", text, strlen(text), NULL);
+    free(text);
+    return rc;
+}
+
+/* ComfyUI's 400 body for a request it could not take. */
+static int send_bad_request(request *r, const char *details) {
+    return send_json(r, 400, kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL));
+}
+
+static int send_empty(request *r) { return send_bytes(r, 200, "text/plain; charset=utf-8", "", 0, NULL); }
+
+/* Streams an open file (closed here). */
+static int send_file(request *r, int fd, size_t size, const char *type, const char *name) {
+    char extra[512] = "";
+    if (name) { /* quotes and backslashes would end the header value early */
+        char safe[300];
+        size_t n = 0;
+        for (const char *p = name; *p && n < sizeof safe - 1; p++) safe[n++] = *p == '"' || *p == '\\' ? '_' : *p;
+        safe[n] = '\0';
+        snprintf(extra, sizeof extra, "Content-Disposition: filename=\"%s\"\r\n", safe);
+    }
+    mg_printf(r->conn,
+              "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s"
+              "Connection: close\r\n\r\n",
+              type, size, extra);
+    char buf[65536];
+    for (size_t sent = 0; sent < size && strcmp(r->method, "HEAD") != 0;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || mg_write(r->conn, buf, (size_t)n) <= 0) break; /* the client went away or the file shrank */
+        sent += (size_t)n;
+    }
+    close(fd);
+    return 200;
+}
+
+/* ---- request input ----------------------------------------------------------------- */
+
+/* Reads the body (at most max_body bytes): 0, or the HTTP status to answer. */
+static int read_body(request *r, char **out, size_t *len) {
+    *out = NULL;
+    *len = 0;
+    const struct mg_request_info *ri = mg_get_request_info(r->conn);
+    size_t cap = r->s->max_body;
+    if (ri->content_length > 0 && (unsigned long long)ri->content_length > cap) return 413;
+    size_t want = ri->content_length >= 0 ? (size_t)ri->content_length : cap + 1;
+    char *buf = malloc(want + 1);
+    if (!buf) return 500;
+    size_t got = 0;
+    while (got < want) {
+        int n = mg_read(r->conn, buf + got, want - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    if (got > cap) {
+        free(buf);
+        return 413;
+    }
+    if (ri->content_length >= 0 && got != want) {
+        free(buf);
+        return 400;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    return 0;
+}
+
+/* The body as a JSON value: 0, or the status already answered. */
+static int read_json(request *r, json_t **out) {
+    *out = NULL;
+    char *body;
+    size_t len;
+    int st = read_body(r, &body, &len);
+    if (st == 413) return send_text(r, 413, "413: request body too large");
+    if (st) return send_bad_request(r, "could not read the request body");
+    json_error_t jerr;
+    *out = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    free(body);
+    if (!*out) {
+        char details[256];
+        snprintf(details, sizeof details, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
+        return send_bad_request(r, details);
+    }
+    return 0;
+}
+
+/* A query parameter: 1 found, 0 absent, -1 too long. */
+static int query_var(const request *r, const char *name, char *dst, size_t len) {
+    dst[0] = '\0';
+    if (!r->query) return 0;
+    int n = mg_get_var(r->query, strlen(r->query), name, dst, len);
+    return n >= 0 ? 1 : n == -1 ? 0 : -1;
+}
+
+static int query_long(const request *r, const char *name, long *out, bool *bad) {
+    char v[64];
+    int found = query_var(r, name, v, sizeof v);
+    if (found < 0) *bad = true;
+    if (found <= 0) return 0;
+    char *end;
+    errno = 0;
+    *out = strtol(v, &end, 10);
+    if (errno || end == v || *end) *bad = true;
+    return 1;
+}
+
+/* ---- folders ----------------------------------------------------------------------- */
+
+/* The folder of an output/input/temp type name, or NULL. */
+static const char *type_dir(const kn_server *s, const char *type) {
+    return strcmp(type, "output") == 0 ? s->output_dir
+           : strcmp(type, "input") == 0 ? s->input_dir
+           : strcmp(type, "temp") == 0  ? s->temp_dir
+                                        : NULL;
+}
+
+static const char *mime_type(const char *name) {
+    static const struct {
+        const char *ext, *type;
+    } types[] = {{".png", "image/png"},   {".jpg", "image/jpeg"},       {".jpeg", "image/jpeg"},
+                 {".webp", "image/webp"}, {".gif", "image/gif"},        {".bmp", "image/bmp"},
+                 {".json", "application/json"}, {".txt", "text/plain"}, {".svg", "image/svg+xml"}};
+    const char *dot = strrchr(name, '.');
+    for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+        if (strcasecmp(dot, types[i].ext) == 0) return types[i].type;
+    return "application/octet-stream"; /* also html/js/css from user folders: never rendered as a page */
+}
+
+static int send_static(request *r, const char *dir, const char *name, const char *type) {
+    int fd;
+    size_t size;
+    kn_err err;
+    if (!dir || kn_web_open_file(dir, "", name, &fd, &size, &err)) return send_text(r, 404, "404: Not Found");
+    return send_file(r, fd, size, type, NULL);
+}
+
+/* ---- handlers: queueing ------------------------------------------------------------------ */
+
+static bool truthy(const json_t *v) {
+    return json_is_true(v) || (json_is_number(v) && json_number_value(v) != 0) ||
+           (json_is_string(v) && json_string_length(v) > 0);
+}
+
+/* extra_data as queued: the client's object (copied), client_id, no secrets, create_time. */
+static json_t *queued_extra_data(const json_t *body) {
+    const json_t *given = json_object_get(body, "extra_data");
+    json_t *extra = json_is_object(given) ? json_deep_copy(given) : json_object();
+    const json_t *cid = json_object_get(body, "client_id");
+    if (!extra) return NULL;
+    if (json_is_string(cid)) json_object_set(extra, "client_id", (json_t *)cid);
+    /* ComfyUI moves these into its never-shown "sensitive" slot; Kiln has no API nodes to pass them to. */
+    json_object_del(extra, "auth_token_comfy_org");
+    json_object_del(extra, "api_key_comfy_org");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    json_object_set_new(extra, "create_time", json_integer((json_int_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000));
+    return extra;
+}
+
+static int h_post_prompt(request *r) {
+    json_t *body;
+    int st = read_json(r, &body);
+    if (st) return st;
+    kn_folder_lister lister = kn_models_lister(r->s->models);
+    kn_validation v = {0};
+    kn_err err;
+    kn_err_clear(&err);
+    json_t *prompt = NULL, *extra = NULL, *reply = NULL, *number = json_object_get(body, "number");
+    char id[KN_PROMPT_ID_MAX + 1];
+    const json_t *jid = json_object_get(body, "prompt_id");
+    if (!json_is_object(body)) {
+        st = send_bad_request(r, "the request body must be a JSON object");
+    } else if (number && !json_is_number(number)) {
+        st = send_bad_request(r, "'number' must be a number");
+    } else if (!json_object_get(body, "prompt")) {
+        st = send_json(r, 400, kn_prompt_error_body("no_prompt", "No prompt provided", "No prompt provided", NULL));
+    } else if (jid && !json_is_string(jid) && !json_is_integer(jid)) {
+        st = send_bad_request(r, "'prompt_id' must be a string or an integer");
+    } else if (json_is_string(jid) && (json_string_length(jid) == 0 || json_string_length(jid) > KN_PROMPT_ID_MAX)) {
+        st = send_bad_request(r, "'prompt_id' must be 1 to 256 characters");
+    }
+    if (st) goto done;
+    if (json_is_string(jid)) snprintf(id, sizeof id, "%s", json_string_value(jid));
+    else if (jid) snprintf(id, sizeof id, "%lld", (long long)json_integer_value(jid));
+    else kn_web_uuid(id, 1);
+
+    extra = queued_extra_data(body);
+    prompt = json_incref(json_object_get(body, "prompt"));
+    /* Kiln extra: a UI-format graph is converted as the front end would before queueing. */
+    if (json_is_object(prompt) && kn_workflow_detect(prompt) == KN_WORKFLOW_UI) {
+        json_t *api = NULL, *error = NULL;
+        if (kn_workflow_to_api(prompt, &lister, &api, &error, &err)) {
+            st = error ? send_json(r, 400, error) : send_bad_request(r, err.msg);
+            goto done;
+        }
+        json_t *pnginfo = json_object_get(extra, "extra_pnginfo");
+        if (!pnginfo) json_object_set_new(extra, "extra_pnginfo", pnginfo = json_object());
+        if (json_is_object(pnginfo) && !json_object_get(pnginfo, "workflow")) json_object_set(pnginfo, "workflow", prompt);
+        json_decref(prompt);
+        prompt = api;
+    }
+    if (!extra || !prompt) {
+        st = send_text(r, 500, "500: out of memory");
+    } else if (kn_validate_prompt(prompt, json_object_get(body, "partial_execution_targets"), &lister, &v, &err)) {
+        st = v.error ? send_json(r, 400, kn_validation_body(&v)) : send_text(r, 500, err.msg);
+    } else if (kn_queue_push(r->s->queue, id, prompt, &v, extra, number, truthy(json_object_get(body, "front")), &reply,
+                             &err)) {
+        st = send_bad_request(r, err.msg);
+    } else {
+        prompt = extra = NULL; /* the queue owns them */
+        st = send_json(r, 200, reply);
+    }
+done:
+    kn_validation_free(&v);
+    json_decref(prompt);
+    json_decref(extra);
+    json_decref(body);
+    return st;
+}
+
+static int h_get_prompt(request *r) {
+    return send_json(r, 200, json_pack("{s:{s:i}}", "exec_info", "queue_remaining", kn_queue_remaining(r->s->queue)));
+}
+
+static int h_get_queue(request *r) { return send_json(r, 200, kn_queue_state(r->s->queue)); }
+
+/* The {"clear": bool, "delete": [ids]} body of POST /queue and /history. */
+static int read_drop_request(request *r, json_t **body, bool *clear, const json_t **ids) {
+    int st = read_json(r, body);
+    if (st) return st;
+    *clear = json_is_true(json_object_get(*body, "clear"));
+    *ids = json_object_get(*body, "delete");
+    if (!json_is_object(*body) || (*ids && !json_is_array(*ids))) {
+        json_decref(*body);
+        *body = NULL;
+        return send_bad_request(r, "expected {\"clear\": true} and/or {\"delete\": [prompt ids]}");
+    }
+    return 0;
+}
+
+static int h_post_queue(request *r) {
+    json_t *body;
+    bool clear;
+    const json_t *ids;
+    int st = read_drop_request(r, &body, &clear, &ids);
+    if (st) return st;
+    kn_queue_drop(r->s->queue, clear, ids);
+    json_decref(body);
+    return send_empty(r);
+}
+
+static int h_get_history(request *r) {
+    long max_items = -1, offset = -1;
+    bool bad = false;
+    query_long(r, "max_items", &max_items, &bad);
+    query_long(r, "offset", &offset, &bad);
+    if (bad) return send_bad_request(r, "max_items and offset must be integers");
+    return send_json(r, 200, kn_queue_history(r->s->queue, r->param, r->param ? -1 : max_items, offset));
+}
+
+static int h_post_history(request *r) {
+    json_t *body;
+    bool clear;
+    const json_t *ids;
+    int st = read_drop_request(r, &body, &clear, &ids);
+    if (st) return st;
+    kn_queue_history_drop(r->s->queue, clear, ids);
+    json_decref(body);
+    return send_empty(r);
+}
+
+static int h_interrupt(request *r) {
+    char *body;
+    size_t len;
+    int st = read_body(r, &body, &len);
+    if (st == 413) return send_text(r, 413, "413: request body too large");
+    json_t *doc = st ? NULL : json_loadb(body, len, 0, NULL);
+    free(body);
+    /* Any body that does not name a prompt (none, non-JSON) interrupts whatever runs, as ComfyUI. */
+    kn_queue_interrupt(r->s->queue, json_string_value(json_object_get(doc, "prompt_id")));
+    json_decref(doc);
+    return send_empty(r);
+}
+
+/* POST /free: loaded models and cached outputs are kept (the executor has no
+ * unload yet); accepted so clients that call it keep working. */
+static int h_free(request *r) {
+    json_t *body;
+    int st = read_json(r, &body);
+    if (st) return st;
+    bool object = json_is_object(body);
+    json_decref(body);
+    return object ? send_empty(r) : send_bad_request(r, "expected {\"unload_models\": bool, \"free_memory\": bool}");
+}
+
+/* ---- handlers: files ------------------------------------------------------------------- */
+
+static int h_view(request *r) {
+    char filename[KN_QUERY_VALUE_MAX], type[64], subfolder[KN_QUERY_VALUE_MAX];
+    int f = query_var(r, "filename", filename, sizeof filename);
+    if (f == 0) return send_text(r, 404, "404: Not Found");
+    int t = query_var(r, "type", type, sizeof type);
+    int sf = query_var(r, "subfolder", subfolder, sizeof subfolder);
+    if (f < 0 || t < 0 || sf < 0) return send_text(r, 400, "400: parameter too long");
+    if (t == 0) strcpy(type, "output");
+    /* "name.png [output]": the annotation names the folder. */
+    static const char *const annotations[] = {"output", "input", "temp"};
+    size_t flen = strlen(filename);
+    for (int i = 0; i < 3; i++) {
+        char suffix[16];
+        size_t n = (size_t)snprintf(suffix, sizeof suffix, " [%s]", annotations[i]);
+        if (flen >= n && strcmp(filename + flen - n, suffix) == 0) {
+            filename[flen - n] = '\0';
+            strcpy(type, annotations[i]);
+            break;
+        }
+    }
+    const char *dir = type_dir(r->s, type);
+    if (!dir) return send_text(r, 400, "400: unknown type");
+    if (!filename[0] || filename[0] == '/' || strstr(filename, "..")) return send_text(r, 400, "400: invalid filename");
+    if (!kn_web_subfolder_ok(subfolder)) return send_text(r, 403, "403: Forbidden");
+    const char *base = strrchr(filename, '/');
+    base = base ? base + 1 : filename;
+    if (!kn_web_name_ok(base)) return send_text(r, 400, "400: invalid filename");
+    int fd;
+    size_t size;
+    kn_err err;
+    int rc = kn_web_open_file(dir, subfolder, base, &fd, &size, &err);
+    if (rc == KN_ERR_INVALID) return send_text(r, 400, "400: invalid filename");
+    if (rc) return send_text(r, 404, "404: Not Found");
+    return send_file(r, fd, size, mime_type(base), base);
+}
+
+static int h_upload_image(request *r) {
+    char *body;
+    size_t len;
+    int st = read_body(r, &body, &len);
+    if (st == 413) return send_text(r, 413, "413: request body too large");
+    if (st) return send_text(r, 400, "400: could not read the request body");
+    kn_multipart *mp = NULL;
+    kn_err err;
+    kn_err_clear(&err);
+    if (kn_multipart_parse(mg_get_header(r->conn, "Content-Type"), body, len, &mp, &err)) {
+        free(body);
+        return send_text(r, 400, "400: malformed multipart body");
+    }
+    const kn_multipart_part *image = kn_multipart_get(mp, "image");
+    const kn_multipart_part *ow = kn_multipart_get(mp, "overwrite");
+    const kn_multipart_part *sub = kn_multipart_get(mp, "subfolder");
+    const kn_multipart_part *typ = kn_multipart_get(mp, "type");
+    char type[64] = "input", subfolder[KN_MULTIPART_MAX_NAME] = "", stored[512];
+    bool overwrite = ow && ((ow->len == 4 && memcmp(ow->data, "true", 4) == 0) || (ow->len == 1 && ow->data[0] == '1'));
+    if (typ && typ->len > 0 && typ->len < sizeof type) snprintf(type, sizeof type, "%.*s", (int)typ->len, typ->data);
+    if (sub && sub->len < sizeof subfolder) snprintf(subfolder, sizeof subfolder, "%.*s", (int)sub->len, sub->data);
+    const char *dir = type_dir(r->s, type);
+    if (!dir) dir = r->s->input_dir; /* ComfyUI stores unknown types in input/ and echoes the type */
+    if (!image || !image->filename || !image->filename[0] || (typ && typ->len >= sizeof type) ||
+        (sub && (sub->len >= sizeof subfolder || memchr(sub->data, '\0', sub->len))) || !kn_web_subfolder_ok(subfolder) ||
+        !kn_web_name_ok(image->filename)) {
+        st = send_text(r, 400, "400: Bad Request");
+    } else if (kn_web_store_upload(dir, subfolder, image->filename, image->data, image->len, overwrite, stored,
+                                   sizeof stored, &err)) {
+        bool refused = err.code == KN_ERR_INVALID || err.code == KN_ERR_NOT_FOUND; /* a name or a symlink */
+        st = send_text(r, refused ? 400 : 500, refused ? "400: Bad Request" : "500: upload failed");
+    } else {
+        st = send_json(r, 200, json_pack("{s:s, s:s, s:s}", "name", stored, "subfolder", subfolder, "type", type));
+    }
+    free(mp);
+    free(body);
+    return st;
+}
+
+/* ---- handlers: information ---------------------------------------------------------------- */
+
+static int h_object_info(request *r) {
+    kn_folder_lister lister = kn_models_lister(r->s->models);
+    json_t *all = json_object();
+    kn_err err;
+    for (int i = 0; all && i < kn_registry_count(); i++) {
+        const kn_node_class *cls = kn_registry_at(i);
+        if (r->param && strcmp(r->param, cls->name) != 0) continue;
+        json_t *info = kn_registry_object_info(cls, &lister, &err);
+        if (!info) {
+            json_decref(all);
+            return send_text(r, 500, err.msg);
+        }
+        json_object_set_new(all, cls->name, info);
+    }
+    return send_json(r, 200, all);
+}
+
+/* The model folders of runtime/models.h, as GET /models lists them. */
+static const char *const model_folders[] = {"checkpoints", "diffusion_models", "loras", "text_encoders", "vae"};
+
+static int h_models(request *r) {
+    if (!r->param) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < sizeof model_folders / sizeof model_folders[0]; i++)
+            json_array_append_new(list, json_string(model_folders[i]));
+        return send_json(r, 200, list);
+    }
+    bool known = false;
+    for (size_t i = 0; i < sizeof model_folders / sizeof model_folders[0]; i++) known |= strcmp(r->param, model_folders[i]) == 0;
+    if (!known) return send_text(r, 404, "404: Not Found");
+    json_t *names = json_array();
+    kn_err err;
+    if (!names || kn_models_list(r->s->models, r->param, names, &err)) {
+        json_decref(names);
+        return send_text(r, 500, "500: cannot list the folder");
+    }
+    return send_json(r, 200, names);
+}
+
+static int h_system_stats(request *r) {
+    struct sysinfo si;
+    json_int_t total = 0, avail = 0;
+    if (sysinfo(&si) == 0) {
+        total = (json_int_t)si.totalram * si.mem_unit;
+        avail = (json_int_t)(si.freeram + si.bufferram) * si.mem_unit;
+    }
+    return send_json(r, 200, json_pack("{s:{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:[s, s]},"
+                                       " s:[{s:s, s:s, s:i, s:I, s:I, s:i, s:i}]}",
+                                       "system", "os", "linux", "ram_total", total, "ram_free", avail,
+                                       "comfyui_version", "0.3.75", "kiln_version", "0.1",
+                                       "required_frontend_version", "", "python_version", "", "pytorch_version", "",
+                                       "installed_templates_version", "", "embedded_python", 0, "argv", "kiln", "serve",
+                                       "devices", "name", "cpu", "type", "cpu", "index", 0, "vram_total", total,
+                                       "vram_free", avail, "torch_vram_total", 0, "torch_vram_free", 0));
+}
+
+static int h_empty_list(request *r) { return send_json(r, 200, json_array()); }
+static int h_empty_object(request *r) { return send_json(r, 200, json_object()); }
+static int h_features(request *r) { return send_json(r, 200, kn_ws_features(r->s->max_body)); }
+static int h_users(request *r) { return send_json(r, 200, json_pack("{s:s, s:b}", "storage", "server", "migrated", 1)); }
+
+/* GET /settings/{id}: nothing is stored, so every setting is unset. */
+static int h_setting(request *r) { return send_json(r, 200, json_null()); }
+
+static int h_workflow_file(request *r) { return send_static(r, r->s->workflows_dir, r->param, "application/json"); }
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+typedef int (*route_fn)(request *r);
+
+/* ComfyUI's routes (notes/comfyui-api.md §1). A route with `param` also
+ * matches "<path>/<anything>" and hands the tail to the handler. */
+static const struct route {
+    const char *method, *path;
+    bool param;
+    route_fn fn;
+} routes[] = {
+    {"POST", "/prompt", false, h_post_prompt},
+    {"GET", "/prompt", false, h_get_prompt},
+    {"GET", "/queue", false, h_get_queue},
+    {"POST", "/queue", false, h_post_queue},
+    {"GET", "/history", false, h_get_history},
+    {"GET", "/history", true, h_get_history},
+    {"POST", "/history", false, h_post_history},
+    {"POST", "/interrupt", false, h_interrupt},
+    {"POST", "/free", false, h_free},
+    {"GET", "/view", false, h_view},
+    {"POST", "/upload/image", false, h_upload_image},
+    {"GET", "/object_info", false, h_object_info},
+    {"GET", "/object_info", true, h_object_info},
+    {"GET", "/system_stats", false, h_system_stats},
+    {"GET", "/models", false, h_models},
+    {"GET", "/models", true, h_models},
+    {"GET", "/embeddings", false, h_empty_list},
+    {"GET", "/extensions", false, h_empty_list},
+    {"GET", "/features", false, h_features},
+    {"GET", "/users", false, h_users},
+    {"GET", "/settings", false, h_empty_object},
+    {"GET", "/settings", true, h_setting},
+    {"GET", "/i18n", false, h_empty_object},
+    {"GET", "/workflows", true, h_workflow_file},
+};
+
+/* ComfyUI's origin-only guard: a browser page from another origin must not
+ * drive a server bound to loopback (e.g. by a form POST to /prompt). */
+static bool cross_origin(struct mg_connection *conn) {
+    const char *host = mg_get_header(conn, "Host"), *origin = mg_get_header(conn, "Origin");
+    if (!host || !origin) return false;
+    size_t hlen = strcspn(host, ":");
+    if (host[0] == '[') hlen = strcspn(host, "]") + 1;
+    bool loopback = (hlen == 9 && strncasecmp(host, "localhost", 9) == 0) || strncmp(host, "127.", 4) == 0 ||
+                    strncmp(host, "[::1]", 5) == 0;
+    if (!loopback) return false;
+    const char *o = strstr(origin, "://");
+    o = o ? o + 3 : origin;
+    size_t olen = strcspn(o, "/");
+    bool o_port = memchr(o, ':', olen) && !(o[0] == '[' && !memchr(strchr(o, ']') ? strchr(o, ']') : o, ':', olen));
+    bool h_port = strchr(host + (host[0] == '[' ? hlen : 0), ':') != NULL;
+    if (o_port != h_port) { /* compare without ports when one side has none */
+        size_t on = o[0] == '[' ? strcspn(o, "]") + 1 : strcspn(o, ":/");
+        return on != hlen || strncasecmp(o, host, hlen) != 0;
+    }
+    return olen != strlen(host) || strncasecmp(o, host, olen) != 0;
+}
+
+static int route(struct mg_connection *conn, kn_server *s) {
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    request r = {conn, s, ri->request_method, ri->local_uri_raw ? ri->local_uri_raw : "/", NULL, ri->query_string};
+    if (cross_origin(conn)) return send_bytes(&r, 403, "text/plain", "", 0, NULL);
+    if (strcmp(r.method, "OPTIONS") == 0) return send_empty(&r);
+    if (strncmp(r.path, "/api/", 5) == 0) r.path += 4;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const struct route *rt = &routes[i];
+        size_t n = strlen(rt->path);
+        if (strncmp(r.path, rt->path, n) != 0) continue;
+        const char *tail = r.path + n;
+        if (rt->param ? !(tail[0] == '/' && tail[1]) : tail[0] != '\0') continue;
+        path_known = true;
+        bool head = strcmp(r.method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0;
+        if (strcmp(r.method, rt->method) != 0 && !head) continue;
+        r.param = rt->param ? tail + 1 : NULL;
+        return rt->fn(&r);
+    }
+    if (path_known) return send_text(&r, 405, "405: Method Not Allowed");
+    bool get = strcmp(r.method, "GET") == 0 || strcmp(r.method, "HEAD") == 0;
+    /* The UI: "/" is index.html, other top-level names are its files. */
+    if (get && strcmp(r.path, "/") == 0) return send_static(&r, s->ui_dir, "index.html", "text/html; charset=utf-8");
+    if (get && kn_web_name_ok(r.path + 1)) {
+        const char *dot = strrchr(r.path, '.');
+        const char *type = !dot                        ? "application/octet-stream"
+                           : strcmp(dot, ".js") == 0   ? "text/javascript; charset=utf-8"
+                           : strcmp(dot, ".css") == 0  ? "text/css; charset=utf-8"
+                           : strcmp(dot, ".html") == 0 ? "text/html; charset=utf-8"
+                                                       : mime_type(r.path);
+        return send_static(&r, s->ui_dir, r.path + 1, type);
+    }
+    return send_text(&r, 404, "404: Not Found");
+}
+
+typedef struct dispatch_call {
+    struct mg_connection *conn;
+    kn_server *s;
+    int status;
+} dispatch_call;
+
+static void dispatch_on_stack(void *arg) {
+    dispatch_call *d = arg;
+    d->status = route(d->conn, d->s);
+}
+
+/* civetweb's entry for every request: see web/stack.h for the extra thread. */
+static int dispatch(struct mg_connection *conn, void *user) {
+    dispatch_call d = {conn, user, 0};
+    kn_err err;
+    if (kn_web_on_stack(dispatch_on_stack, &d, &err)) {
+        mg_printf(conn, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return 503;
+    }
+    return d.status;
+}
+
+/* ---- life cycle ------------------------------------------------------------------------------ */
+
+static int log_message(const struct mg_connection *conn, const char *message) {
+    (void)conn;
+    (void)message;
+    return 1; /* civetweb logs every dropped client to stderr otherwise */
+}
+
+/* The hub is created before the queue; no socket connects before mg_start,
+ * which comes after both. */
+static int hub_remaining(void *user) {
+    kn_server *s = user;
+    return s->queue ? kn_queue_remaining(s->queue) : 0;
+}
+
+static char *dup_or_null(const char *s, bool *oom) {
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d) *oom = true;
+    return d;
+}
+
+int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
+    *out = NULL;
+    static int library_ready;
+    if (!library_ready) { /* once per process; only the main thread starts servers */
+        mg_init_library(MG_FEATURES_WEBSOCKET);
+        library_ready = 1;
+    }
+    kn_server *s = calloc(1, sizeof *s);
+    if (!s) return kn_fail(err, KN_ERR_NOMEM, "server: out of memory");
+    bool oom = false;
+    s->max_body = cfg->max_body;
+    s->listen = dup_or_null(cfg->listen, &oom);
+    s->models_root = dup_or_null(cfg->models_root, &oom);
+    s->output_dir = dup_or_null(cfg->output_dir, &oom);
+    s->input_dir = dup_or_null(cfg->input_dir, &oom);
+    s->temp_dir = dup_or_null(cfg->temp_dir, &oom);
+    s->ui_dir = dup_or_null(cfg->ui_dir, &oom);
+    s->workflows_dir = dup_or_null(cfg->workflows_dir, &oom);
+    int rc = oom ? kn_fail(err, KN_ERR_NOMEM, "server: out of memory") : KN_OK;
+    const char *dirs[] = {s->output_dir, s->input_dir, s->temp_dir};
+    for (int i = 0; !rc && i < 3; i++)
+        if (mkdir(dirs[i], 0755) != 0 && errno != EEXIST)
+            rc = kn_fail(err, KN_ERR_IO, "cannot create folder '%s': %s", dirs[i], strerror(errno));
+    if (!rc) rc = kn_models_new(&s->models, s->models_root, s->input_dir, err);
+    if (!rc) {
+        kn_executor_config ec = {s->models, s->output_dir, s->temp_dir, s->input_dir, KN_PREC_FP32};
+        rc = kn_executor_new(&s->ex, &ec, err);
+    }
+    if (!rc) rc = kn_ws_hub_new(&s->hub, hub_remaining, s, s->max_body, err);
+    if (!rc) rc = kn_queue_new(&s->queue, s->ex, s->hub, err);
+    if (!rc) {
+        /* civetweb wants "addr:port,addr:port". */
+        char ports[1024] = "";
+        size_t used = 0;
+        for (const char *p = s->listen; *p && used < sizeof ports;) {
+            size_t n = strcspn(p, ",");
+            used += (size_t)snprintf(ports + used, sizeof ports - used, "%s%.*s:%d", used ? "," : "", (int)n, p,
+                                     cfg->port);
+            p += n + (p[n] == ',');
+        }
+        const char *options[] = {"listening_ports", ports, "num_threads", KN_SERVER_THREADS, "request_timeout_ms",
+                                 "60000", "enable_keep_alive", "no", NULL};
+        struct mg_callbacks cb;
+        memset(&cb, 0, sizeof cb);
+        cb.log_message = log_message;
+        s->ctx = mg_start(&cb, s, options);
+        if (!s->ctx) rc = kn_fail(err, KN_ERR_IO, "cannot listen on %s (address in use?)", ports);
+    }
+    if (rc) {
+        kn_server_stop(s);
+        return rc;
+    }
+    mg_set_request_handler(s->ctx, "/", dispatch, s);
+    kn_ws_hub_attach(s->hub, s->ctx);
+    *out = s;
+    return KN_OK;
+}
+
+void kn_server_stop(kn_server *s) {
+    if (!s) return;
+    /* Worker first: it writes to WebSockets that mg_stop closes. Then
+     * civetweb, after which no handler touches the queue. */
+    if (s->queue) kn_queue_stop(s->queue);
+    if (s->ctx) mg_stop(s->ctx);
+    kn_queue_free(s->queue);
+    kn_ws_hub_free(s->hub);
+    kn_executor_free(s->ex);
+    kn_models_free(s->models);
+    free(s->listen);
+    free(s->models_root);
+    free(s->output_dir);
+    free(s->input_dir);
+    free(s->temp_dir);
+    free(s->ui_dir);
+    free(s->workflows_dir);
+    free(s);
+}
