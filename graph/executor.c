@@ -369,3 +369,24 @@ int kn_executor_run(kn_executor *ex, const json_t *prompt, const kn_validation *
     ex->cur_id = ex->cur_type = ex->prompt_id = NULL;
     return rc;
 }
+
+void kn_uuid4(char *buf, int dashes) {
+    unsigned char r[16];
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t got = f ? fread(r, 1, sizeof r, f) : 0;
+    if (f) fclose(f);
+    if (got != sizeof r) { /* ids only need to differ, not to be secret */
+        static unsigned long counter;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        unsigned long mix = (unsigned long)ts.tv_nsec ^ ((unsigned long)ts.tv_sec << 20) ^ __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+        for (size_t i = 0; i < sizeof r; i++) r[i] = (unsigned char)(mix >> (i % 8 * 8)) ^ (unsigned char)(i * 37);
+    }
+    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
+    char *p = buf;
+    for (int i = 0; i < 16; i++) {
+        if (dashes && (i == 4 || i == 6 || i == 8 || i == 10)) *p++ = '-';
+        p += sprintf(p, "%02x", r[i]);
+    }
+}

@@ -83,4 +83,8 @@ int kn_executor_run(kn_executor *ex, const json_t *prompt, const kn_validation *
                     const char *prompt_id, kn_exec_result *res, kn_err *err);
 void kn_exec_result_free(kn_exec_result *res);
 
+/* A fresh uuid4 for prompt ids (with dashes) or a 32-hex-digit client id
+ * (without); buf holds at least 37 bytes. */
+void kn_uuid4(char *buf, int dashes);
+
 #endif

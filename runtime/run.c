@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "graph/executor.h"
 #include "graph/json.h"
@@ -160,21 +159,6 @@ static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
     return KN_OK;
 }
 
-static void new_prompt_id(char *buf, size_t len) {
-    unsigned char r[16] = {0};
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(r, 1, sizeof r, f) != sizeof r) { /* good enough to tell runs apart */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        memcpy(r, &ts, sizeof ts < sizeof r ? sizeof ts : sizeof r);
-    }
-    if (f) fclose(f);
-    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
-    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
-    snprintf(buf, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3],
-             r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
-}
-
 /* Reports a failure: the ComfyUI-shaped JSON on stdout, a line on stderr. */
 static int report_failure(const char *path, const json_t *body, const kn_err *err) {
     if (body) print_line(body);
@@ -216,7 +200,7 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
             json_decref(body);
         }
         char id[40];
-        new_prompt_id(id, sizeof id);
+        kn_uuid4(id, 1);
         run_state st = {o, 0};
         kn_executor_set_events(ex, on_event, &st);
         if (kn_executor_run(ex, prompt, &v, extra, id, &res, &err)) {

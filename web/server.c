@@ -269,7 +269,7 @@ static int h_post_prompt(request *r) {
     if (st) goto done;
     if (json_is_string(jid)) snprintf(id, sizeof id, "%s", json_string_value(jid));
     else if (jid) snprintf(id, sizeof id, "%lld", (long long)json_integer_value(jid));
-    else kn_web_uuid(id, 1);
+    else kn_uuid4(id, 1);
 
     extra = queued_extra_data(body);
     prompt = json_incref(json_object_get(body, "prompt"));

@@ -5,10 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <civetweb.h>
 
+#include "graph/executor.h"
 #include "graph/json.h"
 #include "web/stack.h"
 
@@ -29,27 +29,6 @@ struct kn_ws_hub {
     kn_ws_remaining_fn remaining;
     void *user;
 };
-
-void kn_web_uuid(char *buf, int dashes) {
-    unsigned char r[16];
-    FILE *f = fopen("/dev/urandom", "rb");
-    size_t got = f ? fread(r, 1, sizeof r, f) : 0;
-    if (f) fclose(f);
-    if (got != sizeof r) { /* ids only need to differ, not to be secret */
-        static unsigned long counter;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        unsigned long mix = (unsigned long)ts.tv_nsec ^ ((unsigned long)ts.tv_sec << 20) ^ __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
-        for (size_t i = 0; i < sizeof r; i++) r[i] = (unsigned char)(mix >> (i % 8 * 8)) ^ (unsigned char)(i * 37);
-    }
-    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
-    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
-    char *p = buf;
-    for (int i = 0; i < 16; i++) {
-        if (dashes && (i == 4 || i == 6 || i == 8 || i == 10)) *p++ = '-';
-        p += sprintf(p, "%02x", r[i]);
-    }
-}
 
 int kn_ws_hub_new(kn_ws_hub **out, kn_ws_remaining_fn remaining, void *user, size_t max_upload, kn_err *err) {
     kn_ws_hub *hub = calloc(1, sizeof *hub);
@@ -120,7 +99,7 @@ static void pick_sid(struct mg_connection *conn, char *sid) {
     int n = q ? mg_get_var(q, strlen(q), "clientId", sid, KN_WS_SID_MAX + 1) : -1;
     int ok = n > 0;
     for (int i = 0; ok && i < n; i++) ok = sid[i] > 0x20 && sid[i] < 0x7f && sid[i] != '"' && sid[i] != '\\';
-    if (!ok) kn_web_uuid(sid, 0);
+    if (!ok) kn_uuid4(sid, 0);
 }
 
 static void on_ready(struct mg_connection *conn, void *user) {

@@ -48,8 +48,4 @@ json_t *kn_ws_features(size_t max_upload);
 /* data is stolen (NULL is ignored: an allocation already failed). */
 void kn_ws_send(kn_ws_hub *hub, const char *sid, const char *type, json_t *data);
 
-/* A fresh 32-hex-digit id (sids) or, with dashes, a uuid4 (prompt ids);
- * buf holds at least 37 bytes. */
-void kn_web_uuid(char *buf, int dashes);
-
 #endif
