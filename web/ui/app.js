@@ -29,6 +29,75 @@ async function loadBundled(name) {
   const r = await fetch("/workflows/" + encodeURIComponent(name));
   if (!r.ok) throw new Error("cannot load " + name + ": HTTP " + r.status);
   $("prompt").value = JSON.stringify(await r.json(), null, 2);
+  renderWidgets();
+}
+
+// Form fields for the inputs people change most; each edit is written back into
+// the prompt JSON, which stays the one source of truth (and editable by hand).
+const WIDGETS = {
+  CLIPTextEncode: ["text"],
+  KSampler: ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+  KSamplerAdvanced: ["noise_seed", "steps", "cfg"],
+  RandomNoise: ["noise_seed"],
+  BasicScheduler: ["steps", "scheduler"],
+  CFGGuider: ["cfg"],
+  EmptyLatentImage: ["width", "height", "batch_size"],
+  EmptySD3LatentImage: ["width", "height", "batch_size"],
+  LoraLoader: ["lora_name", "strength_model", "strength_clip"],
+  LoraLoaderModelOnly: ["lora_name", "strength_model"],
+};
+
+function renderWidgets() {
+  const box = $("widgets");
+  box.textContent = "";
+  let prompt;
+  try {
+    prompt = JSON.parse($("prompt").value);
+  } catch (e) {
+    return; // the JSON error shows when queueing
+  }
+  if (prompt.nodes) return; // UI format: edit it as JSON
+  for (const [id, node] of Object.entries(prompt)) {
+    const inputs = node.inputs || {};
+    const keys = (WIDGETS[node.class_type] || []).filter((k) => k in inputs && !Array.isArray(inputs[k]));
+    if (!keys.length) continue;
+    const set = document.createElement("fieldset");
+    const legend = document.createElement("legend");
+    legend.textContent = "#" + id + " " + ((node._meta && node._meta.title) || node.class_type);
+    set.append(legend);
+    for (const key of keys) {
+      const isNumber = typeof inputs[key] === "number";
+      const field = document.createElement(key === "text" ? "textarea" : "input");
+      if (isNumber) Object.assign(field, {type: "number", step: "any"});
+      if (key === "lora_name") field.setAttribute("list", "loras");
+      field.value = inputs[key];
+      field.oninput = () => {
+        const p = JSON.parse($("prompt").value);
+        p[id].inputs[key] = isNumber ? Number(field.value) : field.value;
+        $("prompt").value = JSON.stringify(p, null, 2);
+      };
+      const label = document.createElement("label");
+      if (key === "text") label.className = "wide";
+      label.append(key + " ", field);
+      set.append(label);
+    }
+    box.append(set);
+  }
+}
+
+// The LoRA files the server enumerated, offered in lora_name fields.
+async function loadLoraNames() {
+  const r = await fetch("/api/models/loras");
+  if (!r.ok) return;
+  for (const name of await r.json()) $("loras").append(new Option(name, name));
+}
+
+// Earlier results from /history, newest last as they are listed.
+async function loadGallery() {
+  const r = await fetch("/api/history?max_items=24");
+  if (!r.ok) return;
+  for (const entry of Object.values(await r.json()))
+    for (const out of Object.values(entry.outputs || {})) for (const img of out.images || []) addImage(img);
 }
 
 function currentPrompt() {
@@ -161,12 +230,16 @@ async function main() {
   $("file").onchange = async () => {
     const f = $("file").files[0];
     if (f) $("prompt").value = await f.text();
+    renderWidgets();
   };
+  $("prompt").onchange = renderWidgets;
   $("upload").onchange = () => $("upload").files[0] && upload($("upload").files[0]);
   $("run").onclick = () => queuePrompt().catch((e) => showError(e.message));
   $("interrupt").onclick = () => fetch("/api/interrupt", {method: "POST"});
   $("clear").onclick = () => fetch("/api/queue", {method: "POST", body: JSON.stringify({clear: true})});
   connect();
+  loadLoraNames().catch(() => {});
+  loadGallery().catch(() => {});
   try {
     await loadBundled(BUNDLED[0]);
   } catch (e) {
