@@ -10,14 +10,22 @@
  *    a first render pays to fault the weights in). The page cache is warm
  *    (the file was just written or read); a cold disk read only adds to it.
  *    Median of KN_BENCH_REPS (default 3).
- *  - swap: from the current stack to a new one, kn_lora_load of the LoRA
- *    (open + mmap + key mapping + validation) plus kn_lora_model_apply (every
- *    patched tensor recomputed from the mmap'd base in f32 and rounded to
- *    bf16). LoRAs of rank 16 and 64 on every attention and MLP linear
- *    (12 per block, peft names "transformer_blocks.N.attn.to_q.lora_A.weight"),
+ *  - swap: from the current stack to a new one through the code a sampler
+ *    runs (LoraLoader's kn_lora_load, then kn_model_dit's
+ *    kn_lora_model_apply): open + mmap + key mapping + validation + widening
+ *    the factors to f32, then
+ *      runtime path (the default for plain LoRAs): pointing each linear's
+ *        adapter list at the factors; the base is not touched;
+ *      merge path (kn_lora_model_set_runtime(m, 0), what DoRA/LoHa/LoKr/OFT
+ *        take): every patched tensor recomputed from the mmap'd base in f32
+ *        and rounded to bf16.
+ *    LoRAs of rank 16 and 64 on every attention and MLP linear (12 per
+ *    block, peft names "transformer_blocks.N.attn.to_q.lora_A.weight"),
  *    random bf16 factors written next to BASE on first use.
- *  - for reference: what a runtime low-rank path (y += s B(A x)) would pay
- *    per swap instead, i.e. loading the LoRA and widening its factors to f32. */
+ *  - per step: what the runtime path adds to one linear (img_mlp fc1,
+ *    3072 -> 12288, on STEP_TOKENS tokens): kn_linear against
+ *    kn_linear_lora with the rank-16 / rank-64 adapters attached, median of
+ *    KN_BENCH_REPS. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +35,7 @@
 #include "bench/timer.h"
 #include "kernels/dtype.h"
 #include "kernels/safetensors.h"
+#include "kernels/ops.h"
 #include "loras/lora.h"
 
 static const char *const linears[] = {
@@ -37,6 +46,9 @@ static const char *const linears[] = {
 #define N_LINEARS ((int)(sizeof linears / sizeof linears[0]))
 
 static int reps = 3;
+
+/* Image tokens of the per-step measurement (a 512x512 image is 1024). */
+#define STEP_TOKENS 256
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -120,26 +132,6 @@ static int write_lora(const char *path, kn_qwen_dit *dit, int64_t r, kn_err *err
     return rc;
 }
 
-/* Load the LoRA file and widen every factor to f32: the runtime path's swap. */
-static double runtime_path_swap(const char *path, kn_err *err) {
-    double t0 = bench_now();
-    kn_st_file *f;
-    if (kn_st_open(&f, path, err)) return -1.0;
-    for (int i = 0; i < kn_st_count(f); i++) {
-        const kn_tensor *t = kn_st_at(f, i);
-        float *dst = malloc((size_t)kn_tensor_numel(t) * sizeof *dst);
-        if (!dst) {
-            kn_st_close(f);
-            kn_fail(err, KN_ERR_NOMEM, "out of memory");
-            return -1.0;
-        }
-        kn_to_f32(dst, t->data, t->dtype, (size_t)kn_tensor_numel(t), t->scale);
-        free(dst);
-    }
-    kn_st_close(f);
-    return bench_now() - t0;
-}
-
 /* Swap the model to {lora at strength} (path NULL: no LoRA; reuse: the held
  * LoRA at a new strength, as a node re-run with its file cached); seconds, or -1. */
 static double swap(kn_lora_model *m, const char *path, int reuse, double strength, kn_lora **held,
@@ -158,6 +150,86 @@ static double swap(kn_lora_model *m, const char *path, int reuse, double strengt
         *held = l;
     }
     return dt;
+}
+
+/* The swap sequence below on m in its current mode; swap_r: none -> r16 and none -> r64. */
+static int swap_sequence(kn_lora_model *m, char lpath[2][4300], double t_load, double swap_r[2], kn_err *err) {
+    static const struct {
+        const char *what;
+        int lora; /* index into lpath, -1: none */
+        double strength;
+    } steps[] = {
+        {"swap none -> r16 @1.0", 0, 1.0}, {"swap r16 -> r64 @1.0", 1, 1.0}, {"strength r64 1.0 -> 0.7", 1, 0.7},
+        {"swap r64 -> none   ", -1, 0.0},  {"swap none -> r64 @1.0", 1, 1.0}, {"swap r64 -> r16 @1.0", 0, 1.0},
+        {"swap r16 -> none   ", -1, 0.0},
+    };
+    kn_lora *held = NULL;
+    kn_lora_apply_stats st;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        int reuse = i > 0 && steps[i].lora >= 0 && steps[i].lora == steps[i - 1].lora;
+        double dt = swap(m, steps[i].lora >= 0 ? lpath[steps[i].lora] : NULL, reuse, steps[i].strength, &held, &st, err);
+        if (dt < 0) {
+            kn_lora_free(held);
+            return err->code;
+        }
+        if (i == 0 || i == 4) swap_r[i == 4] = dt;
+        printf("  %-24s (%3d recomputed, %3d restored, %3d attached, %3d detached): %9.2f ms = %.4f x load\n",
+               steps[i].what, st.recomputed, st.restored, st.attached, st.detached, 1e3 * dt, dt / t_load);
+    }
+    kn_lora_free(held); /* the last step removed it */
+    return KN_OK;
+}
+
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
+}
+
+/* Median seconds of the fc1 linear of block 0 with its adapter list (attached: n > 0) or without. */
+static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_list *run, const kn_tensor *x,
+                       kn_tensor *y, double *out) {
+    const kn_qwen_dit_block *w = &dit->block[0];
+    double t[16];
+    for (int i = 0; i < reps; i++) {
+        double t0 = bench_now();
+        if (kn_linear_lora(ctx, y, x, &w->img_fc1_w, &w->img_fc1_b, run->ad, run->n)) return ctx->err.code;
+        t[i] = bench_now() - t0;
+    }
+    *out = median(t, reps);
+    return KN_OK;
+}
+
+/* The per-step cost of the adapters on one large linear (runtime mode). */
+static int step_overhead(kn_lora_model *m, kn_qwen_dit *dit, char lpath[2][4300], const int *ranks, kn_err *err) {
+    const char *key = "transformer_blocks.0.img_mlp.net.0.proj.weight";
+    kn_adapter_list *run = kn_qwen_dit_adapters(dit, key);
+    kn_ctx ctx;
+    kn_tensor x = {0}, y = {0};
+    int64_t K = dit->block[0].img_fc1_w.ne[1], N = dit->block[0].img_fc1_w.ne[0];
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    if (!rc) rc = kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, K}, err);
+    if (!rc) rc = kn_tensor_new(&y, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, N}, err);
+    for (int64_t i = 0; !rc && i < STEP_TOKENS * K; i++) ((float *)x.data)[i] = rnd(1.0f);
+    double base = 0.0;
+    if (!rc && (rc = time_linear(&ctx, dit, run, &x, &y, &base))) *err = ctx.err;
+    if (!rc)
+        printf("per step, %s on %d tokens: plain %.1f ms\n", key, STEP_TOKENS, 1e3 * base);
+    for (int i = 0; !rc && i < 2; i++) {
+        kn_lora *l = NULL;
+        kn_lora_use u;
+        double dt = 0.0;
+        if ((rc = kn_lora_load(&l, lpath[i], m, err))) break;
+        u = (kn_lora_use){l, 1.0};
+        rc = kn_lora_model_apply(m, &u, 1, NULL, err);
+        if (!rc && (rc = time_linear(&ctx, dit, run, &x, &y, &dt))) *err = ctx.err;
+        if (!rc) printf("  with the rank-%d adapter: %.1f ms (+%.1f %%)\n", ranks[i], 1e3 * dt, 100.0 * (dt / base - 1.0));
+        int rc2 = kn_lora_model_apply(m, NULL, 0, NULL, err); /* detach before freeing the LoRA */
+        kn_lora_free(l);
+        if (!rc) rc = rc2;
+    }
+    kn_tensor_free(&x), kn_tensor_free(&y);
+    kn_ctx_free(&ctx);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -193,8 +265,7 @@ int main(int argc, char **argv) {
         load[i] = bench_now() - t0;
         if (i + 1 < reps) free_base(&b);
     }
-    qsort(load, (size_t)reps, sizeof load[0], cmp_double);
-    double t_load = load[reps / 2];
+    double t_load = median(load, reps);
     size_t bytes = 0;
     for (int i = 0; i < kn_st_count(b.f); i++) bytes += kn_tensor_nbytes(kn_st_at(b.f, i));
     printf("base: %s, %lld blocks, dim %lld, %.2f GB (checksum %016llx)\n", path, (long long)b.dit.cfg.layers,
@@ -222,37 +293,22 @@ int main(int argc, char **argv) {
         }
     }
 
-    kn_lora *held = NULL;
-    kn_lora_apply_stats st;
-    struct {
-        const char *what;
-        int lora; /* index into lpath, -1: none */
-        double strength;
-    } steps[] = {
-        {"swap none -> r16 @1.0", 0, 1.0}, {"swap r16 -> r64 @1.0", 1, 1.0}, {"strength r64 1.0 -> 0.7", 1, 0.7},
-        {"swap r64 -> none   ", -1, 0.0},  {"swap none -> r64 @1.0", 1, 1.0}, {"swap r64 -> r16 @1.0", 0, 1.0},
-    };
-    double swap_r[2] = {0.0, 0.0};
-    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
-        int reuse = i > 0 && steps[i].lora >= 0 && steps[i].lora == steps[i - 1].lora;
-        double dt =
-            swap(m, steps[i].lora >= 0 ? lpath[steps[i].lora] : NULL, reuse, steps[i].strength, &held, &st, &err);
-        if (dt < 0) {
-            fprintf(stderr, "lora_bench: %s\n", err.msg);
-            return 1;
-        }
-        if (i == 0 || i == 4) swap_r[i == 4] = dt;
-        printf("%-26s (%3d tensors recomputed, %3d restored): %8.1f ms  = %.3f x load\n", steps[i].what,
-               st.recomputed, st.restored, 1e3 * dt, dt / t_load);
-    }
-    for (int i = 0; i < 2; i++) {
-        double rt = runtime_path_swap(lpath[i], &err);
-        printf("rank %2d: merge swap / load = %.3f (target <= 0.05); runtime low-rank path would pay %.1f ms "
-               "(%.4f x load)\n",
-               ranks[i], swap_r[i] / t_load, 1e3 * rt, rt / t_load);
-    }
-    kn_lora_free(held);
+    double runtime_r[2], merge_r[2];
+    printf("runtime low-rank path:\n");
+    if (swap_sequence(m, lpath, t_load, runtime_r, &err)) goto fail;
+    if (step_overhead(m, &b.dit, lpath, ranks, &err)) goto fail;
+    kn_lora_model_set_runtime(m, 0);
+    printf("merge path:\n");
+    if (swap_sequence(m, lpath, t_load, merge_r, &err)) goto fail;
+    for (int i = 0; i < 2; i++)
+        printf("rank %2d swap / load: runtime %.4f, merge %.3f (target <= 0.05)\n", ranks[i], runtime_r[i] / t_load,
+               merge_r[i] / t_load);
     kn_lora_model_free(m);
     free_base(&b);
     return 0;
+fail:
+    fprintf(stderr, "lora_bench: %s\n", err.msg);
+    kn_lora_model_free(m);
+    free_base(&b);
+    return 1;
 }

@@ -111,6 +111,33 @@ int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
     return DISPATCH(y->device, linear, ctx, y, x, w, bias);
 }
 
+int kn_linear_lora(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias,
+                   const kn_lora_adapter *ad, int n) {
+    if (n == 0) return kn_linear(ctx, y, x, w, bias);
+    if (n < 0 || !ad)
+        return kn_fail(&ctx->err, KN_ERR_INVALID, "linear_lora: %s: %d adapters at %p", tname(w), n, (const void *)ad);
+    /* the adapters are host F32 factors: no device twin yet */
+    if (y->device != KN_DEV_CPU)
+        return kn_fail(&ctx->err, KN_ERR_UNSUPPORTED, "linear_lora: %s: low-rank adapters run on the CPU only",
+                       tname(w));
+    for (int i = 0; i < n; i++) {
+        const kn_tensor *d = ad[i].down, *u = ad[i].up;
+        char a[96], b[96];
+        if (!d || !u || !isfinite(ad[i].scale))
+            return kn_fail(&ctx->err, KN_ERR_INVALID, "linear_lora: %s: adapter %d lacks a factor or has scale %g",
+                           tname(w), i, (double)ad[i].scale);
+        if (d->ndim != 2 || u->ndim != 2 || d->ne[0] < 1 || d->ne[1] != w->ne[1] || u->ne[0] != w->ne[0] ||
+            u->ne[1] != d->ne[0] || d->device != KN_DEV_CPU || u->device != KN_DEV_CPU || !kn_dtype_is_float(d->dtype) ||
+            !kn_dtype_is_float(u->dtype) || !kn_tensor_is_contiguous(d) || !kn_tensor_is_contiguous(u))
+            return kn_fail(&ctx->err, KN_ERR_SHAPE,
+                           "linear_lora: adapter %d of %s: down %s and up %s must be contiguous CPU floats [r, %lld], [%lld, r]",
+                           i, tname(w), kn_tensor_desc(d, a, sizeof a), kn_tensor_desc(u, b, sizeof b),
+                           (long long)w->ne[1], (long long)w->ne[0]);
+    }
+    TRY(kn_linear(ctx, y, x, w, bias));
+    return kn_cpu_lora_accumulate(ctx, y, x, ad, n);
+}
+
 int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps) {
     TRY(check_act(ctx, "rmsnorm", x, "input"));
     TRY(check_same_shape(ctx, "rmsnorm", y, x));

@@ -55,6 +55,10 @@ typedef struct target {
     size_t buf_bytes;
     applied *sig; /* the patch list buf holds */
     int n_sig;
+    kn_adapter_list *run; /* borrowed: the adapter list the model reads beside slot, NULL: merge only */
+    kn_lora_adapter *ad;  /* what run points at (owned; the factors are the kn_loras') */
+    applied *rsig;        /* the patch list ad holds */
+    int n_rsig;
 } target;
 
 typedef struct stem {
@@ -64,6 +68,7 @@ typedef struct stem {
 
 struct kn_lora_model {
     kn_lora_family family;
+    int runtime; /* plain LoRAs on slots with an adapter list stay unmerged */
     target *t;
     int n, cap;
     stem *stems; /* sorted by name; rebuilt after kn_lora_model_add */
@@ -188,12 +193,16 @@ int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err) {
         return kn_fail(err, KN_ERR_INVALID, "lora: unknown model family %d", (int)family);
     if (!(*out = calloc(1, sizeof **out))) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     (*out)->family = family;
+    (*out)->runtime = 1;
     return KN_OK;
 }
 
-int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_err *err) {
+int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_adapter_list *run, kn_err *err) {
     if (!kn_tensor_is_contiguous(slot) || slot->device != KN_DEV_CPU || !kn_dtype_is_float(slot->dtype))
         return kn_fail(err, KN_ERR_UNSUPPORTED, "lora: weight '%s' is not a contiguous CPU float tensor", key);
+    if (run && (slot->ndim != 2 || run->n))
+        return kn_fail(err, KN_ERR_INVALID, "lora: '%s' takes runtime adapters but is not a 2-D weight with an empty list",
+                       key);
     if (m->n == m->cap) {
         int cap = m->cap ? 2 * m->cap : 256;
         target *t = realloc(m->t, (size_t)cap * sizeof *t);
@@ -206,6 +215,7 @@ int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_err
     if (!(t->key = strdup(key))) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     t->slot = slot;
     t->orig = *slot;
+    t->run = run;
     m->n++;
     m->stems_dirty = 1;
     return KN_OK;
@@ -218,7 +228,7 @@ int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_fi
         const char *key = kn_st_at(f, i)->name;
         if (strncmp(key, prefix, sizeof prefix - 1) == 0) key += sizeof prefix - 1;
         kn_tensor *slot = kn_qwen_dit_weight(dit, key);
-        if (slot && kn_lora_model_add(*out, key, slot, err)) {
+        if (slot && kn_lora_model_add(*out, key, slot, kn_qwen_dit_adapters(dit, key), err)) {
             kn_lora_model_free(*out);
             *out = NULL;
             return err->code;
@@ -237,6 +247,19 @@ static void target_restore(target *t) {
     t->n_sig = 0;
 }
 
+/* Empties the slot's adapter list: the model reads the weight alone again. */
+static void target_detach(target *t) {
+    if (t->run) {
+        t->run->ad = NULL;
+        t->run->n = 0;
+    }
+    free(t->ad);
+    t->ad = NULL;
+    free(t->rsig);
+    t->rsig = NULL;
+    t->n_rsig = 0;
+}
+
 static void free_stems(kn_lora_model *m) {
     for (int i = 0; i < m->n_stems; i++) free(m->stems[i].name);
     free(m->stems);
@@ -248,6 +271,7 @@ void kn_lora_model_free(kn_lora_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n; i++) {
         target_restore(&m->t[i]);
+        target_detach(&m->t[i]);
         free(m->t[i].key);
     }
     free(m->t);
@@ -259,6 +283,16 @@ static int find_target(const kn_lora_model *m, const char *key) {
     for (int i = 0; i < m->n; i++)
         if (strcmp(m->t[i].key, key) == 0) return i;
     return -1;
+}
+
+void kn_lora_model_set_runtime(kn_lora_model *m, int on) {
+    if (m->runtime == !!on) return;
+    /* every tensor back to its file view with no adapters: the next apply rebuilds the stack in the new mode */
+    for (int i = 0; i < m->n; i++) {
+        target_restore(&m->t[i]);
+        target_detach(&m->t[i]);
+    }
+    m->runtime = !!on;
 }
 
 const kn_tensor *kn_lora_model_slot(const kn_lora_model *m, const char *key) {
@@ -982,6 +1016,44 @@ static int recompute(work *wk, target *t, const kn_lora_use *stack, const int *w
     return KN_OK;
 }
 
+/* A plain LoRA (no DoRA) is the only adapter kind that stays y += s B(A x) at
+ * run time; the others change W in ways a low-rank term cannot express. */
+static int runtime_kind(const patch *p) { return p->kind == P_LORA && !p->dora; }
+
+/* Kinds whose result depends on the weight they are applied to: a plain LoRA
+ * before one of them in a stack must be merged (it changes their input). */
+static int reads_weight(const patch *p) { return p->dora || p->kind == P_OFT || p->kind == P_SET; }
+
+/* The patch stack entry k puts on target ti. */
+static const patch *patch_at(const kn_lora_use *stack, int k, int ti) {
+    const kn_lora *l = stack[k].lora;
+    return &l->p[l->patch_of[ti]];
+}
+
+/* Points target ti's adapter list at the listed plain LoRAs (none: detach). */
+static int attach(target *t, int ti, const kn_lora_use *stack, const int *which, const applied *sig, int n,
+                  kn_err *err) {
+    target_detach(t);
+    if (!n) return KN_OK;
+    if (!(t->ad = malloc((size_t)n * sizeof *t->ad)) || !(t->rsig = malloc((size_t)n * sizeof *t->rsig))) {
+        target_detach(t);
+        return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
+    }
+    for (int k = 0; k < n; k++) {
+        const patch *p = patch_at(stack, which[k], ti);
+        t->ad[k] = (kn_lora_adapter){p->f[1], p->f[0], (float)(stack[which[k]].strength * p->scale)};
+    }
+    memcpy(t->rsig, sig, (size_t)n * sizeof *sig);
+    t->n_rsig = n;
+    t->run->ad = t->ad;
+    t->run->n = n;
+    return KN_OK;
+}
+
+static int same_sig(const applied *a, int na, const applied *b, int nb) {
+    return na == nb && (na == 0 || memcmp(a, b, (size_t)na * sizeof *a) == 0);
+}
+
 int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lora_apply_stats *stats,
                         kn_err *err) {
     kn_lora_apply_stats st = {0};
@@ -989,22 +1061,37 @@ int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lo
         if (!stack[k].lora || stack[k].lora->model != m || !isfinite(stack[k].strength))
             return kn_fail(err, KN_ERR_INVALID, "lora: stack entry %d is not a LoRA loaded for this model with a finite strength", k);
     work wk = {0};
-    int *which = malloc(((size_t)n + 1) * sizeof *which);
-    applied *sig = malloc(((size_t)n + 1) * sizeof *sig);
+    /* per target: the entries merged into its buffer, then those kept as runtime adapters */
+    int *which = malloc(((size_t)2 * n + 1) * sizeof *which), *rwhich = which ? which + n : NULL;
+    applied *sig = malloc(((size_t)2 * n + 1) * sizeof *sig), *rsig = sig ? sig + n : NULL;
     float *f32 = NULL;
     size_t f32_n = 0;
     int rc = which && sig ? KN_OK : kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     for (int i = 0; !rc && i < m->n; i++) {
         target *t = &m->t[i];
-        int nw = 0;
-        for (int k = 0; k < n; k++)
-            if (stack[k].lora->patch_of[i] >= 0) {
+        int runtime = m->runtime && t->run, cut = -1;
+        for (int k = 0; runtime && k < n; k++)
+            if (stack[k].lora->patch_of[i] >= 0 && reads_weight(patch_at(stack, k, i))) cut = k;
+        int nw = 0, nr = 0;
+        for (int k = 0; k < n; k++) {
+            if (stack[k].lora->patch_of[i] < 0) continue;
+            applied a = {stack[k].lora->serial, stack[k].strength};
+            if (runtime && k > cut && runtime_kind(patch_at(stack, k, i))) {
+                rwhich[nr] = k;
+                rsig[nr++] = a;
+            } else {
                 which[nw] = k;
-                sig[nw++] = (applied){stack[k].lora->serial, stack[k].strength};
+                sig[nw++] = a;
             }
-        int same = nw == t->n_sig && (nw == 0 || memcmp(sig, t->sig, (size_t)nw * sizeof *sig) == 0);
+        }
+        int same = same_sig(sig, nw, t->sig, t->n_sig), rsame = same_sig(rsig, nr, t->rsig, t->n_rsig);
+        if (!rsame) {
+            if ((rc = attach(t, i, stack, rwhich, rsig, nr, err))) break;
+            if (nr) st.attached++;
+            else st.detached++;
+        }
         if (same) {
-            st.kept += nw > 0;
+            st.kept += (nw > 0 || nr > 0) && rsame;
             continue;
         }
         if (nw == 0) {
@@ -1033,5 +1120,37 @@ int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lo
     free(wk.panel), free(wk.w0), free(wk.dv), free(wk.norm);
     free(f32), free(which), free(sig);
     if (stats) *stats = st;
+    return rc;
+}
+
+int kn_lora_model_weight(const kn_lora_model *m, const char *key, kn_tensor *out, kn_err *err) {
+    int i = find_target(m, key);
+    if (i < 0) return kn_fail(err, KN_ERR_NOT_FOUND, "lora: no weight '%s' in the model's table", key);
+    const target *t = &m->t[i];
+    const kn_tensor *s = t->slot;
+    int64_t n = kn_tensor_numel(s), O = s->ne[0], I = s->ndim == 2 ? s->ne[1] : 1;
+    float *w = malloc((size_t)(n ? n : 1) * sizeof *w);
+    if (!w) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory for '%s'", key);
+    if (kn_tensor_new(out, patched_dtype(t->orig.dtype), KN_DEV_CPU, s->ndim, s->ne, err)) {
+        free(w);
+        return err->code;
+    }
+    kn_to_f32(w, s->data, s->dtype, (size_t)n, s->scale);
+    /* the same f32 sum and single rounding as a merge of these adapters */
+    int rc = KN_OK;
+    for (int k = 0; !rc && k < t->n_rsig; k++) {
+        const kn_lora_adapter *a = &t->ad[k];
+        float *up = widen(a->up, err), *down = up ? widen(a->down, err) : NULL;
+        if (down) lowrank_axpy(w, up, down, a->down->ne[0], 0, O, I, a->scale);
+        else rc = err->code;
+        free(up), free(down);
+    }
+    if (!rc) {
+        kn_from_f32(out->data, out->dtype, w, (size_t)n);
+        out->name = t->orig.name;
+    } else {
+        kn_tensor_free(out);
+    }
+    free(w);
     return rc;
 }

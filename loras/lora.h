@@ -18,12 +18,23 @@
  *    new stack recomputes only tensors whose list changed; the others keep
  *    their buffer or their file view. The model file is never re-read or
  *    re-mapped: the mapping stays open for the life of the model.
- *  - This is option B of the notes (merge from a pristine base). It handles
- *    every format ComfyUI does (LoRA, DoRA, LoHa, LoKr, OFT, diff, set) with
- *    zero per-step cost. Its swap cost is proportional to the weights a LoRA
- *    touches, not to the LoRA's size: bench/lora_bench.c measures it against
- *    the model load; the runtime low-rank path (y += s B(Ax)) that makes a
- *    swap O(LoRA size) is the documented follow-up (README).
+ *  - That merge (option B of the notes, from a pristine base) handles every
+ *    format ComfyUI does (LoRA, DoRA, LoHa, LoKr, OFT, diff, set) with zero
+ *    per-step cost, but its swap costs as much as the weights a LoRA touches
+ *    (10-45x a model load for a LoRA on every linear; README).
+ *  - So plain LoRAs (up/down[/alpha], no DoRA) take the runtime low-rank
+ *    path instead wherever the model keeps an adapter list beside the slot
+ *    (kn_lora_model_add's `run`; every Qwen-Image DiT linear): the weight
+ *    stays the file view, and applying a stack only points the slot's list
+ *    at (down, up, strength * alpha / rank) entries, the factors being views
+ *    into the LoRA file's mapping, that kn_linear_lora adds as
+ *    scale * (x down^T) up^T (widening them per call into scratch). A swap
+ *    is then a LoRA file open plus pointer updates, and removal is emptying
+ *    the list. Per tensor a stack splits in stack order: entries up
+ *    to the last one that reads the weight (DoRA, OFT, set) and every other
+ *    non-plain kind merge into the buffer; the plain LoRAs after it are
+ *    adapters (additive terms commute, so the result is the merge's up to
+ *    one rounding of the merged part).
  *
  * Formats and key mapping follow ComfyUI (shared/notes/comfyui-lora.md and
  * the lora_qwen_image fixture's key_mapping_rules / patch_math):
@@ -41,11 +52,13 @@
  *    non-finite alpha, non-float factors, incomplete LoHa/LoKr factor sets,
  *    and the conv-only Tucker factors (lora_mid, hada_t*, lokr_t2).
  *
- * Ownership: a kn_lora_model borrows its slots (the model's kn_tensor fields)
- * and must be freed before the model; kn_lora_model_free restores every slot
- * first. A kn_lora owns its mapped file; it belongs to the kn_lora_model it
- * was loaded for and must outlive every stack applied with it. Not
- * thread-safe: one thread applies stacks and runs the model. */
+ * Ownership: a kn_lora_model borrows its slots and adapter lists (the
+ * model's fields) and must be freed before the model; kn_lora_model_free
+ * restores every slot and empties every list first. A kn_lora owns its
+ * mapped file (which adapter lists point into); it
+ * belongs to the kn_lora_model it was loaded for and must outlive every
+ * stack applied with it, i.e. apply a stack without it before freeing it.
+ * Not thread-safe: one thread applies stacks and runs the model. */
 #ifndef KN_LORA_H
 #define KN_LORA_H
 
@@ -66,15 +79,30 @@ int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err);
 /* Register a patchable tensor: `key` is the checkpoint key without the
  * "diffusion_model." prefix ("transformer_blocks.0.attn.to_q.weight"),
  * `slot` the view the model reads (borrowed; its current value is kept as
- * the original). */
-int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_err *err);
+ * the original). `run` (borrowed, empty, or NULL) is the adapter list the
+ * model's linear reads beside a 2-D slot: plain LoRAs attach there instead
+ * of merging. NULL: every patch of this tensor merges. */
+int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_adapter_list *run, kn_err *err);
 /* Every tensor of `f` that the Qwen-Image DiT bound (keys with an optional
- * "model.diffusion_model." prefix). */
+ * "model.diffusion_model." prefix), linears with their adapter lists. */
 int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_file *f, kn_err *err);
 void kn_lora_model_free(kn_lora_model *m); /* NULL-safe; restores every slot */
 
-/* The registered slot for `key`, or NULL. */
+/* The registered slot for `key`, or NULL. With runtime adapters this is the
+ * (untouched) weight the linear reads, not base + LoRA. */
 const kn_tensor *kn_lora_model_slot(const kn_lora_model *m, const char *key);
+
+/* The effective weight for `key`: the slot plus its runtime adapters summed
+ * in f32 and rounded once to the dtype a merge would store, into a new
+ * tensor (out owns it: kn_tensor_free). For tests and tools comparing
+ * patched weights; the forward never forms it. */
+int kn_lora_model_weight(const kn_lora_model *m, const char *key, kn_tensor *out, kn_err *err);
+
+/* On (the default): plain LoRAs on slots with an adapter list run as
+ * adapters. Off: every patch merges (the reference the runtime path is
+ * tested against). Changing it puts every tensor back to its file view with
+ * no adapters; the next kn_lora_model_apply rebuilds the stack. */
+void kn_lora_model_set_runtime(kn_lora_model *m, int on);
 
 /* ---- LoRA files ---------------------------------------------------------------- */
 
@@ -103,11 +131,15 @@ typedef struct kn_lora_use {
 typedef struct kn_lora_apply_stats {
     int recomputed; /* tensors (re)patched from their original view */
     int restored;   /* tensors pointed back at their original view */
-    int kept;       /* patched tensors whose patch list did not change */
+    int kept;       /* patched tensors whose patch lists did not change */
+    int attached;   /* tensors whose runtime adapter list was (re)set to a non-empty one */
+    int detached;   /* tensors whose runtime adapter list was emptied */
 } kn_lora_apply_stats;
 
 /* Make every slot equal to base + the stack (in order, ComfyUI's
- * calculate_weight): tensors no entry patches get their original view back.
+ * calculate_weight), plain LoRAs as runtime adapters where the split above
+ * allows: tensors no entry patches get their original view and an empty
+ * adapter list back.
  * An empty stack (n == 0) restores the base. stats may be NULL. On failure
  * the tensors not yet recomputed keep their previous state and the failing
  * tensor its original view, so the model is never half-written. */

@@ -4,9 +4,10 @@
  * As in ComfyUI, a LoRA node computes nothing: its MODEL is the input's
  * weights plus a longer patch list (a LORA_STACK object, shared by the
  * MODELs derived from it). The weights are patched when a sampler asks for
- * the DiT: kn_model_dit brings the shared weight table to that MODEL's stack,
- * which recomputes only the tensors whose patch list changed and points the
- * rest back at the mmap'd file (loras/lora.h). Mapped LoRA files are kept in
+ * the DiT: kn_model_dit brings the shared weight table to that MODEL's stack:
+ * plain LoRAs become the linears' runtime adapters (pointer updates), the
+ * other kinds recompute only the tensors whose patch list changed, and the
+ * rest point back at the mmap'd file (loras/lora.h). Mapped LoRA files are kept in
  * the model store per (base weights, file), so re-running with another
  * strength reads nothing from disk.
  *

@@ -4,6 +4,7 @@
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,35 @@ static const weight_spec model_specs[] = {
     MW(norm_out_w, "norm_out.linear.weight", S_2D, S_D), MW(norm_out_b, "norm_out.linear.bias", S_2D, S_NONE),
     MW(proj_out_w, "proj_out.weight", S_OUT, S_D),    MW(proj_out_b, "proj_out.bias", S_OUT, S_NONE),
 };
+
+#define N_MODEL_SPECS ((int64_t)(sizeof model_specs / sizeof model_specs[0]))
+#define N_BLOCK_SPECS ((int64_t)(sizeof block_specs / sizeof block_specs[0]))
+
+/* The number of weight field w of m (model fields, then block by block), or
+ * -1 when w is not one: the index of its adapter list. Addresses compared as
+ * integers since w may be any tensor a caller passes. */
+static int64_t slot_index(const kn_qwen_dit *m, const kn_tensor *w) {
+    uintptr_t p = (uintptr_t)w, base = (uintptr_t)m, b0 = (uintptr_t)m->block;
+    if (p >= base && p < base + sizeof *m) {
+        for (int64_t i = 0; i < N_MODEL_SPECS; i++)
+            if (p - base == model_specs[i].offset) return i;
+        return -1;
+    }
+    if (!m->block || p < b0 || p >= b0 + (uintptr_t)m->cfg.layers * sizeof *m->block) return -1;
+    int64_t l = (int64_t)((p - b0) / sizeof *m->block);
+    size_t off = (size_t)(p - b0) - (size_t)l * sizeof *m->block;
+    for (int64_t i = 0; i < N_BLOCK_SPECS; i++)
+        if (off == block_specs[i].offset) return N_MODEL_SPECS + l * N_BLOCK_SPECS + i;
+    return -1;
+}
+
+/* Every linear of the DiT: the weight plus the adapters beside its slot. */
+static int linear(kn_ctx *ctx, const kn_qwen_dit *m, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b) {
+    int64_t i = m->adapters ? slot_index(m, w) : -1;
+    const kn_adapter_list *a = i >= 0 ? &m->adapters[i] : NULL;
+    return kn_linear_lora(ctx, y, x, w, b, a ? a->ad : NULL, a ? a->n : 0);
+}
 
 static int64_t sym_size(const kn_qwen_dit_config *c, int64_t time_ch, int s) {
     int64_t p2 = (int64_t)c->family.patch * c->family.patch;
@@ -137,7 +167,11 @@ int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_fami
         TRY(bind(f, prefix, s->key, c, time_ch, s, (kn_tensor *)((char *)m + s->offset), err));
     }
     m->block = calloc((size_t)(c->layers ? c->layers : 1), sizeof *m->block);
-    if (!m->block) return kn_fail(err, KN_ERR_NOMEM, "qwen_image_dit: out of memory");
+    m->adapters = calloc((size_t)(N_MODEL_SPECS + c->layers * N_BLOCK_SPECS), sizeof *m->adapters);
+    if (!m->block || !m->adapters) {
+        kn_qwen_dit_free(m);
+        return kn_fail(err, KN_ERR_NOMEM, "qwen_image_dit: out of memory");
+    }
     for (int64_t l = 0; l < c->layers; l++) {
         for (size_t i = 0; i < sizeof block_specs / sizeof block_specs[0]; i++) {
             const weight_spec *s = &block_specs[i];
@@ -155,7 +189,9 @@ int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_fami
 
 void kn_qwen_dit_free(kn_qwen_dit *m) {
     free(m->block);
+    free(m->adapters);
     m->block = NULL;
+    m->adapters = NULL;
 }
 
 kn_tensor *kn_qwen_dit_weight(kn_qwen_dit *m, const char *key) {
@@ -169,6 +205,12 @@ kn_tensor *kn_qwen_dit_weight(kn_qwen_dit *m, const char *key) {
     for (size_t i = 0; i < sizeof block_specs / sizeof block_specs[0]; i++)
         if (strcmp(end + 1, block_specs[i].key) == 0) return (kn_tensor *)((char *)&m->block[l] + block_specs[i].offset);
     return NULL;
+}
+
+kn_adapter_list *kn_qwen_dit_adapters(kn_qwen_dit *m, const char *key) {
+    const kn_tensor *w = kn_qwen_dit_weight(m, key);
+    int64_t i = w && w->ndim == 2 && m->adapters ? slot_index(m, w) : -1;
+    return i >= 0 ? &m->adapters[i] : NULL;
 }
 
 /* ---- block -------------------------------------------------------------- */
@@ -217,10 +259,10 @@ static int apply_mod(kn_ctx *ctx, seg_op op, kn_tensor *x, const kn_tensor *delt
 
 /* dst (a [B, n, D] view into a joint buffer) = norm?(x @ w^T + b), through tmp
  * when the view is not contiguous (batch > 1). */
-static int project(kn_ctx *ctx, kn_tensor *dst, kn_tensor *tmp, const kn_tensor *x, const kn_tensor *w,
+static int project(kn_ctx *ctx, const kn_qwen_dit *m, kn_tensor *dst, kn_tensor *tmp, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, const kn_tensor *head_norm, int64_t heads) {
     kn_tensor *y = kn_tensor_is_contiguous(dst) ? dst : tmp;
-    TRY(kn_linear(ctx, y, x, w, b));
+    TRY(linear(ctx, m, y, x, w, b));
     if (head_norm) {
         kn_tensor h;
         int64_t ne[4] = {y->ne[0], y->ne[1], heads, y->ne[2] / heads};
@@ -245,14 +287,14 @@ static kn_tensor view(const kn_tensor *buf, int64_t d0, int64_t d1, int64_t d2) 
 }
 
 /* One stream's feed-forward half: x += gate2 * fc2(gelu(fc1(LN(x)*(1+scale2)+shift2))). */
-static int stream_mlp(kn_ctx *ctx, kn_tensor *x, const kn_tensor *mod, const kn_tensor *mod0, int64_t n_main,
+static int stream_mlp(kn_ctx *ctx, const kn_qwen_dit *m, kn_tensor *x, const kn_tensor *mod, const kn_tensor *mod0, int64_t n_main,
                       const kn_tensor *fc1_w, const kn_tensor *fc1_b, const kn_tensor *fc2_w, const kn_tensor *fc2_b,
                       kn_tensor *xm, kn_tensor *hid, kn_tensor *o) {
     TRY(kn_layernorm(ctx, xm, x, NULL, NULL, LN_EPS));
     TRY(apply_mod(ctx, SEG_MODULATE, xm, NULL, mod, mod0, n_main, 3));
-    TRY(kn_linear(ctx, hid, xm, fc1_w, fc1_b));
+    TRY(linear(ctx, m, hid, xm, fc1_w, fc1_b));
     TRY(kn_activation(ctx, hid, hid, KN_ACT_GELU_TANH));
-    TRY(kn_linear(ctx, o, hid, fc2_w, fc2_b));
+    TRY(linear(ctx, m, o, hid, fc2_w, fc2_b));
     return apply_mod(ctx, SEG_GATE, x, o, mod, mod0, n_main, 5);
 }
 
@@ -267,12 +309,12 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
     kn_tensor mod_i, mod_t, mod_i0, q, k, v, o, xm, tmp, hid, out;
     TRY(kn_arena_tensor(a, &mod_i, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
     TRY(kn_arena_tensor(a, &mod_t, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-    TRY(kn_linear(ctx, &mod_i, tvec, &w->img_mod_w, &w->img_mod_b));
-    TRY(kn_linear(ctx, &mod_t, tvec, &w->txt_mod_w, &w->txt_mod_b));
+    TRY(linear(ctx, m, &mod_i, tvec, &w->img_mod_w, &w->img_mod_b));
+    TRY(linear(ctx, m, &mod_t, tvec, &w->txt_mod_w, &w->txt_mod_b));
     const kn_tensor *mod0 = NULL;
     if (tvec0) {
         TRY(kn_arena_tensor(a, &mod_i0, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-        TRY(kn_linear(ctx, &mod_i0, tvec0, &w->img_mod_w, &w->img_mod_b));
+        TRY(linear(ctx, m, &mod_i0, tvec0, &w->img_mod_w, &w->img_mod_b));
         mod0 = &mod_i0;
     }
     int64_t joint_ne[3] = {B, L, D};
@@ -297,11 +339,11 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
         TRY(kn_tensor_slice(&qs, &q, 1, t0, n, e));
         TRY(kn_tensor_slice(&ks, &k, 1, t0, n, e));
         TRY(kn_tensor_slice(&vs, &v, 1, t0, n, e));
-        TRY(project(ctx, &qs, &ts, &xs, s ? &w->to_q_w : &w->add_q_w, s ? &w->to_q_b : &w->add_q_b,
+        TRY(project(ctx, m, &qs, &ts, &xs, s ? &w->to_q_w : &w->add_q_w, s ? &w->to_q_b : &w->add_q_b,
                     s ? &w->norm_q : &w->norm_added_q, c->heads));
-        TRY(project(ctx, &ks, &ts, &xs, s ? &w->to_k_w : &w->add_k_w, s ? &w->to_k_b : &w->add_k_b,
+        TRY(project(ctx, m, &ks, &ts, &xs, s ? &w->to_k_w : &w->add_k_w, s ? &w->to_k_b : &w->add_k_b,
                     s ? &w->norm_k : &w->norm_added_k, c->heads));
-        TRY(project(ctx, &vs, &ts, &xs, s ? &w->to_v_w : &w->add_v_w, s ? &w->to_v_b : &w->add_v_b, NULL,
+        TRY(project(ctx, m, &vs, &ts, &xs, s ? &w->to_v_w : &w->add_v_w, s ? &w->to_v_b : &w->add_v_b, NULL,
                     c->heads));
     }
     kn_tensor q4, k4, v4, o4;
@@ -320,7 +362,7 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
         ts = view(&tmp, B, n, tmp.ne[2]);
         os = view(&out, B, n, out.ne[2]);
         TRY(rows_of(ctx, &o, s ? Lt : 0, n, &ts, &att));
-        TRY(kn_linear(ctx, &os, &att, s ? &w->to_out_w : &w->add_out_w, s ? &w->to_out_b : &w->add_out_b));
+        TRY(linear(ctx, m, &os, &att, s ? &w->to_out_w : &w->add_out_w, s ? &w->to_out_b : &w->add_out_b));
         TRY(apply_mod(ctx, SEG_GATE, x, &os, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n, 2));
     }
     /* feed-forward half */
@@ -331,7 +373,7 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
         xs = view(&xm, B, n, D);
         hs = view(&hid, B, n, F);
         os = view(&out, B, n, D);
-        TRY(stream_mlp(ctx, x, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n,
+        TRY(stream_mlp(ctx, m, x, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n,
                        s ? &w->img_fc1_w : &w->txt_fc1_w, s ? &w->img_fc1_b : &w->txt_fc1_b,
                        s ? &w->img_fc2_w : &w->txt_fc2_w, s ? &w->img_fc2_b : &w->txt_fc2_b, &xs, &hs, &os));
     }
@@ -420,9 +462,9 @@ static int time_vector(kn_ctx *ctx, const kn_qwen_dit *m, const float *sigma, in
     TRY(kn_arena_tensor(ctx->scratch, &sin_emb, KN_F32, 2, (int64_t[]){B, ch}, &ctx->err));
     TRY(kn_arena_tensor(ctx->scratch, &h, KN_F32, 2, (int64_t[]){B, D}, &ctx->err));
     for (int64_t b = 0; b < B; b++) time_sinusoid((float *)sin_emb.data + b * ch, ch, use_zero ? 0.0 : sigma[b]);
-    TRY(kn_linear(ctx, &h, &sin_emb, &m->t_lin1_w, &m->t_lin1_b));
+    TRY(linear(ctx, m, &h, &sin_emb, &m->t_lin1_w, &m->t_lin1_b));
     TRY(kn_activation(ctx, &h, &h, KN_ACT_SILU));
-    TRY(kn_linear(ctx, tvec, &h, &m->t_lin2_w, &m->t_lin2_b));
+    TRY(linear(ctx, m, tvec, &h, &m->t_lin2_w, &m->t_lin2_b));
     if (temb_out) TRY(kn_tensor_copy(temb_out, tvec, &ctx->err));
     return kn_activation(ctx, tvec, tvec, KN_ACT_SILU);
 }
@@ -513,11 +555,11 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
         t0 += (int)(gr.hl * gr.wl);
     }
     TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
-    TRY(kn_linear(ctx, &img, &tokens, &m->img_in_w, &m->img_in_b));
+    TRY(linear(ctx, m, &img, &tokens, &m->img_in_w, &m->img_in_b));
     TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Lt, c->joint_dim}, e));
     TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Lt, D}, e));
     TRY(kn_rmsnorm(ctx, &txt_n, in->context, &m->txt_norm, TXT_NORM_EPS));
-    TRY(kn_linear(ctx, &txt, &txt_n, &m->txt_in_w, &m->txt_in_b));
+    TRY(linear(ctx, m, &txt, &txt_n, &m->txt_in_w, &m->txt_in_b));
     TRY(kn_arena_tensor(a, &tvec, KN_F32, 2, (int64_t[]){B, D}, e));
     TRY(kn_arena_tensor(a, &temb, KN_F32, 2, (int64_t[]){B, D}, e));
     TRY(time_vector(ctx, m, in->sigma->data, 0, &tvec, &temb));
@@ -547,14 +589,14 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
     /* norm_out: LN(img) * (1 + scale) + shift with (scale, shift) = Linear(silu(temb)) */
     kn_tensor emb, scale, shift, proj;
     TRY(kn_arena_tensor(a, &emb, KN_F32, 2, (int64_t[]){B, 2 * D}, e));
-    TRY(kn_linear(ctx, &emb, &tvec, &m->norm_out_w, &m->norm_out_b));
+    TRY(linear(ctx, m, &emb, &tvec, &m->norm_out_w, &m->norm_out_b));
     TRY(kn_tensor_slice(&scale, &emb, 1, 0, D, e));
     TRY(kn_tensor_slice(&shift, &emb, 1, D, D, e));
     TRY(kn_layernorm(ctx, &img, &img, NULL, NULL, LN_EPS));
     TRY(kn_modulate(ctx, &img, &img, &shift, &scale));
     if (debug) TRY(debug(user, "norm_out", &img));
     TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out_w.ne[0]}, e));
-    TRY(kn_linear(ctx, &proj, &img, &m->proj_out_w, &m->proj_out_b));
+    TRY(linear(ctx, m, &proj, &img, &m->proj_out_w, &m->proj_out_b));
     unpatchify(out, proj.data, Ni, p);
     return KN_OK;
 }

@@ -58,6 +58,10 @@ typedef struct kn_qwen_dit {
     kn_tensor t_lin1_w, t_lin1_b, t_lin2_w, t_lin2_b;
     kn_tensor norm_out_w, norm_out_b, proj_out_w, proj_out_b;
     kn_qwen_dit_block *block; /* cfg.layers entries, owned */
+    /* Runtime low-rank adapters beside every weight slot (model slots, then
+     * block by block), owned, all empty after load: loras/lora.c fills the
+     * lists and every linear reads its own through kn_linear_lora. */
+    kn_adapter_list *adapters;
 } kn_qwen_dit;
 
 int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_family *family, kn_err *err);
@@ -65,6 +69,9 @@ void kn_qwen_dit_free(kn_qwen_dit *m);
 /* The field holding the weight with checkpoint key `key` (no "model.diffusion_model."
  * prefix), or NULL: LoRA patching swaps these views (loras/lora.h). */
 kn_tensor *kn_qwen_dit_weight(kn_qwen_dit *m, const char *key);
+/* The adapter list beside that weight, or NULL when `key` is not a linear's
+ * weight: runtime LoRA adapters attach here (loras/lora.h). */
+kn_adapter_list *kn_qwen_dit_adapters(kn_qwen_dit *m, const char *key);
 
 typedef struct kn_qwen_dit_input {
     const kn_tensor *x;            /* [B, C, 1, H, W] */

@@ -1,11 +1,19 @@
-/* Tests for LoRA hot-swap (loras/lora.h) on the tiny Qwen-Image DiT stored
- * bf16, so patched weights are really rounded:
+/* Tests for LoRA hot-swap (loras/lora.h) on the tiny Qwen-Image DiT.
+ * The merge path, on the model stored bf16 so patched weights are really
+ * rounded:
  *  - the base file is opened once, then unlinked: applying A, B, none, A
  *    again and 200 strength changes must never need it again (a re-read
  *    would fail), and after removal every weight is the file's view with its
  *    original bytes (bit-identical by construction);
  *  - unchanged tensors are not recomputed (stats), a swap order does not
  *    change the result (A directly == A after B and none);
+ *  - kn_linear_lora against the naive sum with bf16 factors, and its shape errors;
+ *  - the runtime low-rank path, on the f32 model so the merge is an exact
+ *    reference: swapping A -> B -> none never changes a base weight's
+ *    address or bytes, attaches/detaches only adapter lists, gives the merge
+ *    path's DiT outputs (1e-5 rel L2, also for stacks mixing DoRA with plain
+ *    LoRAs in both orders) and its materialised weights bit for bit, and
+ *    the output after removal is the base output bit for bit;
  *  - bad LoRA files fail with messages naming the file and the key;
  *    unmapped keys are listed, not fatal.
  * Bad files are written into $KN_TEST_TMP. */
@@ -96,6 +104,7 @@ static void hot_swap(const char *tmp) {
     if (!f) return;
     CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
     CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+    kn_lora_model_set_runtime(m, 0); /* the merge path; runtime_swap covers the other */
     CHECK(kn_lora_model_slot(m, "transformer_blocks.0.attn.to_q.weight")->dtype == KN_BF16, "base not bf16");
     snapshot s;
     take(&s, m, f);
@@ -145,6 +154,187 @@ static void hot_swap(const char *tmp) {
     kn_lora_model_free(m);
     kn_qwen_dit_free(&dit);
     kn_st_close(f);
+}
+
+static double rel_l2(const kn_tensor *a, const kn_tensor *b) {
+    const float *x = a->data, *y = b->data;
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < kn_tensor_numel(a); i++) {
+        num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        den += (double)y[i] * y[i];
+    }
+    return sqrt(num / (den > 0.0 ? den : 1.0));
+}
+
+/* The tiny DiT's output for fixed pseudo-random inputs into out (allocated on first use). */
+static void dit_out(kn_ctx *ctx, const kn_qwen_dit *dit, kn_tensor *out) {
+    kn_err err;
+    int64_t C = dit->cfg.in_channels / 4, Lt = 6;
+    kn_tensor x, sigma, context;
+    CHECK(kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, C, 1, 4, 4}, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_tensor_new(&sigma, KN_F32, KN_DEV_CPU, 1, (int64_t[]){1}, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, Lt, dit->cfg.joint_dim}, &err) == KN_OK,
+          "%s", err.msg);
+    uint32_t seed = 12345;
+    float *xs[2] = {x.data, context.data};
+    int64_t ns[2] = {kn_tensor_numel(&x), kn_tensor_numel(&context)};
+    for (int k = 0; k < 2; k++)
+        for (int64_t i = 0; i < ns[k]; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            xs[k][i] = (float)(seed >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+        }
+    ((float *)sigma.data)[0] = 0.6f;
+    if (!out->data)
+        CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, dit->cfg.out_channels, 1, 4, 4}, &err) == KN_OK,
+              "%s", err.msg);
+    kn_qwen_dit_input in = {&x, &sigma, &context, NULL, NULL, 0, dit->cfg.default_ref_method};
+    CHECK(kn_qwen_dit_forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
+    kn_tensor_free(&x), kn_tensor_free(&sigma), kn_tensor_free(&context);
+}
+
+/* The stack's output through the runtime path must be the merge path's. */
+static void same_as_merge(kn_ctx *ctx, kn_lora_model *m, const kn_qwen_dit *dit, const kn_lora_use *stack, int n,
+                          const char *what) {
+    kn_err err;
+    kn_tensor rt = {0}, mg = {0};
+    kn_lora_model_set_runtime(m, 1);
+    CHECK(kn_lora_model_apply(m, stack, n, NULL, &err) == KN_OK, "%s", err.msg);
+    dit_out(ctx, dit, &rt);
+    kn_lora_model_set_runtime(m, 0);
+    CHECK(kn_lora_model_apply(m, stack, n, NULL, &err) == KN_OK, "%s", err.msg);
+    dit_out(ctx, dit, &mg);
+    double d = rel_l2(&rt, &mg);
+    CHECK(d < 1e-5, "%s: runtime vs merge output rel L2 %.3g", what, d);
+    kn_lora_model_set_runtime(m, 1);
+    kn_tensor_free(&rt), kn_tensor_free(&mg);
+}
+
+/* The op on odd sizes: y = x W^T + b + sum_i s_i (x D_i^T) U_i^T, factors bf16 (widened per call). */
+static void linear_lora_op(void) {
+    enum { M = 5, K = 7, N = 9, R1 = 2, R2 = 3 };
+    static float x[M * K], w[N * K], b[N], d1[R1 * K], u1[N * R1], d2[R2 * K], u2[N * R2], y[M * N];
+    static uint16_t d1h[R1 * K], u1h[N * R1], d2h[R2 * K], u2h[N * R2];
+    float *all[] = {x, w, b, d1, u1, d2, u2};
+    int sizes[] = {M * K, N * K, N, R1 * K, N * R1, R2 * K, N * R2};
+    uint32_t seed = 99;
+    for (int a = 0; a < 7; a++)
+        for (int i = 0; i < sizes[a]; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            all[a][i] = (float)(seed >> 8) / (float)(1u << 24) - 0.5f;
+        }
+    uint16_t *h[] = {d1h, u1h, d2h, u2h};
+    float *f[] = {d1, u1, d2, u2};
+    for (int a = 0; a < 4; a++)
+        for (int i = 0; i < sizes[3 + a]; i++) {
+            h[a][i] = kn_f32_to_bf16(f[a][i]);
+            f[a][i] = kn_bf16_to_f32(h[a][i]); /* the reference uses what the op reads */
+        }
+    kn_tensor tx = kn_tensor_make(KN_F32, KN_DEV_CPU, x, 2, (int64_t[]){M, K});
+    kn_tensor tw = kn_tensor_make(KN_F32, KN_DEV_CPU, w, 2, (int64_t[]){N, K});
+    kn_tensor tb = kn_tensor_make(KN_F32, KN_DEV_CPU, b, 1, (int64_t[]){N});
+    kn_tensor ty = kn_tensor_make(KN_F32, KN_DEV_CPU, y, 2, (int64_t[]){M, N});
+    kn_tensor td1 = kn_tensor_make(KN_BF16, KN_DEV_CPU, d1h, 2, (int64_t[]){R1, K});
+    kn_tensor tu1 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u1h, 2, (int64_t[]){N, R1});
+    kn_tensor td2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, d2h, 2, (int64_t[]){R2, K});
+    kn_tensor tu2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u2h, 2, (int64_t[]){N, R2});
+    kn_lora_adapter ad[2] = {{&td1, &tu1, 0.75f}, {&td2, &tu2, -1.5f}};
+    kn_ctx ctx;
+    CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
+    CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, ad, 2) == KN_OK, "%s", ctx.err.msg);
+    double worst = 0.0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = b[n];
+            for (int k = 0; k < K; k++) acc += (double)x[m * K + k] * w[n * K + k];
+            const float *ds[2] = {d1, d2}, *us[2] = {u1, u2};
+            int rs[2] = {R1, R2};
+            for (int a = 0; a < 2; a++)
+                for (int r = 0; r < rs[a]; r++) {
+                    double t = 0.0;
+                    for (int k = 0; k < K; k++) t += (double)x[m * K + k] * ds[a][r * K + k];
+                    acc += ad[a].scale * t * us[a][n * rs[a] + r];
+                }
+            worst = fmax(worst, fabs(acc - y[m * N + n]));
+        }
+    CHECK(worst < 1e-5, "linear_lora differs from the naive sum by %g", worst);
+    /* an up factor of the wrong rank names the op and the weight */
+    kn_lora_adapter bad = {&td1, &tu2, 1.0f};
+    tw.name = "w_test";
+    CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, &bad, 1) == KN_ERR_SHAPE && strstr(ctx.err.msg, "w_test"),
+          "bad rank: %s", ctx.err.msg);
+    kn_ctx_free(&ctx);
+}
+
+static void runtime_swap(void) {
+    kn_err err;
+    kn_st_file *f = NULL;
+    kn_qwen_dit dit;
+    kn_lora_model *m = NULL;
+    kn_qwen_dit_family fam = kn_qwen_image_family;
+    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6;
+    kn_ctx ctx;
+    CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
+    CHECK(kn_st_open(&f, FIX "qwen_image_dit/model.safetensors", &err) == KN_OK, "%s", err.msg);
+    if (!f) return;
+    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+    snapshot s;
+    take(&s, m, f);
+    kn_lora *a = NULL, *b = NULL, *d = NULL;
+    CHECK(kn_lora_load(&a, FIX "lora_qwen_image/lora_kohya.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_load(&b, FIX "lora_qwen_image/lora_peft_bare.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_load(&d, FIX "lora_qwen_image/lora_dora.safetensors", m, &err) == KN_OK, "%s", err.msg);
+    if (!a || !b || !d) return;
+    kn_tensor base = {0}, out = {0};
+    dit_out(&ctx, &dit, &base);
+    kn_lora_apply_stats st;
+    kn_lora_use ua = {a, 0.8}, ub = {b, 1.3};
+
+    CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.attached == 10 && st.recomputed == 0, "A: %d attached, %d recomputed", st.attached, st.recomputed);
+    CHECK(drifted(&s, m) == 0, "A moved %d base tensors", drifted(&s, m));
+    dit_out(&ctx, &dit, &out);
+    CHECK(rel_l2(&out, &base) > 1e-4, "A does not change the output (%.3g)", rel_l2(&out, &base));
+    CHECK(kn_lora_model_apply(m, &ub, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.attached == 8 && st.detached == 6 && st.recomputed == 0, "B: %d attached, %d detached, %d recomputed",
+          st.attached, st.detached, st.recomputed); /* 4 of A's 10 tensors are B's too */
+    CHECK(drifted(&s, m) == 0, "B moved %d base tensors", drifted(&s, m));
+    CHECK(kn_lora_model_apply(m, NULL, 0, &st, &err) == KN_OK && st.detached == 8, "none: %d detached", st.detached);
+    CHECK(drifted(&s, m) == 0, "%d base tensors differ after removal", drifted(&s, m));
+    dit_out(&ctx, &dit, &out);
+    CHECK(memcmp(out.data, base.data, kn_tensor_nbytes(&out)) == 0, "output after removal differs from the base");
+
+    /* the materialised runtime weight is the merged one, bit for bit */
+    const char *key = "transformer_blocks.0.attn.add_k_proj.weight";
+    kn_tensor wr = {0}, wm = {0};
+    CHECK(kn_lora_model_apply(m, &ua, 1, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_weight(m, key, &wr, &err) == KN_OK, "%s", err.msg);
+    kn_lora_model_set_runtime(m, 0);
+    CHECK(kn_lora_model_apply(m, &ua, 1, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_lora_model_weight(m, key, &wm, &err) == KN_OK, "%s", err.msg);
+    CHECK(wr.data && wm.data && memcmp(wr.data, wm.data, kn_tensor_nbytes(&wm)) == 0, "runtime weight != merged");
+    kn_tensor_free(&wr), kn_tensor_free(&wm);
+    kn_lora_model_set_runtime(m, 1);
+
+    kn_lora_use both[2] = {{a, 0.8}, {b, 1.3}}, dora_first[2] = {{d, 0.7}, {a, 0.8}}, dora_last[2] = {{a, 0.8}, {d, 0.7}};
+    same_as_merge(&ctx, m, &dit, &ua, 1, "A");
+    same_as_merge(&ctx, m, &dit, &ub, 1, "B");
+    same_as_merge(&ctx, m, &dit, both, 2, "A+B");
+    same_as_merge(&ctx, m, &dit, dora_first, 2, "DoRA then A");
+    same_as_merge(&ctx, m, &dit, dora_last, 2, "A then DoRA");
+    /* A before a DoRA on the same tensor merges there; elsewhere it stays an adapter */
+    CHECK(kn_lora_model_apply(m, dora_last, 2, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.recomputed > 0 && st.attached > 0, "A then DoRA: %d recomputed, %d attached", st.recomputed, st.attached);
+    CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(drifted(&s, m) == 0, "%d base tensors differ after the mixed stacks", drifted(&s, m));
+
+    kn_tensor_free(&base), kn_tensor_free(&out);
+    kn_lora_free(a), kn_lora_free(b), kn_lora_free(d);
+    drop(&s);
+    kn_lora_model_free(m);
+    kn_qwen_dit_free(&dit);
+    kn_st_close(f);
+    kn_ctx_free(&ctx);
 }
 
 /* A LoRA file of the given tensors; returns its path in buf. */
@@ -241,6 +431,8 @@ static void bad_files(const char *tmp) {
 int main(void) {
     const char *tmp = getenv("KN_TEST_TMP") ? getenv("KN_TEST_TMP") : "/tmp";
     hot_swap(tmp);
+    linear_lora_op();
+    runtime_swap();
     bad_files(tmp);
     printf("test_lora: %d checks, %d failures\n", checks, failures);
     return failures != 0;
