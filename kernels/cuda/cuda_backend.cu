@@ -1,5 +1,6 @@
 /* The CUDA backend's one-time state, memory, copies and error reporting
  * (contract in cuda_common.cuh). */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,27 @@ static kn_cu_backend kn_cu_state;
 static int kn_cu_ok;
 static char kn_cu_why[512];
 static pthread_once_t kn_cu_once = PTHREAD_ONCE_INIT;
+kn_lt_api kn_lt;
+
+/* Opens cuBLASLt (the toolkit's copy first, then the loader's search path)
+ * and binds kn_lt; the handle stays open for the process. */
+static int kn_lt_load(void) {
+    static const char *const paths[] = {KN_CUBLASLT_PATH, KN_CUBLASLT_NAME, "libcublasLt.so"};
+    void *h = NULL;
+    for (size_t i = 0; !h && i < sizeof paths / sizeof paths[0]; i++) h = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(kn_cu_why, sizeof kn_cu_why, "cuBLASLt not found: %s", dlerror());
+        return 0;
+    }
+#define KN_LT_BIND(f)                                                                                   \
+    if (!(kn_lt.f = (decltype(kn_lt.f))dlsym(h, #f))) {                                                 \
+        snprintf(kn_cu_why, sizeof kn_cu_why, "cuBLASLt has no %s", #f);                               \
+        return 0;                                                                                       \
+    }
+    KN_LT_FUNCS(KN_LT_BIND)
+#undef KN_LT_BIND
+    return 1;
+}
 
 static void kn_cu_init(void) {
     int count = 0;
@@ -24,6 +46,7 @@ static void kn_cu_init(void) {
         snprintf(kn_cu_why, sizeof kn_cu_why, "no CUDA device: cudaGetDeviceCount found none");
         return;
     }
+    if (!kn_lt_load()) return;
     /* Non-blocking: no implicit synchronisation with other libraries' work
      * on the legacy default stream. */
     e = cudaStreamCreateWithFlags(&kn_cu_state.stream, cudaStreamNonBlocking);
@@ -32,10 +55,10 @@ static void kn_cu_init(void) {
                  cudaGetErrorName(e), cudaGetErrorString(e));
         return;
     }
-    cublasStatus_t s = cublasLtCreate(&kn_cu_state.lt);
+    cublasStatus_t s = kn_lt.cublasLtCreate(&kn_cu_state.lt);
     if (s != CUBLAS_STATUS_SUCCESS) {
         snprintf(kn_cu_why, sizeof kn_cu_why, "CUDA device unusable: cublasLtCreate: %s: %s",
-                 cublasLtGetStatusName(s), cublasLtGetStatusString(s));
+                 kn_lt.cublasLtGetStatusName(s), kn_lt.cublasLtGetStatusString(s));
         (void)cudaStreamDestroy(kn_cu_state.stream); /* best effort: the reason reported is cuBLASLt's */
         return;
     }
@@ -59,8 +82,8 @@ int kn_cu_check(cudaError_t e, kn_err *err, const char *op, const char *call) {
 
 int kn_cu_check_blas(cublasStatus_t s, kn_err *err, const char *op, const char *call) {
     if (s == CUBLAS_STATUS_SUCCESS) return KN_OK;
-    return kn_fail(err, KN_ERR_BACKEND, "%s: %s: %s: %s", op, call, cublasLtGetStatusName(s),
-                   cublasLtGetStatusString(s));
+    return kn_fail(err, KN_ERR_BACKEND, "%s: %s: %s: %s", op, call, kn_lt.cublasLtGetStatusName(s),
+                   kn_lt.cublasLtGetStatusString(s));
 }
 
 int kn_cu_launched(kn_cu_backend *be, kn_err *err, const char *op) {

@@ -32,6 +32,25 @@
 
 #include "kernels/cuda/cuda_ops.h"
 
+/* cuBLASLt is opened with dlopen on first use instead of being linked: its
+ * ~94 KB of thread-local storage would otherwise join the static TLS of every
+ * thread in the process, and threads with small fixed stacks (civetweb's
+ * 100 KiB workers in `kiln serve`) could no longer be created. kn_lt holds the
+ * entry points the backend calls; kn_cu_get loads them. */
+#define KN_LT_FUNCS(X)                                                                                  \
+    X(cublasLtCreate) X(cublasLtGetStatusName) X(cublasLtGetStatusString) X(cublasLtMatmulDescCreate)  \
+    X(cublasLtMatmulDescSetAttribute) X(cublasLtMatmulDescDestroy) X(cublasLtMatrixLayoutCreate)        \
+    X(cublasLtMatrixLayoutDestroy) X(cublasLtMatmulPreferenceCreate)                                    \
+    X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatmulPreferenceDestroy)                          \
+    X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul)
+
+struct kn_lt_api {
+#define KN_LT_FIELD(f) decltype(&::f) f;
+    KN_LT_FUNCS(KN_LT_FIELD)
+#undef KN_LT_FIELD
+};
+extern kn_lt_api kn_lt;
+
 typedef struct kn_cu_backend {
     cudaStream_t stream;
     cublasLtHandle_t lt;

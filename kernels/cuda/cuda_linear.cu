@@ -54,30 +54,30 @@ static int kn_cu_lt_matmul(kn_cu_backend *be, kn_err *err, const char *op, const
     do {                                                                                                    \
         if ((rc = kn_cu_check_blas((call), err, op, #call))) goto done;                                     \
     } while (0)
-    KN_CU_LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    KN_CU_LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
-    KN_CU_LT(cublasLtMatrixLayoutCreate(&la, g->ab, (uint64_t)g->k, (uint64_t)g->m, g->k));
-    KN_CU_LT(cublasLtMatrixLayoutCreate(&lb, g->ab, (uint64_t)g->k, (uint64_t)g->n, g->k));
-    KN_CU_LT(cublasLtMatrixLayoutCreate(&ld, g->d, (uint64_t)g->m, (uint64_t)g->n, g->ldd));
-    KN_CU_LT(cublasLtMatmulPreferenceCreate(&pref));
-    KN_CU_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size,
+    KN_CU_LT(kn_lt.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    KN_CU_LT(kn_lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
+    KN_CU_LT(kn_lt.cublasLtMatrixLayoutCreate(&la, g->ab, (uint64_t)g->k, (uint64_t)g->m, g->k));
+    KN_CU_LT(kn_lt.cublasLtMatrixLayoutCreate(&lb, g->ab, (uint64_t)g->k, (uint64_t)g->n, g->k));
+    KN_CU_LT(kn_lt.cublasLtMatrixLayoutCreate(&ld, g->d, (uint64_t)g->m, (uint64_t)g->n, g->ldd));
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceCreate(&pref));
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size,
                                                   sizeof ws_size));
     /* panels and odd shapes give pointers below the 256 bytes cuBLASLt assumes */
-    KN_CU_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
                                                   sizeof align_a));
-    KN_CU_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
                                                   sizeof align_b));
-    KN_CU_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
                                                   sizeof align_d));
-    KN_CU_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+    KN_CU_LT(kn_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
                                                   sizeof align_d));
-    KN_CU_LT(cublasLtMatmulAlgoGetHeuristic(be->lt, desc, la, lb, ld, ld, pref, 1, &heur, &found));
+    KN_CU_LT(kn_lt.cublasLtMatmulAlgoGetHeuristic(be->lt, desc, la, lb, ld, ld, pref, 1, &heur, &found));
     if (!found) {
         rc = kn_fail(err, KN_ERR_BACKEND, "%s: cuBLASLt has no algorithm for m=%lld n=%lld k=%lld", op,
                      (long long)g->m, (long long)g->n, (long long)g->k);
         goto done;
     }
-    KN_CU_LT(cublasLtMatmul(be->lt, desc, &g->alpha, g->A, la, g->B, lb, &beta, g->D, ld, g->D, ld, &heur.algo,
+    KN_CU_LT(kn_lt.cublasLtMatmul(be->lt, desc, &g->alpha, g->A, la, g->B, lb, &beta, g->D, ld, g->D, ld, &heur.algo,
                             g->ws, g->ws_size, be->stream));
 #undef KN_CU_LT
 done:;
@@ -87,11 +87,11 @@ done:;
         int r_ = kn_cu_check_blas((call), rc ? NULL : err, op, #call);                                      \
         if (!rc) rc = r_;                                                                                   \
     } while (0)
-    if (pref) KN_CU_LT_FREE(cublasLtMatmulPreferenceDestroy(pref));
-    if (ld) KN_CU_LT_FREE(cublasLtMatrixLayoutDestroy(ld));
-    if (lb) KN_CU_LT_FREE(cublasLtMatrixLayoutDestroy(lb));
-    if (la) KN_CU_LT_FREE(cublasLtMatrixLayoutDestroy(la));
-    if (desc) KN_CU_LT_FREE(cublasLtMatmulDescDestroy(desc));
+    if (pref) KN_CU_LT_FREE(kn_lt.cublasLtMatmulPreferenceDestroy(pref));
+    if (ld) KN_CU_LT_FREE(kn_lt.cublasLtMatrixLayoutDestroy(ld));
+    if (lb) KN_CU_LT_FREE(kn_lt.cublasLtMatrixLayoutDestroy(lb));
+    if (la) KN_CU_LT_FREE(kn_lt.cublasLtMatrixLayoutDestroy(la));
+    if (desc) KN_CU_LT_FREE(kn_lt.cublasLtMatmulDescDestroy(desc));
 #undef KN_CU_LT_FREE
     return rc;
 }
