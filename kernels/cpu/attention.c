@@ -1,135 +1,171 @@
-/* CPU attention: tiled, online-softmax ("flash") form.
+/* CPU attention: tiled, online-softmax ("flash") form on the GEMM micro-kernel.
  *
- * Each (batch, head, block of BQ queries) is one task. Keys are visited in
- * blocks of BK: S = Q K^T for the block (a GEMM), running max/sum rescaling,
- * then O += P V (a GEMM). Memory per thread is BQ x BK scores and a BQ x D
- * accumulator, whatever the sequence length. */
+ * Computed transposed, so the softmax runs down columns of contiguous queries
+ * and nothing is ever transposed between the two products:
+ *   S^T [keys x queries] = K . Q^T     (A = K, B = Q^T)
+ *   O^T [dims x queries] += V^T . P^T  (A = V^T, B = P^T)
+ * The micro-kernel writes S^T in B-panel layout (NR queries a row), which is
+ * exactly the packed P^T the second product reads: the softmax rewrites the
+ * scores into probabilities in place.
+ *
+ * K and V^T of every (batch, kv head) are packed once up front; each task is
+ * one (batch, head, block of BQ queries) and visits keys in blocks of BK with
+ * running max / sum rescaling. Per thread: Q^T, S^T and O^T of one block
+ * (~200 KB, L2), whatever the sequence length. */
 #include <math.h>
+#include <omp.h>
 
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/device.h"
+#include "kernels/cpu/gemm_kernel.h"
 #include "kernels/cpu/vmath.h"
+#include "kernels/device.h"
 
-#ifdef _OPENMP
-#include <omp.h>
+/* The softmax's exp polynomial may fuse its multiply-adds (ISO C mode keeps
+ * them apart otherwise): half the instructions, and well within tolerance. */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
 #endif
 
-#define BQ 128
-#define BK 256
+#define MR KN_GEMM_MR
+#define NR KN_GEMM_NR
+#define BQ 128      /* queries a task: a multiple of NR */
+#define BK (20 * MR) /* keys a block: whole K panels */
+
+typedef struct attn_geom {
+    int64_t B, Lq, Lk, Hq, Hkv, D, Dp; /* Dp: D rounded up to MR (rows of V^T panels) */
+    int64_t k_floats, v_floats;        /* packed K and V^T of one (batch, kv head) */
+    const float *q, *k, *v, *mask;
+    float *out;
+    int causal;
+    float scale;
+    float *kpack, *vpack; /* [B * Hkv][k_floats], [B * Hkv][v_floats] */
+} attn_geom;
 
 typedef struct attn_scratch {
-    float *s;    /* [BQ, BK] scores, then probabilities */
-    float *o;    /* [BQ, D] unnormalised output */
-    float *m, *l; /* [BQ] running max and sum */
+    float *qt; /* Q^T of the block, B panels: [BQ / NR][D][NR] */
+    float *st; /* S^T then P^T, B panels: [BQ / NR][BK][NR] */
+    float *ot; /* O^T: [Dp][BQ] */
+    float *m, *l, *alpha; /* [BQ]: running max, running sum, rescale of this key block */
 } attn_scratch;
 
-/* Softmax update of one block row; returns the row's probability sum. */
-static float block_row_softmax(float *row, int64_t nk, float *m_io, float *alpha) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < nk; j++) mx = row[j] > mx ? row[j] : mx;
-    float m_new = mx > *m_io ? mx : *m_io;
-    if (m_new == -INFINITY) { /* every key so far fully masked */
-        for (int64_t j = 0; j < nk; j++) row[j] = 0.0f;
-        *alpha = 1.0f;
-        return 0.0f;
-    }
-    *alpha = kn_expf(*m_io - m_new);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
+/* Scores of one query panel for keys [k0, k0 + nk) (already scaled: Q was
+ * packed times the scale) become probabilities; m, l, alpha are the panel's
+ * NR columns. Query column c is query qi0 + c. */
+static void panel_softmax(float *s, int64_t nk, int64_t k0, int64_t qi0, const attn_geom *g, const float *mask,
+                          float *m, float *l, float *alpha) {
+    float mx[NR], mu[NR], sum[NR];
+    for (int c = 0; c < NR; c++) mx[c] = -INFINITY;
     for (int64_t j = 0; j < nk; j++) {
-        row[j] = kn_expf(row[j] - m_new);
-        sum += row[j];
+        float *row = s + j * NR;
+        if (mask || g->causal) {
+            float add = mask ? mask[k0 + j] : 0.0f;
+            int64_t first_col = g->causal ? k0 + j - qi0 : 0; /* the columns that see key k0 + j */
+#pragma omp simd
+            for (int c = 0; c < NR; c++) row[c] = c < first_col ? -INFINITY : row[c] + add;
+        }
+#pragma omp simd
+        for (int c = 0; c < NR; c++) mx[c] = row[c] > mx[c] ? row[c] : mx[c];
     }
-    *m_io = m_new;
-    return sum;
+    for (int c = 0; c < NR; c++) {
+        float m_new = mx[c] > m[c] ? mx[c] : m[c];
+        mu[c] = m_new == -INFINITY ? 0.0f : m_new; /* every key so far masked: p = 0, not NaN */
+        alpha[c] = kn_expf(m[c] - mu[c]);
+        m[c] = m_new;
+        sum[c] = 0.0f;
+    }
+    for (int64_t j = 0; j < nk; j++) {
+        float *row = s + j * NR;
+#pragma omp simd
+        for (int c = 0; c < NR; c++) {
+            float p = kn_expf(row[c] - mu[c]);
+            row[c] = p;
+            sum[c] += p;
+        }
+    }
+    for (int c = 0; c < NR; c++) l[c] = l[c] * alpha[c] + sum[c];
 }
 
-static int attend_block(const attn_scratch *w, float *out, const float *q, const float *k, const float *v,
-                        const float *mask, int causal, float scale, int64_t q0, int64_t nq, int64_t Lk,
-                        int64_t ldq, int64_t ldkv, int64_t D, kn_err *err) {
-    for (int64_t i = 0; i < nq; i++) {
+/* Queries [q0, q0 + nq) of head h in batch b. */
+static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, int64_t h, int64_t q0, int64_t nq) {
+    int64_t D = g->D, ldq = g->Hq * D, kvh = h / (g->Hq / g->Hkv), nqp = (nq + NR - 1) / NR;
+    const float *kp = g->kpack + (b * g->Hkv + kvh) * g->k_floats;
+    const float *vp = g->vpack + (b * g->Hkv + kvh) * g->v_floats;
+    const float *mask = g->mask ? g->mask + b * g->Lk : NULL;
+    kn_gemm_pack_b(w->qt, g->q + ((b * g->Lq + q0) * g->Hq + h) * D, KN_F32, g->scale, ldq, 1, D, nq);
+    for (int64_t i = 0; i < nqp * NR; i++) {
         w->m[i] = -INFINITY;
         w->l[i] = 0.0f;
     }
-    for (int64_t i = 0; i < nq * D; i++) w->o[i] = 0.0f;
-    int64_t kend = causal ? (q0 + nq < Lk ? q0 + nq : Lk) : Lk;
+    int64_t kend = g->causal ? (q0 + nq < g->Lk ? q0 + nq : g->Lk) : g->Lk;
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
-        int64_t nk = kend - k0 < BK ? kend - k0 : BK;
-        int rc = kn_cpu_gemm_f32(nq, nk, D, q, ldq, 1, k + k0 * ldkv, ldkv, 0.0f, w->s, BK, err);
-        if (rc) return rc;
-        for (int64_t i = 0; i < nq; i++) {
-            float *row = w->s + i * BK;
-            for (int64_t j = 0; j < nk; j++) {
-                float s = row[j] * scale;
-                if (mask) s += mask[k0 + j];
-                if (causal && k0 + j > q0 + i) s = -INFINITY;
-                row[j] = s;
-            }
-            float alpha;
-            float sum = block_row_softmax(row, nk, &w->m[i], &alpha);
-            w->l[i] = w->l[i] * alpha + sum;
-            if (alpha != 1.0f)
-                for (int64_t d = 0; d < D; d++) w->o[i * D + d] *= alpha;
+        int64_t nk = kend - k0 < BK ? kend - k0 : BK, nkp = (nk + MR - 1) / MR;
+        for (int64_t p = 0; p < nqp; p++) {
+            float *st = w->st + p * BK * NR;
+            for (int64_t r = 0; r < nkp; r++)
+                kn_gemm_micro(D, kp + (k0 + r * MR) * D, w->qt + p * D * NR, st + r * MR * NR, NR, 0, NULL, NULL,
+                              MR, NR);
+            panel_softmax(st, nk, k0, q0 + p * NR, g, mask, w->m + p * NR, w->l + p * NR, w->alpha + p * NR);
+            /* the first block writes O^T; later ones rescale it by alpha as they add */
+            for (int64_t r = 0; r < g->Dp / MR; r++)
+                kn_gemm_micro(nk, vp + r * MR * g->Lk + k0 * MR, st, w->ot + r * MR * BQ + p * NR, BQ, k0 > 0,
+                              w->alpha + p * NR, NULL, MR, NR);
         }
-        rc = kn_cpu_gemm_f32(nq, D, nk, w->s, BK, 0, v + k0 * ldkv, ldkv, 1.0f, w->o, D, err);
-        if (rc) return rc;
     }
-    for (int64_t i = 0; i < nq; i++) {
-        float inv = w->l[i] > 0.0f ? 1.0f / w->l[i] : 0.0f;
-        for (int64_t d = 0; d < D; d++) out[i * ldq + d] = w->o[i * D + d] * inv;
-    }
-    return KN_OK;
+    /* out = O / l (0 for a query that saw no key), transposed back one cache
+     * line of out (16 dims) at a time */
+    for (int64_t i = 0; i < nq; i++) w->l[i] = w->l[i] > 0.0f && kend > 0 ? 1.0f / w->l[i] : 0.0f;
+    float *o = g->out + ((b * g->Lq + q0) * g->Hq + h) * D;
+    for (int64_t d0 = 0; d0 < D; d0 += 16)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t d = d0; d < D && d < d0 + 16; d++)
+                o[i * ldq + d] = w->l[i] != 0.0f ? w->ot[d * BQ + i] * w->l[i] : 0.0f;
 }
 
 int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
                      const kn_tensor *key_mask, int causal, float scale) {
-    int64_t B = q->ne[0], Lq = q->ne[1], Hq = q->ne[2], D = q->ne[3];
-    int64_t Lk = k->ne[1], Hkv = k->ne[2], group = Hq / Hkv;
-    int64_t nqb = (Lq + BQ - 1) / BQ;
+    attn_geom g = {q->ne[0], q->ne[1], k->ne[1], q->ne[2], k->ne[2], q->ne[3], 0, 0, 0,
+                   q->data, k->data, v->data, key_mask ? key_mask->data : NULL, out->data, causal, scale,
+                   NULL, NULL};
+    g.Dp = (g.D + MR - 1) / MR * MR;
+    g.k_floats = kn_gemm_packed_a_size(g.Lk, g.D);
+    g.v_floats = kn_gemm_packed_a_size(g.D, g.Lk);
+    int64_t nqb = (g.Lq + BQ - 1) / BQ, nkv = g.B * g.Hkv;
     int nthreads = kn_cpu_threads();
-    size_t per_thread = (size_t)(BQ * BK + BQ * D + 2 * BQ);
+    size_t per_thread = (size_t)(kn_gemm_packed_b_size(g.D, BQ) + BK * BQ + g.Dp * BQ + 3 * BQ);
     size_t mark = kn_arena_mark(ctx->scratch);
-    float *buf = kn_arena_alloc(ctx->scratch, per_thread * sizeof(float) * (size_t)nthreads, &ctx->err);
+    size_t floats = (size_t)(nkv * (g.k_floats + g.v_floats)) + per_thread * (size_t)nthreads;
+    float *buf = kn_arena_alloc(ctx->scratch, floats * sizeof(float), &ctx->err);
     if (!buf) return ctx->err.code;
-    const float *qd = q->data, *kd = k->data, *vd = v->data;
-    const float *md = key_mask ? key_mask->data : NULL;
-    float *od = out->data;
-    int rc = KN_OK;
+    g.kpack = buf;
+    g.vpack = buf + nkv * g.k_floats;
+    float *thread_buf = g.vpack + nkv * g.v_floats;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-#else
-        int tid = 0;
-#endif
-        float *base = buf + per_thread * (size_t)tid;
-        attn_scratch w = {base, base + BQ * BK, base + BQ * BK + BQ * D, base + BQ * BK + BQ * D + BQ};
-        kn_err local;
-        kn_err_clear(&local);
-#pragma omp for collapse(3) schedule(dynamic)
-        for (int64_t b = 0; b < B; b++) {
-            for (int64_t h = 0; h < Hq; h++) {
-                for (int64_t qb = 0; qb < nqb; qb++) {
-                    int64_t q0 = qb * BQ, nq = Lq - q0 < BQ ? Lq - q0 : BQ;
-                    int64_t kvh = h / group;
-                    const float *qp = qd + ((b * Lq + q0) * Hq + h) * D;
-                    const float *kp = kd + (b * Lk * Hkv + kvh) * D;
-                    const float *vp = vd + (b * Lk * Hkv + kvh) * D;
-                    float *op = od + ((b * Lq + q0) * Hq + h) * D;
-                    if (attend_block(&w, op, qp, kp, vp, md ? md + b * Lk : NULL, causal, scale, q0, nq, Lk,
-                                     Hq * D, Hkv * D, D, &local)) {
-#pragma omp critical
-                        {
-                            rc = local.code;
-                            ctx->err = local;
-                        }
-                    }
-                }
-            }
+        float *base = thread_buf + per_thread * (size_t)omp_get_thread_num();
+        attn_scratch w;
+        w.qt = base;
+        w.st = w.qt + kn_gemm_packed_b_size(g.D, BQ);
+        w.ot = w.st + BK * BQ;
+        w.m = w.ot + g.Dp * BQ;
+        w.l = w.m + BQ;
+        w.alpha = w.l + BQ;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < nkv; i++) {
+            const float *kh = g.k + ((i / g.Hkv) * g.Lk * g.Hkv + i % g.Hkv) * g.D;
+            const float *vh = g.v + ((i / g.Hkv) * g.Lk * g.Hkv + i % g.Hkv) * g.D;
+            kn_gemm_pack_a(g.kpack + i * g.k_floats, kh, g.Hkv * g.D, 0, g.Lk, g.D);
+            kn_gemm_pack_a(g.vpack + i * g.v_floats, vh, g.Hkv * g.D, 1, g.D, g.Lk);
         }
+#pragma omp for collapse(3) schedule(dynamic)
+        for (int64_t b = 0; b < g.B; b++)
+            for (int64_t h = 0; h < g.Hq; h++)
+                for (int64_t qb = 0; qb < nqb; qb++)
+                    attend_block(&g, &w, b, h, qb * BQ, g.Lq - qb * BQ < BQ ? g.Lq - qb * BQ : BQ);
     }
     kn_arena_reset(ctx->scratch, mark);
-    return rc;
+    return KN_OK;
 }
 
 void kn_ref_attention(float *out, const float *q, const float *k, const float *v, const float *key_mask,
