@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""End-to-end LoRA hot-swap through `kiln run` on the bundled tiny workflow.
+
+    test_lora_run.py KILN SOURCE_DIR WORK_DIR MODELS_DIR
+
+One call renders four prompts that share the base model: no LoRA, LoRA A,
+LoRA B, no LoRA again. A and B must change the image (and differ from each
+other); the last image must equal the first bit for bit, so swapping LoRAs in
+and out left the base weights exactly as the file has them. The LoRA files are
+written here (PEFT lora_A/lora_B names on the DiT's attention and MLP linears).
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+KILN, SRC, WORK, MODELS = sys.argv[1:5]
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def write_safetensors(path, tensors):
+    """tensors: name -> (shape, list of floats), stored F32."""
+    header, blobs, off = {}, [], 0
+    for name, (shape, vals) in tensors.items():
+        blob = struct.pack("<%df" % len(vals), *vals)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(blob)]}
+        blobs.append(blob)
+        off += len(blob)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def dit_shapes():
+    path = os.path.join(MODELS, "diffusion_models", "qwen_image_tiny.safetensors")
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return {k: v["shape"] for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
+
+
+def make_lora(path, seed, rank=4):
+    state = seed
+    def rnd():
+        nonlocal state
+        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        return ((state >> 33) / float(1 << 31) - 0.5) * 0.5
+    tensors = {}
+    for key, shape in dit_shapes().items():
+        if len(shape) != 2 or not key.startswith("transformer_blocks.") or not key.endswith(".weight"):
+            continue
+        if ".attn." not in key and "_mlp." not in key:
+            continue
+        stem = "transformer." + key[: -len(".weight")]
+        out_f, in_f = shape
+        tensors[stem + ".lora_A.weight"] = ([rank, in_f], [rnd() for _ in range(rank * in_f)])
+        tensors[stem + ".lora_B.weight"] = ([out_f, rank], [rnd() for _ in range(out_f * rank)])
+    write_safetensors(path, tensors)
+
+
+def main():
+    shutil.rmtree(WORK, ignore_errors=True)
+    models = os.path.join(WORK, "models")
+    os.makedirs(os.path.join(models, "loras"))
+    for sub in ("diffusion_models", "text_encoders", "vae"):
+        os.symlink(os.path.join(MODELS, sub), os.path.join(models, sub))
+    make_lora(os.path.join(models, "loras", "style_a.safetensors"), 1)
+    make_lora(os.path.join(models, "loras", "style_b.safetensors"), 2)
+
+    with open(os.path.join(SRC, "workflows", "qwen_image_t2i.api.json")) as f:
+        base = json.load(f)
+    files = []
+    for name, lora in (("base1", None), ("a", "style_a.safetensors"), ("b", "style_b.safetensors"), ("base2", None)):
+        prompt = json.loads(json.dumps(base))
+        if lora:
+            prompt["90"] = {"class_type": "LoraLoaderModelOnly",
+                            "inputs": {"model": ["37", 0], "lora_name": lora, "strength_model": 1.0}}
+            prompt["66"]["inputs"]["model"] = ["90", 0]
+        prompt["60"]["inputs"]["filename_prefix"] = name
+        path = os.path.join(WORK, name + ".api.json")
+        with open(path, "w") as f:
+            json.dump(prompt, f)
+        files.append(path)
+
+    out = os.path.join(WORK, "output")
+    p = subprocess.run([KILN, "run", "--models", models, "--output", out] + files, cwd=WORK,
+                       capture_output=True, text=True, timeout=600)
+    check(p.returncode == 0, "kiln run with LoRA A, B and none in one call exits 0 (%s)" % p.stderr.strip()[-300:])
+    if p.returncode != 0:
+        return
+    images = {}
+    for name in ("base1", "a", "b", "base2"):
+        png = os.path.join(out, name + "_00001_.png")
+        check(os.path.exists(png), name + ": image written")
+        images[name] = open(png, "rb").read() if os.path.exists(png) else b""
+    # The prefixes differ, so the PNGs' prompt chunks differ too: compare pixels (IDAT).
+    def pixels(data):
+        chunks, i = [], 8
+        while i + 8 <= len(data):
+            n, kind = struct.unpack(">I4s", data[i:i + 8])
+            if kind == b"IDAT":
+                chunks.append(data[i + 8:i + 8 + n])
+            i += 12 + n
+        return b"".join(chunks)
+    px = {k: pixels(v) for k, v in images.items()}
+    check(px["a"] != px["base1"], "LoRA A changes the image")
+    check(px["b"] != px["a"], "LoRA B gives another image than A")
+    check(px["base2"] == px["base1"] and px["base1"], "after removing the LoRA the image equals the base render bit for bit")
+
+
+main()
+print("%d failed" % len(failures))
+sys.exit(1 if failures else 0)
