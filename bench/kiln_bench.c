@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench/peak.h"
 #include "bench/timer.h"
@@ -113,6 +114,27 @@ static void print_cpu(void) {
 
 /* ---- a. peak ------------------------------------------------------------ */
 
+#define PEAK_TRIES 5
+
+/* Peak of kernel k on `threads` threads, measured again a second later while
+ * other programs hold some of the CPUs (a contended peak would flatter every
+ * percentage below); *busy is set when every try was contended. */
+static double quiet_peak(peak_kind k, int threads, int *busy) {
+    double best = 0.0;
+    for (int t = 0; t < PEAK_TRIES; t++) {
+        double w0 = bench_now(), c0 = bench_cpu_seconds();
+        double g = peak_gflops(k, threads);
+        if ((bench_cpu_seconds() - c0) / ((bench_now() - w0) * threads) >= 0.9) {
+            *busy = 0;
+            return g;
+        }
+        best = g > best ? g : best;
+        sleep(1);
+    }
+    *busy = 1;
+    return best;
+}
+
 static void bench_peak(void) {
     int threads = kn_cpu_threads();
     printf("\n== a. machine peak (independent FMA chains, best of 5) ==\n");
@@ -121,8 +143,11 @@ static void bench_peak(void) {
             printf("%-40s not supported by this CPU/OS\n", peak_name((peak_kind)k));
             continue;
         }
-        double g1 = peak_gflops((peak_kind)k, 1), gn = peak_gflops((peak_kind)k, threads);
-        printf("%-40s %7.1f GFLOP/s on 1 thread, %7.1f on %d\n", peak_name((peak_kind)k), g1, gn, threads);
+        int busy1, busy;
+        double g1 = quiet_peak((peak_kind)k, 1, &busy1), gn = quiet_peak((peak_kind)k, threads, &busy);
+        if (busy && !busy1 && g1 * threads > gn) gn = g1 * threads; /* the better estimate */
+        printf("%-40s %7.1f GFLOP/s on 1 thread, %7.1f on %d%s\n", peak_name((peak_kind)k), g1, gn, threads,
+               busy ? (busy1 ? "  [busy machine: too low]" : " (= 1 thread x threads: the machine stayed busy)") : "");
         if (k == PEAK_DP_BF16) peak_bf16 = gn;
         else if (gn > peak_fp32) peak_fp32 = gn;
     }
