@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 
 typedef struct cache_entry {
     char *key;

@@ -33,7 +33,7 @@
 
 #include "graph/validate.h"
 #include "nodes/node.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 typedef struct kn_executor kn_executor;
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 
 enum { NODE_NEW, NODE_BUSY, NODE_DONE };
 /* What checking a node or input yields. RES_OK: carry on (for a node: it is

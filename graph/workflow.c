@@ -11,7 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "graph/validate.h"
 
 /* Inside a subgraph definition, links from its inputs start at this node id

@@ -41,6 +41,13 @@ int kn_err_wrap(kn_err *err, const char *fmt, ...) KN_PRINTF(2, 3);
 void kn_err_clear(kn_err *err);
 const char *kn_status_name(int code);
 
+/* Return the status of a fallible call when it fails (err already set). */
+#define KN_TRY(x)                                                                                           \
+    do {                                                                                                    \
+        int kn_try_rc_ = (x);                                                                               \
+        if (kn_try_rc_) return kn_try_rc_;                                                                  \
+    } while (0)
+
 /* Overflow-checked size arithmetic: return 0 on success, 1 on overflow. */
 static inline int kn_mul_size(size_t a, size_t b, size_t *out) {
     return __builtin_mul_overflow(a, b, out);

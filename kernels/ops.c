@@ -87,27 +87,21 @@ static int check_vec(kn_ctx *ctx, const char *op, const kn_tensor *v, int64_t n)
     return KN_OK;
 }
 
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
-
 static int last_dim(const kn_tensor *t) { return t->ndim ? (int)t->ne[t->ndim - 1] : 1; }
 
 /* ---- ops ---------------------------------------------------------------- */
 
 int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias) {
     char a[96], b[96], c[96];
-    TRY(check_act(ctx, "linear", x, "input"));
-    TRY(check_act(ctx, "linear", y, "output"));
-    TRY(check_same_device(ctx, "linear", y, x));
-    TRY(check_same_device(ctx, "linear", y, w));
+    KN_TRY(check_act(ctx, "linear", x, "input"));
+    KN_TRY(check_act(ctx, "linear", y, "output"));
+    KN_TRY(check_same_device(ctx, "linear", y, x));
+    KN_TRY(check_same_device(ctx, "linear", y, w));
     if (w->ndim != 2 || !kn_dtype_is_float(w->dtype) || w->dtype == KN_F64 || !kn_tensor_is_contiguous(w) ||
         w->ne[1] != last_dim(x) || w->ne[0] != last_dim(y) || kn_tensor_rows(x) != kn_tensor_rows(y))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "linear: weight %s %s does not map input %s to output %s", tname(w),
                        kn_tensor_desc(w, a, sizeof a), kn_tensor_desc(x, b, sizeof b), kn_tensor_desc(y, c, sizeof c));
-    TRY(check_vec(ctx, "linear", bias, w->ne[0]));
+    KN_TRY(check_vec(ctx, "linear", bias, w->ne[0]));
     return DISPATCH(y->device, linear, ctx, y, x, w, bias);
 }
 
@@ -134,39 +128,39 @@ int kn_linear_lora(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
                            i, tname(w), kn_tensor_desc(d, a, sizeof a), kn_tensor_desc(u, b, sizeof b),
                            (long long)w->ne[1], (long long)w->ne[0]);
     }
-    TRY(kn_linear(ctx, y, x, w, bias));
+    KN_TRY(kn_linear(ctx, y, x, w, bias));
     return kn_cpu_lora_accumulate(ctx, y, x, ad, n);
 }
 
 int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps) {
-    TRY(check_act(ctx, "rmsnorm", x, "input"));
-    TRY(check_same_shape(ctx, "rmsnorm", y, x));
-    TRY(check_out(ctx, "rmsnorm", y, x));
-    TRY(check_same_device(ctx, "rmsnorm", y, x));
-    TRY(check_vec(ctx, "rmsnorm", w, last_dim(x)));
+    KN_TRY(check_act(ctx, "rmsnorm", x, "input"));
+    KN_TRY(check_same_shape(ctx, "rmsnorm", y, x));
+    KN_TRY(check_out(ctx, "rmsnorm", y, x));
+    KN_TRY(check_same_device(ctx, "rmsnorm", y, x));
+    KN_TRY(check_vec(ctx, "rmsnorm", w, last_dim(x)));
     return DISPATCH(y->device, rmsnorm, ctx, y, x, w, eps);
 }
 
 int kn_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b, float eps) {
-    TRY(check_act(ctx, "layernorm", x, "input"));
-    TRY(check_same_shape(ctx, "layernorm", y, x));
-    TRY(check_out(ctx, "layernorm", y, x));
-    TRY(check_same_device(ctx, "layernorm", y, x));
-    TRY(check_vec(ctx, "layernorm", w, last_dim(x)));
-    TRY(check_vec(ctx, "layernorm", b, last_dim(x)));
+    KN_TRY(check_act(ctx, "layernorm", x, "input"));
+    KN_TRY(check_same_shape(ctx, "layernorm", y, x));
+    KN_TRY(check_out(ctx, "layernorm", y, x));
+    KN_TRY(check_same_device(ctx, "layernorm", y, x));
+    KN_TRY(check_vec(ctx, "layernorm", w, last_dim(x)));
+    KN_TRY(check_vec(ctx, "layernorm", b, last_dim(x)));
     return DISPATCH(y->device, layernorm, ctx, y, x, w, b, eps);
 }
 
 int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode) {
     char a[96], b[96];
-    TRY(check_act(ctx, "rope", x, "input"));
+    KN_TRY(check_act(ctx, "rope", x, "input"));
     if (x->ndim != 4 || x->ne[3] % 2 || cos->ndim != 2 || cos->dtype != KN_F32 || cos->ne[0] != x->ne[1] ||
         cos->ne[1] != x->ne[3] / 2 || sin->ndim != 2 || sin->dtype != KN_F32 || sin->ne[0] != cos->ne[0] ||
         sin->ne[1] != cos->ne[1] || !kn_tensor_is_contiguous(cos) || !kn_tensor_is_contiguous(sin))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope: x %s %s needs [B, L, H, D] with contiguous cos/sin F32 [L, D/2], got %s",
                        tname(x), kn_tensor_desc(x, a, sizeof a), kn_tensor_desc(cos, b, sizeof b));
-    TRY(check_same_device(ctx, "rope", x, cos));
-    TRY(check_same_device(ctx, "rope", x, sin));
+    KN_TRY(check_same_device(ctx, "rope", x, cos));
+    KN_TRY(check_same_device(ctx, "rope", x, sin));
     return DISPATCH(x->device, rope, ctx, x, cos, sin, mode);
 }
 
@@ -195,15 +189,15 @@ int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double
 int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
                  const kn_tensor *key_mask, int causal, float scale) {
     char a[96], b[96], c[96];
-    TRY(check_act(ctx, "attention", q, "query"));
-    TRY(check_act(ctx, "attention", k, "key"));
-    TRY(check_act(ctx, "attention", v, "value"));
-    TRY(check_act(ctx, "attention", out, "output"));
-    TRY(check_same_shape(ctx, "attention", out, q));
-    TRY(check_same_shape(ctx, "attention", k, v));
-    TRY(check_same_device(ctx, "attention", out, q));
-    TRY(check_same_device(ctx, "attention", out, k));
-    TRY(check_same_device(ctx, "attention", out, v));
+    KN_TRY(check_act(ctx, "attention", q, "query"));
+    KN_TRY(check_act(ctx, "attention", k, "key"));
+    KN_TRY(check_act(ctx, "attention", v, "value"));
+    KN_TRY(check_act(ctx, "attention", out, "output"));
+    KN_TRY(check_same_shape(ctx, "attention", out, q));
+    KN_TRY(check_same_shape(ctx, "attention", k, v));
+    KN_TRY(check_same_device(ctx, "attention", out, q));
+    KN_TRY(check_same_device(ctx, "attention", out, k));
+    KN_TRY(check_same_device(ctx, "attention", out, v));
     if (q->ndim != 4 || k->ndim != 4 || q->ne[0] != k->ne[0] || q->ne[3] != k->ne[3] || k->ne[2] == 0 ||
         q->ne[2] % k->ne[2] || (causal && q->ne[1] != k->ne[1]))
         return kn_fail(&ctx->err, KN_ERR_SHAPE,
@@ -211,7 +205,7 @@ int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tenso
                        kn_tensor_desc(q, a, sizeof a), kn_tensor_desc(k, b, sizeof b), kn_tensor_desc(v, c, sizeof c),
                        causal ? " and Lq == Lk (causal)" : "");
     if (key_mask) {
-        TRY(check_same_device(ctx, "attention", out, key_mask));
+        KN_TRY(check_same_device(ctx, "attention", out, key_mask));
         if (key_mask->dtype != KN_F32 || key_mask->ndim != 2 || key_mask->ne[0] != q->ne[0] ||
             key_mask->ne[1] != k->ne[1] || !kn_tensor_is_contiguous(key_mask))
             return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: key mask %s must be F32 [B=%lld, Lk=%lld]",
@@ -221,30 +215,30 @@ int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tenso
 }
 
 int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act) {
-    TRY(check_act(ctx, "activation", x, "input"));
-    TRY(check_same_shape(ctx, "activation", y, x));
-    TRY(check_out(ctx, "activation", y, x));
-    TRY(check_same_device(ctx, "activation", y, x));
+    KN_TRY(check_act(ctx, "activation", x, "input"));
+    KN_TRY(check_same_shape(ctx, "activation", y, x));
+    KN_TRY(check_out(ctx, "activation", y, x));
+    KN_TRY(check_same_device(ctx, "activation", y, x));
     return DISPATCH(y->device, activation, ctx, y, x, act);
 }
 
 int kn_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
-    TRY(check_act(ctx, "softmax", x, "input"));
-    TRY(check_same_shape(ctx, "softmax", y, x));
-    TRY(check_out(ctx, "softmax", y, x));
-    TRY(check_same_device(ctx, "softmax", y, x));
+    KN_TRY(check_act(ctx, "softmax", x, "input"));
+    KN_TRY(check_same_shape(ctx, "softmax", y, x));
+    KN_TRY(check_out(ctx, "softmax", y, x));
+    KN_TRY(check_same_device(ctx, "softmax", y, x));
     return DISPATCH(y->device, softmax, ctx, y, x);
 }
 
 int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op) {
     char s1[96], s2[96];
-    TRY(check_act(ctx, "binary", a, "input"));
-    TRY(check_act(ctx, "binary", b, "input"));
-    TRY(check_same_shape(ctx, "binary", y, a));
-    TRY(check_out(ctx, "binary", y, a));
-    TRY(check_out(ctx, "binary", b, a));
-    TRY(check_same_device(ctx, "binary", y, a));
-    TRY(check_same_device(ctx, "binary", y, b));
+    KN_TRY(check_act(ctx, "binary", a, "input"));
+    KN_TRY(check_act(ctx, "binary", b, "input"));
+    KN_TRY(check_same_shape(ctx, "binary", y, a));
+    KN_TRY(check_out(ctx, "binary", y, a));
+    KN_TRY(check_out(ctx, "binary", b, a));
+    KN_TRY(check_same_device(ctx, "binary", y, a));
+    KN_TRY(check_same_device(ctx, "binary", y, b));
     int ok = b->ndim <= a->ndim;
     for (int i = 0; ok && i < b->ndim; i++) {
         int64_t nb = b->ne[b->ndim - 1 - i], na = a->ne[a->ndim - 1 - i];
@@ -257,17 +251,17 @@ int kn_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b,
 }
 
 int kn_affine(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s, float t) {
-    TRY(check_act(ctx, "affine", x, "input"));
-    TRY(check_same_shape(ctx, "affine", y, x));
-    TRY(check_out(ctx, "affine", y, x));
-    TRY(check_same_device(ctx, "affine", y, x));
+    KN_TRY(check_act(ctx, "affine", x, "input"));
+    KN_TRY(check_same_shape(ctx, "affine", y, x));
+    KN_TRY(check_out(ctx, "affine", y, x));
+    KN_TRY(check_same_device(ctx, "affine", y, x));
     return DISPATCH(y->device, affine, ctx, y, x, s, t);
 }
 
 /* shift/scale/gate: [B, D] F32 rows, possibly strided views into [B, k*D]. */
 static int check_mod_vec(kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *v) {
     char a[96], b[96];
-    TRY(check_same_device(ctx, op, x, v));
+    KN_TRY(check_same_device(ctx, op, x, v));
     if (v->dtype != x->dtype || v->ndim != 2 || v->ne[0] != x->ne[0] || v->ne[1] != x->ne[2] || v->st[1] != 1)
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: modulation %s %s must be [B, D] rows for x %s", op, tname(v),
                        kn_tensor_desc(v, a, sizeof a), kn_tensor_desc(x, b, sizeof b));
@@ -275,22 +269,22 @@ static int check_mod_vec(kn_ctx *ctx, const char *op, const kn_tensor *x, const 
 }
 
 int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *shift, const kn_tensor *scale) {
-    TRY(check_act(ctx, "modulate", x, "input"));
-    TRY(check_same_shape(ctx, "modulate", y, x));
-    TRY(check_out(ctx, "modulate", y, x));
+    KN_TRY(check_act(ctx, "modulate", x, "input"));
+    KN_TRY(check_same_shape(ctx, "modulate", y, x));
+    KN_TRY(check_out(ctx, "modulate", y, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "modulate: x must be [B, L, D]");
-    TRY(check_mod_vec(ctx, "modulate", x, shift));
-    TRY(check_mod_vec(ctx, "modulate", x, scale));
+    KN_TRY(check_mod_vec(ctx, "modulate", x, shift));
+    KN_TRY(check_mod_vec(ctx, "modulate", x, scale));
     return DISPATCH(y->device, modulate, ctx, y, x, shift, scale);
 }
 
 int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate) {
-    TRY(check_act(ctx, "gate_add", x, "input"));
-    TRY(check_act(ctx, "gate_add", acc, "accumulator"));
-    TRY(check_same_shape(ctx, "gate_add", acc, x));
-    TRY(check_out(ctx, "gate_add", acc, x));
+    KN_TRY(check_act(ctx, "gate_add", x, "input"));
+    KN_TRY(check_act(ctx, "gate_add", acc, "accumulator"));
+    KN_TRY(check_same_shape(ctx, "gate_add", acc, x));
+    KN_TRY(check_out(ctx, "gate_add", acc, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "gate_add: x must be [B, L, D]");
-    TRY(check_mod_vec(ctx, "gate_add", x, gate));
+    KN_TRY(check_mod_vec(ctx, "gate_add", x, gate));
     return DISPATCH(acc->device, gate_add, ctx, acc, x, gate);
 }
 
@@ -299,7 +293,7 @@ int kn_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w) {
     if (ctx->device != KN_DEV_CPU || w->device != KN_DEV_CPU || !kn_dtype_is_float(w->dtype) || !kn_tensor_is_contiguous(w))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "weight %s %s: expected contiguous float weights on CPU", tname(w),
                        kn_tensor_desc(w, d, sizeof d));
-    TRY(kn_arena_tensor(ctx->scratch, out, KN_F32, w->ndim, w->ne, &ctx->err));
+    KN_TRY(kn_arena_tensor(ctx->scratch, out, KN_F32, w->ndim, w->ne, &ctx->err));
     kn_to_f32(out->data, w->data, w->dtype, (size_t)kn_tensor_numel(w), w->scale);
     out->name = w->name;
     return KN_OK;

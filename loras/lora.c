@@ -9,12 +9,6 @@
 #include <string.h>
 
 
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
-
 /* Rows of a LoHa/LoKr delta computed at once: bounds the scratch to 4 MB of f32. */
 #define PANEL_FLOATS ((int64_t)1 << 20)
 /* Elements per parallel chunk of the widen / round passes. */
@@ -223,7 +217,7 @@ int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_ada
 
 int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_file *f, kn_err *err) {
     static const char prefix[] = "model.diffusion_model.";
-    TRY(kn_lora_model_new(out, KN_LORA_QWEN_IMAGE, err));
+    KN_TRY(kn_lora_model_new(out, KN_LORA_QWEN_IMAGE, err));
     for (int i = 0; i < kn_st_count(f); i++) {
         const char *key = kn_st_at(f, i)->name;
         if (strncmp(key, prefix, sizeof prefix - 1) == 0) key += sizeof prefix - 1;
@@ -384,7 +378,7 @@ static int check_float(const loader *ld, int i) {
 
 /* Tensor i must be 2-D [r, c] (-1: any); errors name the file, the key and the target. */
 static int factor2(const loader *ld, int i, int64_t r, int64_t c, const target *tg, const kn_tensor **out) {
-    TRY(check_float(ld, i));
+    KN_TRY(check_float(ld, i));
     const kn_tensor *t = ftensor(ld, i);
     if (t->ndim != 2 || (r >= 0 && t->ne[0] != r) || (c >= 0 && t->ne[1] != c)) {
         char a[96], b[96];
@@ -397,7 +391,7 @@ static int factor2(const loader *ld, int i, int64_t r, int64_t c, const target *
 }
 
 static int read_alpha(const loader *ld, int i, double *alpha) {
-    TRY(check_float(ld, i));
+    KN_TRY(check_float(ld, i));
     const kn_tensor *t = ftensor(ld, i);
     if (kn_tensor_numel(t) != 1)
         return kn_fail(ld->err, KN_ERR_SHAPE, "%s: '%s' must be a scalar, has %lld values", kn_st_path(ld->l->file),
@@ -442,8 +436,8 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
         if (ix[R_UP + q] < 0 || ix[R_DOWN + q] < 0) continue;
         any = 1;
         if (ix[R_MID] >= 0) return unsupported(ld, ix[R_MID], "a Tucker (lora_mid) factor");
-        TRY(factor2(ld, ix[R_DOWN + q], -1, I, tg, &p->f[1]));
-        TRY(factor2(ld, ix[R_UP + q], O, p->f[1]->ne[0], tg, &p->f[0]));
+        KN_TRY(factor2(ld, ix[R_DOWN + q], -1, I, tg, &p->f[1]));
+        KN_TRY(factor2(ld, ix[R_UP + q], O, p->f[1]->ne[0], tg, &p->f[0]));
         p->kind = P_LORA;
         p->scale = has_alpha ? alpha / (double)p->f[1]->ne[0] : 1.0;
         ld->used[ix[R_UP + q]] = ld->used[ix[R_DOWN + q]] = 1;
@@ -454,10 +448,10 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
                 return kn_fail(ld->err, KN_ERR_FORMAT, "%s: LoHa '%s' lacks %s", kn_st_path(ld->l->file),
                                ld->m->stems[g->stem].name, role_suffix(r));
         if (ix[R_T1] >= 0 || ix[R_T2] >= 0) return unsupported(ld, ix[R_T1] >= 0 ? ix[R_T1] : ix[R_T2], "LoHa Tucker (hada_t*)");
-        TRY(factor2(ld, ix[R_W1B], -1, I, tg, &p->f[1]));
-        TRY(factor2(ld, ix[R_W1A], O, p->f[1]->ne[0], tg, &p->f[0]));
-        TRY(factor2(ld, ix[R_W2B], -1, I, tg, &p->f[3]));
-        TRY(factor2(ld, ix[R_W2A], O, p->f[3]->ne[0], tg, &p->f[2]));
+        KN_TRY(factor2(ld, ix[R_W1B], -1, I, tg, &p->f[1]));
+        KN_TRY(factor2(ld, ix[R_W1A], O, p->f[1]->ne[0], tg, &p->f[0]));
+        KN_TRY(factor2(ld, ix[R_W2B], -1, I, tg, &p->f[3]));
+        KN_TRY(factor2(ld, ix[R_W2A], O, p->f[3]->ne[0], tg, &p->f[2]));
         p->kind = P_LOHA;
         p->scale = has_alpha ? alpha / (double)p->f[1]->ne[0] : 1.0;
         consume(ld, g, R_W1A, R_W2B);
@@ -471,12 +465,12 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
             const kn_tensor **f = &p->f[3 * k];
             f[0] = f[1] = f[2] = NULL;
             if (ix[full] >= 0) {
-                TRY(factor2(ld, ix[full], -1, -1, tg, &f[0]));
+                KN_TRY(factor2(ld, ix[full], -1, -1, tg, &f[0]));
                 dims[k][0] = f[0]->ne[0];
                 dims[k][1] = f[0]->ne[1];
             } else if (ix[a] >= 0 && ix[b] >= 0) {
-                TRY(factor2(ld, ix[b], -1, -1, tg, &f[2]));
-                TRY(factor2(ld, ix[a], -1, f[2]->ne[0], tg, &f[1]));
+                KN_TRY(factor2(ld, ix[b], -1, -1, tg, &f[2]));
+                KN_TRY(factor2(ld, ix[a], -1, f[2]->ne[0], tg, &f[1]));
                 dims[k][0] = f[1]->ne[0];
                 dims[k][1] = f[2]->ne[1];
                 rank = f[2]->ne[0]; /* w2's split rank wins over w1's (ComfyUI's `dim`) */
@@ -499,7 +493,7 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
         consume(ld, g, R_K1, R_K2B);
     }
     if (ix[R_OFT] >= 0) {
-        TRY(check_float(ld, ix[R_OFT]));
+        KN_TRY(check_float(ld, ix[R_OFT]));
         const kn_tensor *b = ftensor(ld, ix[R_OFT]);
         if (b->ndim != 3 || b->ne[1] != b->ne[2] || b->ne[0] * b->ne[1] != O || I < 0) {
             char x[96], y[96];
@@ -518,7 +512,7 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
                        kn_st_path(ld->l->file), ld->m->stems[g->stem].name, tg->key);
     p->dora = NULL;
     if ((int)p->kind >= 0 && p->kind != P_OFT && ix[R_DORA] >= 0) {
-        TRY(check_float(ld, ix[R_DORA]));
+        KN_TRY(check_float(ld, ix[R_DORA]));
         const kn_tensor *d = ftensor(ld, ix[R_DORA]);
         int64_t n = kn_tensor_numel(d);
         if (!((d->ne[0] == O && n == O) || (n == I && d->ne[0] == 1))) {
@@ -534,7 +528,7 @@ static int adapter(loader *ld, const group *g, const target *tg, int has_alpha, 
 
 /* A whole-tensor patch (.diff, .w_norm, .set_weight, .diff_b, .b_norm) of target ti. */
 static int whole(loader *ld, int i, int ti, patch_kind kind) {
-    TRY(check_float(ld, i));
+    KN_TRY(check_float(ld, i));
     const kn_tensor *t = ftensor(ld, i);
     const target *tg = &ld->m->t[ti];
     int same = t->ndim == tg->orig.ndim;
@@ -567,10 +561,10 @@ static int load_group(loader *ld, const group *g) {
     const target *tg = &ld->m->t[ti];
     double alpha = 0.0;
     int has_alpha = g->idx[R_ALPHA] >= 0;
-    if (has_alpha) TRY(read_alpha(ld, g->idx[R_ALPHA], &alpha));
+    if (has_alpha) KN_TRY(read_alpha(ld, g->idx[R_ALPHA], &alpha));
     consume(ld, g, R_ALPHA, R_DORA);
     patch p = {.target = ti};
-    TRY(adapter(ld, g, tg, has_alpha, alpha, &p));
+    KN_TRY(adapter(ld, g, tg, has_alpha, alpha, &p));
     if ((int)p.kind >= 0) set_patch(ld->l, &p);
     /* then, as in comfy.lora.load_lora, the whole-tensor entries (later ones replace earlier ones) */
     static const struct {
@@ -583,7 +577,7 @@ static int load_group(loader *ld, const group *g) {
         int i = g->idx[wholes[k].role];
         if (i < 0) continue;
         int dst = wholes[k].on_bias ? bias_of(ld->m, ti) : ti;
-        if (dst >= 0) TRY(whole(ld, i, dst, wholes[k].kind));
+        if (dst >= 0) KN_TRY(whole(ld, i, dst, wholes[k].kind));
     }
     return KN_OK;
 }
@@ -631,7 +625,7 @@ static const char *base_name(const char *path) {
 
 int kn_lora_load(kn_lora **out, const char *path, kn_lora_model *m, kn_err *err) {
     *out = NULL;
-    if (m->stems_dirty) TRY(build_stems(m, err));
+    if (m->stems_dirty) KN_TRY(build_stems(m, err));
     kn_lora *l = calloc(1, sizeof *l);
     if (!l) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     l->model = m;
@@ -943,9 +937,9 @@ static int apply_patch(work *wk, const patch *p, float *w, int64_t O, int64_t I,
     int64_t panel_rows = PANEL_FLOATS / I > 0 ? PANEL_FLOATS / I : 1;
     if (panel_rows > O) panel_rows = O;
     if (p->dora) {
-        TRY(grow((void **)&wk->w0, &wk->w0_n, (size_t)n, sizeof(float), err));
-        TRY(grow((void **)&wk->dv, &wk->dv_n, (size_t)(O > I ? O : I), sizeof(float), err));
-        TRY(grow((void **)&wk->norm, &wk->norm_n, (size_t)(O > I ? O : I), sizeof(double), err));
+        KN_TRY(grow((void **)&wk->w0, &wk->w0_n, (size_t)n, sizeof(float), err));
+        KN_TRY(grow((void **)&wk->dv, &wk->dv_n, (size_t)(O > I ? O : I), sizeof(float), err));
+        KN_TRY(grow((void **)&wk->norm, &wk->norm_n, (size_t)(O > I ? O : I), sizeof(double), err));
         memcpy(wk->w0, w, (size_t)n * sizeof *w);
     }
     /* DoRA scales the delta by alpha only; the strength enters in dora_finish */
@@ -991,7 +985,7 @@ static int recompute(work *wk, target *t, const kn_lora_use *stack, const int *w
     }
     float *w = (float *)t->buf;
     if (dt != KN_F32) {
-        TRY(grow((void **)f32, f32_n, (size_t)n, sizeof(float), err));
+        KN_TRY(grow((void **)f32, f32_n, (size_t)n, sizeof(float), err));
         w = *f32;
     }
 #pragma omp parallel for schedule(static)

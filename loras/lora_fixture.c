@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "loras/lora.h"
-#include "runtime/fixture.h"
+#include "pipelines/fixture.h"
 
 #define MAX_STACK 8
 

@@ -9,10 +9,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "nodes/image_io.h"
 #include "nodes/node.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 /* ---- saving ----------------------------------------------------------------------- */
 

@@ -20,7 +20,7 @@
 
 #include "loras/lora.h"
 #include "nodes/node.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 /* A LoRA file mapped onto one base model's weight table (store object). */
 typedef struct lora_file {

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "nodes/node.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 /* The file a loader input names, resolved inside its model folder. */
 static int resolve(kn_node_call *c, const char *input, const char *folder, char **path) {

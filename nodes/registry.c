@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 
 /* ---- shared choice lists ------------------------------------------------ */
 

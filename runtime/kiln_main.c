@@ -1,7 +1,8 @@
 /* kiln: the command-line entry point. Subcommands:
  *   kiln fixture DIR...   run model fixtures (shared format) and report rel L2 errors
  *   kiln convert FILE     print the API-format prompt ComfyUI's front end would send
- * (`run` and `serve` arrive with the workflow and server work). */
+ *   kiln run FILE...      render workflows headlessly
+ *   kiln serve            ComfyUI's HTTP/WebSocket API and the browser UI */
 #include <stdio.h>
 #include <string.h>
 
@@ -27,21 +28,6 @@ static int usage(FILE *out) {
     return out == stderr ? 2 : 0;
 }
 
-static int cmd_fixture(int argc, char **argv) {
-    if (argc < 1) return usage(stderr);
-    int status = 0;
-    for (int i = 0; i < argc; i++) {
-        kn_err err;
-        kn_err_clear(&err);
-        int failed = 0;
-        if (kn_fixture_run_dir(argv[i], 0, &failed, &err) != KN_OK) {
-            fprintf(stderr, "kiln fixture: %s\n", err.msg);
-            status = 1;
-        }
-    }
-    return status;
-}
-
 static int cmd_version(void) {
     char why[256];
     int cuda = kn_cuda_available(why, sizeof why);
@@ -52,7 +38,7 @@ static int cmd_version(void) {
 int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
-    if (strcmp(cmd, "fixture") == 0) return cmd_fixture(argc - 2, argv + 2);
+    if (strcmp(cmd, "fixture") == 0) return kn_cmd_fixture(argc - 2, argv + 2);
     if (strcmp(cmd, "convert") == 0) return kn_cmd_convert(argc - 2, argv + 2);
     if (strcmp(cmd, "run") == 0) return kn_cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "serve") == 0) return kn_cmd_serve(argc - 2, argv + 2);

@@ -7,10 +7,10 @@
 #include <string.h>
 
 #include "graph/executor.h"
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 #ifndef KN_DEFAULT_MODELS
 #define KN_DEFAULT_MODELS "models"

@@ -16,11 +16,11 @@
 #include <civetweb.h>
 
 #include "graph/executor.h"
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
 #include "nodes/registry.h"
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 #include "web/files.h"
 #include "web/multipart.h"
 #include "web/queue.h"

@@ -9,7 +9,7 @@
 #include <civetweb.h>
 
 #include "graph/executor.h"
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "web/stack.h"
 
 #define KN_WS_SID_MAX 128

@@ -17,12 +17,6 @@ const kn_qwen_dit_family kn_qwen_image_family = {{16, 56, 56}, 10000.0, 2};
 #define TIME_SCALE 1000.0 /* ComfyUI passes sigma; the embedding multiplies by 1000 */
 #define TIME_MAX_PERIOD 10000.0
 
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
-
 /* ---- loading ------------------------------------------------------------ */
 
 enum { S_D, S_6D, S_2D, S_HD, S_F, S_JOINT, S_IN, S_OUT, S_T, S_NONE };
@@ -116,7 +110,7 @@ static int bind(const kn_st_file *f, const char *prefix, const char *key, const 
                 int64_t time_ch, const weight_spec *s, kn_tensor *t, kn_err *err) {
     char name[256];
     snprintf(name, sizeof name, "%s%s", prefix, key);
-    TRY(kn_st_get(f, name, t, err));
+    KN_TRY(kn_st_get(f, name, t, err));
     int64_t ne[2] = {sym_size(c, time_ch, s->rows), sym_size(c, time_ch, s->cols)};
     return kn_tensor_expect(t, "qwen_image_dit weight", s->cols == S_NONE ? 1 : 2, ne, err);
 }
@@ -126,7 +120,7 @@ static int dim_of(const kn_st_file *f, const char *prefix, const char *key, int 
     char name[256];
     kn_tensor t;
     snprintf(name, sizeof name, "%s%s", prefix, key);
-    TRY(kn_st_get(f, name, &t, err));
+    KN_TRY(kn_st_get(f, name, &t, err));
     if (d >= t.ndim) return kn_fail(err, KN_ERR_SHAPE, "%s: '%s' has %d dims", kn_st_path(f), name, t.ndim);
     *out = t.ne[d];
     return KN_OK;
@@ -138,13 +132,13 @@ int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_fami
     kn_qwen_dit_config *c = &m->cfg;
     c->family = *family;
     int64_t time_ch = 0, patch_ch = 0;
-    TRY(dim_of(f, prefix, "img_in.weight", 0, &c->dim, err));
-    TRY(dim_of(f, prefix, "img_in.weight", 1, &c->in_channels, err));
-    TRY(dim_of(f, prefix, "txt_in.weight", 1, &c->joint_dim, err));
-    TRY(dim_of(f, prefix, "transformer_blocks.0.attn.norm_q.weight", 0, &c->head_dim, err));
-    TRY(dim_of(f, prefix, "transformer_blocks.0.img_mlp.net.0.proj.weight", 0, &c->mlp_hidden, err));
-    TRY(dim_of(f, prefix, "time_text_embed.timestep_embedder.linear_1.weight", 1, &time_ch, err));
-    TRY(dim_of(f, prefix, "proj_out.weight", 0, &patch_ch, err));
+    KN_TRY(dim_of(f, prefix, "img_in.weight", 0, &c->dim, err));
+    KN_TRY(dim_of(f, prefix, "img_in.weight", 1, &c->in_channels, err));
+    KN_TRY(dim_of(f, prefix, "txt_in.weight", 1, &c->joint_dim, err));
+    KN_TRY(dim_of(f, prefix, "transformer_blocks.0.attn.norm_q.weight", 0, &c->head_dim, err));
+    KN_TRY(dim_of(f, prefix, "transformer_blocks.0.img_mlp.net.0.proj.weight", 0, &c->mlp_hidden, err));
+    KN_TRY(dim_of(f, prefix, "time_text_embed.timestep_embedder.linear_1.weight", 1, &time_ch, err));
+    KN_TRY(dim_of(f, prefix, "proj_out.weight", 0, &patch_ch, err));
     int64_t p2 = (int64_t)family->patch * family->patch;
     int axes = family->axes_dims[0] + family->axes_dims[1] + family->axes_dims[2];
     if (c->head_dim <= 0 || c->dim % c->head_dim || patch_ch % p2 || time_ch % 2 || axes != c->head_dim ||
@@ -164,7 +158,7 @@ int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const kn_qwen_dit_fami
                                                                       : KN_QWEN_REF_INDEX;
     for (size_t i = 0; i < sizeof model_specs / sizeof model_specs[0]; i++) {
         const weight_spec *s = &model_specs[i];
-        TRY(bind(f, prefix, s->key, c, time_ch, s, (kn_tensor *)((char *)m + s->offset), err));
+        KN_TRY(bind(f, prefix, s->key, c, time_ch, s, (kn_tensor *)((char *)m + s->offset), err));
     }
     m->block = calloc((size_t)(c->layers ? c->layers : 1), sizeof *m->block);
     m->adapters = calloc((size_t)(N_MODEL_SPECS + c->layers * N_BLOCK_SPECS), sizeof *m->adapters);
@@ -218,7 +212,7 @@ kn_adapter_list *kn_qwen_dit_adapters(kn_qwen_dit *m, const char *key) {
 /* Chunk k of a [B, 6D] (or [B, 2D]) modulation tensor, optionally of one sample. */
 static int mod_chunk(kn_ctx *ctx, const kn_tensor *mod, int64_t b, int64_t k, int64_t D, kn_tensor *out) {
     kn_tensor rows = *mod;
-    if (b >= 0) TRY(kn_tensor_slice(&rows, mod, 0, b, 1, &ctx->err));
+    if (b >= 0) KN_TRY(kn_tensor_slice(&rows, mod, 0, b, 1, &ctx->err));
     return kn_tensor_slice(out, &rows, 1, k * D, D, &ctx->err);
 }
 
@@ -231,9 +225,9 @@ static int apply_mod(kn_ctx *ctx, seg_op op, kn_tensor *x, const kn_tensor *delt
     int64_t B = x->ne[0], L = x->ne[1], D = x->ne[2];
     kn_tensor c0, c1;
     if (!mod0 || n_main >= L) {
-        TRY(mod_chunk(ctx, mod, -1, k, D, &c0));
+        KN_TRY(mod_chunk(ctx, mod, -1, k, D, &c0));
         if (op == SEG_GATE) return kn_gate_add(ctx, x, delta, &c0);
-        TRY(mod_chunk(ctx, mod, -1, k + 1, D, &c1));
+        KN_TRY(mod_chunk(ctx, mod, -1, k + 1, D, &c1));
         return kn_modulate(ctx, x, x, &c0, &c1);
     }
     for (int64_t b = 0; b < B; b++) {
@@ -241,16 +235,16 @@ static int apply_mod(kn_ctx *ctx, seg_op op, kn_tensor *x, const kn_tensor *delt
             int64_t t0 = seg ? n_main : 0, n = seg ? L - n_main : n_main;
             const kn_tensor *m = seg ? mod0 : mod;
             kn_tensor xb, xs, db, ds;
-            TRY(kn_tensor_slice(&xb, x, 0, b, 1, &ctx->err));
-            TRY(kn_tensor_slice(&xs, &xb, 1, t0, n, &ctx->err));
-            TRY(mod_chunk(ctx, m, b, k, D, &c0));
+            KN_TRY(kn_tensor_slice(&xb, x, 0, b, 1, &ctx->err));
+            KN_TRY(kn_tensor_slice(&xs, &xb, 1, t0, n, &ctx->err));
+            KN_TRY(mod_chunk(ctx, m, b, k, D, &c0));
             if (op == SEG_GATE) {
-                TRY(kn_tensor_slice(&db, delta, 0, b, 1, &ctx->err));
-                TRY(kn_tensor_slice(&ds, &db, 1, t0, n, &ctx->err));
-                TRY(kn_gate_add(ctx, &xs, &ds, &c0));
+                KN_TRY(kn_tensor_slice(&db, delta, 0, b, 1, &ctx->err));
+                KN_TRY(kn_tensor_slice(&ds, &db, 1, t0, n, &ctx->err));
+                KN_TRY(kn_gate_add(ctx, &xs, &ds, &c0));
             } else {
-                TRY(mod_chunk(ctx, m, b, k + 1, D, &c1));
-                TRY(kn_modulate(ctx, &xs, &xs, &c0, &c1));
+                KN_TRY(mod_chunk(ctx, m, b, k + 1, D, &c1));
+                KN_TRY(kn_modulate(ctx, &xs, &xs, &c0, &c1));
             }
         }
     }
@@ -262,21 +256,21 @@ static int apply_mod(kn_ctx *ctx, seg_op op, kn_tensor *x, const kn_tensor *delt
 static int project(kn_ctx *ctx, const kn_qwen_dit *m, kn_tensor *dst, kn_tensor *tmp, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, const kn_tensor *head_norm, int64_t heads) {
     kn_tensor *y = kn_tensor_is_contiguous(dst) ? dst : tmp;
-    TRY(linear(ctx, m, y, x, w, b));
+    KN_TRY(linear(ctx, m, y, x, w, b));
     if (head_norm) {
         kn_tensor h;
         int64_t ne[4] = {y->ne[0], y->ne[1], heads, y->ne[2] / heads};
-        TRY(kn_tensor_reshape(&h, y, 4, ne, &ctx->err));
-        TRY(kn_rmsnorm(ctx, &h, &h, head_norm, QK_NORM_EPS));
+        KN_TRY(kn_tensor_reshape(&h, y, 4, ne, &ctx->err));
+        KN_TRY(kn_rmsnorm(ctx, &h, &h, head_norm, QK_NORM_EPS));
     }
     return y == dst ? KN_OK : kn_tensor_copy(dst, y, &ctx->err);
 }
 
 /* A contiguous [B, n, D] copy of rows [t0, t0+n) of a joint buffer (a view when B == 1). */
 static int rows_of(kn_ctx *ctx, const kn_tensor *joint, int64_t t0, int64_t n, kn_tensor *tmp, kn_tensor *out) {
-    TRY(kn_tensor_slice(out, joint, 1, t0, n, &ctx->err));
+    KN_TRY(kn_tensor_slice(out, joint, 1, t0, n, &ctx->err));
     if (kn_tensor_is_contiguous(out)) return KN_OK;
-    TRY(kn_tensor_copy(tmp, out, &ctx->err));
+    KN_TRY(kn_tensor_copy(tmp, out, &ctx->err));
     *out = *tmp;
     return KN_OK;
 }
@@ -290,11 +284,11 @@ static kn_tensor view(const kn_tensor *buf, int64_t d0, int64_t d1, int64_t d2) 
 static int stream_mlp(kn_ctx *ctx, const kn_qwen_dit *m, kn_tensor *x, const kn_tensor *mod, const kn_tensor *mod0, int64_t n_main,
                       const kn_tensor *fc1_w, const kn_tensor *fc1_b, const kn_tensor *fc2_w, const kn_tensor *fc2_b,
                       kn_tensor *xm, kn_tensor *hid, kn_tensor *o) {
-    TRY(kn_layernorm(ctx, xm, x, NULL, NULL, LN_EPS));
-    TRY(apply_mod(ctx, SEG_MODULATE, xm, NULL, mod, mod0, n_main, 3));
-    TRY(linear(ctx, m, hid, xm, fc1_w, fc1_b));
-    TRY(kn_activation(ctx, hid, hid, KN_ACT_GELU_TANH));
-    TRY(linear(ctx, m, o, hid, fc2_w, fc2_b));
+    KN_TRY(kn_layernorm(ctx, xm, x, NULL, NULL, LN_EPS));
+    KN_TRY(apply_mod(ctx, SEG_MODULATE, xm, NULL, mod, mod0, n_main, 3));
+    KN_TRY(linear(ctx, m, hid, xm, fc1_w, fc1_b));
+    KN_TRY(kn_activation(ctx, hid, hid, KN_ACT_GELU_TANH));
+    KN_TRY(linear(ctx, m, o, hid, fc2_w, fc2_b));
     return apply_mod(ctx, SEG_GATE, x, o, mod, mod0, n_main, 5);
 }
 
@@ -307,25 +301,25 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
     kn_arena *a = ctx->scratch;
     kn_err *e = &ctx->err;
     kn_tensor mod_i, mod_t, mod_i0, q, k, v, o, xm, tmp, hid, out;
-    TRY(kn_arena_tensor(a, &mod_i, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-    TRY(kn_arena_tensor(a, &mod_t, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-    TRY(linear(ctx, m, &mod_i, tvec, &w->img_mod_w, &w->img_mod_b));
-    TRY(linear(ctx, m, &mod_t, tvec, &w->txt_mod_w, &w->txt_mod_b));
+    KN_TRY(kn_arena_tensor(a, &mod_i, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
+    KN_TRY(kn_arena_tensor(a, &mod_t, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
+    KN_TRY(linear(ctx, m, &mod_i, tvec, &w->img_mod_w, &w->img_mod_b));
+    KN_TRY(linear(ctx, m, &mod_t, tvec, &w->txt_mod_w, &w->txt_mod_b));
     const kn_tensor *mod0 = NULL;
     if (tvec0) {
-        TRY(kn_arena_tensor(a, &mod_i0, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-        TRY(linear(ctx, m, &mod_i0, tvec0, &w->img_mod_w, &w->img_mod_b));
+        KN_TRY(kn_arena_tensor(a, &mod_i0, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
+        KN_TRY(linear(ctx, m, &mod_i0, tvec0, &w->img_mod_w, &w->img_mod_b));
         mod0 = &mod_i0;
     }
     int64_t joint_ne[3] = {B, L, D};
-    TRY(kn_arena_tensor(a, &q, KN_F32, 3, joint_ne, e));
-    TRY(kn_arena_tensor(a, &k, KN_F32, 3, joint_ne, e));
-    TRY(kn_arena_tensor(a, &v, KN_F32, 3, joint_ne, e));
-    TRY(kn_arena_tensor(a, &o, KN_F32, 3, joint_ne, e));
-    TRY(kn_arena_tensor(a, &xm, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
-    TRY(kn_arena_tensor(a, &tmp, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
-    TRY(kn_arena_tensor(a, &out, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
-    TRY(kn_arena_tensor(a, &hid, KN_F32, 3, (int64_t[]){B, Lmax, F}, e));
+    KN_TRY(kn_arena_tensor(a, &q, KN_F32, 3, joint_ne, e));
+    KN_TRY(kn_arena_tensor(a, &k, KN_F32, 3, joint_ne, e));
+    KN_TRY(kn_arena_tensor(a, &v, KN_F32, 3, joint_ne, e));
+    KN_TRY(kn_arena_tensor(a, &o, KN_F32, 3, joint_ne, e));
+    KN_TRY(kn_arena_tensor(a, &xm, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
+    KN_TRY(kn_arena_tensor(a, &tmp, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
+    KN_TRY(kn_arena_tensor(a, &out, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
+    KN_TRY(kn_arena_tensor(a, &hid, KN_F32, 3, (int64_t[]){B, Lmax, F}, e));
 
     /* attention half: both streams' q, k, v into the joint [text, image] buffers */
     for (int s = 0; s < 2; s++) {
@@ -334,36 +328,36 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
         kn_tensor xs, ts, qs, ks, vs;
         xs = view(&xm, B, n, xm.ne[2]);
         ts = view(&tmp, B, n, tmp.ne[2]);
-        TRY(kn_layernorm(ctx, &xs, x, NULL, NULL, LN_EPS));
-        TRY(apply_mod(ctx, SEG_MODULATE, &xs, NULL, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n, 0));
-        TRY(kn_tensor_slice(&qs, &q, 1, t0, n, e));
-        TRY(kn_tensor_slice(&ks, &k, 1, t0, n, e));
-        TRY(kn_tensor_slice(&vs, &v, 1, t0, n, e));
-        TRY(project(ctx, m, &qs, &ts, &xs, s ? &w->to_q_w : &w->add_q_w, s ? &w->to_q_b : &w->add_q_b,
+        KN_TRY(kn_layernorm(ctx, &xs, x, NULL, NULL, LN_EPS));
+        KN_TRY(apply_mod(ctx, SEG_MODULATE, &xs, NULL, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n, 0));
+        KN_TRY(kn_tensor_slice(&qs, &q, 1, t0, n, e));
+        KN_TRY(kn_tensor_slice(&ks, &k, 1, t0, n, e));
+        KN_TRY(kn_tensor_slice(&vs, &v, 1, t0, n, e));
+        KN_TRY(project(ctx, m, &qs, &ts, &xs, s ? &w->to_q_w : &w->add_q_w, s ? &w->to_q_b : &w->add_q_b,
                     s ? &w->norm_q : &w->norm_added_q, c->heads));
-        TRY(project(ctx, m, &ks, &ts, &xs, s ? &w->to_k_w : &w->add_k_w, s ? &w->to_k_b : &w->add_k_b,
+        KN_TRY(project(ctx, m, &ks, &ts, &xs, s ? &w->to_k_w : &w->add_k_w, s ? &w->to_k_b : &w->add_k_b,
                     s ? &w->norm_k : &w->norm_added_k, c->heads));
-        TRY(project(ctx, m, &vs, &ts, &xs, s ? &w->to_v_w : &w->add_v_w, s ? &w->to_v_b : &w->add_v_b, NULL,
+        KN_TRY(project(ctx, m, &vs, &ts, &xs, s ? &w->to_v_w : &w->add_v_w, s ? &w->to_v_b : &w->add_v_b, NULL,
                     c->heads));
     }
     kn_tensor q4, k4, v4, o4;
     int64_t ne4[4] = {B, L, c->heads, c->head_dim};
-    TRY(kn_tensor_reshape(&q4, &q, 4, ne4, e));
-    TRY(kn_tensor_reshape(&k4, &k, 4, ne4, e));
-    TRY(kn_tensor_reshape(&v4, &v, 4, ne4, e));
-    TRY(kn_tensor_reshape(&o4, &o, 4, ne4, e));
-    TRY(kn_rope(ctx, &q4, cos, sin, KN_ROPE_INTERLEAVED));
-    TRY(kn_rope(ctx, &k4, cos, sin, KN_ROPE_INTERLEAVED));
-    TRY(kn_attention(ctx, &o4, &q4, &k4, &v4, key_mask, 0, 1.0f / sqrtf((float)c->head_dim)));
+    KN_TRY(kn_tensor_reshape(&q4, &q, 4, ne4, e));
+    KN_TRY(kn_tensor_reshape(&k4, &k, 4, ne4, e));
+    KN_TRY(kn_tensor_reshape(&v4, &v, 4, ne4, e));
+    KN_TRY(kn_tensor_reshape(&o4, &o, 4, ne4, e));
+    KN_TRY(kn_rope(ctx, &q4, cos, sin, KN_ROPE_INTERLEAVED));
+    KN_TRY(kn_rope(ctx, &k4, cos, sin, KN_ROPE_INTERLEAVED));
+    KN_TRY(kn_attention(ctx, &o4, &q4, &k4, &v4, key_mask, 0, 1.0f / sqrtf((float)c->head_dim)));
     for (int s = 0; s < 2; s++) {
         kn_tensor *x = s ? img : txt;
         int64_t n = x->ne[1];
         kn_tensor att, ts, os;
         ts = view(&tmp, B, n, tmp.ne[2]);
         os = view(&out, B, n, out.ne[2]);
-        TRY(rows_of(ctx, &o, s ? Lt : 0, n, &ts, &att));
-        TRY(linear(ctx, m, &os, &att, s ? &w->to_out_w : &w->add_out_w, s ? &w->to_out_b : &w->add_out_b));
-        TRY(apply_mod(ctx, SEG_GATE, x, &os, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n, 2));
+        KN_TRY(rows_of(ctx, &o, s ? Lt : 0, n, &ts, &att));
+        KN_TRY(linear(ctx, m, &os, &att, s ? &w->to_out_w : &w->add_out_w, s ? &w->to_out_b : &w->add_out_b));
+        KN_TRY(apply_mod(ctx, SEG_GATE, x, &os, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n, 2));
     }
     /* feed-forward half */
     for (int s = 0; s < 2; s++) {
@@ -373,7 +367,7 @@ static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_bl
         xs = view(&xm, B, n, D);
         hs = view(&hid, B, n, F);
         os = view(&out, B, n, D);
-        TRY(stream_mlp(ctx, m, x, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n,
+        KN_TRY(stream_mlp(ctx, m, x, s ? &mod_i : &mod_t, s ? mod0 : NULL, s ? n_main : n,
                        s ? &w->img_fc1_w : &w->txt_fc1_w, s ? &w->img_fc1_b : &w->txt_fc1_b,
                        s ? &w->img_fc2_w : &w->txt_fc2_w, s ? &w->img_fc2_b : &w->txt_fc2_b, &xs, &hs, &os));
     }
@@ -388,9 +382,9 @@ int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, 
         return kn_fail(&ctx->err, KN_ERR_INVALID, "qwen_image_dit: block %lld of %lld", (long long)layer,
                        (long long)c->layers);
     int64_t B = img->ne[0];
-    TRY(kn_tensor_expect(img, "qwen_image_dit image stream", 3, (int64_t[]){-1, -1, c->dim}, &ctx->err));
-    TRY(kn_tensor_expect(txt, "qwen_image_dit text stream", 3, (int64_t[]){B, -1, c->dim}, &ctx->err));
-    TRY(kn_tensor_expect(tvec, "qwen_image_dit time vector", 2, (int64_t[]){B, c->dim}, &ctx->err));
+    KN_TRY(kn_tensor_expect(img, "qwen_image_dit image stream", 3, (int64_t[]){-1, -1, c->dim}, &ctx->err));
+    KN_TRY(kn_tensor_expect(txt, "qwen_image_dit text stream", 3, (int64_t[]){B, -1, c->dim}, &ctx->err));
+    KN_TRY(kn_tensor_expect(tvec, "qwen_image_dit time vector", 2, (int64_t[]){B, c->dim}, &ctx->err));
     size_t mark = kn_arena_mark(ctx->scratch);
     int rc = block_forward(ctx, m, &m->block[layer], img, txt, tvec, tvec0, n_main, cos, sin, key_mask);
     kn_arena_reset(ctx->scratch, mark);
@@ -459,13 +453,13 @@ static int time_vector(kn_ctx *ctx, const kn_qwen_dit *m, const float *sigma, in
                        kn_tensor *temb_out) {
     int64_t B = tvec->ne[0], ch = m->t_lin1_w.ne[1], D = m->cfg.dim;
     kn_tensor sin_emb, h;
-    TRY(kn_arena_tensor(ctx->scratch, &sin_emb, KN_F32, 2, (int64_t[]){B, ch}, &ctx->err));
-    TRY(kn_arena_tensor(ctx->scratch, &h, KN_F32, 2, (int64_t[]){B, D}, &ctx->err));
+    KN_TRY(kn_arena_tensor(ctx->scratch, &sin_emb, KN_F32, 2, (int64_t[]){B, ch}, &ctx->err));
+    KN_TRY(kn_arena_tensor(ctx->scratch, &h, KN_F32, 2, (int64_t[]){B, D}, &ctx->err));
     for (int64_t b = 0; b < B; b++) time_sinusoid((float *)sin_emb.data + b * ch, ch, use_zero ? 0.0 : sigma[b]);
-    TRY(linear(ctx, m, &h, &sin_emb, &m->t_lin1_w, &m->t_lin1_b));
-    TRY(kn_activation(ctx, &h, &h, KN_ACT_SILU));
-    TRY(linear(ctx, m, tvec, &h, &m->t_lin2_w, &m->t_lin2_b));
-    if (temb_out) TRY(kn_tensor_copy(temb_out, tvec, &ctx->err));
+    KN_TRY(linear(ctx, m, &h, &sin_emb, &m->t_lin1_w, &m->t_lin1_b));
+    KN_TRY(kn_activation(ctx, &h, &h, KN_ACT_SILU));
+    KN_TRY(linear(ctx, m, tvec, &h, &m->t_lin2_w, &m->t_lin2_b));
+    if (temb_out) KN_TRY(kn_tensor_copy(temb_out, tvec, &ctx->err));
     return kn_activation(ctx, tvec, tvec, KN_ACT_SILU);
 }
 
@@ -475,16 +469,16 @@ static int check_inputs(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_inp
     int p = c->family.patch;
     int64_t C = c->in_channels / (p * p);
     const kn_tensor *x = in->x;
-    TRY(kn_tensor_expect(x, "qwen_image_dit input latent", 5, (int64_t[]){-1, C, 1, -1, -1}, e));
+    KN_TRY(kn_tensor_expect(x, "qwen_image_dit input latent", 5, (int64_t[]){-1, C, 1, -1, -1}, e));
     int64_t B = x->ne[0];
-    TRY(kn_tensor_expect(in->sigma, "qwen_image_dit sigma", 1, (int64_t[]){B}, e));
-    TRY(kn_tensor_expect(in->context, "qwen_image_dit context", 3, (int64_t[]){B, -1, c->joint_dim}, e));
+    KN_TRY(kn_tensor_expect(in->sigma, "qwen_image_dit sigma", 1, (int64_t[]){B}, e));
+    KN_TRY(kn_tensor_expect(in->context, "qwen_image_dit context", 3, (int64_t[]){B, -1, c->joint_dim}, e));
     if (in->context_mask)
-        TRY(kn_tensor_expect(in->context_mask, "qwen_image_dit context mask", 2,
+        KN_TRY(kn_tensor_expect(in->context_mask, "qwen_image_dit context mask", 2,
                              (int64_t[]){B, in->context->ne[1]}, e));
     for (int r = 0; r < in->n_refs; r++)
-        TRY(kn_tensor_expect(in->refs[r], "qwen_image_dit reference latent", 5, (int64_t[]){B, C, 1, -1, -1}, e));
-    TRY(kn_tensor_expect(out, "qwen_image_dit output", 5, (int64_t[]){B, c->out_channels, 1, x->ne[3], x->ne[4]},
+        KN_TRY(kn_tensor_expect(in->refs[r], "qwen_image_dit reference latent", 5, (int64_t[]){B, C, 1, -1, -1}, e));
+    KN_TRY(kn_tensor_expect(out, "qwen_image_dit output", 5, (int64_t[]){B, c->out_channels, 1, x->ne[3], x->ne[4]},
                          e));
     if (x->ne[3] < 1 || x->ne[4] < 1 || in->context->ne[1] < 1)
         return kn_fail(e, KN_ERR_SHAPE, "qwen_image_dit: empty latent or context");
@@ -513,8 +507,8 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
     /* RoPE ids: text tokens at txt_start + j on all axes, after the main grid's
      * half-extent; image tokens at (frame, row - hl/2, col - wl/2). */
     kn_tensor cos_t, sin_t;
-    TRY(kn_arena_tensor(a, &cos_t, KN_F32, 2, (int64_t[]){L, P}, e));
-    TRY(kn_arena_tensor(a, &sin_t, KN_F32, 2, (int64_t[]){L, P}, e));
+    KN_TRY(kn_arena_tensor(a, &cos_t, KN_F32, 2, (int64_t[]){L, P}, e));
+    KN_TRY(kn_arena_tensor(a, &sin_t, KN_F32, 2, (int64_t[]){L, P}, e));
     double *pos = kn_arena_alloc(a, (size_t)L * 3 * sizeof(double), e);
     if (!pos) return e->code;
     int64_t txt_start = g.hl / 2 > g.wl / 2 ? g.hl / 2 : g.wl / 2;
@@ -529,12 +523,12 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
                 pos[3 * t + 2] = (double)(jj - gr.wl / 2);
             }
     }
-    TRY(kn_rope_tables(ctx, &cos_t, &sin_t, pos, 3, c->family.axes_dims, c->family.rope_theta));
+    KN_TRY(kn_rope_tables(ctx, &cos_t, &sin_t, pos, 3, c->family.axes_dims, c->family.rope_theta));
 
     /* text padding: ComfyUI turns an integer mask into (m - 1) * FLT_MAX on text keys */
     kn_tensor mask_t, *key_mask = NULL;
     if (in->context_mask) {
-        TRY(kn_arena_tensor(a, &mask_t, KN_F32, 2, (int64_t[]){B, L}, e));
+        KN_TRY(kn_arena_tensor(a, &mask_t, KN_F32, 2, (int64_t[]){B, L}, e));
         float *md = mask_t.data;
         float *mv = kn_arena_alloc(a, (size_t)(B * Lt) * sizeof(float), e);
         if (!mv) return e->code;
@@ -547,63 +541,63 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *i
     }
 
     kn_tensor tokens, img, txt_n, txt, tvec, temb, tvec0;
-    TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
+    KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
     patchify(tokens.data, Ni, 0, in->x, p);
     for (int r = 0, t0 = (int)n_main; r < in->n_refs; r++) {
         grid gr = grid_of(in->refs[r], p);
         patchify(tokens.data, Ni, t0, in->refs[r], p);
         t0 += (int)(gr.hl * gr.wl);
     }
-    TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
-    TRY(linear(ctx, m, &img, &tokens, &m->img_in_w, &m->img_in_b));
-    TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Lt, c->joint_dim}, e));
-    TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Lt, D}, e));
-    TRY(kn_rmsnorm(ctx, &txt_n, in->context, &m->txt_norm, TXT_NORM_EPS));
-    TRY(linear(ctx, m, &txt, &txt_n, &m->txt_in_w, &m->txt_in_b));
-    TRY(kn_arena_tensor(a, &tvec, KN_F32, 2, (int64_t[]){B, D}, e));
-    TRY(kn_arena_tensor(a, &temb, KN_F32, 2, (int64_t[]){B, D}, e));
-    TRY(time_vector(ctx, m, in->sigma->data, 0, &tvec, &temb));
+    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
+    KN_TRY(linear(ctx, m, &img, &tokens, &m->img_in_w, &m->img_in_b));
+    KN_TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Lt, c->joint_dim}, e));
+    KN_TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Lt, D}, e));
+    KN_TRY(kn_rmsnorm(ctx, &txt_n, in->context, &m->txt_norm, TXT_NORM_EPS));
+    KN_TRY(linear(ctx, m, &txt, &txt_n, &m->txt_in_w, &m->txt_in_b));
+    KN_TRY(kn_arena_tensor(a, &tvec, KN_F32, 2, (int64_t[]){B, D}, e));
+    KN_TRY(kn_arena_tensor(a, &temb, KN_F32, 2, (int64_t[]){B, D}, e));
+    KN_TRY(time_vector(ctx, m, in->sigma->data, 0, &tvec, &temb));
     const kn_tensor *tv0 = NULL;
     if (in->n_refs > 0 && in->ref_method == KN_QWEN_REF_INDEX_TIMESTEP_ZERO) {
-        TRY(kn_arena_tensor(a, &tvec0, KN_F32, 2, (int64_t[]){B, D}, e));
-        TRY(time_vector(ctx, m, in->sigma->data, 1, &tvec0, NULL));
+        KN_TRY(kn_arena_tensor(a, &tvec0, KN_F32, 2, (int64_t[]){B, D}, e));
+        KN_TRY(time_vector(ctx, m, in->sigma->data, 1, &tvec0, NULL));
         tv0 = &tvec0;
     }
     if (debug) {
-        TRY(debug(user, "rope_cos", &cos_t));
-        TRY(debug(user, "rope_sin", &sin_t));
-        TRY(debug(user, "img_in", &img));
-        TRY(debug(user, "txt_in", &txt));
-        TRY(debug(user, "temb", &temb));
+        KN_TRY(debug(user, "rope_cos", &cos_t));
+        KN_TRY(debug(user, "rope_sin", &sin_t));
+        KN_TRY(debug(user, "img_in", &img));
+        KN_TRY(debug(user, "txt_in", &txt));
+        KN_TRY(debug(user, "temb", &temb));
     }
     for (int64_t l = 0; l < c->layers; l++) {
-        TRY(kn_qwen_dit_block_forward(ctx, m, l, &img, &txt, &tvec, tv0, n_main, &cos_t, &sin_t, key_mask));
+        KN_TRY(kn_qwen_dit_block_forward(ctx, m, l, &img, &txt, &tvec, tv0, n_main, &cos_t, &sin_t, key_mask));
         if (debug) {
             char name[64];
             snprintf(name, sizeof name, "block%lld_txt", (long long)l);
-            TRY(debug(user, name, &txt));
+            KN_TRY(debug(user, name, &txt));
             snprintf(name, sizeof name, "block%lld_img", (long long)l);
-            TRY(debug(user, name, &img));
+            KN_TRY(debug(user, name, &img));
         }
     }
     /* norm_out: LN(img) * (1 + scale) + shift with (scale, shift) = Linear(silu(temb)) */
     kn_tensor emb, scale, shift, proj;
-    TRY(kn_arena_tensor(a, &emb, KN_F32, 2, (int64_t[]){B, 2 * D}, e));
-    TRY(linear(ctx, m, &emb, &tvec, &m->norm_out_w, &m->norm_out_b));
-    TRY(kn_tensor_slice(&scale, &emb, 1, 0, D, e));
-    TRY(kn_tensor_slice(&shift, &emb, 1, D, D, e));
-    TRY(kn_layernorm(ctx, &img, &img, NULL, NULL, LN_EPS));
-    TRY(kn_modulate(ctx, &img, &img, &shift, &scale));
-    if (debug) TRY(debug(user, "norm_out", &img));
-    TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out_w.ne[0]}, e));
-    TRY(linear(ctx, m, &proj, &img, &m->proj_out_w, &m->proj_out_b));
+    KN_TRY(kn_arena_tensor(a, &emb, KN_F32, 2, (int64_t[]){B, 2 * D}, e));
+    KN_TRY(linear(ctx, m, &emb, &tvec, &m->norm_out_w, &m->norm_out_b));
+    KN_TRY(kn_tensor_slice(&scale, &emb, 1, 0, D, e));
+    KN_TRY(kn_tensor_slice(&shift, &emb, 1, D, D, e));
+    KN_TRY(kn_layernorm(ctx, &img, &img, NULL, NULL, LN_EPS));
+    KN_TRY(kn_modulate(ctx, &img, &img, &shift, &scale));
+    if (debug) KN_TRY(debug(user, "norm_out", &img));
+    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out_w.ne[0]}, e));
+    KN_TRY(linear(ctx, m, &proj, &img, &m->proj_out_w, &m->proj_out_b));
     unpatchify(out, proj.data, Ni, p);
     return KN_OK;
 }
 
 int kn_qwen_dit_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_input *in, kn_tensor *out,
                         kn_debug_fn debug, void *debug_user) {
-    TRY(check_inputs(ctx, m, in, out));
+    KN_TRY(check_inputs(ctx, m, in, out));
     size_t mark = kn_arena_mark(ctx->scratch);
     int rc = forward(ctx, m, in, out, debug, debug_user);
     kn_arena_reset(ctx->scratch, mark);

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "pipelines/qwen_image/dit.h"
-#include "runtime/fixture.h"
+#include "pipelines/fixture.h"
 
 #define MAX_REFS 8
 

@@ -6,7 +6,7 @@
 #include <jansson.h>
 
 #include "pipelines/qwen_image/qwen25vl.h"
-#include "runtime/fixture.h"
+#include "pipelines/fixture.h"
 
 static kn_qwen25vl_family fixture_family(const kn_fixture_case *c) {
     kn_qwen25vl_family f = kn_qwen25vl_7b;

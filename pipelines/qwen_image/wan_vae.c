@@ -9,12 +9,6 @@
 
 #include "kernels/ops_image.h"
 
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
-
 /* Family constants: ComfyUI's loader builds every Wan 2.1 VAE with these. */
 static const int wan_dim_mult[] = {1, 2, 4, 4};
 #define WAN_STAGES ((int)(sizeof wan_dim_mult / sizeof wan_dim_mult[0]))
@@ -87,14 +81,14 @@ static int load_tensor(wan_loader *ld, kn_tensor *t, int ndim, const int64_t *ne
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    TRY(kn_st_get(ld->f, name, t, ld->err));
+    KN_TRY(kn_st_get(ld->f, name, t, ld->err));
     return kn_tensor_expect(t, "weight", ndim, ne, ld->err);
 }
 
 /* <prefix>.weight [out, in, (k,) k, k] (3D kernels when dims3) and <prefix>.bias [out]. */
 static int load_conv(wan_loader *ld, wan_conv *c, const char *prefix, int64_t out, int64_t in, int64_t k, int dims3,
                      int pad) {
-    TRY(load_tensor(ld, &c->w, dims3 ? 5 : 4, (int64_t[]){out, in, k, k, k}, "%s.weight", prefix));
+    KN_TRY(load_tensor(ld, &c->w, dims3 ? 5 : 4, (int64_t[]){out, in, k, k, k}, "%s.weight", prefix));
     c->pad = pad;
     return load_tensor(ld, &c->b, 1, (int64_t[]){out}, "%s.bias", prefix);
 }
@@ -118,16 +112,16 @@ static int next_layer(wan_loader *ld, wan_layer_kind kind, wan_layer **out) {
 static int add_residual(wan_loader *ld, int64_t in, int64_t out) {
     char p[96];
     wan_layer *l = NULL;
-    TRY(next_layer(ld, WAN_RESIDUAL, &l));
+    KN_TRY(next_layer(ld, WAN_RESIDUAL, &l));
     wan_residual *r = &l->res;
     snprintf(p, sizeof p, "%s.residual.0", l->name);
-    TRY(load_gamma(ld, &r->norm1, p, in, 0));
+    KN_TRY(load_gamma(ld, &r->norm1, p, in, 0));
     snprintf(p, sizeof p, "%s.residual.2", l->name);
-    TRY(load_conv(ld, &r->conv1, p, out, in, 3, 1, 1));
+    KN_TRY(load_conv(ld, &r->conv1, p, out, in, 3, 1, 1));
     snprintf(p, sizeof p, "%s.residual.3", l->name);
-    TRY(load_gamma(ld, &r->norm2, p, out, 0));
+    KN_TRY(load_gamma(ld, &r->norm2, p, out, 0));
     snprintf(p, sizeof p, "%s.residual.6", l->name);
-    TRY(load_conv(ld, &r->conv2, p, out, out, 3, 1, 1));
+    KN_TRY(load_conv(ld, &r->conv2, p, out, out, 3, 1, 1));
     if (in == out) return KN_OK;
     snprintf(p, sizeof p, "%s.shortcut", l->name);
     return load_conv(ld, &r->shortcut, p, out, in, 1, 1, 0);
@@ -137,21 +131,21 @@ static int add_attention(wan_loader *ld, int64_t ch) {
     char p[96];
     wan_layer *l = NULL;
     kn_tensor qkv_w, qkv_b, w2, proj_w;
-    TRY(next_layer(ld, WAN_ATTENTION, &l));
+    KN_TRY(next_layer(ld, WAN_ATTENTION, &l));
     wan_attention *a = &l->attn;
     snprintf(p, sizeof p, "%s.norm", l->name);
-    TRY(load_gamma(ld, &a->norm, p, ch, 1));
-    TRY(load_tensor(ld, &qkv_w, 4, (int64_t[]){3 * ch, ch, 1, 1}, "%s.to_qkv.weight", l->name));
-    TRY(load_tensor(ld, &qkv_b, 1, (int64_t[]){3 * ch}, "%s.to_qkv.bias", l->name));
-    TRY(load_tensor(ld, &proj_w, 4, (int64_t[]){ch, ch, 1, 1}, "%s.proj.weight", l->name));
-    TRY(load_tensor(ld, &a->proj_b, 1, (int64_t[]){ch}, "%s.proj.bias", l->name));
+    KN_TRY(load_gamma(ld, &a->norm, p, ch, 1));
+    KN_TRY(load_tensor(ld, &qkv_w, 4, (int64_t[]){3 * ch, ch, 1, 1}, "%s.to_qkv.weight", l->name));
+    KN_TRY(load_tensor(ld, &qkv_b, 1, (int64_t[]){3 * ch}, "%s.to_qkv.bias", l->name));
+    KN_TRY(load_tensor(ld, &proj_w, 4, (int64_t[]){ch, ch, 1, 1}, "%s.proj.weight", l->name));
+    KN_TRY(load_tensor(ld, &a->proj_b, 1, (int64_t[]){ch}, "%s.proj.bias", l->name));
     /* 1x1 convs over channels are linears over tokens */
-    TRY(kn_tensor_reshape(&a->proj_w, &proj_w, 2, (int64_t[]){ch, ch}, ld->err));
-    TRY(kn_tensor_reshape(&w2, &qkv_w, 2, (int64_t[]){3 * ch, ch}, ld->err));
+    KN_TRY(kn_tensor_reshape(&a->proj_w, &proj_w, 2, (int64_t[]){ch, ch}, ld->err));
+    KN_TRY(kn_tensor_reshape(&w2, &qkv_w, 2, (int64_t[]){3 * ch, ch}, ld->err));
     kn_tensor *ws[3] = {&a->q_w, &a->k_w, &a->v_w}, *bs[3] = {&a->q_b, &a->k_b, &a->v_b};
     for (int i = 0; i < 3; i++) {
-        TRY(kn_tensor_slice(ws[i], &w2, 0, i * ch, ch, ld->err));
-        TRY(kn_tensor_slice(bs[i], &qkv_b, 0, i * ch, ch, ld->err));
+        KN_TRY(kn_tensor_slice(ws[i], &w2, 0, i * ch, ch, ld->err));
+        KN_TRY(kn_tensor_slice(bs[i], &qkv_b, 0, i * ch, ch, ld->err));
     }
     return KN_OK;
 }
@@ -161,7 +155,7 @@ static int add_attention(wan_loader *ld, int64_t ch) {
 static int add_resample(wan_loader *ld, wan_layer_kind kind, int64_t ch) {
     char p[96];
     wan_layer *l = NULL;
-    TRY(next_layer(ld, kind, &l));
+    KN_TRY(next_layer(ld, kind, &l));
     snprintf(p, sizeof p, "%s.resample.1", l->name);
     return load_conv(ld, &l->resample, p, kind == WAN_UPSAMPLE ? ch / 2 : ch, ch, 3, 0, 0);
 }
@@ -169,15 +163,15 @@ static int add_resample(wan_loader *ld, wan_layer_kind kind, int64_t ch) {
 static int add_middle(wan_loader *ld, const char *group, int64_t ch) {
     ld->group = group;
     ld->index = 0;
-    TRY(add_residual(ld, ch, ch));
-    TRY(add_attention(ld, ch));
+    KN_TRY(add_residual(ld, ch, ch));
+    KN_TRY(add_attention(ld, ch));
     return add_residual(ld, ch, ch);
 }
 
 static int load_head(wan_loader *ld, const char *prefix, int64_t in, int64_t out) {
     char p[96];
     snprintf(p, sizeof p, "%s.head.0", prefix);
-    TRY(load_gamma(ld, &ld->coder->head_norm, p, in, 0));
+    KN_TRY(load_gamma(ld, &ld->coder->head_norm, p, in, 0));
     snprintf(p, sizeof p, "%s.head.2", prefix);
     return load_conv(ld, &ld->coder->head_conv, p, out, in, 3, 1, 1);
 }
@@ -187,15 +181,15 @@ static int load_head(wan_loader *ld, const char *prefix, int64_t in, int64_t out
 static int load_encoder(wan_loader *ld, const kn_wan_vae_config *cfg) {
     int64_t ch = cfg->dim;
     ld->coder->n_layers = 0;
-    TRY(load_conv(ld, &ld->coder->conv_in, "encoder.conv1", ch, cfg->image_channels, 3, 1, 1));
+    KN_TRY(load_conv(ld, &ld->coder->conv_in, "encoder.conv1", ch, cfg->image_channels, 3, 1, 1));
     ld->group = "encoder.downsamples";
     ld->index = 0;
     for (int s = 0; s < WAN_STAGES; s++) {
         int64_t out = (int64_t)cfg->dim * wan_dim_mult[s];
-        for (int r = 0; r < WAN_RES_BLOCKS; r++, ch = out) TRY(add_residual(ld, ch, out));
-        if (s != WAN_STAGES - 1) TRY(add_resample(ld, WAN_DOWNSAMPLE, ch));
+        for (int r = 0; r < WAN_RES_BLOCKS; r++, ch = out) KN_TRY(add_residual(ld, ch, out));
+        if (s != WAN_STAGES - 1) KN_TRY(add_resample(ld, WAN_DOWNSAMPLE, ch));
     }
-    TRY(add_middle(ld, "encoder.middle", ch));
+    KN_TRY(add_middle(ld, "encoder.middle", ch));
     return load_head(ld, "encoder", ch, 2 * (int64_t)cfg->z_dim);
 }
 
@@ -204,15 +198,15 @@ static int load_encoder(wan_loader *ld, const kn_wan_vae_config *cfg) {
 static int load_decoder(wan_loader *ld, const kn_wan_vae_config *cfg) {
     int64_t ch = (int64_t)cfg->dim * wan_dim_mult[WAN_STAGES - 1];
     ld->coder->n_layers = 0;
-    TRY(load_conv(ld, &ld->coder->conv_in, "decoder.conv1", ch, cfg->z_dim, 3, 1, 1));
-    TRY(add_middle(ld, "decoder.middle", ch));
+    KN_TRY(load_conv(ld, &ld->coder->conv_in, "decoder.conv1", ch, cfg->z_dim, 3, 1, 1));
+    KN_TRY(add_middle(ld, "decoder.middle", ch));
     ld->group = "decoder.upsamples";
     ld->index = 0;
     for (int s = 0; s < WAN_STAGES; s++) {
         int64_t out = (int64_t)cfg->dim * wan_dim_mult[WAN_STAGES - 1 - s];
-        for (int r = 0; r < WAN_RES_BLOCKS + 1; r++, ch = out) TRY(add_residual(ld, ch, out));
+        for (int r = 0; r < WAN_RES_BLOCKS + 1; r++, ch = out) KN_TRY(add_residual(ld, ch, out));
         if (s != WAN_STAGES - 1) {
-            TRY(add_resample(ld, WAN_UPSAMPLE, ch));
+            KN_TRY(add_resample(ld, WAN_UPSAMPLE, ch));
             ch /= 2;
         }
     }
@@ -222,7 +216,7 @@ static int load_decoder(wan_loader *ld, const kn_wan_vae_config *cfg) {
 /* Size of dimension d of a named tensor. */
 static int dim_of(const kn_st_file *f, const char *name, int d, int *out, kn_err *err) {
     kn_tensor t;
-    TRY(kn_st_get(f, name, &t, err));
+    KN_TRY(kn_st_get(f, name, &t, err));
     if (d >= t.ndim || t.ne[d] < 1 || t.ne[d] > (1 << 20))
         return kn_fail(err, KN_ERR_SHAPE, "%s: '%s' has no usable dimension %d", kn_st_path(f), name, d);
     *out = (int)t.ne[d];
@@ -231,19 +225,19 @@ static int dim_of(const kn_st_file *f, const char *name, int d, int *out, kn_err
 
 static int load_model(kn_wan_vae *m, const kn_st_file *f, kn_err *err) {
     kn_wan_vae_config *cfg = &m->cfg;
-    TRY(dim_of(f, "decoder.head.0.gamma", 0, &cfg->dim, err));
-    TRY(dim_of(f, "conv2.weight", 0, &cfg->z_dim, err));
-    TRY(dim_of(f, "encoder.conv1.weight", 1, &cfg->image_channels, err));
-    TRY(dim_of(f, "decoder.head.2.weight", 0, &cfg->out_channels, err));
+    KN_TRY(dim_of(f, "decoder.head.0.gamma", 0, &cfg->dim, err));
+    KN_TRY(dim_of(f, "conv2.weight", 0, &cfg->z_dim, err));
+    KN_TRY(dim_of(f, "encoder.conv1.weight", 1, &cfg->image_channels, err));
+    KN_TRY(dim_of(f, "decoder.head.2.weight", 0, &cfg->out_channels, err));
     wan_loader ld = {f, err, &m->encoder, NULL, 0};
-    TRY(load_encoder(&ld, cfg));
+    KN_TRY(load_encoder(&ld, cfg));
     ld.coder = &m->decoder;
-    TRY(load_decoder(&ld, cfg));
+    KN_TRY(load_decoder(&ld, cfg));
     const int64_t z = cfg->z_dim;
     wan_conv moments;
-    TRY(load_conv(&ld, &moments, "conv1", 2 * z, 2 * z, 1, 1, 0));
-    TRY(kn_tensor_slice(&m->mean_conv.w, &moments.w, 0, 0, z, err));
-    TRY(kn_tensor_slice(&m->mean_conv.b, &moments.b, 0, 0, z, err));
+    KN_TRY(load_conv(&ld, &moments, "conv1", 2 * z, 2 * z, 1, 1, 0));
+    KN_TRY(kn_tensor_slice(&m->mean_conv.w, &moments.w, 0, 0, z, err));
+    KN_TRY(kn_tensor_slice(&m->mean_conv.b, &moments.b, 0, 0, z, err));
     return load_conv(&ld, &m->latent_conv, "conv2", z, z, 1, 1, 0);
 }
 
@@ -279,7 +273,7 @@ static int check_frames(const kn_tensor *t, const char *what, int64_t channels, 
 }
 
 int kn_wan_vae_latent_shape(const kn_wan_vae *vae, const kn_tensor *image, int64_t ne[5], kn_err *err) {
-    TRY(check_frames(image, "image", vae->cfg.image_channels, WAN_SPATIAL_SCALE, err));
+    KN_TRY(check_frames(image, "image", vae->cfg.image_channels, WAN_SPATIAL_SCALE, err));
     /* each downsample maps n to (n + 1 - 3) / 2 + 1 = n / 2 */
     int64_t shape[5] = {image->ne[0], vae->cfg.z_dim, 1, image->ne[3] / WAN_SPATIAL_SCALE,
                         image->ne[4] / WAN_SPATIAL_SCALE};
@@ -288,7 +282,7 @@ int kn_wan_vae_latent_shape(const kn_wan_vae *vae, const kn_tensor *image, int64
 }
 
 int kn_wan_vae_image_shape(const kn_wan_vae *vae, const kn_tensor *latent, int64_t ne[5], kn_err *err) {
-    TRY(check_frames(latent, "latent", vae->cfg.z_dim, 1, err));
+    KN_TRY(check_frames(latent, "latent", vae->cfg.z_dim, 1, err));
     int64_t shape[5] = {latent->ne[0], vae->cfg.out_channels, 1, latent->ne[3] * WAN_SPATIAL_SCALE,
                         latent->ne[4] * WAN_SPATIAL_SCALE};
     memcpy(ne, shape, sizeof shape);
@@ -333,7 +327,7 @@ static int run_reserve(wan_run *r, int i, size_t bytes) {
     kn_arena_destroy(r->arena[i]);
     r->arena[i] = NULL;
     r->capacity[i] = 0;
-    TRY(kn_arena_create(&r->arena[i], KN_DEV_CPU, err));
+    KN_TRY(kn_arena_create(&r->arena[i], KN_DEV_CPU, err));
     if (!kn_arena_alloc(r->arena[i], bytes, err)) return err->code;
     kn_arena_reset(r->arena[i], 0);
     r->capacity[i] = bytes;
@@ -360,8 +354,8 @@ static int arena_act(wan_run *r, int i, kn_tensor *t, int64_t c, int64_t h, int6
 /* An activation of x's batch in the next arena (freeing what it held). */
 static int run_output(wan_run *r, kn_tensor *y, int64_t c, int64_t h, int64_t w) {
     size_t bytes = 0;
-    TRY(act_bytes(r, 1, c, h, w, &bytes));
-    TRY(run_reserve(r, r->next, bytes));
+    KN_TRY(act_bytes(r, 1, c, h, w, &bytes));
+    KN_TRY(run_reserve(r, r->next, bytes));
     return arena_act(r, r->next, y, c, h, w);
 }
 
@@ -373,7 +367,7 @@ static void run_advance(wan_run *r, const kn_tensor *y) {
 /* Room for a layer's `count` temporaries of [B, c, 1, h, w] (freeing the last layer's). */
 static int run_temps(wan_run *r, int64_t count, int64_t c, int64_t h, int64_t w) {
     size_t bytes = 0;
-    TRY(act_bytes(r, count, c, h, w, &bytes));
+    KN_TRY(act_bytes(r, count, c, h, w, &bytes));
     return run_reserve(r, RUN_TMP, bytes);
 }
 
@@ -388,7 +382,7 @@ static int causal_conv(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const wan_
 }
 
 static int norm_silu(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *gamma) {
-    TRY(kn_channel_rmsnorm(ctx, y, x, gamma, NULL, WAN_RMS_EPS));
+    KN_TRY(kn_channel_rmsnorm(ctx, y, x, gamma, NULL, WAN_RMS_EPS));
     return kn_activation(ctx, y, y, KN_ACT_SILU);
 }
 
@@ -400,20 +394,20 @@ static int residual_forward(wan_run *r, const wan_residual *blk) {
     const kn_tensor *x = &r->x;
     const int64_t out_ch = blk->conv1.w.ne[0], h = x->ne[3], w = x->ne[4];
     kn_tensor normed, mid, y, skip;
-    TRY(run_temps(r, blk->shortcut.w.data ? 2 : 1, out_ch, h, w));
-    TRY(run_output(r, &normed, x->ne[1], h, w));
-    TRY(norm_silu(ctx, &normed, x, &blk->norm1));
-    TRY(temp_act(r, &mid, out_ch, h, w));
-    TRY(causal_conv(ctx, &mid, &normed, &blk->conv1));
-    TRY(norm_silu(ctx, &mid, &mid, &blk->norm2));
-    TRY(run_output(r, &y, out_ch, h, w));
-    TRY(causal_conv(ctx, &y, &mid, &blk->conv2));
+    KN_TRY(run_temps(r, blk->shortcut.w.data ? 2 : 1, out_ch, h, w));
+    KN_TRY(run_output(r, &normed, x->ne[1], h, w));
+    KN_TRY(norm_silu(ctx, &normed, x, &blk->norm1));
+    KN_TRY(temp_act(r, &mid, out_ch, h, w));
+    KN_TRY(causal_conv(ctx, &mid, &normed, &blk->conv1));
+    KN_TRY(norm_silu(ctx, &mid, &mid, &blk->norm2));
+    KN_TRY(run_output(r, &y, out_ch, h, w));
+    KN_TRY(causal_conv(ctx, &y, &mid, &blk->conv2));
     if (blk->shortcut.w.data) {
-        TRY(temp_act(r, &skip, out_ch, h, w));
-        TRY(causal_conv(ctx, &skip, x, &blk->shortcut));
+        KN_TRY(temp_act(r, &skip, out_ch, h, w));
+        KN_TRY(causal_conv(ctx, &skip, x, &blk->shortcut));
         x = &skip;
     }
-    TRY(kn_binary(ctx, &y, &y, x, KN_ADD));
+    KN_TRY(kn_binary(ctx, &y, &y, x, KN_ADD));
     run_advance(r, &y);
     return KN_OK;
 }
@@ -424,27 +418,27 @@ static int attention_forward(wan_run *r, const wan_attention *a) {
     const int64_t batch = r->x.ne[0], ch = r->x.ne[1], h = r->x.ne[3], w = r->x.ne[4], len = h * w;
     const int64_t maps[3] = {batch, ch, len}, rows[3] = {batch, len, ch}, heads[4] = {batch, len, 1, ch};
     kn_tensor x3, normed, tok, q, k, v, o, q4, k4, v4, o4, y, y3;
-    TRY(run_temps(r, 6, ch, h, w));
+    KN_TRY(run_temps(r, 6, ch, h, w));
     kn_arena *tmp = r->arena[RUN_TMP];
-    TRY(kn_tensor_reshape(&x3, &r->x, 3, maps, &ctx->err));
-    TRY(kn_arena_tensor(tmp, &normed, KN_F32, 3, maps, &ctx->err));
-    TRY(kn_channel_rmsnorm(ctx, &normed, &x3, &a->norm, NULL, WAN_RMS_EPS));
+    KN_TRY(kn_tensor_reshape(&x3, &r->x, 3, maps, &ctx->err));
+    KN_TRY(kn_arena_tensor(tmp, &normed, KN_F32, 3, maps, &ctx->err));
+    KN_TRY(kn_channel_rmsnorm(ctx, &normed, &x3, &a->norm, NULL, WAN_RMS_EPS));
     kn_tensor *bufs[5] = {&tok, &q, &k, &v, &o};
-    for (int i = 0; i < 5; i++) TRY(kn_arena_tensor(tmp, bufs[i], KN_F32, 3, rows, &ctx->err));
-    TRY(kn_transpose_last2(ctx, &tok, &normed));
-    TRY(kn_linear(ctx, &q, &tok, &a->q_w, &a->q_b));
-    TRY(kn_linear(ctx, &k, &tok, &a->k_w, &a->k_b));
-    TRY(kn_linear(ctx, &v, &tok, &a->v_w, &a->v_b));
-    TRY(kn_tensor_reshape(&q4, &q, 4, heads, &ctx->err));
-    TRY(kn_tensor_reshape(&k4, &k, 4, heads, &ctx->err));
-    TRY(kn_tensor_reshape(&v4, &v, 4, heads, &ctx->err));
-    TRY(kn_tensor_reshape(&o4, &o, 4, heads, &ctx->err));
-    TRY(kn_attention(ctx, &o4, &q4, &k4, &v4, NULL, 0, 1.0f / sqrtf((float)ch)));
-    TRY(kn_linear(ctx, &tok, &o, &a->proj_w, &a->proj_b));
-    TRY(run_output(r, &y, ch, h, w));
-    TRY(kn_tensor_reshape(&y3, &y, 3, maps, &ctx->err));
-    TRY(kn_transpose_last2(ctx, &y3, &tok));
-    TRY(kn_binary(ctx, &y, &y, &r->x, KN_ADD));
+    for (int i = 0; i < 5; i++) KN_TRY(kn_arena_tensor(tmp, bufs[i], KN_F32, 3, rows, &ctx->err));
+    KN_TRY(kn_transpose_last2(ctx, &tok, &normed));
+    KN_TRY(kn_linear(ctx, &q, &tok, &a->q_w, &a->q_b));
+    KN_TRY(kn_linear(ctx, &k, &tok, &a->k_w, &a->k_b));
+    KN_TRY(kn_linear(ctx, &v, &tok, &a->v_w, &a->v_b));
+    KN_TRY(kn_tensor_reshape(&q4, &q, 4, heads, &ctx->err));
+    KN_TRY(kn_tensor_reshape(&k4, &k, 4, heads, &ctx->err));
+    KN_TRY(kn_tensor_reshape(&v4, &v, 4, heads, &ctx->err));
+    KN_TRY(kn_tensor_reshape(&o4, &o, 4, heads, &ctx->err));
+    KN_TRY(kn_attention(ctx, &o4, &q4, &k4, &v4, NULL, 0, 1.0f / sqrtf((float)ch)));
+    KN_TRY(kn_linear(ctx, &tok, &o, &a->proj_w, &a->proj_b));
+    KN_TRY(run_output(r, &y, ch, h, w));
+    KN_TRY(kn_tensor_reshape(&y3, &y, 3, maps, &ctx->err));
+    KN_TRY(kn_transpose_last2(ctx, &y3, &tok));
+    KN_TRY(kn_binary(ctx, &y, &y, &r->x, KN_ADD));
     run_advance(r, &y);
     return KN_OK;
 }
@@ -461,10 +455,10 @@ static int resample_forward(wan_run *r, const wan_layer *l) {
     const kn_conv_params up_p = {.upsample = 2, .pad_top = 1, .pad_bottom = 1, .pad_left = 1, .pad_right = 1};
     const kn_conv_params down_p = {.stride_h = 2, .stride_w = 2, .pad_bottom = 1, .pad_right = 1};
     kn_tensor x4, y, y4;
-    TRY(kn_tensor_reshape(&x4, &r->x, 4, (int64_t[]){batch, ch, h, w}, &ctx->err));
-    TRY(run_output(r, &y, out_ch, oh, ow));
-    TRY(kn_tensor_reshape(&y4, &y, 4, (int64_t[]){batch, out_ch, oh, ow}, &ctx->err));
-    TRY(kn_conv2d(ctx, &y4, &x4, &l->resample.w, &l->resample.b, up ? &up_p : &down_p));
+    KN_TRY(kn_tensor_reshape(&x4, &r->x, 4, (int64_t[]){batch, ch, h, w}, &ctx->err));
+    KN_TRY(run_output(r, &y, out_ch, oh, ow));
+    KN_TRY(kn_tensor_reshape(&y4, &y, 4, (int64_t[]){batch, out_ch, oh, ow}, &ctx->err));
+    KN_TRY(kn_conv2d(ctx, &y4, &x4, &l->resample.w, &l->resample.b, up ? &up_p : &down_p));
     run_advance(r, &y);
     return KN_OK;
 }
@@ -491,7 +485,7 @@ static int coder_forward(wan_run *r, const wan_coder *c, const char *name) {
         causal_conv(ctx, &y, &r->x, &c->conv_in))
         return kn_err_wrap(&ctx->err, "wan_vae %s.conv1", name);
     run_advance(r, &y);
-    for (int i = 0; i < c->n_layers; i++) TRY(layer_run(r, &c->layers[i]));
+    for (int i = 0; i < c->n_layers; i++) KN_TRY(layer_run(r, &c->layers[i]));
     int rc = run_temps(r, 1, r->x.ne[1], r->x.ne[3], r->x.ne[4]);
     if (!rc) rc = temp_act(r, &normed, r->x.ne[1], r->x.ne[3], r->x.ne[4]);
     if (!rc) rc = norm_silu(ctx, &normed, &r->x, &c->head_norm);
@@ -504,8 +498,8 @@ static int coder_forward(wan_run *r, const wan_coder *c, const char *name) {
 
 int kn_wan_vae_encode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *latent_mean, const kn_tensor *image) {
     int64_t ne[5];
-    TRY(kn_wan_vae_latent_shape(vae, image, ne, &ctx->err));
-    TRY(kn_tensor_expect(latent_mean, "wan_vae latent_mean", 5, ne, &ctx->err));
+    KN_TRY(kn_wan_vae_latent_shape(vae, image, ne, &ctx->err));
+    KN_TRY(kn_tensor_expect(latent_mean, "wan_vae latent_mean", 5, ne, &ctx->err));
     wan_run r;
     run_begin(&r, ctx, image);
     int rc = coder_forward(&r, &vae->encoder, "encoder");
@@ -516,8 +510,8 @@ int kn_wan_vae_encode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *latent_mean
 
 int kn_wan_vae_decode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *image, const kn_tensor *latent) {
     int64_t ne[5];
-    TRY(kn_wan_vae_image_shape(vae, latent, ne, &ctx->err));
-    TRY(kn_tensor_expect(image, "wan_vae image", 5, ne, &ctx->err));
+    KN_TRY(kn_wan_vae_image_shape(vae, latent, ne, &ctx->err));
+    KN_TRY(kn_tensor_expect(image, "wan_vae image", 5, ne, &ctx->err));
     wan_run r;
     kn_tensor z;
     run_begin(&r, ctx, latent);

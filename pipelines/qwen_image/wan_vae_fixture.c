@@ -5,7 +5,7 @@
 
 #include "kernels/ops_image.h"
 #include "pipelines/qwen_image/wan_vae.h"
-#include "runtime/fixture.h"
+#include "pipelines/fixture.h"
 
 static int run_decode(const kn_fixture_case *c, const kn_wan_vae *vae, kn_fixture_results *res, kn_err *err) {
     kn_ctx *ctx = c->ctx;

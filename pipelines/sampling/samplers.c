@@ -7,12 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
-
 static int check_latent(const kn_tensor *t, const char *what, kn_err *err) {
     char d[96];
     if (t->dtype != KN_F32 || t->device != KN_DEV_CPU || !kn_tensor_is_contiguous(t) || t->ndim < 2)
@@ -29,7 +23,7 @@ static int same_shape(const kn_tensor *a, const kn_tensor *b) {
 }
 
 static int expect_like(const kn_tensor *t, const kn_tensor *like, const char *what, kn_err *err) {
-    TRY(check_latent(t, what, err));
+    KN_TRY(check_latent(t, what, err));
     char a[96], b[96];
     if (!same_shape(t, like))
         return kn_fail(err, KN_ERR_SHAPE, "%s is %s, expected the latent's %s", what, kn_tensor_desc(t, a, sizeof a),
@@ -52,10 +46,10 @@ int kn_cfg_denoise(void *guider, const kn_tensor *x, float sigma, kn_tensor *den
     /* skipped, the uncond accumulator stays 0 and 0 + (cond - 0) * cfg is cond exactly */
     if (kn_cfg_skips_uncond(g->cfg)) return g->model(g->user, x, sigma, 0, denoised, err);
     if (g->uncond.data && !same_shape(&g->uncond, x)) kn_tensor_free(&g->uncond);
-    if (!g->uncond.data) TRY(kn_tensor_new(&g->uncond, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err));
+    if (!g->uncond.data) KN_TRY(kn_tensor_new(&g->uncond, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err));
     /* ComfyUI batches [uncond, cond]: run them in that order */
-    TRY(g->model(g->user, x, sigma, 1, &g->uncond, err));
-    TRY(g->model(g->user, x, sigma, 0, denoised, err));
+    KN_TRY(g->model(g->user, x, sigma, 1, &g->uncond, err));
+    KN_TRY(g->model(g->user, x, sigma, 0, denoised, err));
     kn_cfg_combine(denoised->data, denoised->data, g->uncond.data, g->cfg, kn_tensor_numel(x));
     return KN_OK;
 }
@@ -77,8 +71,8 @@ const kn_latent_format kn_latent_flux = {"Flux", 16, 0.3611f, flux_shift, ones16
 const kn_latent_format kn_latent_wan21 = {"Wan21", 16, 1.0f, wan21_mean, wan21_std};
 
 static int latent_affine(const kn_latent_format *f, const kn_tensor *z, kn_tensor *out, int to_model, kn_err *err) {
-    TRY(check_latent(z, "latent", err));
-    TRY(expect_like(out, z, "latent output", err));
+    KN_TRY(check_latent(z, "latent", err));
+    KN_TRY(expect_like(out, z, "latent output", err));
     if (z->ne[1] != f->channels)
         return kn_fail(err, KN_ERR_SHAPE, "latent format %s: %lld channels, expected %d", f->name,
                        (long long)z->ne[1], f->channels);
@@ -181,8 +175,8 @@ static int run_euler(run *r, kn_err *err) {
     float *x = r->x->data, *d = den->data;
     for (int i = 0; i < r->ns - 1; i++) {
         double s = r->s[i], dt = (double)r->s[i + 1] - s;
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] + (x[k] - d[k]) / s * dt);
     }
     return KN_OK;
@@ -197,15 +191,15 @@ static int run_euler_ancestral(run *r, kn_err *err) {
     double eta = r->def->eta, s_noise = 1.0;
     for (int i = 0; i < r->ns - 1; i++) {
         double s = r->s[i], sn = r->s[i + 1];
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         if (sn == 0.0) {
             memcpy(x, d, (size_t)r->n * sizeof *x);
             continue;
         }
         double sd = sn * (1.0 + (sn / s - 1.0) * eta), a1 = 1.0 - sn, ad = 1.0 - sd;
         double renoise = sqrt(sn * sn - sd * sd * a1 * a1 / (ad * ad)), ratio = sd / s;
-        if (eta > 0.0) TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
+        if (eta > 0.0) KN_TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
         for (int64_t k = 0; k < r->n; k++) {
             double v = ratio * x[k] + (1.0 - ratio) * d[k];
             if (eta > 0.0) v = a1 / ad * v + e[k] * s_noise * renoise;
@@ -222,14 +216,14 @@ static int run_heun(run *r, kn_err *err) {
     float *x = r->x->data, *d = den->data, *y = x2->data, *d2 = den2->data;
     for (int i = 0; i < r->ns - 1; i++) {
         double s = r->s[i], sn = r->s[i + 1], dt = sn - s;
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         if (sn == 0.0) {
             for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] + (x[k] - d[k]) / s * dt);
             continue;
         }
         for (int64_t k = 0; k < r->n; k++) y[k] = (float)(x[k] + (x[k] - d[k]) / s * dt);
-        TRY(model(r, x2, r->s[i + 1], den2, err));
+        KN_TRY(model(r, x2, r->s[i + 1], den2, err));
         for (int64_t k = 0; k < r->n; k++) {
             double slope = (x[k] - d[k]) / s, slope2 = (y[k] - d2[k]) / sn;
             x[k] = (float)(x[k] + (slope + slope2) / 2.0 * dt);
@@ -244,8 +238,8 @@ static int run_dpmpp_2m(run *r, kn_err *err) {
     if (!old) return err->code;
     float *x = r->x->data;
     for (int i = 0; i < r->ns - 1; i++) {
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         double t = -log(r->s[i]), tn = -log(r->s[i + 1]), h = tn - t; /* sigma_next 0: tn = inf, x = D */
         double ratio = exp(-tn) / exp(-t), e = expm1(-h);
         const float *d = den->data, *o = old->data;
@@ -274,8 +268,8 @@ static int run_dpmpp_2m_sde(run *r, kn_err *err) {
     int have_old = 0;
     for (int i = 0; i < r->ns - 1; i++) {
         double s = r->s[i], sn = r->s[i + 1];
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         const float *d = den->data, *o = old->data;
         if (sn == 0.0) {
             memcpy(x, d, (size_t)r->n * sizeof *x);
@@ -289,7 +283,7 @@ static int run_dpmpp_2m_sde(run *r, kn_err *err) {
             }
             double c_e = sn * sqrt(-expm1(-2.0 * h * eta)) * s_noise;
             int noisy = eta > 0.0 && s_noise > 0.0;
-            if (noisy) TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
+            if (noisy) KN_TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
             for (int64_t k = 0; k < r->n; k++) {
                 double v = c_x * x[k] + c_d * d[k];
                 if (have_old) v = v + c_o * ((double)d[k] - o[k]);
@@ -311,10 +305,10 @@ static int run_lcm(run *r, kn_err *err) {
     kn_tensor *den = buf(r, 0, err), *noise = den ? buf(r, 1, err) : NULL;
     if (!noise) return err->code;
     for (int i = 0; i < r->ns - 1; i++) {
-        TRY(model(r, r->x, r->s[i], den, err));
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         if (r->s[i + 1] > 0.0f) {
-            TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
+            KN_TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
             kn_ms_noise_scaling(r->s[i + 1], noise->data, den->data, r->x->data, r->n);
         } else {
             memcpy(r->x->data, den->data, (size_t)r->n * sizeof(float));
@@ -336,9 +330,9 @@ static int run_res_multistep(run *r, kn_err *err) {
     double eta = r->def->eta, s_noise = 1.0, old_down = 0.0;
     for (int i = 0; i < r->ns - 1; i++) {
         double s = r->s[i], sn = r->s[i + 1], down, up;
-        TRY(model(r, r->x, r->s[i], den, err));
+        KN_TRY(model(r, r->x, r->s[i], den, err));
         ancestral_step(s, sn, eta, &down, &up);
-        TRY(report(r, i, r->x, den, err));
+        KN_TRY(report(r, i, r->x, den, err));
         const float *d = den->data, *o = old->data;
         if (down == 0.0 || i == 0) {
             for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] + (x[k] - d[k]) / s * (down - s));
@@ -353,7 +347,7 @@ static int run_res_multistep(run *r, kn_err *err) {
          * changes nothing and the draws feed nothing else, so skip them */
         if (sn > 0.0 && up != 0.0) {
             if (!(noise = buf(r, 2, err))) return err->code;
-            TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
+            KN_TRY(draw(r, r->s[i], r->s[i + 1], noise, err));
             const float *e = noise->data;
             for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] + e[k] * s_noise * up);
         }
@@ -388,7 +382,7 @@ static int unipc_x0(run *r, const kn_tensor *x, float t, kn_tensor *out, kn_err 
     float *iv = in->data, *dv = den->data, *ov = out->data;
     double scale = sqrt((double)t * t + 1.0), alpha = exp(vp_log_alpha(t)), std = vp_std(t);
     for (int64_t k = 0; k < r->n; k++) iv[k] = (float)(xv[k] * scale);
-    TRY(model(r, in, t, den, err));
+    KN_TRY(model(r, in, t, den, err));
     for (int64_t k = 0; k < r->n; k++) {
         double eps = ((double)iv[k] - dv[k]) / t;
         ov[k] = (float)((xv[k] - std * eps) / alpha);
@@ -464,7 +458,7 @@ static int unipc_update(run *r, kn_tensor **mp, const float *tp, int count, floa
         memcpy(x, y, (size_t)r->n * sizeof *x);
         return KN_OK;
     }
-    TRY(unipc_x0(r, xp, t, model_t, err));
+    KN_TRY(unipc_x0(r, xp, t, model_t, err));
     const float *mt = model_t->data;
     for (int64_t k = 0; k < r->n; k++) { /* the corrector, with the model at the predicted x */
         double corr = 0.0;
@@ -489,11 +483,11 @@ static int run_unipc(run *r, kn_err *err) {
     for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] / sqrt(1.0 + s0 * s0));
     for (int step_index = 0; step_index < steps; step_index++) {
         if (step_index == 0) {
-            TRY(unipc_x0(r, r->x, r->s[0], mp[0], err));
+            KN_TRY(unipc_x0(r, r->x, r->s[0], mp[0], err));
             tp[0] = r->s[0];
             count = 1;
         } else if (step_index < order) { /* warm up with lower orders */
-            TRY(unipc_update(r, mp, tp, count, r->s[step_index], step_index, spare, err));
+            KN_TRY(unipc_update(r, mp, tp, count, r->s[step_index], step_index, spare, err));
             kn_tensor *t_swap = mp[count];
             mp[count] = spare;
             spare = t_swap;
@@ -503,7 +497,7 @@ static int run_unipc(run *r, kn_err *err) {
             for (int step = step_index; step <= last; step++) {
                 int step_order = order < steps + 1 - step ? order : steps + 1 - step;
                 int corrector = step != steps;
-                TRY(unipc_update(r, mp, tp, count, r->s[step], step_order, corrector ? spare : NULL, err));
+                KN_TRY(unipc_update(r, mp, tp, count, r->s[step], step_order, corrector ? spare : NULL, err));
                 kn_tensor *dropped = mp[0];
                 for (int i = 0; i < order - 1; i++) {
                     mp[i] = mp[i + 1];
@@ -516,7 +510,7 @@ static int run_unipc(run *r, kn_err *err) {
                 }
             }
         }
-        TRY(report(r, step_index, r->x, mp[count - 1], err));
+        KN_TRY(report(r, step_index, r->x, mp[count - 1], err));
     }
     double lt = r->s[steps];
     for (int64_t k = 0; k < r->n; k++) x[k] = (float)(x[k] / exp(vp_log_alpha(lt)));
@@ -591,7 +585,7 @@ int kn_ksampler_sigmas(const kn_model_sampling *ms, const char *scheduler, const
         total = (int)(steps / denoise);
     }
     int discard = kn_sampler_discards_penultimate(sampler);
-    TRY(kn_scheduler_sigmas(ms, scheduler, total + discard, sigmas, n, err));
+    KN_TRY(kn_scheduler_sigmas(ms, scheduler, total + discard, sigmas, n, err));
     if (discard && *n >= 2) {
         (*sigmas)[*n - 2] = (*sigmas)[*n - 1];
         (*n)--;
@@ -612,7 +606,7 @@ float kn_sampler_last_sigma(const kn_sample_params *p) {
 int kn_sampler_run(const kn_sample_params *p, kn_tensor *x, kn_err *err) {
     const sampler_def *def = find_sampler(p->sampler, err);
     if (!def) return err->code;
-    TRY(check_latent(x, "sampler state", err));
+    KN_TRY(check_latent(x, "sampler state", err));
     if (!p->ms || !p->denoise || (p->n_sigmas > 0 && !p->sigmas) || p->n_sigmas < 0)
         return kn_fail(err, KN_ERR_INVALID, "%s: missing model sampling, model or sigmas", def->name);
     if (p->n_sigmas == 0) return KN_OK;
@@ -631,10 +625,10 @@ int kn_sampler_run(const kn_sample_params *p, kn_tensor *x, kn_err *err) {
 
 int kn_sample(const kn_sample_params *p, const kn_latent_format *format, const kn_tensor *noise,
               const kn_tensor *latent, kn_tensor *samples, kn_tensor *x_final, kn_err *err) {
-    TRY(check_latent(latent, "latent", err));
-    TRY(expect_like(noise, latent, "noise", err));
-    TRY(expect_like(samples, latent, "samples", err));
-    if (x_final) TRY(expect_like(x_final, latent, "x_final", err));
+    KN_TRY(check_latent(latent, "latent", err));
+    KN_TRY(expect_like(noise, latent, "noise", err));
+    KN_TRY(expect_like(samples, latent, "samples", err));
+    if (x_final) KN_TRY(expect_like(x_final, latent, "x_final", err));
     int64_t n = kn_tensor_numel(latent);
     if (p->n_sigmas == 0) { /* CFGGuider.sample returns the latent as it is */
         memcpy(samples->data, latent->data, (size_t)n * sizeof(float));
@@ -642,7 +636,7 @@ int kn_sample(const kn_sample_params *p, const kn_latent_format *format, const k
         return KN_OK;
     }
     kn_tensor own = {0}, *x = x_final;
-    if (!x) TRY(kn_tensor_new(x = &own, KN_F32, KN_DEV_CPU, latent->ndim, latent->ne, err));
+    if (!x) KN_TRY(kn_tensor_new(x = &own, KN_F32, KN_DEV_CPU, latent->ndim, latent->ne, err));
     const float *lv = latent->data;
     int64_t first_nonzero = 0;
     while (first_nonzero < n && lv[first_nonzero] == 0.0f) first_nonzero++;

@@ -8,21 +8,15 @@
 #include <string.h>
 
 #include "pipelines/sampling/samplers.h"
-#include "runtime/fixture.h"
-
-#define TRY(x)                                                                                              \
-    do {                                                                                                    \
-        int rc_ = (x);                                                                                      \
-        if (rc_) return rc_;                                                                                \
-    } while (0)
+#include "pipelines/fixture.h"
 
 /* ---- inputs ------------------------------------------------------------------------------------ */
 
 /* in.<name> as a new contiguous F32 CPU tensor (the file's bytes carry no alignment promise). */
 static int input_f32(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err) {
     kn_tensor t;
-    TRY(kn_fixture_input(c, name, &t, err));
-    TRY(kn_tensor_new(out, KN_F32, KN_DEV_CPU, t.ndim, t.ne, err));
+    KN_TRY(kn_fixture_input(c, name, &t, err));
+    KN_TRY(kn_tensor_new(out, KN_F32, KN_DEV_CPU, t.ndim, t.ne, err));
     int rc = kn_tensor_copy(out, &t, err);
     if (rc) kn_tensor_free(out);
     return rc;
@@ -31,7 +25,7 @@ static int input_f32(const kn_fixture_case *c, const char *name, kn_tensor *out,
 /* in.<name> as int64 values; *n = how many (at most max). */
 static int input_i64(const kn_fixture_case *c, const char *name, int64_t *vals, int max, int *n, kn_err *err) {
     kn_tensor t;
-    TRY(kn_fixture_input(c, name, &t, err));
+    KN_TRY(kn_fixture_input(c, name, &t, err));
     int64_t count = kn_tensor_numel(&t);
     if (t.dtype != KN_I64 || count > max)
         return kn_fail(err, KN_ERR_FORMAT, "in.%s: expected at most %d I64 values", name, max);
@@ -70,12 +64,12 @@ static int node_model_sampling(const kn_fixture_case *c, kn_model_sampling *ms, 
 static int run_noise(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
     int64_t seed, shape[KN_MAX_DIMS], index[64];
     int n = 0, ndim = 0, n_index = 0;
-    TRY(input_i64(c, "seed", &seed, 1, &n, err));
-    TRY(input_i64(c, "shape", shape, KN_MAX_DIMS, &ndim, err));
+    KN_TRY(input_i64(c, "seed", &seed, 1, &n, err));
+    KN_TRY(input_i64(c, "shape", shape, KN_MAX_DIMS, &ndim, err));
     int has_index = kn_st_find(c->data, "in.batch_index") != NULL;
-    if (has_index) TRY(input_i64(c, "batch_index", index, 64, &n_index, err));
+    if (has_index) KN_TRY(input_i64(c, "batch_index", index, 64, &n_index, err));
     kn_tensor noise;
-    TRY(kn_tensor_new(&noise, KN_F32, KN_DEV_CPU, ndim, shape, err));
+    KN_TRY(kn_tensor_new(&noise, KN_F32, KN_DEV_CPU, ndim, shape, err));
     static const struct {
         const char *out;
         kn_randn_path path;
@@ -93,7 +87,7 @@ static int run_noise(const kn_fixture_case *c, kn_fixture_results *res, kn_err *
 
 static int run_schedules(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
     kn_model_sampling ms;
-    TRY(node_model_sampling(c, &ms, err));
+    KN_TRY(node_model_sampling(c, &ms, err));
     float lo = kn_ms_sigma_min(&ms), hi = kn_ms_sigma_max(&ms);
     int rc = emit_values(res, "out.model_sampling_sigmas", ms.sigmas, ms.n, err);
     if (!rc) rc = emit_values(res, "out.sigma_min", &lo, 1, err);
@@ -122,7 +116,7 @@ static int run_schedules(const kn_fixture_case *c, kn_fixture_results *res, kn_e
 
 static int run_conversions(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
     kn_model_sampling ms;
-    TRY(node_model_sampling(c, &ms, err));
+    KN_TRY(node_model_sampling(c, &ms, err));
     kn_tensor x = {0}, out_t = {0}, noise = {0}, latent = {0}, sig = {0}, sig2 = {0}, pct = {0}, y = {0};
     int rc = input_f32(c, "x", &x, err);
     if (!rc) rc = input_f32(c, "model_output", &out_t, err);
@@ -184,7 +178,7 @@ static int run_latent_formats(const kn_fixture_case *c, kn_fixture_results *res,
     int rc = KN_OK;
     for (size_t i = 0; !rc && i < sizeof formats / sizeof formats[0]; i++) {
         kn_tensor z, y = {0};
-        TRY(input_f32(c, formats[i].in, &z, err));
+        KN_TRY(input_f32(c, formats[i].in, &z, err));
         rc = kn_tensor_new(&y, KN_F32, KN_DEV_CPU, z.ndim, z.ne, err);
         if (!rc) rc = kn_latent_process_in(formats[i].f, &z, &y, err);
         if (!rc) rc = kn_fixture_emit(res, formats[i].out_in, &y, err);
@@ -267,7 +261,7 @@ static int tap_draw(kn_noise_source *src, float sigma, float sigma_next, kn_tens
     noise_tap *t = (noise_tap *)src;
     char name[64];
     snprintf(name, sizeof name, "debug.sampler_noise%d", t->draws++);
-    TRY(t->inner->draw(t->inner, sigma, sigma_next, out, err));
+    KN_TRY(t->inner->draw(t->inner, sigma, sigma_next, out, err));
     return kn_fixture_emit(t->res, name, out, err);
 }
 
@@ -279,7 +273,7 @@ static int emit_step(void *user, int step, int total, const kn_tensor *x, const 
     kn_fixture_results *res = user;
     char name[64];
     snprintf(name, sizeof name, "debug.x_step%d", step);
-    TRY(kn_fixture_emit(res, name, x, err));
+    KN_TRY(kn_fixture_emit(res, name, x, err));
     snprintf(name, sizeof name, "debug.denoised_step%d", step);
     (void)total;
     return kn_fixture_emit(res, name, den, err);
@@ -297,9 +291,9 @@ static int run_sampler_case(const kn_fixture_case *c, kn_fixture_results *res, t
         return kn_fail(err, KN_ERR_FORMAT, "case needs sampler, ms and a Flux or Wan21 latent_format");
     int64_t seed;
     int n;
-    TRY(input_i64(c, "seed", &seed, 1, &n, err));
+    KN_TRY(input_i64(c, "seed", &seed, 1, &n, err));
     kn_model_sampling ms; /* "flux_*": the ModelSamplingFlux node (shift is mu); others: discrete flow */
-    TRY(strncmp(ms_name, "flux", 4) == 0 ? kn_model_sampling_flux(&ms, shift, err)
+    KN_TRY(strncmp(ms_name, "flux", 4) == 0 ? kn_model_sampling_flux(&ms, shift, err)
                                          : kn_model_sampling_flow(&ms, shift, param(c->info, "multiplier", 1.0), err));
     toy->ms = &ms;
     toy->t_scale = param(c->info, "toy_t_scale", 1.0);

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "graph/json.h"
+#include "kernels/json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
 

@@ -22,8 +22,8 @@
  *  - The tokenizer folder (Qwen2 BPE data "qwen25/") is not a ComfyUI model
  *    folder (ComfyUI ships it with its code); it is $KILN_TOKENIZERS or the
  *    build's copy. */
-#ifndef KN_RUNTIME_MODELS_H
-#define KN_RUNTIME_MODELS_H
+#ifndef KN_NODES_MODEL_STORE_H
+#define KN_NODES_MODEL_STORE_H
 
 #include <jansson.h>
 

@@ -1,4 +1,4 @@
-#include "graph/json.h"
+#include "kernels/json.h"
 
 #include <math.h>
 #include <stdarg.h>

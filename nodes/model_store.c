@@ -1,5 +1,5 @@
 /* Model folders, name resolution and the loaded-model store. */
-#include "runtime/models.h"
+#include "nodes/model_store.h"
 
 #include <dirent.h>
 #include <stdio.h>

@@ -22,8 +22,8 @@
  *    rounded to the nearest double. New reference, NULL when out of memory.
  *  - Recursion follows the value's nesting, which jansson's parser caps at
  *    2048 levels for anything loaded from text. */
-#ifndef KN_GRAPH_JSON_H
-#define KN_GRAPH_JSON_H
+#ifndef KN_KERNELS_JSON_H
+#define KN_KERNELS_JSON_H
 
 #include <stddef.h>
 

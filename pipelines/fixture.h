@@ -1,0 +1,66 @@
+/* kn_fixture: the harness that runs model fixtures in the shared format.
+ *
+ * A fixture folder holds meta.json, model weights and case<N>.safetensors with
+ * in.<name> inputs and out.<name> expected outputs (debug.<name>
+ * intermediates where present). meta.json's "component" picks a runner; the
+ * runner reads the inputs, computes, and hands each output to
+ * kn_fixture_emit under the expected name ("out.x" or "debug.x"). The harness
+ * prints every case's error against the meta.json tolerance (relative L2 by
+ * default; bit-exact or per-value bounds where meta.json asks for them);
+ * out.* tensors decide pass/fail, debug.* ones are printed to help find bugs.
+ * A folder whose meta.json lists "folders" instead of "cases" runs each
+ * sub-folder; a sub-folder's component "a/b" runs under the runner of "a".
+ *
+ * Strictness: a case passes only when it has at least one out.* tensor and
+ * every out.* tensor was produced and is within its tolerance. Tolerances are
+ * looked up by name, never guessed: a per-tensor "bit-exact" entry; the case's
+ * "tolerance_rel_l2"; "rel_l2_weights" / "rel_l2_outputs" for the LoRA
+ * fixtures' patched_weights / dit_output cases; "rel_l2_bf16_case" for cases
+ * on bf16 weights; "rel_l2_fp32"; "rel_fp32" (with "abs_floor": per value).
+ * A case no entry covers fails with a message naming the keys it has.
+ *
+ * The harness lives with the pipelines so that each one's runner can use it;
+ * the table of runners is the caller's (runtime/fixture.c). */
+#ifndef KN_PIPELINES_FIXTURE_H
+#define KN_PIPELINES_FIXTURE_H
+
+#include <jansson.h>
+
+#include "kernels/ops.h"
+#include "kernels/safetensors.h"
+
+typedef struct kn_fixture_case {
+    const char *dir;        /* fixture folder */
+    const json_t *meta;     /* whole meta.json */
+    const json_t *info;     /* this case's object in meta["cases"] */
+    const kn_st_file *data; /* the case's safetensors (in.*, out.*, debug.*) */
+    kn_ctx *ctx;            /* CPU context with FP32 precision */
+} kn_fixture_case;
+
+typedef struct kn_fixture_results kn_fixture_results;
+
+typedef int (*kn_fixture_fn)(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+
+/* Record a computed tensor (any float dtype, CPU; copied) under `name`. */
+int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *t, kn_err *err);
+
+/* Helpers for runners. */
+int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err); /* "in.<name>" */
+/* The weights file of the case: info["weights"], else the first key of meta["weights"]. */
+int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn_err *err);
+/* meta["config"][key] as a number/int list; 0 and a default when absent. */
+double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double dflt);
+int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals, int max);
+
+/* A component name and its runner; tables end with {NULL, NULL}. */
+typedef struct kn_fixture_runner {
+    const char *component;
+    kn_fixture_fn run;
+} kn_fixture_runner;
+
+/* Run every case of a folder with the runner `runners` has for its
+ * component; prints one line per compared tensor. Returns KN_OK when all
+ * cases pass; *failed counts failing cases. */
+int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, int *failed, kn_err *err);
+
+#endif
