@@ -348,7 +348,11 @@ static int bench_block(const char *path) {
     kn_err_clear(&err);
     kn_st_file *f = NULL;
     kn_qwen_dit m;
-    if (kn_st_open(&f, path, &err) || kn_qwen_dit_load(&m, f, &kn_qwen_image_family, &err)) {
+    const kn_dit_family *fam;
+    const char *prefix;
+    /* the block benchmark runs one Qwen-Image block directly, not through the family's forward */
+    if (kn_st_open(&f, path, &err) || kn_dit_detect(f, &fam, &prefix, &err) ||
+        kn_qwen_dit_load(&m, f, prefix, &kn_qwen_image_consts, &err)) {
         fprintf(stderr, "kiln_bench: %s\n", err.msg);
         kn_st_close(f);
         return err.code;
@@ -360,7 +364,7 @@ static int bench_block(const char *path) {
     printf("\n== d. Qwen-Image DiT block, 1024x1024: %d image + %d text tokens, dim %lld, %lld heads x %lld ==\n",
            IMG_TOKENS, TXT_TOKENS, (long long)D, (long long)c->heads, (long long)c->head_dim);
     printf("weights %s (%s); %.1f GFLOP a block: linears %.1f (incl. modulation), attention %.1f\n", path,
-           kn_dtype_name(m.block[0].to_q_w.dtype), (lin + att) * 1e-9, lin * 1e-9, att * 1e-9);
+           kn_dtype_name(m.block[0].img_attn.q.w.dtype), (lin + att) * 1e-9, lin * 1e-9, att * 1e-9);
 
     block_job b;
     memset(&b, 0, sizeof b);

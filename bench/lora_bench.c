@@ -5,7 +5,7 @@
  * BASE defaults to $KN_BENCH_DIR/qi_dit_2.safetensors (KN_BENCH_DIR default
  * /tmp/kiln-bench): the full-width Qwen-Image DiT with 2 blocks, bf16,
  * written by shared/bench/make_model.py when absent. Measured, in one run:
- *  - load: kn_st_open (open + mmap + header), kn_qwen_dit_load (bind every
+ *  - load: kn_st_open (open + mmap + header), kn_dit_load (detect the family, bind every
  *    weight), and one checksum pass reading every byte of every tensor (what
  *    a first render pays to fault the weights in). The page cache is warm
  *    (the file was just written or read); a cold disk read only adds to it.
@@ -37,6 +37,7 @@
 #include "kernels/safetensors.h"
 #include "kernels/ops.h"
 #include "loras/lora.h"
+#include "pipelines/qwen_image/dit.h"
 
 static const char *const linears[] = {
     "attn.to_q",         "attn.to_k",         "attn.to_v",         "attn.to_out.0",
@@ -80,21 +81,25 @@ static uint64_t checksum(const kn_st_file *f) {
 
 typedef struct base {
     kn_st_file *f;
-    kn_qwen_dit dit;
+    kn_dit *model;    /* through the family interface, as the nodes load it */
+    kn_qwen_dit *dit; /* the same model, for its config and block weights */
 } base;
 
 static int load_base(const char *path, base *b, uint64_t *sum, kn_err *err) {
     if (kn_st_open(&b->f, path, err)) return err->code;
-    if (kn_qwen_dit_load(&b->dit, b->f, &kn_qwen_image_family, err)) {
+    if (kn_dit_load(&b->model, b->f, err) || b->model->family != &kn_qwen_image_dit) {
+        if (b->model) kn_fail(err, KN_ERR_UNSUPPORTED, "%s: not a Qwen-Image DiT", path);
+        kn_dit_free(b->model);
         kn_st_close(b->f);
         return err->code;
     }
+    b->dit = (kn_qwen_dit *)b->model;
     *sum = checksum(b->f);
     return KN_OK;
 }
 
 static void free_base(base *b) {
-    kn_qwen_dit_free(&b->dit);
+    kn_dit_free(b->model);
     kn_st_close(b->f);
 }
 
@@ -114,7 +119,7 @@ static int write_lora(const char *path, kn_qwen_dit *dit, int64_t r, kn_err *err
         for (int j = 0; !rc && j < N_LINEARS; j++) {
             char key[128];
             snprintf(key, sizeof key, "transformer_blocks.%lld.%s.weight", (long long)l, linears[j]);
-            const kn_tensor *w = kn_qwen_dit_weight(dit, key);
+            const kn_tensor *w = kn_weight_table_find(&dit->weights, key)->t;
             int64_t shapes[2][2] = {{r, w->ne[1]}, {w->ne[0], r}}; /* lora_A [r, in], lora_B [out, r] */
             for (int h = 0; !rc && h < 2; h++, k++) {
                 snprintf(names[k], sizeof names[k], "transformer_blocks.%lld.%s.lora_%c.weight", (long long)l,
@@ -192,7 +197,7 @@ static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_lis
     double t[16];
     for (int i = 0; i < reps; i++) {
         double t0 = bench_now();
-        if (kn_linear_lora(ctx, y, x, &w->img_fc1_w, &w->img_fc1_b, run->ad, run->n)) return ctx->err.code;
+        if (kn_linear_lora(ctx, y, x, &w->img_mlp.up.w, &w->img_mlp.up.b, run->ad, run->n)) return ctx->err.code;
         t[i] = bench_now() - t0;
     }
     *out = median(t, reps);
@@ -202,10 +207,10 @@ static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_lis
 /* The per-step cost of the adapters on one large linear (runtime mode). */
 static int step_overhead(kn_lora_model *m, kn_qwen_dit *dit, char lpath[2][4300], const int *ranks, kn_err *err) {
     const char *key = "transformer_blocks.0.img_mlp.net.0.proj.weight";
-    kn_adapter_list *run = kn_qwen_dit_adapters(dit, key);
+    kn_adapter_list *run = &kn_weight_table_find(&dit->weights, key)->run;
     kn_ctx ctx;
     kn_tensor x = {0}, y = {0};
-    int64_t K = dit->block[0].img_fc1_w.ne[1], N = dit->block[0].img_fc1_w.ne[0];
+    int64_t K = dit->block[0].img_mlp.up.w.ne[1], N = dit->block[0].img_mlp.up.w.ne[0];
     int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
     if (!rc) rc = kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, K}, err);
     if (!rc) rc = kn_tensor_new(&y, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, N}, err);
@@ -268,14 +273,15 @@ int main(int argc, char **argv) {
     double t_load = median(load, reps);
     size_t bytes = 0;
     for (int i = 0; i < kn_st_count(b.f); i++) bytes += kn_tensor_nbytes(kn_st_at(b.f, i));
-    printf("base: %s, %lld blocks, dim %lld, %.2f GB (checksum %016llx)\n", path, (long long)b.dit.cfg.layers,
-           (long long)b.dit.cfg.dim, (double)bytes / 1e9, (unsigned long long)sum);
+    printf("base: %s, %lld blocks, dim %lld, %.2f GB (checksum %016llx)\n", path, (long long)b.dit->cfg.layers,
+           (long long)b.dit->cfg.dim, (double)bytes / 1e9, (unsigned long long)sum);
     printf("load (open + mmap + bind + read every byte once, warm page cache, median of %d): %8.1f ms\n", reps,
            1e3 * t_load);
 
     kn_lora_model *m = NULL;
     double t0 = bench_now();
-    if (kn_lora_model_qwen_dit(&m, &b.dit, b.f, &err)) {
+    const kn_dit_family *fam = b.model->family;
+    if (kn_lora_model_from_table(&m, fam->lora_keys, fam->n_lora_keys, b.model->weights, &err)) {
         fprintf(stderr, "lora_bench: %s\n", err.msg);
         return 1;
     }
@@ -286,8 +292,8 @@ int main(int argc, char **argv) {
     char lpath[2][4300];
     for (int i = 0; i < 2; i++) {
         snprintf(lpath[i], sizeof lpath[i], "%s/lora_qi_r%d_b%lld.safetensors", dir, ranks[i],
-                 (long long)b.dit.cfg.layers);
-        if (!exists(lpath[i]) && write_lora(lpath[i], &b.dit, ranks[i], &err)) {
+                 (long long)b.dit->cfg.layers);
+        if (!exists(lpath[i]) && write_lora(lpath[i], b.dit, ranks[i], &err)) {
             fprintf(stderr, "lora_bench: %s\n", err.msg);
             return 1;
         }
@@ -296,7 +302,7 @@ int main(int argc, char **argv) {
     double runtime_r[2], merge_r[2];
     printf("runtime low-rank path:\n");
     if (swap_sequence(m, lpath, t_load, runtime_r, &err)) goto fail;
-    if (step_overhead(m, &b.dit, lpath, ranks, &err)) goto fail;
+    if (step_overhead(m, b.dit, lpath, ranks, &err)) goto fail;
     kn_lora_model_set_runtime(m, 0);
     printf("merge path:\n");
     if (swap_sequence(m, lpath, t_load, merge_r, &err)) goto fail;

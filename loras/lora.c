@@ -16,26 +16,6 @@
 
 /* ---- key map ------------------------------------------------------------------ */
 
-/* One stem rule: stem = prefix + (the key without ".weight", '.' -> '_' when
- * underscored). Rules with any_key also map non-".weight" tensors by their
- * full key (biases, norm scales: what .diff / .set_weight patch). */
-typedef struct stem_rule {
-    const char *prefix;
-    int underscored, any_key;
-} stem_rule;
-
-/* comfy.lora.model_lora_keys_unet for model_base.QwenImage. */
-static const stem_rule qwen_image_rules[] = {
-    {"diffusion_model.", 0, 1}, {"lora_unet_", 1, 0}, {"", 0, 0}, {"transformer.", 0, 0}, {"lycoris_", 1, 0},
-};
-
-static const struct {
-    const stem_rule *rules;
-    int n;
-} families[] = {
-    [KN_LORA_QWEN_IMAGE] = {qwen_image_rules, (int)(sizeof qwen_image_rules / sizeof qwen_image_rules[0])},
-};
-
 typedef struct applied {
     uint64_t serial; /* kn_lora identity (never reused, unlike an address) */
     double strength;
@@ -61,7 +41,8 @@ typedef struct stem {
 } stem;
 
 struct kn_lora_model {
-    kn_lora_family family;
+    const kn_key_alias *aliases; /* the family's (static) */
+    int n_aliases;
     int runtime; /* plain LoRAs on slots with an adapter list stay unmerged */
     target *t;
     int n, cap;
@@ -182,11 +163,10 @@ static atomic_uint_fast64_t next_serial = 1;
 
 /* ---- the weight table ------------------------------------------------------------ */
 
-int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err) {
-    if ((unsigned)family >= sizeof families / sizeof families[0])
-        return kn_fail(err, KN_ERR_INVALID, "lora: unknown model family %d", (int)family);
+int kn_lora_model_new(kn_lora_model **out, const kn_key_alias *aliases, int n_aliases, kn_err *err) {
     if (!(*out = calloc(1, sizeof **out))) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
-    (*out)->family = family;
+    (*out)->aliases = aliases;
+    (*out)->n_aliases = n_aliases;
     (*out)->runtime = 1;
     return KN_OK;
 }
@@ -215,14 +195,12 @@ int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_ada
     return KN_OK;
 }
 
-int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_file *f, kn_err *err) {
-    static const char prefix[] = "model.diffusion_model.";
-    KN_TRY(kn_lora_model_new(out, KN_LORA_QWEN_IMAGE, err));
-    for (int i = 0; i < kn_st_count(f); i++) {
-        const char *key = kn_st_at(f, i)->name;
-        if (strncmp(key, prefix, sizeof prefix - 1) == 0) key += sizeof prefix - 1;
-        kn_tensor *slot = kn_qwen_dit_weight(dit, key);
-        if (slot && kn_lora_model_add(*out, key, slot, kn_qwen_dit_adapters(dit, key), err)) {
+int kn_lora_model_from_table(kn_lora_model **out, const kn_key_alias *aliases, int n_aliases, kn_weight_table *table,
+                             kn_err *err) {
+    KN_TRY(kn_lora_model_new(out, aliases, n_aliases, err));
+    for (int i = 0; i < table->n; i++) {
+        kn_weight_slot *s = &table->slot[i];
+        if (kn_lora_model_add(*out, s->key, s->t, s->linear ? &s->run : NULL, err)) {
             kn_lora_model_free(*out);
             *out = NULL;
             return err->code;
@@ -302,8 +280,8 @@ static int cmp_stem(const void *a, const void *b) {
 
 static int build_stems(kn_lora_model *m, kn_err *err) {
     free_stems(m);
-    const stem_rule *rules = families[m->family].rules;
-    int n_rules = families[m->family].n;
+    const kn_key_alias *rules = m->aliases;
+    int n_rules = m->n_aliases;
     if (!(m->stems = calloc((size_t)m->n * (size_t)n_rules + 1, sizeof *m->stems)))
         return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     for (int i = 0; i < m->n; i++) {

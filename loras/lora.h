@@ -65,17 +65,17 @@
 #include <stdint.h>
 
 #include "kernels/safetensors.h"
-#include "pipelines/qwen_image/dit.h"
+#include "pipelines/common/weights.h"
+#include "pipelines/family.h"
 
 typedef struct kn_lora_model kn_lora_model;
 typedef struct kn_lora kn_lora;
 
 /* ---- the model's weight table ------------------------------------------------ */
 
-/* Key-map families (the stem rules of §3 of the notes). */
-typedef enum kn_lora_family { KN_LORA_QWEN_IMAGE = 0 } kn_lora_family;
-
-int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err);
+/* An empty table whose keys LoRA files may also spell as `aliases` (the
+ * model family's kn_key_alias rules, static data borrowed for the table's life). */
+int kn_lora_model_new(kn_lora_model **out, const kn_key_alias *aliases, int n_aliases, kn_err *err);
 /* Register a patchable tensor: `key` is the checkpoint key without the
  * "diffusion_model." prefix ("transformer_blocks.0.attn.to_q.weight"),
  * `slot` the view the model reads (borrowed; its current value is kept as
@@ -83,9 +83,10 @@ int kn_lora_model_new(kn_lora_model **out, kn_lora_family family, kn_err *err);
  * model's linear reads beside a 2-D slot: plain LoRAs attach there instead
  * of merging. NULL: every patch of this tensor merges. */
 int kn_lora_model_add(kn_lora_model *m, const char *key, kn_tensor *slot, kn_adapter_list *run, kn_err *err);
-/* Every tensor of `f` that the Qwen-Image DiT bound (keys with an optional
- * "model.diffusion_model." prefix), linears with their adapter lists. */
-int kn_lora_model_qwen_dit(kn_lora_model **out, kn_qwen_dit *dit, const kn_st_file *f, kn_err *err);
+/* Every slot of a model's weight table (pipelines/common/weights.h), the
+ * weights of linear layers with their adapter lists. */
+int kn_lora_model_from_table(kn_lora_model **out, const kn_key_alias *aliases, int n_aliases, kn_weight_table *table,
+                             kn_err *err);
 void kn_lora_model_free(kn_lora_model *m); /* NULL-safe; restores every slot */
 
 /* The registered slot for `key`, or NULL. With runtime adapters this is the

@@ -1,4 +1,5 @@
-/* Fixture runner for LoRA patching (component "lora_qwen_image").
+/* Fixture runner for LoRA patching (components "lora_qwen_image", ...: the
+ * base model's family is detected from its weights).
  *
  * patched_weights cases: the base DiT with one LoRA at a strength; emits
  * every tensor the case lists ("out.weight.<key>") from the patched weight
@@ -16,7 +17,7 @@
 
 typedef struct base {
     kn_st_file *file;
-    kn_qwen_dit dit;
+    kn_dit *dit;
     kn_lora_model *table;
     kn_lora *loras[MAX_STACK];
     int n_loras;
@@ -25,7 +26,7 @@ typedef struct base {
 static void base_free(base *b) {
     for (int i = 0; i < b->n_loras; i++) kn_lora_free(b->loras[i]);
     kn_lora_model_free(b->table); /* restores the views before the DiT goes */
-    kn_qwen_dit_free(&b->dit);
+    kn_dit_free(b->dit);
     kn_st_close(b->file);
 }
 
@@ -37,18 +38,15 @@ static int base_open(const kn_fixture_case *c, base *b, kn_err *err) {
     if (!rel) return kn_fail(err, KN_ERR_FORMAT, "%s/meta.json: base_model.weights missing", c->dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", c->dir, rel);
-    const json_t *cfg = json_object_get(bm, "config");
-    kn_qwen_dit_family fam = kn_qwen_image_family;
-    const json_t *axes = json_object_get(cfg, "axes_dims_rope");
-    for (size_t i = 0; i < 3 && i < json_array_size(axes); i++) fam.axes_dims[i] = (int)json_integer_value(json_array_get(axes, i));
-    if (json_is_number(json_object_get(cfg, "rope_theta"))) fam.rope_theta = json_number_value(json_object_get(cfg, "rope_theta"));
-    if (json_is_integer(json_object_get(cfg, "patch_size"))) fam.patch = (int)json_integer_value(json_object_get(cfg, "patch_size"));
+    kn_dit_overrides o;
+    const kn_dit_family *fam;
+    const char *prefix;
+    kn_fixture_dit_overrides(c, json_object_get(bm, "config"), &o);
     int rc = kn_st_open(&b->file, path, err);
-    if (!rc && (rc = kn_qwen_dit_load(&b->dit, b->file, &fam, err))) {
-        kn_st_close(b->file);
-        b->file = NULL;
-    }
-    if (!rc && (rc = kn_lora_model_qwen_dit(&b->table, &b->dit, b->file, err))) base_free(b);
+    if (!rc) rc = kn_dit_detect(b->file, &fam, &prefix, err);
+    if (!rc) rc = fam->load(&b->dit, b->file, prefix, &o, err);
+    if (!rc) rc = kn_lora_model_from_table(&b->table, fam->lora_keys, fam->n_lora_keys, b->dit->weights, err);
+    if (rc) base_free(b);
     return rc;
 }
 
@@ -120,11 +118,12 @@ static int forward(const kn_fixture_case *c, base *b, kn_tensor *out, kn_err *er
     if (kn_fixture_input(c, "x", &x, err) || kn_fixture_input(c, "timestep", &sigma, err) ||
         kn_fixture_input(c, "context", &context, err))
         return err->code;
-    kn_qwen_dit_input in = {&x, &sigma, &context, NULL, NULL, 0, b->dit.cfg.default_ref_method};
-    if (!out->data &&
-        kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){x.ne[0], b->dit.cfg.out_channels, 1, x.ne[3], x.ne[4]}, err))
-        return err->code;
-    if (kn_qwen_dit_forward(c->ctx, &b->dit, &in, out, NULL, NULL)) {
+    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, b->dit->ref_method};
+    int64_t ne[KN_MAX_DIMS];
+    memcpy(ne, x.ne, sizeof ne);
+    ne[1] = b->dit->channels;
+    if (!out->data && kn_tensor_new(out, KN_F32, KN_DEV_CPU, x.ndim, ne, err)) return err->code;
+    if (b->dit->family->forward(c->ctx, b->dit, &in, out, NULL, NULL)) {
         *err = c->ctx->err;
         return err->code;
     }

@@ -1,7 +1,7 @@
 /* Empty latent nodes: EmptyLatentImage (4 channels) and EmptySD3LatentImage
  * (16), zeros [B, C, H/8, W/8] with downscale_ratio_spacial 8. Samplers widen
- * an all-zero latent to the model's channels and add Qwen-Image's frame axis,
- * as ComfyUI's fix_empty_latent_channels does. */
+ * an all-zero latent to the model's channels and add a frame axis for
+ * families whose latents have one, as ComfyUI's fix_empty_latent_channels does. */
 #include "nodes/node.h"
 
 static int empty_latent(kn_node_call *c, int64_t channels) {

@@ -55,13 +55,14 @@ static void free_stack(kn_object *o) {
 /* The weights' LoRA table, made on first use. */
 static int weight_table(kn_dit_weights *w, kn_err *err) {
     if (w->lora_table) return KN_OK;
-    return kn_lora_model_qwen_dit(&w->lora_table, &w->dit, w->file, err);
+    const kn_dit_family *f = w->dit->family;
+    return kn_lora_model_from_table(&w->lora_table, f->lora_keys, f->n_lora_keys, w->dit->weights, err);
 }
 
-int kn_model_dit(const kn_model_obj *m, const kn_qwen_dit **dit, kn_err *err) {
+int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err) {
     kn_dit_weights *w = m->weights;
     const lora_stack *s = (const lora_stack *)m->loras;
-    *dit = &w->dit;
+    *dit = w->dit;
     if (!s && !w->lora_table) return KN_OK; /* no LoRA was ever applied to these weights */
     if (weight_table(w, err)) return err->code;
     return kn_lora_model_apply(w->lora_table, s ? s->use : NULL, s ? s->n : 0, NULL, err);

@@ -19,7 +19,7 @@
  *    loaded) for the lifetime of the kn_models: kn_models_get returns a new
  *    reference or NULL, kn_models_put adds one of its own. kn_models_free
  *    releases them all.
- *  - The tokenizer folder (Qwen2 BPE data "qwen25/") is not a ComfyUI model
+ *  - The tokenizer folder (one sub-folder per tokenizer, "qwen25/", ...) is not a ComfyUI model
  *    folder (ComfyUI ships it with its code); it is $KILN_TOKENIZERS or the
  *    build's copy. */
 #ifndef KN_NODES_MODEL_STORE_H

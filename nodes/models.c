@@ -1,10 +1,11 @@
 /* Loader and model-sampling nodes: UNETLoader, CLIPLoader, VAELoader,
  * ModelSamplingAuraFlow / SD3 / Flux.
  *
- * Loaded files go to the kn_models store keyed by what was loaded and the
- * resolved path, so a file is mapped and bound once per process however many
- * prompts and workflow files use it. MODEL objects are cheap wrappers
- * (weights + model sampling) made per node run. */
+ * Loaders detect the file's family (pipelines/family.h) and load through it;
+ * nothing here names a family. Loaded files go to the kn_models store keyed
+ * by what was loaded and the resolved path, so a file is mapped and bound
+ * once per process however many prompts and workflow files use it. MODEL
+ * objects are cheap wrappers (weights + model sampling) made per node run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,21 +35,20 @@ static int open_file(kn_node_call *c, const char *input, const char *path, kn_st
 static void free_dit_weights(kn_object *o) {
     kn_dit_weights *w = (kn_dit_weights *)o;
     kn_lora_model_free(w->lora_table); /* puts the file views back first */
-    kn_qwen_dit_free(&w->dit);
+    kn_dit_free(w->dit);
     kn_st_close(w->file);
     free(w);
 }
 
 static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit_weights **out) {
     char key[4200];
-    snprintf(key, sizeof key, "qwen_image_dit:%s", path);
+    snprintf(key, sizeof key, "dit:%s", path);
     if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, key))) return KN_OK;
     kn_dit_weights *w = calloc(1, sizeof *w);
     if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
     int rc = open_file(c, input, path, &w->file);
-    if (!rc && kn_qwen_dit_load(&w->dit, w->file, &kn_qwen_image_family, c->err))
-        rc = kn_node_fail(c, input, c->err->code, "%s is not a Qwen-Image diffusion model: %s", path, c->err->msg);
+    if (!rc && kn_dit_load(&w->dit, w->file, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
     if (!rc) rc = kn_models_put(c->env->models, key, &w->base, c->err);
     if (rc) {
         if (!w->file) free(w);
@@ -57,6 +57,12 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit
     }
     *out = w;
     return KN_OK;
+}
+
+/* The model sampling ComfyUI gives a freshly loaded model of this family. */
+static int default_sampling(kn_model_sampling *ms, const kn_dit_family *f, kn_err *err) {
+    if (f->sampling == KN_MS_FLUX) return kn_model_sampling_flux(ms, f->shift, err);
+    return kn_model_sampling_flow(ms, f->shift, f->multiplier, err);
 }
 
 /* A new MODEL over `weights` keeping the LoRA patch list of `from` (NULL:
@@ -80,7 +86,7 @@ static int unet_loader(kn_node_call *c) {
     kn_model_obj *m = NULL;
     int rc = load_dit(c, "unet_name", path, &w);
     if (!rc) rc = make_model(c, w, NULL, &m);
-    if (!rc && kn_model_sampling_flux(&m->ms, 1.15, c->err)) rc = c->err->code;
+    if (!rc && default_sampling(&m->ms, w->dit->family, c->err)) rc = c->err->code;
     if (!rc) kn_out_object(c, 0, &m->base);
     else if (m) kn_object_release(&m->base);
     if (w) kn_object_release(&w->base);
@@ -128,55 +134,63 @@ static int model_sampling_flux(kn_node_call *c) {
 
 static void free_clip(kn_object *o) {
     kn_clip_obj *cl = (kn_clip_obj *)o;
-    kn_qwen25vl_free(&cl->te);
-    kn_bpe_free(cl->bpe);
-    kn_st_close(cl->file);
+    kn_clip_free(cl->clip);
+    for (int i = 0; i < cl->n_files; i++) kn_st_close(cl->files[i]);
     free(cl);
+}
+
+/* The CLIP of the files named by inputs[0..n) for a loader `type`, from the store or loaded now. */
+static int load_clip(kn_node_call *c, const char *const *inputs, int n, const char *type, kn_clip_obj **out) {
+    char *path[2] = {NULL, NULL}, key[8600] = "";
+    int rc = KN_OK;
+    for (int i = 0; !rc && i < n; i++) rc = resolve(c, inputs[i], "text_encoders", &path[i]);
+    if (!rc) {
+        snprintf(key, sizeof key, "clip:%s:%s:%s", type, path[0], n > 1 ? path[1] : "");
+        *out = (kn_clip_obj *)kn_models_get(c->env->models, key);
+    }
+    kn_clip_obj *cl = NULL;
+    if (!rc && !*out && !(cl = calloc(1, sizeof *cl))) rc = kn_node_fail(c, inputs[0], KN_ERR_NOMEM, "out of memory");
+    if (cl) kn_object_init(&cl->base, "CLIP", free_clip);
+    for (int i = 0; cl && !rc && i < n; i++) {
+        rc = open_file(c, inputs[i], path[i], &cl->files[i]);
+        cl->n_files += !rc;
+    }
+    const kn_clip_family *fam = NULL;
+    if (cl && !rc && kn_clip_detect((const kn_st_file **)cl->files, n, type, &fam, c->err))
+        rc = kn_node_fail(c, inputs[0], c->err->code, "%s", c->err->msg);
+    if (cl && !rc && fam->load(&cl->clip, (const kn_st_file *const *)cl->files, kn_models_tokenizer_dir(c->env->models),
+                               c->err))
+        rc = kn_node_fail(c, inputs[0], c->err->code, "%s", c->err->msg);
+    if (cl && !rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
+    if (cl && rc) kn_object_release(&cl->base);
+    else if (cl) *out = cl;
+    for (int i = 0; i < n; i++) free(path[i]);
+    return rc;
 }
 
 static int clip_loader(kn_node_call *c) {
     const char *type;
-    char *path = NULL;
-    if (kn_in_string(c, "type", &type)) return c->err->code;
-    if (strcmp(type, "qwen_image") != 0)
-        return kn_node_fail(c, "type", KN_ERR_UNSUPPORTED, "text encoder type '%s' is not supported (qwen_image is)",
-                            type);
-    if (resolve(c, "clip_name", "text_encoders", &path)) return c->err->code;
-    char key[4200];
-    snprintf(key, sizeof key, "qwen25vl:%s", path);
-    kn_clip_obj *cl = (kn_clip_obj *)kn_models_get(c->env->models, key);
-    int rc = KN_OK;
-    if (!cl) {
-        if (!(cl = calloc(1, sizeof *cl))) rc = kn_node_fail(c, "clip_name", KN_ERR_NOMEM, "out of memory");
-        else kn_object_init(&cl->base, "CLIP", free_clip);
-        if (!rc) rc = open_file(c, "clip_name", path, &cl->file);
-        /* ComfyUI's detect_te_model: Qwen2.5-VL-7B has 4 kv heads x 128 (k_proj bias of 512) */
-        const kn_tensor *kb = rc ? NULL : kn_st_find(cl->file, "model.layers.0.self_attn.k_proj.bias");
-        if (!rc && (!kb || kb->ndim != 1 || kb->ne[0] != 512))
-            rc = kn_node_fail(c, "clip_name", KN_ERR_UNSUPPORTED,
-                              "%s is not a Qwen2.5-VL-7B text encoder (model.layers.0.self_attn.k_proj.bias)", path);
-        if (!rc && kn_qwen25vl_load(&cl->te, cl->file, "model.", &kn_qwen25vl_7b, c->err))
-            rc = kn_node_fail(c, "clip_name", c->err->code, "%s", c->err->msg);
-        char dir[4200];
-        snprintf(dir, sizeof dir, "%s/qwen25", kn_models_tokenizer_dir(c->env->models));
-        if (!rc && kn_bpe_load(&cl->bpe, dir, c->err)) rc = kn_err_wrap(c->err, "Qwen2 tokenizer");
-        if (!rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
-        if (rc && cl) {
-            if (cl->file) kn_object_release(&cl->base);
-            else free(cl);
-            cl = NULL;
-        }
-    }
-    if (!rc) kn_out_object(c, 0, &cl->base);
-    free(path);
-    return rc;
+    static const char *const inputs[] = {"clip_name"};
+    kn_clip_obj *cl = NULL;
+    if (kn_in_string(c, "type", &type) || load_clip(c, inputs, 1, type, &cl)) return c->err->code;
+    kn_out_object(c, 0, &cl->base);
+    return KN_OK;
+}
+
+static int dual_clip_loader(kn_node_call *c) {
+    const char *type;
+    static const char *const inputs[] = {"clip_name1", "clip_name2"};
+    kn_clip_obj *cl = NULL;
+    if (kn_in_string(c, "type", &type) || load_clip(c, inputs, 2, type, &cl)) return c->err->code;
+    kn_out_object(c, 0, &cl->base);
+    return KN_OK;
 }
 
 /* ---- VAE ---------------------------------------------------------------------------- */
 
 static void free_vae(kn_object *o) {
     kn_vae_obj *v = (kn_vae_obj *)o;
-    kn_wan_vae_free(v->vae);
+    kn_vae_free(v->vae);
     kn_st_close(v->file);
     free(v);
 }
@@ -189,18 +203,14 @@ static int vae_loader(kn_node_call *c) {
         return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
     if (resolve(c, "vae_name", "vae", &path)) return c->err->code;
     char key[4200];
-    snprintf(key, sizeof key, "wan21_vae:%s", path);
+    snprintf(key, sizeof key, "vae:%s", path);
     kn_vae_obj *v = (kn_vae_obj *)kn_models_get(c->env->models, key);
     int rc = KN_OK;
     if (!v) {
         if (!(v = calloc(1, sizeof *v))) rc = kn_node_fail(c, "vae_name", KN_ERR_NOMEM, "out of memory");
         else kn_object_init(&v->base, "VAE", free_vae);
         if (!rc) rc = open_file(c, "vae_name", path, &v->file);
-        /* comfy/sd.py VAE: Wan VAEs have decoder.middle.0.residual.0.gamma; 2.2 adds upsample residuals */
-        if (!rc && (!kn_st_find(v->file, "decoder.middle.0.residual.0.gamma") ||
-                    kn_st_find(v->file, "decoder.upsamples.0.upsamples.0.residual.2.weight")))
-            rc = kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "%s is not a Wan 2.1 VAE", path);
-        if (!rc && kn_wan_vae_load(&v->vae, v->file, c->err))
+        if (!rc && kn_vae_load(&v->vae, v->file, c->err))
             rc = kn_node_fail(c, "vae_name", c->err->code, "%s", c->err->msg);
         if (!rc) rc = kn_models_put(c->env->models, key, &v->base, c->err);
         if (rc && v) {
@@ -217,6 +227,7 @@ static int vae_loader(kn_node_call *c) {
 const kn_node_def kn_nodes_models[] = {
     {"UNETLoader", unet_loader},
     {"CLIPLoader", clip_loader},
+    {"DualCLIPLoader", dual_clip_loader},
     {"VAELoader", vae_loader},
     {"ModelSamplingAuraFlow", model_sampling_aura_flow},
     {"ModelSamplingSD3", model_sampling_sd3},

@@ -27,8 +27,7 @@ static void free_plain(kn_object *o) { free(o); }
 
 static void free_cond(kn_object *o) {
     kn_cond_obj *c = (kn_cond_obj *)o;
-    kn_tensor_free(&c->cond);
-    kn_tensor_free(&c->mask);
+    kn_text_cond_free(&c->t);
     free(c);
 }
 

@@ -30,11 +30,8 @@
 #include "kernels/safetensors.h"
 #include "loras/lora.h"
 #include "nodes/registry.h"
-#include "pipelines/qwen_image/dit.h"
-#include "pipelines/qwen_image/qwen25vl.h"
-#include "pipelines/qwen_image/wan_vae.h"
+#include "pipelines/family.h"
 #include "pipelines/sampling/schedulers.h"
-#include "pipelines/tokenizers/bpe.h"
 
 /* ---- objects ----------------------------------------------------------------- */
 
@@ -49,12 +46,12 @@ void kn_object_init(kn_object *obj, const char *type, void (*destroy)(kn_object 
 kn_object *kn_object_retain(kn_object *obj); /* NULL-safe; returns obj */
 void kn_object_release(kn_object *obj);      /* NULL-safe */
 
-/* A diffusion model file with its DiT bound to the mapping (what the model
- * store caches per file; MODEL objects share it). */
+/* A diffusion model file with its model bound to the mapping (what the model
+ * store caches per file; MODEL objects share it). The family is the model's. */
 typedef struct kn_dit_weights {
     kn_object base; /* "DIT_WEIGHTS" */
     kn_st_file *file;
-    kn_qwen_dit dit;
+    kn_dit *dit;
     kn_lora_model *lora_table; /* owned; made by the first LoRA node, NULL until then (nodes/lora.c) */
 } kn_dit_weights;
 
@@ -69,27 +66,27 @@ typedef struct kn_model_obj {
 /* The DiT to run for m: brings the shared weights to m's LoRA patch list
  * (only tensors whose list changed are recomputed) and returns them. Call it
  * before each forward; the result is valid until another MODEL's call. */
-int kn_model_dit(const kn_model_obj *m, const kn_qwen_dit **dit, kn_err *err);
+int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err);
 
-/* CLIP: the Qwen-Image text encoder and its tokenizer. */
+/* CLIP: a text encoder of some family (its files stay open while it lives). */
 typedef struct kn_clip_obj {
     kn_object base;
-    kn_st_file *file;
-    kn_qwen25vl te;
-    kn_bpe *bpe;
+    kn_st_file *files[2];
+    int n_files;
+    kn_clip *clip;
 } kn_clip_obj;
 
 typedef struct kn_vae_obj {
     kn_object base;
     kn_st_file *file;
-    kn_wan_vae *vae;
+    kn_vae *vae;
 } kn_vae_obj;
 
-/* CONDITIONING with one entry: cond [B, L, D] F32 and its attention mask
- * (data NULL when ComfyUI would carry none). */
+/* CONDITIONING with one entry: cond [B, L, D] F32, its attention mask and
+ * pooled vector (data NULL when ComfyUI would carry none). */
 typedef struct kn_cond_obj {
     kn_object base;
-    kn_tensor cond, mask;
+    kn_text_cond t;
 } kn_cond_obj;
 
 /* LATENT {"samples": [B, C, (T,) h, w], "downscale_ratio_spacial": r (0 = absent)}. */

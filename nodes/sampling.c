@@ -1,6 +1,7 @@
 /* Sampler nodes: KSampler, KSamplerAdvanced, SamplerCustomAdvanced and the
  * pieces it takes (RandomNoise, DisableNoise, KSamplerSelect, BasicScheduler,
- * BasicGuider, CFGGuider), over pipelines/sampling and the Qwen-Image DiT. */
+ * BasicGuider, CFGGuider), over pipelines/sampling and the MODEL's diffusion
+ * model through its family (latent format and layout, forward). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,7 +11,7 @@
 
 /* ---- the model as the sampler sees it ----------------------------------------------- */
 
-/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), context) * sigma. */
+/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma. */
 typedef struct dit_guide {
     const kn_node_env *env;
     const kn_model_obj *model;
@@ -27,7 +28,7 @@ static void dit_guide_free(dit_guide *g) {
 
 /* ComfyUI repeats a batch-1 conditioning to the latent's batch. */
 static int batch_context(dit_guide *g, int which, int64_t batch, const kn_tensor **out, kn_err *err) {
-    const kn_tensor *c = &g->cond[which]->cond;
+    const kn_tensor *c = &g->cond[which]->t.cond;
     *out = c;
     if (c->ne[0] == batch) return KN_OK;
     if (c->ne[0] != 1)
@@ -54,13 +55,13 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
     float t = (float)kn_ms_timestep(&g->model->ms, sigma);
     for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
-    const kn_cond_obj *cond = g->cond[negative];
-    const kn_qwen_dit *dit;
+    const kn_text_cond *cond = &g->cond[negative]->t;
+    const kn_dit *dit;
     if (kn_model_dit(g->model, &dit, err)) return err->code;
-    kn_qwen_dit_input in = {x, &g->t, context, cond->mask.data ? &cond->mask : NULL, NULL, 0,
-                            dit->cfg.default_ref_method};
+    kn_dit_input in = {x,    &g->t, context, cond->mask.data ? &cond->mask : NULL, cond->pooled.data ? &cond->pooled : NULL,
+                       NULL, NULL,  0,       dit->ref_method};
     kn_ctx *ctx = g->env->ctx;
-    if (kn_qwen_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
+    if (dit->family->forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
         return err->code;
     }
@@ -96,21 +97,24 @@ typedef struct sample_job {
     const char *latent_input; /* the node's latent input name, for errors */
 } sample_job;
 
-/* fix_empty_latent_channels + Qwen-Image's frame axis: [B, 16, 1, h, w]. */
-static int model_latent(kn_node_call *c, const kn_latent_obj *l, const char *input, kn_tensor *out) {
+/* fix_empty_latent_channels and the model's latent layout: [B, C, h, w], or
+ * [B, C, 1, h, w] for families whose latents carry a frame axis. */
+static int model_latent(kn_node_call *c, const kn_dit *dit, const kn_latent_obj *l, const char *input, kn_tensor *out) {
     const kn_tensor *s = &l->samples;
     int64_t n = kn_tensor_numel(s), nz = 0;
     for (const float *v = s->data; nz < n && v[nz] == 0.0f; nz++) {
     }
     bool empty = nz == n;
     if (s->ndim != 4 && !(s->ndim == 5 && s->ne[2] == 1))
-        return kn_node_fail(c, input, KN_ERR_SHAPE, "Qwen-Image needs a [B, C, h, w] or [B, C, 1, h, w] latent");
-    if (!empty && s->ne[1] != 16)
-        return kn_node_fail(c, input, KN_ERR_SHAPE, "latent has %lld channels, Qwen-Image needs 16",
-                            (long long)s->ne[1]);
+        return kn_node_fail(c, input, KN_ERR_SHAPE, "%s needs a [B, C, h, w] or [B, C, 1, h, w] latent",
+                            dit->family->title);
+    if (!empty && s->ne[1] != dit->channels)
+        return kn_node_fail(c, input, KN_ERR_SHAPE, "latent has %lld channels, %s needs %lld", (long long)s->ne[1],
+                            dit->family->title, (long long)dit->channels);
     int64_t h = s->ne[s->ndim - 2], w = s->ne[s->ndim - 1];
-    int64_t ne[5] = {s->ne[0], 16, 1, h, w};
-    if (kn_tensor_zeros(out, KN_F32, 5, ne, c->err)) return c->err->code;
+    int64_t ne5[5] = {s->ne[0], dit->channels, 1, h, w}, ne4[4] = {s->ne[0], dit->channels, h, w};
+    int five = dit->family->latent_ndim == 5;
+    if (kn_tensor_zeros(out, KN_F32, five ? 5 : 4, five ? ne5 : ne4, c->err)) return c->err->code;
     if (!empty) memcpy(out->data, s->data, kn_tensor_nbytes(out));
     return KN_OK;
 }
@@ -125,7 +129,9 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     kn_cfg_guider cfg = {dit_denoise, &guide, j->negative ? j->cfg : 1.0, {0}};
     progress prog = {c->env, NULL};
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
-    if (!rc) rc = model_latent(c, j->latent, j->latent_input, &lat);
+    const kn_dit *dit = NULL;
+    if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
+    if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
     if (!rc) rc = kn_tensor_zeros(&noise, KN_F32, lat.ndim, lat.ne, err);
     if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, err);
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
@@ -143,13 +149,13 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
                               .progress = on_progress,
                               .progress_user = &prog,
                               .cancel = c->env->cancel};
-        rc = kn_sample(&p, &kn_latent_wan21, &noise, &lat, &res->samples, NULL, err);
+        rc = kn_sample(&p, dit->family->latent, &noise, &lat, &res->samples, NULL, err);
     }
     if (!rc && den) {
         /* without steps there is no prediction: ComfyUI's denoised_output is then the output */
         rc = j->n_sigmas > 1 ? kn_tensor_new(&den->samples, KN_F32, KN_DEV_CPU, x0.ndim, x0.ne, err)
                              : kn_tensor_dup(&den->samples, &res->samples, err);
-        if (!rc && j->n_sigmas > 1) rc = kn_latent_process_out(&kn_latent_wan21, &x0, &den->samples, err);
+        if (!rc && j->n_sigmas > 1) rc = kn_latent_process_out(dit->family->latent, &x0, &den->samples, err);
     }
     dit_guide_free(&guide);
     kn_cfg_guider_free(&cfg);

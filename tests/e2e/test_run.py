@@ -135,12 +135,16 @@ body = ev[-1] if ev else {}
 check(rc == 1 and body.get("error", {}).get("type") == "missing_node_type" and
       body["error"].get("extra_info", {}).get("node_id") == "99", "unknown class -> missing_node_type naming node 99")
 
-# valid for ComfyUI's validator, refused when the node runs: execution_error
+# the type only picks between models sharing the same files (ComfyUI's detect_te_model):
+# sd3 still loads Qwen-Image's encoder; hunyuan_image selects a model Kiln does not run
 rc, ev, err = run("--set", "38.type=sd3", API)
+check(rc == 0 and of_type(ev, "execution_success"), "CLIPLoader type sd3 on a Qwen2.5-VL file renders")
+rc, ev, err = run("--set", "38.type=hunyuan_image", API)
 fail = of_type(ev, "execution_error")
 check(rc == 1 and fail and fail[0]["node_id"] == "38" and fail[0]["node_type"] == "CLIPLoader" and
-      "'type'" in fail[0]["exception_message"] and fail[0]["exception_type"] and
-      fail[0]["executed"] == ["39", "58"], "execution failure -> execution_error naming node 38 and input type")
+      "'clip_name'" in fail[0]["exception_message"] and "HunyuanImage" in fail[0]["exception_message"] and
+      fail[0]["exception_type"] and fail[0]["executed"] == ["39", "58"],
+      "execution failure -> execution_error naming node 38, input clip_name and the detected model")
 
 rc, ev, err = run("--set", "nosuchnode.seed=1", API)
 check(rc == 1 and ev and ev[-1].get("error", {}).get("type") == "invalid_prompt", "--set on a missing node")

@@ -25,6 +25,7 @@
 
 #include "check.h"
 #include "loras/lora.h"
+#include "pipelines/qwen_image/dit.h"
 
 #ifndef KN_SOURCE_DIR
 #define KN_SOURCE_DIR "."
@@ -82,6 +83,31 @@ static void drop(snapshot *s) {
 }
 
 /* One tensor's current bytes, copied (free()). */
+/* The tiny DiT of `path` (the fixture's RoPE split: head_dim 16) through its
+ * family, and the LoRA table over its weights. */
+static int open_base(const char *path, kn_st_file **f, kn_dit **dit, kn_lora_model **m) {
+    kn_err err;
+    const kn_dit_family *fam;
+    const char *prefix;
+    const kn_dit_overrides o = {{4, 6, 6}, 0.0, 0};
+    *dit = NULL;
+    *m = NULL;
+    CHECK(kn_st_open(f, path, &err) == KN_OK, "%s", err.msg);
+    if (!*f) return 1;
+    CHECK(kn_dit_detect(*f, &fam, &prefix, &err) == KN_OK && fam->load(dit, *f, prefix, &o, &err) == KN_OK, "%s",
+          err.msg);
+    if (!*dit) return 1;
+    CHECK(kn_lora_model_from_table(m, fam->lora_keys, fam->n_lora_keys, (*dit)->weights, &err) == KN_OK, "%s",
+          err.msg);
+    return *m == NULL;
+}
+
+static void close_base(kn_st_file *f, kn_dit *dit, kn_lora_model *m) {
+    kn_lora_model_free(m); /* restores the views before the model goes */
+    kn_dit_free(dit);
+    kn_st_close(f);
+}
+
 static void *bytes_of(const kn_lora_model *m, const char *key, size_t *n) {
     const kn_tensor *t = kn_lora_model_slot(m, key);
     *n = kn_tensor_nbytes(t);
@@ -96,14 +122,12 @@ static void hot_swap(const char *tmp) {
     snprintf(base, sizeof base, "%s/lora_base.bf16.safetensors", tmp);
     CHECK(copy_file(FIX "qwen_image_dit/model.bf16.safetensors", base) == 0, "copy to %s", base);
     kn_st_file *f = NULL;
-    kn_qwen_dit dit;
-    kn_lora_model *m = NULL;
-    kn_qwen_dit_family fam = kn_qwen_image_family;
-    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6; /* the tiny config's head_dim 16 */
-    CHECK(kn_st_open(&f, base, &err) == KN_OK, "%s", err.msg);
-    if (!f) return;
-    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+    kn_dit *dit;
+    kn_lora_model *m;
+    if (open_base(base, &f, &dit, &m)) {
+        close_base(f, dit, m);
+        return;
+    }
     kn_lora_model_set_runtime(m, 0); /* the merge path; runtime_swap covers the other */
     CHECK(kn_lora_model_slot(m, "transformer_blocks.0.attn.to_q.weight")->dtype == KN_BF16, "base not bf16");
     snapshot s;
@@ -151,9 +175,7 @@ static void hot_swap(const char *tmp) {
 
     kn_lora_free(a), kn_lora_free(b);
     drop(&s);
-    kn_lora_model_free(m);
-    kn_qwen_dit_free(&dit);
-    kn_st_close(f);
+    close_base(f, dit, m);
 }
 
 static double rel_l2(const kn_tensor *a, const kn_tensor *b) {
@@ -167,13 +189,14 @@ static double rel_l2(const kn_tensor *a, const kn_tensor *b) {
 }
 
 /* The tiny DiT's output for fixed pseudo-random inputs into out (allocated on first use). */
-static void dit_out(kn_ctx *ctx, const kn_qwen_dit *dit, kn_tensor *out) {
+static void dit_out(kn_ctx *ctx, const kn_dit *dit, kn_tensor *out) {
     kn_err err;
-    int64_t C = dit->cfg.in_channels / 4, Lt = 6;
+    const kn_qwen_dit *q = (const kn_qwen_dit *)dit;
+    int64_t C = q->cfg.in_channels / 4, Lt = 6;
     kn_tensor x, sigma, context;
     CHECK(kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, C, 1, 4, 4}, &err) == KN_OK, "%s", err.msg);
     CHECK(kn_tensor_new(&sigma, KN_F32, KN_DEV_CPU, 1, (int64_t[]){1}, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, Lt, dit->cfg.joint_dim}, &err) == KN_OK,
+    CHECK(kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, Lt, q->cfg.joint_dim}, &err) == KN_OK,
           "%s", err.msg);
     uint32_t seed = 12345;
     float *xs[2] = {x.data, context.data};
@@ -185,15 +208,15 @@ static void dit_out(kn_ctx *ctx, const kn_qwen_dit *dit, kn_tensor *out) {
         }
     ((float *)sigma.data)[0] = 0.6f;
     if (!out->data)
-        CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, dit->cfg.out_channels, 1, 4, 4}, &err) == KN_OK,
+        CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, dit->channels, 1, 4, 4}, &err) == KN_OK,
               "%s", err.msg);
-    kn_qwen_dit_input in = {&x, &sigma, &context, NULL, NULL, 0, dit->cfg.default_ref_method};
-    CHECK(kn_qwen_dit_forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
+    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, dit->ref_method};
+    CHECK(dit->family->forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
     kn_tensor_free(&x), kn_tensor_free(&sigma), kn_tensor_free(&context);
 }
 
 /* The stack's output through the runtime path must be the merge path's. */
-static void same_as_merge(kn_ctx *ctx, kn_lora_model *m, const kn_qwen_dit *dit, const kn_lora_use *stack, int n,
+static void same_as_merge(kn_ctx *ctx, kn_lora_model *m, const kn_dit *dit, const kn_lora_use *stack, int n,
                           const char *what) {
     kn_err err;
     kn_tensor rt = {0}, mg = {0};
@@ -268,16 +291,14 @@ static void linear_lora_op(void) {
 static void runtime_swap(void) {
     kn_err err;
     kn_st_file *f = NULL;
-    kn_qwen_dit dit;
-    kn_lora_model *m = NULL;
-    kn_qwen_dit_family fam = kn_qwen_image_family;
-    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6;
+    kn_dit *dit;
+    kn_lora_model *m;
+    if (open_base(FIX "qwen_image_dit/model.safetensors", &f, &dit, &m)) {
+        close_base(f, dit, m);
+        return;
+    }
     kn_ctx ctx;
     CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
-    CHECK(kn_st_open(&f, FIX "qwen_image_dit/model.safetensors", &err) == KN_OK, "%s", err.msg);
-    if (!f) return;
-    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
     snapshot s;
     take(&s, m, f);
     kn_lora *a = NULL, *b = NULL, *d = NULL;
@@ -286,14 +307,14 @@ static void runtime_swap(void) {
     CHECK(kn_lora_load(&d, FIX "lora_qwen_image/lora_dora.safetensors", m, &err) == KN_OK, "%s", err.msg);
     if (!a || !b || !d) return;
     kn_tensor base = {0}, out = {0};
-    dit_out(&ctx, &dit, &base);
+    dit_out(&ctx, dit, &base);
     kn_lora_apply_stats st;
     kn_lora_use ua = {a, 0.8}, ub = {b, 1.3};
 
     CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK, "%s", err.msg);
     CHECK(st.attached == 10 && st.recomputed == 0, "A: %d attached, %d recomputed", st.attached, st.recomputed);
     CHECK(drifted(&s, m) == 0, "A moved %d base tensors", drifted(&s, m));
-    dit_out(&ctx, &dit, &out);
+    dit_out(&ctx, dit, &out);
     CHECK(rel_l2(&out, &base) > 1e-4, "A does not change the output (%.3g)", rel_l2(&out, &base));
     CHECK(kn_lora_model_apply(m, &ub, 1, &st, &err) == KN_OK, "%s", err.msg);
     CHECK(st.attached == 8 && st.detached == 6 && st.recomputed == 0, "B: %d attached, %d detached, %d recomputed",
@@ -301,7 +322,7 @@ static void runtime_swap(void) {
     CHECK(drifted(&s, m) == 0, "B moved %d base tensors", drifted(&s, m));
     CHECK(kn_lora_model_apply(m, NULL, 0, &st, &err) == KN_OK && st.detached == 8, "none: %d detached", st.detached);
     CHECK(drifted(&s, m) == 0, "%d base tensors differ after removal", drifted(&s, m));
-    dit_out(&ctx, &dit, &out);
+    dit_out(&ctx, dit, &out);
     CHECK(memcmp(out.data, base.data, kn_tensor_nbytes(&out)) == 0, "output after removal differs from the base");
 
     /* the materialised runtime weight is the merged one, bit for bit */
@@ -317,11 +338,11 @@ static void runtime_swap(void) {
     kn_lora_model_set_runtime(m, 1);
 
     kn_lora_use both[2] = {{a, 0.8}, {b, 1.3}}, dora_first[2] = {{d, 0.7}, {a, 0.8}}, dora_last[2] = {{a, 0.8}, {d, 0.7}};
-    same_as_merge(&ctx, m, &dit, &ua, 1, "A");
-    same_as_merge(&ctx, m, &dit, &ub, 1, "B");
-    same_as_merge(&ctx, m, &dit, both, 2, "A+B");
-    same_as_merge(&ctx, m, &dit, dora_first, 2, "DoRA then A");
-    same_as_merge(&ctx, m, &dit, dora_last, 2, "A then DoRA");
+    same_as_merge(&ctx, m, dit, &ua, 1, "A");
+    same_as_merge(&ctx, m, dit, &ub, 1, "B");
+    same_as_merge(&ctx, m, dit, both, 2, "A+B");
+    same_as_merge(&ctx, m, dit, dora_first, 2, "DoRA then A");
+    same_as_merge(&ctx, m, dit, dora_last, 2, "A then DoRA");
     /* A before a DoRA on the same tensor merges there; elsewhere it stays an adapter */
     CHECK(kn_lora_model_apply(m, dora_last, 2, &st, &err) == KN_OK, "%s", err.msg);
     CHECK(st.recomputed > 0 && st.attached > 0, "A then DoRA: %d recomputed, %d attached", st.recomputed, st.attached);
@@ -331,9 +352,7 @@ static void runtime_swap(void) {
     kn_tensor_free(&base), kn_tensor_free(&out);
     kn_lora_free(a), kn_lora_free(b), kn_lora_free(d);
     drop(&s);
-    kn_lora_model_free(m);
-    kn_qwen_dit_free(&dit);
-    kn_st_close(f);
+    close_base(f, dit, m);
     kn_ctx_free(&ctx);
 }
 
@@ -360,14 +379,12 @@ static void expect_error(kn_lora_model *m, const char *path, int code, const cha
 static void bad_files(const char *tmp) {
     kn_err err;
     kn_st_file *f = NULL;
-    kn_qwen_dit dit;
-    kn_lora_model *m = NULL;
-    kn_qwen_dit_family fam = kn_qwen_image_family;
-    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6;
-    CHECK(kn_st_open(&f, FIX "qwen_image_dit/model.safetensors", &err) == KN_OK, "%s", err.msg);
-    if (!f) return;
-    CHECK(kn_qwen_dit_load(&dit, f, &fam, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_lora_model_qwen_dit(&m, &dit, f, &err) == KN_OK, "%s", err.msg);
+    kn_dit *dit;
+    kn_lora_model *m;
+    if (open_base(FIX "qwen_image_dit/model.safetensors", &f, &dit, &m)) {
+        close_base(f, dit, m);
+        return;
+    }
 
     static float down[4 * 64], up[64 * 4], bad_down[4 * 63], up3[64 * 3], alpha_nan[1];
     static int32_t ints[4 * 64];
@@ -423,9 +440,7 @@ static void bad_files(const char *tmp) {
               "warning: %s", w);
         kn_lora_free(l);
     }
-    kn_lora_model_free(m);
-    kn_qwen_dit_free(&dit);
-    kn_st_close(f);
+    close_base(f, dit, m);
 }
 
 int main(void) {

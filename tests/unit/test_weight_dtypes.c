@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipelines/qwen_image/dit.h"
+#include "pipelines/family.h"
 
 #define FIXTURE KN_SOURCE_DIR "/tests/fixtures/qwen_image_dit"
 
@@ -88,12 +88,13 @@ static int write_quantized(const kn_st_file *src, kn_dtype dt, const quant_files
 static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     kn_err err;
     kn_st_file *w = NULL, *c = NULL;
-    kn_qwen_dit m;
+    kn_dit *m = NULL;
     kn_ctx ctx;
-    kn_qwen_dit_family fam = kn_qwen_image_family;
-    fam.axes_dims[0] = 4, fam.axes_dims[1] = 6, fam.axes_dims[2] = 6; /* the fixture's tiny config */
+    const kn_dit_family *fam;
+    const char *prefix;
+    const kn_dit_overrides o = {{4, 6, 6}, 0.0, 0}; /* the fixture's tiny config */
     if (kn_st_open(&w, weights, &err) || kn_st_open(&c, FIXTURE "/case0.safetensors", &err) ||
-        kn_qwen_dit_load(&m, w, &fam, &err)) {
+        kn_dit_detect(w, &fam, &prefix, &err) || fam->load(&m, w, prefix, &o, &err)) {
         printf("load failed: %s\n", err.msg);
         kn_st_close(w);
         kn_st_close(c);
@@ -103,12 +104,12 @@ static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     kn_st_get(c, "in.x", &x, &err);
     kn_st_get(c, "in.timestep", &sigma, &err);
     kn_st_get(c, "in.context", &context, &err);
-    kn_qwen_dit_input in = {&x, &sigma, &context, NULL, NULL, 0, KN_QWEN_REF_INDEX};
+    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, m->ref_method};
     kn_ctx_init(&ctx, KN_DEV_CPU, prec);
-    int rc = kn_qwen_dit_forward(&ctx, &m, &in, out, NULL, NULL);
+    int rc = fam->forward(&ctx, m, &in, out, NULL, NULL);
     if (rc) printf("forward failed: %s\n", ctx.err.msg);
     kn_ctx_free(&ctx);
-    kn_qwen_dit_free(&m);
+    kn_dit_free(m);
     kn_st_close(w);
     kn_st_close(c);
     return rc;

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "kernels/ops_image.h"
-#include "pipelines/qwen_image/wan_vae.h"
+#include "pipelines/vae/wan21.h"
 #include "pipelines/fixture.h"
 
 static int run_decode(const kn_fixture_case *c, const kn_wan_vae *vae, kn_fixture_results *res, kn_err *err) {

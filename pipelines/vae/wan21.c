@@ -1,5 +1,5 @@
-/* Wan 2.1 VAE encode and decode: see wan_vae.h for the contract. */
-#include "pipelines/qwen_image/wan_vae.h"
+/* Wan 2.1 VAE encode and decode: see wan21.h for the contract. */
+#include "pipelines/vae/wan21.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -525,3 +525,74 @@ int kn_wan_vae_decode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *image, cons
     run_end(&r);
     return rc;
 }
+
+/* ---- the VAE family ---------------------------------------------------------- */
+
+typedef struct wan21_model {
+    kn_vae base;
+    kn_wan_vae *vae;
+} wan21_model;
+
+static void family_free(kn_vae *v) {
+    wan21_model *m = (wan21_model *)v;
+    if (!m) return;
+    kn_wan_vae_free(m->vae);
+    free(m);
+}
+
+static int family_load(kn_vae **out, const kn_st_file *f, kn_err *err) {
+    wan21_model *m = calloc(1, sizeof *m);
+    if (!m) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    if (kn_wan_vae_load(&m->vae, f, err)) {
+        free(m);
+        return err->code;
+    }
+    const kn_wan_vae_config *c = kn_wan_vae_get_config(m->vae);
+    m->base = (kn_vae){&kn_wan21_vae, c->image_channels, c->z_dim, 5};
+    *out = &m->base;
+    return KN_OK;
+}
+
+/* A 4-D image or latent as the single-frame volume [B, C, 1, H, W] the VAE runs on (same memory). */
+static int as_volume(const kn_tensor *t, kn_tensor *v, kn_err *err) {
+    if (t->ndim == 5) {
+        *v = *t;
+        return KN_OK;
+    }
+    if (t->ndim != 4) return kn_fail(err, KN_ERR_SHAPE, "wan21_vae: expected a 4-D or 5-D tensor, got %d dims", t->ndim);
+    return kn_tensor_reshape(v, t, 5, (int64_t[]){t->ne[0], t->ne[1], 1, t->ne[2], t->ne[3]}, err);
+}
+
+static int family_latent_shape(const kn_vae *v, const kn_tensor *image, int64_t *ne, int *ndim, kn_err *err) {
+    kn_tensor x;
+    KN_TRY(as_volume(image, &x, err));
+    *ndim = 5;
+    return kn_wan_vae_latent_shape(((const wan21_model *)v)->vae, &x, ne, err);
+}
+
+static int family_image_shape(const kn_vae *v, const kn_tensor *latent, int64_t ne[4], kn_err *err) {
+    kn_tensor z;
+    int64_t ne5[5];
+    KN_TRY(as_volume(latent, &z, err));
+    KN_TRY(kn_wan_vae_image_shape(((const wan21_model *)v)->vae, &z, ne5, err));
+    if (ne5[2] != 1) return kn_fail(err, KN_ERR_UNSUPPORTED, "wan21_vae: only single-frame latents decode to images");
+    int64_t out[4] = {ne5[0], ne5[1], ne5[3], ne5[4]};
+    memcpy(ne, out, sizeof out);
+    return KN_OK;
+}
+
+static int family_encode(kn_ctx *ctx, const kn_vae *v, kn_tensor *latent, const kn_tensor *image) {
+    kn_tensor x;
+    KN_TRY(as_volume(image, &x, &ctx->err));
+    return kn_wan_vae_encode(ctx, ((const wan21_model *)v)->vae, latent, &x);
+}
+
+static int family_decode(kn_ctx *ctx, const kn_vae *v, kn_tensor *image, const kn_tensor *latent) {
+    kn_tensor z, y;
+    KN_TRY(as_volume(latent, &z, &ctx->err));
+    KN_TRY(as_volume(image, &y, &ctx->err));
+    return kn_wan_vae_decode(ctx, ((const wan21_model *)v)->vae, &y, &z);
+}
+
+const kn_vae_family kn_wan21_vae = {"wan21",           "Wan 2.1 VAE",      family_load,   family_free,
+                                    family_latent_shape, family_image_shape, family_encode, family_decode};

@@ -28,6 +28,7 @@
 
 #include "kernels/ops.h"
 #include "kernels/safetensors.h"
+#include "pipelines/family.h"
 
 typedef struct kn_wan_vae_config {
     int dim;            /* base width (96 in the released model) */
@@ -53,5 +54,10 @@ int kn_wan_vae_decode(kn_ctx *ctx, const kn_wan_vae *vae, kn_tensor *image, cons
 
 /* The latent normalisation (ComfyUI latent_formats.Wan21) lives with the
  * samplers: kn_latent_wan21 in pipelines/sampling/samplers.h. */
+
+/* The VAE family (pipelines/family.h): 4-D images [B, C, H, W] are single
+ * frames; latents are [B, 16, 1, h, w]. Detected by
+ * decoder.middle.0.residual.0.gamma without Wan 2.2's upsample residuals. */
+extern const kn_vae_family kn_wan21_vae;
 
 #endif

@@ -1,0 +1,74 @@
+/* The diffusion-model fixture runner (components "qwen_image_dit", ...):
+ * the family detected from the case's weights, loaded with the tiny config's
+ * constants, run once through the family interface on the case's inputs:
+ * in.x, in.timestep, in.context, and where present in.attention_mask,
+ * in.ref_latent0.. (with the case's "ref_latents_method"). */
+#include <stdio.h>
+#include <string.h>
+
+#include "pipelines/fixture.h"
+
+#define MAX_REFS 8
+
+typedef struct debug_sink {
+    kn_fixture_results *res;
+    kn_err *err;
+} debug_sink;
+
+static int emit_debug(void *user, const char *name, const kn_tensor *t) {
+    debug_sink *s = user;
+    char full[128];
+    snprintf(full, sizeof full, "debug.%s", name);
+    return kn_fixture_emit(s->res, full, t, s->err);
+}
+
+/* An input the case may lack. */
+static const kn_tensor *optional(const kn_fixture_case *c, const char *name) {
+    char full[64];
+    snprintf(full, sizeof full, "in.%s", name);
+    return kn_st_find(c->data, full);
+}
+
+static int run(const kn_fixture_case *c, const kn_dit *m, kn_fixture_results *res, kn_err *err) {
+    kn_tensor x, t, context, out = {0};
+    const kn_tensor *refs[MAX_REFS];
+    kn_dit_input in = {&x, &t, &context, optional(c, "attention_mask"), NULL, NULL, refs, 0, m->ref_method};
+    KN_TRY(kn_fixture_input(c, "x", &x, err));
+    KN_TRY(kn_fixture_input(c, "timestep", &t, err));
+    KN_TRY(kn_fixture_input(c, "context", &context, err));
+    for (char name[32]; in.n_refs < MAX_REFS; in.n_refs++) {
+        snprintf(name, sizeof name, "ref_latent%d", in.n_refs);
+        if (!(refs[in.n_refs] = optional(c, name))) break;
+    }
+    const char *method = json_string_value(json_object_get(c->info, "ref_latents_method"));
+    if (method && (in.ref_method = kn_dit_ref_method(m->family, method)) < 0)
+        return kn_fail(err, KN_ERR_FORMAT, "%s: unknown ref_latents_method '%s'", m->family->name, method);
+    int64_t ne[KN_MAX_DIMS];
+    memcpy(ne, x.ne, sizeof ne);
+    ne[1] = m->channels;
+    KN_TRY(kn_tensor_new(&out, KN_F32, KN_DEV_CPU, x.ndim, ne, err));
+    debug_sink sink = {res, err};
+    int rc = m->family->forward(c->ctx, m, &in, &out, emit_debug, &sink);
+    if (rc && err->code == KN_OK) *err = c->ctx->err;
+    if (!rc) rc = kn_fixture_emit(res, "out.model_output", &out, err);
+    kn_tensor_free(&out);
+    return rc;
+}
+
+int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
+    char path[4096];
+    kn_st_file *f = NULL;
+    kn_dit *m = NULL;
+    const kn_dit_family *fam;
+    const char *prefix;
+    kn_dit_overrides o;
+    kn_fixture_dit_overrides(c, NULL, &o);
+    int rc = kn_fixture_weights_path(c, path, sizeof path, err);
+    if (!rc) rc = kn_st_open(&f, path, err);
+    if (!rc) rc = kn_dit_detect(f, &fam, &prefix, err);
+    if (!rc) rc = fam->load(&m, f, prefix, &o, err);
+    if (!rc) rc = run(c, m, res, err);
+    kn_dit_free(m);
+    kn_st_close(f);
+    return rc;
+}

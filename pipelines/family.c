@@ -1,0 +1,265 @@
+/* The detection tables: which family a model file belongs to, from its keys
+ * and shapes, in ComfyUI's order (comfy/model_detection.py detect_unet_config,
+ * comfy/sd.py detect_te_model and VAE.__init__). A row whose family is NULL
+ * is a model Kiln recognises but does not run: loading it fails with a
+ * message naming it. See family.h; adding a family is one row here. */
+#include "pipelines/family.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "pipelines/qwen_image/dit.h"
+#include "pipelines/qwen_image/text.h"
+#include "pipelines/vae/wan21.h"
+
+/* ---- helpers ----------------------------------------------------------------------- */
+
+/* The tensor prefix + key, or NULL. */
+static const kn_tensor *find(const kn_st_file *f, const char *prefix, const char *key) {
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", prefix, key);
+    return kn_st_find(f, name);
+}
+
+/* ne[d] of prefix + key, or -1 when absent or of fewer dims. */
+static int64_t dim(const kn_st_file *f, const char *prefix, const char *key, int d) {
+    const kn_tensor *t = find(f, prefix, key);
+    return t && d < t->ndim ? t->ne[d] : -1;
+}
+
+/* "A, B and C" of the titles of implemented rows, into buf. */
+#define SUPPORTED(table, n, buf)                                                                             \
+    do {                                                                                                     \
+        if (!(buf)[0])                                                                                       \
+            for (size_t i_ = 0, k_ = 0; i_ < (n); i_++)                                                      \
+                if ((table)[i_].family)                                                                      \
+                    k_ += (size_t)snprintf((buf) + k_, sizeof(buf) - k_, "%s%s", k_ ? ", " : "",             \
+                                           (table)[i_].family->title);                                      \
+    } while (0)
+
+/* ---- diffusion models ------------------------------------------------------------------- */
+
+typedef struct dit_rule {
+    const char *title;                                        /* what ComfyUI would call it */
+    const char *key;                                          /* present under the prefix */
+    int (*also)(const kn_st_file *f, const char *prefix);     /* NULL or a further test */
+    const kn_dit_family *family;                              /* NULL: recognised, not implemented */
+} dit_rule;
+
+static int lumina_dim_3840(const kn_st_file *f, const char *p) { return dim(f, p, "cap_embedder.1.weight", 0) == 3840; }
+static int qwen_layered(const kn_st_file *f, const char *p) {
+    return find(f, p, "time_text_embed.addition_t_embedding.weight") != NULL;
+}
+
+static const dit_rule dit_rules[] = {
+    {"Flux.1", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, NULL},
+    {"Z-Image", "cap_embedder.1.weight", lumina_dim_3840, NULL},
+    {"Lumina 2", "cap_embedder.1.weight", NULL, NULL},
+    {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL},
+    {"Qwen-Image", "txt_norm.weight", NULL, &kn_qwen_image_dit},
+    {"SD3", "joint_blocks.0.context_block.attn.qkv.weight", NULL, NULL},
+    {"Wan", "blocks.0.self_attn.norm_q.weight", NULL, NULL},
+    {"Stable Diffusion (UNet)", "input_blocks.0.0.weight", NULL, NULL},
+};
+#define N_DIT_RULES (sizeof dit_rules / sizeof dit_rules[0])
+
+const char *kn_dit_supported(void) {
+    static char buf[256];
+    SUPPORTED(dit_rules, N_DIT_RULES, buf);
+    return buf;
+}
+
+int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char **prefix, kn_err *err) {
+    /* UNETLoader strips ComfyUI's checkpoint prefix when the file has it */
+    *prefix = kn_weights_has_prefix(f, "model.diffusion_model.") ? "model.diffusion_model." : "";
+    for (size_t i = 0; i < N_DIT_RULES; i++) {
+        const dit_rule *r = &dit_rules[i];
+        if (!find(f, *prefix, r->key) || (r->also && !r->also(f, *prefix))) continue;
+        if (!r->family)
+            return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: detected a %s diffusion model; Kiln runs: %s", kn_st_path(f),
+                           r->title, kn_dit_supported());
+        *family = r->family;
+        return KN_OK;
+    }
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: not a diffusion model Kiln recognises; Kiln runs: %s", kn_st_path(f),
+                   kn_dit_supported());
+}
+
+int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err) {
+    const kn_dit_family *fam;
+    const char *prefix;
+    KN_TRY(kn_dit_detect(f, &fam, &prefix, err));
+    return fam->load(out, f, prefix, NULL, err);
+}
+
+int kn_dit_ref_method(const kn_dit_family *f, const char *name) {
+    for (int i = 0; i < f->n_ref_methods; i++)
+        if (strcmp(f->ref_methods[i], name) == 0) return i;
+    return -1;
+}
+
+void kn_dit_free(kn_dit *m) {
+    if (m) m->family->free(m);
+}
+
+/* ---- text encoders ---------------------------------------------------------------------- */
+
+/* What one text-encoder file holds (comfy/sd.py detect_te_model). */
+typedef enum te_kind { TE_UNKNOWN, TE_CLIP_L, TE_CLIP_G, TE_CLIP_H, TE_T5_XXL, TE_T5_XL, TE_QWEN25_7B,
+                       TE_QWEN25_3B, TE_QWEN3_4B, TE_QWEN3, TE_GEMMA, TE_LLAMA, TE_KINDS } te_kind;
+
+static const char *const te_titles[TE_KINDS] = {
+    "an unknown model", "CLIP-L",  "CLIP-G",     "CLIP-H",       "T5-XXL",      "T5-XL",
+    "Qwen2.5-VL-7B",    "Qwen2.5-3B", "Qwen3-4B", "a Qwen3 model", "a Gemma model", "a Llama model",
+};
+
+static te_kind te_detect(const kn_st_file *f) {
+    if (find(f, "", "text_model.encoder.layers.30.mlp.fc1.weight")) return TE_CLIP_G;
+    if (find(f, "", "text_model.encoder.layers.22.mlp.fc1.weight")) return TE_CLIP_H;
+    if (find(f, "", "text_model.encoder.layers.0.mlp.fc1.weight")) return TE_CLIP_L;
+    int64_t wi = dim(f, "", "encoder.block.23.layer.1.DenseReluDense.wi_1.weight", 0);
+    if (wi == 10240) return TE_T5_XXL;
+    if (wi == 5120) return TE_T5_XL;
+    if (find(f, "", "model.layers.0.post_feedforward_layernorm.weight")) return TE_GEMMA;
+    int64_t kb = dim(f, "", "model.layers.0.self_attn.k_proj.bias", 0);
+    if (kb == 512) return TE_QWEN25_7B;
+    if (kb == 256) return TE_QWEN25_3B;
+    if (find(f, "", "model.layers.0.post_attention_layernorm.weight")) {
+        if (!find(f, "", "model.layers.0.self_attn.q_norm.weight")) return TE_LLAMA;
+        return dim(f, "", "model.layers.0.post_attention_layernorm.weight", 0) == 2560 ? TE_QWEN3_4B : TE_QWEN3;
+    }
+    return TE_UNKNOWN;
+}
+
+typedef struct clip_rule {
+    const char *title;
+    te_kind kinds[2];   /* the files' kinds, in load order (TE_UNKNOWN: no second file) */
+    const char *types;  /* "a,b": only for these loader types; NULL: any type no earlier row claimed */
+    const kn_clip_family *family;
+} clip_rule;
+
+/* ComfyUI picks between models sharing the same files by the loader's type. */
+static const clip_rule clip_rules[] = {
+    {"HunyuanImage", {TE_QWEN25_7B, TE_UNKNOWN}, "hunyuan_image", NULL},
+    {"Qwen-Image (Qwen2.5-VL-7B)", {TE_QWEN25_7B, TE_UNKNOWN}, NULL, &kn_qwen_image_clip},
+    {"Flux.2-Klein (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, "flux,flux2", NULL},
+    {"Z-Image (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, NULL, NULL},
+    {"Flux.1 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5_XXL}, NULL, NULL},
+};
+#define N_CLIP_RULES (sizeof clip_rules / sizeof clip_rules[0])
+
+static int type_listed(const char *types, const char *type) {
+    size_t n = strlen(type);
+    for (const char *p = types; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, type, n) == 0) return 1;
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
+static int clip_matches(const clip_rule *r, const te_kind *kinds, int n, const char *type) {
+    if ((r->kinds[1] == TE_UNKNOWN ? 1 : 2) != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (kinds[i] != r->kinds[i]) return 0;
+    return !r->types || (type && type_listed(r->types, type));
+}
+
+static const char *clip_supported(void) {
+    static char buf[256];
+    SUPPORTED(clip_rules, N_CLIP_RULES, buf);
+    return buf;
+}
+
+int kn_clip_detect(const kn_st_file **files, int n, const char *type, const kn_clip_family **family, kn_err *err) {
+    te_kind kinds[2];
+    if (n < 1 || n > 2) return kn_fail(err, KN_ERR_INVALID, "%d text-encoder files: 1 or 2 are loaded together", n);
+    for (int i = 0; i < n; i++) kinds[i] = te_detect(files[i]);
+    for (int order = 0; order < n; order++) {
+        if (order) { /* the same pair given the other way round */
+            te_kind k = kinds[0];
+            kinds[0] = kinds[1];
+            kinds[1] = k;
+        }
+        for (size_t i = 0; i < N_CLIP_RULES; i++) {
+            const clip_rule *r = &clip_rules[i];
+            if (!clip_matches(r, kinds, n, type)) continue;
+            if (!r->family)
+                return kn_fail(err, KN_ERR_UNSUPPORTED, "detected the %s text encoder; Kiln runs: %s", r->title,
+                               clip_supported());
+            if (order) {
+                const kn_st_file *t = files[0];
+                files[0] = files[1];
+                files[1] = t;
+            }
+            *family = r->family;
+            return KN_OK;
+        }
+    }
+    if (n == 1)
+        return kn_fail(err, KN_ERR_UNSUPPORTED, "%s holds %s, not a text encoder Kiln runs with type '%s'; Kiln runs: %s",
+                       kn_st_path(files[0]), te_titles[kinds[0]], type ? type : "", clip_supported());
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s (%s) and %s (%s) are not a text-encoder pair Kiln runs; Kiln runs: %s",
+                   kn_st_path(files[0]), te_titles[kinds[1]], kn_st_path(files[1]), te_titles[kinds[0]],
+                   clip_supported());
+}
+
+void kn_clip_free(kn_clip *c) {
+    if (c) c->family->free(c);
+}
+
+void kn_text_cond_free(kn_text_cond *c) {
+    kn_tensor_free(&c->cond);
+    kn_tensor_free(&c->mask);
+    kn_tensor_free(&c->pooled);
+}
+
+/* ---- VAEs -------------------------------------------------------------------------------- */
+
+typedef struct vae_rule {
+    const char *title;
+    const char *key;
+    int (*also)(const kn_st_file *f);
+    const kn_vae_family *family;
+} vae_rule;
+
+static int wan22(const kn_st_file *f) { return find(f, "", "decoder.upsamples.0.upsamples.0.residual.2.weight") != NULL; }
+static int kl_16ch(const kn_st_file *f) { return dim(f, "", "decoder.conv_in.weight", 1) == 16; }
+
+static const vae_rule vae_rules[] = {
+    {"Wan 2.2 VAE", "decoder.middle.0.residual.0.gamma", wan22, NULL},
+    {"Wan 2.1 VAE", "decoder.middle.0.residual.0.gamma", NULL, &kn_wan21_vae},
+    {"Flux VAE (16-channel AutoencoderKL)", "decoder.conv_in.weight", kl_16ch, NULL},
+    {"Stable Diffusion VAE (AutoencoderKL)", "decoder.conv_in.weight", NULL, NULL},
+};
+#define N_VAE_RULES (sizeof vae_rules / sizeof vae_rules[0])
+
+static const char *vae_supported(void) {
+    static char buf[256];
+    SUPPORTED(vae_rules, N_VAE_RULES, buf);
+    return buf;
+}
+
+int kn_vae_detect(const kn_st_file *f, const kn_vae_family **family, kn_err *err) {
+    for (size_t i = 0; i < N_VAE_RULES; i++) {
+        const vae_rule *r = &vae_rules[i];
+        if (!find(f, "", r->key) || (r->also && !r->also(f))) continue;
+        if (!r->family)
+            return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: detected a %s; Kiln runs: %s", kn_st_path(f), r->title,
+                           vae_supported());
+        *family = r->family;
+        return KN_OK;
+    }
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: not a VAE Kiln recognises; Kiln runs: %s", kn_st_path(f),
+                   vae_supported());
+}
+
+int kn_vae_load(kn_vae **out, const kn_st_file *f, kn_err *err) {
+    const kn_vae_family *fam;
+    KN_TRY(kn_vae_detect(f, &fam, err));
+    return fam->load(out, f, err);
+}
+
+void kn_vae_free(kn_vae *v) {
+    if (v) v->family->free(v);
+}

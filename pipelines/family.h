@@ -1,0 +1,172 @@
+/* kn_family: the one interface between the node layer and the models, and the
+ * tables that detect which model a file holds.
+ *
+ * A model file is one of three components, each detected from its tensor
+ * keys and shapes as ComfyUI's model_detection.py / sd.py do (never from the
+ * file name), then loaded and run through the family's functions:
+ *  - a diffusion model (kn_dit_family): load, forward, latent format and
+ *    layout, the model sampling ComfyUI gives it by default, the key aliases
+ *    LoRA files use for its weights;
+ *  - a text encoder (kn_clip_family: ComfyUI's CLIP target, i.e. the encoder
+ *    architecture, its tokenizer and prompt template, and what the diffusion
+ *    model conditions on): load from one or more files, encode a prompt;
+ *  - a VAE (kn_vae_family): encode images, decode latents.
+ * The nodes hold {family, model} pairs and never name a family.
+ *
+ * Detection knows more families than Kiln runs: a file of a known but
+ * unimplemented family fails with KN_ERR_UNSUPPORTED and a message such as
+ * "detected Flux.1 diffusion model; Kiln runs: Qwen-Image", so validation can
+ * refuse it before anything is loaded. Adding a family: one folder in
+ * pipelines/ with its model code and a `const kn_*_family`, and one row in a
+ * detection table in pipelines/family.c (README "Layout").
+ *
+ * Every loaded model starts with its interface struct (kn_dit, kn_clip,
+ * kn_vae), so the family casts back to its own type. Models borrow their
+ * kn_st_file (weights stay mapped, in their stored dtype): the caller keeps
+ * the file open until the model is freed. */
+#ifndef KN_PIPELINES_FAMILY_H
+#define KN_PIPELINES_FAMILY_H
+
+#include "kernels/ops.h"
+#include "kernels/safetensors.h"
+#include "pipelines/common/weights.h"
+#include "pipelines/sampling/samplers.h"
+
+/* ---- diffusion models ------------------------------------------------------------ */
+
+typedef struct kn_dit_family kn_dit_family;
+
+typedef struct kn_dit {
+    const kn_dit_family *family;
+    kn_weight_table *weights; /* the model's (LoRA patches it, loras/lora.h) */
+    int64_t channels;         /* latent channels the model takes and returns */
+    int ref_method;           /* the file's default for reference latents (family-defined) */
+} kn_dit;
+
+typedef struct kn_dit_input {
+    const kn_tensor *x;            /* model-space latent, the family's layout (latent_ndim) */
+    const kn_tensor *timestep;     /* [B]: model_sampling.timestep(sigma) */
+    const kn_tensor *context;      /* [B, Lt, context_dim] */
+    const kn_tensor *context_mask; /* [B, Lt] or NULL */
+    const kn_tensor *pooled;       /* [B, pooled_dim] or NULL */
+    const kn_tensor *guidance;     /* [B] or NULL */
+    const kn_tensor *const *refs;  /* model-space reference latents (edit models), or NULL */
+    int n_refs;
+    int ref_method;
+} kn_dit_input;
+
+/* Intermediates for debugging (names as in the fixtures: "img_in", "block0_img", ...). */
+typedef int (*kn_debug_fn)(void *user, const char *name, const kn_tensor *t);
+
+/* Another name a LoRA file may use for weight key k (ComfyUI's
+ * model_lora_keys_unet): prefix + (k without ".weight", '.' -> '_' when
+ * underscored); any_key also maps tensors that are not ".weight" (biases and
+ * norm scales, for .diff / .set_weight patches) by their full key. */
+typedef struct kn_key_alias {
+    const char *prefix;
+    int underscored, any_key;
+} kn_key_alias;
+
+/* Constants no weight records that a test may override (the fixtures' tiny
+ * models use other RoPE splits); zero fields keep the family's value. */
+typedef struct kn_dit_overrides {
+    int axes_dims[3]; /* all three or none */
+    double rope_theta;
+    int patch;
+} kn_dit_overrides;
+
+struct kn_dit_family {
+    const char *name;  /* "qwen_image" */
+    const char *title; /* "Qwen-Image" */
+    /* overrides: NULL for real models */
+    int (*load)(kn_dit **out, const kn_st_file *f, const char *prefix, const kn_dit_overrides *overrides,
+                kn_err *err);
+    void (*free)(kn_dit *m); /* NULL-safe */
+    /* out: F32 in x's shape with `channels` channels (caller-allocated). Errors in ctx->err. */
+    int (*forward)(kn_ctx *ctx, const kn_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
+                   void *debug_user);
+    const kn_latent_format *latent;
+    int latent_ndim; /* 5: [B, C, 1, h, w] (video VAEs), 4: [B, C, h, w] */
+    kn_ms_kind sampling;        /* ComfyUI's default model sampling: FLUX (shift = mu) or DISCRETE_FLOW */
+    double shift, multiplier;
+    const kn_key_alias *lora_keys;
+    int n_lora_keys;
+    const char *const *ref_methods; /* ComfyUI's reference_latents_method names; index = ref_method */
+    int n_ref_methods;
+};
+
+/* The ref_method of a ComfyUI method name, or -1. */
+int kn_dit_ref_method(const kn_dit_family *f, const char *name);
+
+/* The family of a diffusion-model file and the prefix its keys carry
+ * ("model.diffusion_model." or ""). Unknown or unimplemented families fail
+ * (KN_ERR_UNSUPPORTED) with a message naming what was detected. */
+int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char **prefix, kn_err *err);
+/* Detect and load. */
+int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err);
+void kn_dit_free(kn_dit *m);
+/* "Qwen-Image, ..." of the families Kiln runs, for messages. */
+const char *kn_dit_supported(void);
+
+/* ---- text encoders ----------------------------------------------------------------- */
+
+typedef struct kn_clip_family kn_clip_family;
+
+typedef struct kn_clip {
+    const kn_clip_family *family;
+} kn_clip;
+
+/* What CLIPTextEncode returns: cond [1, L, D] F32, and when the family has
+ * them an attention mask [1, L] and a pooled vector [1, P] (data NULL
+ * otherwise). Tensors owned (kn_tensor_new); kn_text_cond_free frees them. */
+typedef struct kn_text_cond {
+    kn_tensor cond, mask, pooled;
+} kn_text_cond;
+
+void kn_text_cond_free(kn_text_cond *c);
+
+struct kn_clip_family {
+    const char *name;  /* "qwen_image" */
+    const char *title; /* "Qwen-Image (Qwen2.5-VL-7B)" */
+    int n_files;       /* 1: CLIPLoader, 2: DualCLIPLoader */
+    /* files in the order detection found them in; tokenizer_dir holds the tokenizer data folders */
+    int (*load)(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err);
+    void (*free)(kn_clip *c);
+    int (*encode)(kn_ctx *ctx, const kn_clip *c, const char *text, kn_text_cond *out, kn_err *err);
+};
+
+/* The text-encoder family of n files for a CLIPLoader/DualCLIPLoader `type`
+ * (ComfyUI's detect_te_model + CLIPType). files[] may be reordered into the
+ * order the family loads them in. */
+int kn_clip_detect(const kn_st_file **files, int n, const char *type, const kn_clip_family **family, kn_err *err);
+void kn_clip_free(kn_clip *c);
+
+/* ---- VAEs -------------------------------------------------------------------------- */
+
+typedef struct kn_vae_family kn_vae_family;
+
+typedef struct kn_vae {
+    const kn_vae_family *family;
+    int64_t image_channels; /* what encode takes */
+    int64_t latent_channels;
+    int latent_ndim;        /* layout of the latents it makes: 5 [B, C, T, h, w] or 4 */
+} kn_vae;
+
+struct kn_vae_family {
+    const char *name;  /* "wan21" */
+    const char *title; /* "Wan 2.1 VAE" */
+    int (*load)(kn_vae **out, const kn_st_file *f, kn_err *err);
+    void (*free)(kn_vae *v);
+    /* Shapes: latent of image [B, C, H, W], image [B, C, H, W] of latent [B, C, (1,) h, w]. */
+    int (*latent_shape)(const kn_vae *v, const kn_tensor *image, int64_t *ne, int *ndim, kn_err *err);
+    int (*image_shape)(const kn_vae *v, const kn_tensor *latent, int64_t ne[4], kn_err *err);
+    /* image in [-1, 1]; the latent is the raw VAE latent (the posterior mean). Errors in ctx->err. */
+    int (*encode)(kn_ctx *ctx, const kn_vae *v, kn_tensor *latent, const kn_tensor *image);
+    int (*decode)(kn_ctx *ctx, const kn_vae *v, kn_tensor *image, const kn_tensor *latent);
+};
+
+int kn_vae_detect(const kn_st_file *f, const kn_vae_family **family, kn_err *err);
+int kn_vae_load(kn_vae **out, const kn_st_file *f, kn_err *err);
+void kn_vae_free(kn_vae *v);
+
+#endif

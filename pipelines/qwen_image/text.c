@@ -1,0 +1,138 @@
+/* Qwen-Image's text encoder and conditioning: see text.h. */
+#include "pipelines/qwen_image/text.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipelines/tokenizers/bpe.h"
+#include "pipelines/tokenizers/prompt.h"
+
+const kn_llm_consts kn_qwen25vl_7b = {28, 128, 1e6, 1e-6f, 1, 0};
+
+
+int64_t kn_qwen_image_template_end(const int64_t *ids, int64_t n) {
+    int64_t end = -1;
+    int seen = 0;
+    for (int64_t i = 0; i < n && seen < 2; i++) {
+        if (ids[i] == KN_QWEN_IM_START) {
+            end = i;
+            seen++;
+        }
+    }
+    if (n > end + 3 && ids[end + 1] == KN_QWEN_TOK_USER && ids[end + 2] == KN_QWEN_TOK_NL) end += 3;
+    return end < 0 ? n - 1 : end;
+}
+
+/* out = t[:, s:] as a new contiguous tensor in `a`; t is contiguous [B, L, ...]. */
+static int copy_tail(kn_arena *a, const kn_tensor *t, int64_t s, kn_tensor *out, kn_err *err) {
+    int64_t ne[KN_MAX_DIMS];
+    memcpy(ne, t->ne, sizeof ne);
+    ne[1] = t->ne[1] - s;
+    int rc = kn_arena_tensor(a, out, t->dtype, t->ndim, ne, err);
+    if (rc) return rc;
+    const size_t pos_bytes = (size_t)t->st[1] * kn_dtype_size(t->dtype);
+    for (int64_t b = 0; b < t->ne[0]; b++)
+        memcpy((char *)out->data + (size_t)(b * ne[1]) * pos_bytes,
+               (const char *)t->data + (size_t)(b * t->ne[1] + s) * pos_bytes, (size_t)ne[1] * pos_bytes);
+    return KN_OK;
+}
+
+static int all_ones(const kn_tensor *mask) {
+    const size_t es = kn_dtype_size(mask->dtype), n = (size_t)kn_tensor_numel(mask);
+    for (size_t i = 0; i < n; i++) {
+        float v;
+        kn_to_f32(&v, (const char *)mask->data + i * es, mask->dtype, 1, 1.0f);
+        if (v != 1.0f) return 0;
+    }
+    return 1;
+}
+
+int kn_qwen_image_conditioning(kn_arena *arena, const kn_tensor *ids, const kn_tensor *hidden,
+                               const kn_tensor *mask, kn_tensor *cond, kn_tensor *cond_mask, kn_err *err) {
+    char a[96], b[96], c[96];
+    int ok = ids->dtype == KN_I64 && ids->ndim == 2 && ids->ne[1] >= 1 && kn_tensor_is_contiguous(ids) &&
+             hidden->dtype == KN_F32 && hidden->ndim == 3 && hidden->ne[0] == ids->ne[0] &&
+             hidden->ne[1] == ids->ne[1] && kn_tensor_is_contiguous(hidden);
+    if (ok && mask)
+        ok = mask->ndim == 2 && mask->ne[0] == ids->ne[0] && mask->ne[1] == ids->ne[1] &&
+             kn_tensor_is_contiguous(mask);
+    if (!ok)
+        return kn_fail(err, KN_ERR_SHAPE,
+                       "qwen_image conditioning: input_ids %s, hidden %s, attention_mask %s: expected I64 [B, L >= 1], "
+                       "F32 [B, L, D], [B, L], contiguous",
+                       kn_tensor_desc(ids, a, sizeof a), kn_tensor_desc(hidden, b, sizeof b),
+                       mask ? kn_tensor_desc(mask, c, sizeof c) : "none");
+    const int64_t s = kn_qwen_image_template_end(ids->data, ids->ne[1]);
+    memset(cond_mask, 0, sizeof *cond_mask);
+    int rc = copy_tail(arena, hidden, s, cond, err);
+    if (rc || !mask) return rc;
+    if ((rc = copy_tail(arena, mask, s, cond_mask, err))) return rc;
+    /* an all-ones mask changes nothing downstream, so ComfyUI drops it */
+    if (all_ones(cond_mask)) memset(cond_mask, 0, sizeof *cond_mask);
+    return KN_OK;
+}
+
+/* ---- the CLIP family --------------------------------------------------------- */
+
+typedef struct qwen_image_clip {
+    kn_clip base;
+    kn_llm te;
+    kn_bpe *bpe;
+} qwen_image_clip;
+
+static void clip_free(kn_clip *c) {
+    qwen_image_clip *q = (qwen_image_clip *)c;
+    if (!q) return;
+    kn_llm_free(&q->te);
+    kn_bpe_free(q->bpe);
+    free(q);
+}
+
+static int clip_load(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err) {
+    qwen_image_clip *q = calloc(1, sizeof *q);
+    if (!q) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    q->base.family = &kn_qwen_image_clip;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/qwen25", tokenizer_dir);
+    int rc = kn_llm_load(&q->te, files[0], "model.", &kn_qwen25vl_7b, err);
+    if (!rc && kn_bpe_load(&q->bpe, dir, err)) rc = kn_err_wrap(err, "Qwen2 tokenizer");
+    if (rc) {
+        clip_free(&q->base);
+        return rc;
+    }
+    *out = &q->base;
+    return KN_OK;
+}
+
+/* ComfyUI's Qwen-Image path: template tokens -> Qwen2.5-VL last hidden state
+ * (final norm applied) -> template drop -> cond (+ the mask when not all ones). */
+static int clip_encode(kn_ctx *ctx, const kn_clip *c, const char *text, kn_text_cond *out, kn_err *err) {
+    const qwen_image_clip *q = (const qwen_image_clip *)c;
+    kn_prompt_chunks chunks = {0};
+    kn_arena *arena = NULL;
+    kn_tensor ids = {0}, hidden, cond, mask;
+    memset(out, 0, sizeof *out);
+    int rc = kn_prompt_qwen(q->bpe, KN_QWEN_IMAGE, NULL, text, strlen(text), &chunks, err);
+    int64_t n = rc ? 0 : (int64_t)chunks.n_tokens;
+    if (!rc) rc = kn_tensor_new(&ids, KN_I64, KN_DEV_CPU, 2, (int64_t[]){1, n}, err);
+    for (int64_t i = 0; !rc && i < n; i++) ((int64_t *)ids.data)[i] = chunks.tokens[i].id;
+    if (!rc) rc = kn_arena_create(&arena, KN_DEV_CPU, err);
+    if (!rc && kn_llm_forward(ctx, &q->te, arena, &ids, NULL, &(kn_llm_outputs){&hidden, NULL, NULL, 0})) {
+        *err = ctx->err;
+        rc = err->code;
+    }
+    if (!rc) rc = kn_qwen_image_conditioning(arena, &ids, &hidden, NULL, &cond, &mask, err);
+    if (!rc) rc = kn_tensor_new(&out->cond, KN_F32, KN_DEV_CPU, cond.ndim, cond.ne, err);
+    if (!rc) rc = kn_tensor_copy(&out->cond, &cond, err);
+    if (!rc && mask.data) rc = kn_tensor_new(&out->mask, mask.dtype, KN_DEV_CPU, mask.ndim, mask.ne, err);
+    if (!rc && mask.data) rc = kn_tensor_copy(&out->mask, &mask, err);
+    if (rc) kn_text_cond_free(out);
+    kn_arena_destroy(arena);
+    kn_tensor_free(&ids);
+    kn_prompt_chunks_free(&chunks);
+    return rc;
+}
+
+const kn_clip_family kn_qwen_image_clip = {"qwen_image", "Qwen-Image (Qwen2.5-VL-7B)", 1, clip_load, clip_free,
+                                           clip_encode};
