@@ -364,7 +364,7 @@ static int bench_block(const char *path) {
     printf("\n== d. Qwen-Image DiT block, 1024x1024: %d image + %d text tokens, dim %lld, %lld heads x %lld ==\n",
            IMG_TOKENS, TXT_TOKENS, (long long)D, (long long)c->heads, (long long)c->head_dim);
     printf("weights %s (%s); %.1f GFLOP a block: linears %.1f (incl. modulation), attention %.1f\n", path,
-           kn_dtype_name(m.block[0].img_attn.q.w.dtype), (lin + att) * 1e-9, lin * 1e-9, att * 1e-9);
+           kn_dtype_name(m.block[0].img.attn.q.w.dtype), (lin + att) * 1e-9, lin * 1e-9, att * 1e-9);
 
     block_job b;
     memset(&b, 0, sizeof b);

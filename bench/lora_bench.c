@@ -193,11 +193,11 @@ static double median(double *t, int n) {
 /* Median seconds of the fc1 linear of block 0 with its adapter list (attached: n > 0) or without. */
 static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_list *run, const kn_tensor *x,
                        kn_tensor *y, double *out) {
-    const kn_qwen_dit_block *w = &dit->block[0];
+    const kn_mmdit_block *w = &dit->block[0];
     double t[16];
     for (int i = 0; i < reps; i++) {
         double t0 = bench_now();
-        if (kn_linear_lora(ctx, y, x, &w->img_mlp.up.w, &w->img_mlp.up.b, run->ad, run->n)) return ctx->err.code;
+        if (kn_linear_lora(ctx, y, x, &w->img.mlp.up.w, &w->img.mlp.up.b, run->ad, run->n)) return ctx->err.code;
         t[i] = bench_now() - t0;
     }
     *out = median(t, reps);
@@ -210,7 +210,7 @@ static int step_overhead(kn_lora_model *m, kn_qwen_dit *dit, char lpath[2][4300]
     kn_adapter_list *run = &kn_weight_table_find(&dit->weights, key)->run;
     kn_ctx ctx;
     kn_tensor x = {0}, y = {0};
-    int64_t K = dit->block[0].img_mlp.up.w.ne[1], N = dit->block[0].img_mlp.up.w.ne[0];
+    int64_t K = dit->block[0].img.mlp.up.w.ne[1], N = dit->block[0].img.mlp.up.w.ne[0];
     int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
     if (!rc) rc = kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, K}, err);
     if (!rc) rc = kn_tensor_new(&y, KN_F32, KN_DEV_CPU, 2, (int64_t[]){STEP_TOKENS, N}, err);

@@ -20,27 +20,28 @@ const kn_qwen_dit_consts kn_qwen_image_consts = {{16, 56, 56}, 10000.0, 2};
 
 enum { S_D, S_6D, S_2D, S_HD, S_F, S_JOINT, S_IN, S_OUT, S_T, N_SIZES };
 
-#define BLIN(field, key, r, c) KN_WSPEC_LIN(kn_qwen_dit_block, field, key, r, c, 0)
-#define BVEC(field, key, d) KN_WSPEC_T1(kn_qwen_dit_block, field, key, d, 0)
+/* diffusers names: one attention module holds both streams' projections */
+#define BLIN(field, key, r, c) KN_WSPEC_LIN(kn_mmdit_block, field, key, r, c, 0)
+#define BVEC(field, key, d) KN_WSPEC_T1(kn_mmdit_block, field, key, d, 0)
 static const kn_weight_spec block_specs[] = {
-    BLIN(img_mod, "img_mod.1", S_6D, S_D),
-    BLIN(txt_mod, "txt_mod.1", S_6D, S_D),
-    BLIN(img_attn.q, "attn.to_q", S_D, S_D),
-    BLIN(img_attn.k, "attn.to_k", S_D, S_D),
-    BLIN(img_attn.v, "attn.to_v", S_D, S_D),
-    BLIN(img_attn.out, "attn.to_out.0", S_D, S_D),
-    BLIN(txt_attn.q, "attn.add_q_proj", S_D, S_D),
-    BLIN(txt_attn.k, "attn.add_k_proj", S_D, S_D),
-    BLIN(txt_attn.v, "attn.add_v_proj", S_D, S_D),
-    BLIN(txt_attn.out, "attn.to_add_out", S_D, S_D),
-    BVEC(img_attn.norm_q, "attn.norm_q.weight", S_HD),
-    BVEC(img_attn.norm_k, "attn.norm_k.weight", S_HD),
-    BVEC(txt_attn.norm_q, "attn.norm_added_q.weight", S_HD),
-    BVEC(txt_attn.norm_k, "attn.norm_added_k.weight", S_HD),
-    BLIN(img_mlp.up, "img_mlp.net.0.proj", S_F, S_D),
-    BLIN(img_mlp.down, "img_mlp.net.2", S_D, S_F),
-    BLIN(txt_mlp.up, "txt_mlp.net.0.proj", S_F, S_D),
-    BLIN(txt_mlp.down, "txt_mlp.net.2", S_D, S_F),
+    BLIN(img.mod, "img_mod.1", S_6D, S_D),
+    BLIN(txt.mod, "txt_mod.1", S_6D, S_D),
+    BLIN(img.attn.q, "attn.to_q", S_D, S_D),
+    BLIN(img.attn.k, "attn.to_k", S_D, S_D),
+    BLIN(img.attn.v, "attn.to_v", S_D, S_D),
+    BLIN(img.attn.out, "attn.to_out.0", S_D, S_D),
+    BLIN(txt.attn.q, "attn.add_q_proj", S_D, S_D),
+    BLIN(txt.attn.k, "attn.add_k_proj", S_D, S_D),
+    BLIN(txt.attn.v, "attn.add_v_proj", S_D, S_D),
+    BLIN(txt.attn.out, "attn.to_add_out", S_D, S_D),
+    BVEC(img.attn.norm_q, "attn.norm_q.weight", S_HD),
+    BVEC(img.attn.norm_k, "attn.norm_k.weight", S_HD),
+    BVEC(txt.attn.norm_q, "attn.norm_added_q.weight", S_HD),
+    BVEC(txt.attn.norm_k, "attn.norm_added_k.weight", S_HD),
+    BLIN(img.mlp.up, "img_mlp.net.0.proj", S_F, S_D),
+    BLIN(img.mlp.down, "img_mlp.net.2", S_D, S_F),
+    BLIN(txt.mlp.up, "txt_mlp.net.0.proj", S_F, S_D),
+    BLIN(txt.mlp.down, "txt_mlp.net.2", S_D, S_F),
 };
 
 #define MLIN(field, key, r, c) KN_WSPEC_LIN(kn_qwen_dit, field, key, r, c, 0)
@@ -128,74 +129,6 @@ void kn_qwen_dit_free(kn_qwen_dit *m) {
 
 /* ---- block -------------------------------------------------------------- */
 
-/* A contiguous [d0, d1, d2] tensor over the start of a scratch buffer. */
-static kn_tensor view(const kn_tensor *buf, int64_t d0, int64_t d1, int64_t d2) {
-    return kn_tensor_make(buf->dtype, buf->device, buf->data, 3, (int64_t[]){d0, d1, d2});
-}
-
-static int block_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_qwen_dit_block *w, kn_tensor *img,
-                         kn_tensor *txt, const kn_tensor *tvec, const kn_tensor *tvec0, int64_t n_main,
-                         const kn_tensor *cos, const kn_tensor *sin, const kn_tensor *key_mask) {
-    const kn_qwen_dit_config *c = &m->cfg;
-    const kn_weight_table *tab = &m->weights;
-    int64_t B = img->ne[0], Li = img->ne[1], Lt = txt->ne[1], L = Lt + Li, D = c->dim;
-    int64_t Lmax = Li > Lt ? Li : Lt;
-    kn_arena *a = ctx->scratch;
-    kn_err *e = &ctx->err;
-    kn_tensor mod_i, mod_t, mod_i0, q, k, v, o, xm, out;
-    KN_TRY(kn_arena_tensor(a, &mod_i, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-    KN_TRY(kn_arena_tensor(a, &mod_t, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-    KN_TRY(kn_lin_forward(ctx, tab, &mod_i, tvec, &w->img_mod));
-    KN_TRY(kn_lin_forward(ctx, tab, &mod_t, tvec, &w->txt_mod));
-    if (tvec0) {
-        KN_TRY(kn_arena_tensor(a, &mod_i0, KN_F32, 2, (int64_t[]){B, 6 * D}, e));
-        KN_TRY(kn_lin_forward(ctx, tab, &mod_i0, tvec0, &w->img_mod));
-    }
-    /* stream 0 is the text, stream 1 the image (+ reference tokens from n_main on) */
-    const kn_mod mods[2] = {{&mod_t, NULL, Lt}, {&mod_i, tvec0 ? &mod_i0 : NULL, n_main}};
-    kn_tensor *xs_of[2] = {txt, img};
-    const kn_attn *attn[2] = {&w->txt_attn, &w->img_attn};
-    const kn_mlp *mlp[2] = {&w->txt_mlp, &w->img_mlp};
-    const int64_t t0_of[2] = {0, Lt};
-    int64_t joint_ne[3] = {B, L, D};
-    KN_TRY(kn_arena_tensor(a, &q, KN_F32, 3, joint_ne, e));
-    KN_TRY(kn_arena_tensor(a, &k, KN_F32, 3, joint_ne, e));
-    KN_TRY(kn_arena_tensor(a, &v, KN_F32, 3, joint_ne, e));
-    KN_TRY(kn_arena_tensor(a, &o, KN_F32, 3, joint_ne, e));
-    KN_TRY(kn_arena_tensor(a, &xm, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
-    KN_TRY(kn_arena_tensor(a, &out, KN_F32, 3, (int64_t[]){B, Lmax, D}, e));
-    const kn_attn_shape shape = {c->heads, c->heads, c->head_dim, QK_NORM_EPS};
-
-    /* attention half: both streams' q, k, v into the joint [text, image] buffers */
-    for (int s = 0; s < 2; s++) {
-        int64_t n = xs_of[s]->ne[1];
-        kn_tensor xs = view(&xm, B, n, D), qs, ks, vs;
-        KN_TRY(kn_layernorm(ctx, &xs, xs_of[s], NULL, NULL, LN_EPS));
-        KN_TRY(kn_mod_modulate(ctx, &xs, &mods[s], 0, 1));
-        KN_TRY(kn_tensor_slice(&qs, &q, 1, t0_of[s], n, e));
-        KN_TRY(kn_tensor_slice(&ks, &k, 1, t0_of[s], n, e));
-        KN_TRY(kn_tensor_slice(&vs, &v, 1, t0_of[s], n, e));
-        KN_TRY(kn_attn_project(ctx, tab, attn[s], &shape, &xs, &qs, &ks, &vs));
-    }
-    const kn_attn_args args = {cos, sin, KN_ROPE_INTERLEAVED, key_mask, 0};
-    KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, &args));
-    for (int s = 0; s < 2; s++) {
-        kn_tensor os = view(&out, B, xs_of[s]->ne[1], D);
-        KN_TRY(kn_attn_output(ctx, tab, attn[s], &o, t0_of[s], &os));
-        KN_TRY(kn_mod_gate(ctx, xs_of[s], &os, &mods[s], 2));
-    }
-    /* feed-forward half */
-    for (int s = 0; s < 2; s++) {
-        int64_t n = xs_of[s]->ne[1];
-        kn_tensor xs = view(&xm, B, n, D), os = view(&out, B, n, D);
-        KN_TRY(kn_layernorm(ctx, &xs, xs_of[s], NULL, NULL, LN_EPS));
-        KN_TRY(kn_mod_modulate(ctx, &xs, &mods[s], 3, 4));
-        KN_TRY(kn_mlp_forward(ctx, tab, mlp[s], KN_ACT_GELU_TANH, &xs, &os));
-        KN_TRY(kn_mod_gate(ctx, xs_of[s], &os, &mods[s], 5));
-    }
-    return KN_OK;
-}
-
 int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, kn_tensor *img, kn_tensor *txt,
                               const kn_tensor *tvec, const kn_tensor *tvec0, int64_t n_main, const kn_tensor *cos,
                               const kn_tensor *sin, const kn_tensor *key_mask) {
@@ -207,10 +140,16 @@ int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, 
     KN_TRY(kn_tensor_expect(img, "qwen_image_dit image stream", 3, (int64_t[]){-1, -1, c->dim}, &ctx->err));
     KN_TRY(kn_tensor_expect(txt, "qwen_image_dit text stream", 3, (int64_t[]){B, -1, c->dim}, &ctx->err));
     KN_TRY(kn_tensor_expect(tvec, "qwen_image_dit time vector", 2, (int64_t[]){B, c->dim}, &ctx->err));
-    size_t mark = kn_arena_mark(ctx->scratch);
-    int rc = block_forward(ctx, m, &m->block[layer], img, txt, tvec, tvec0, n_main, cos, sin, key_mask);
-    kn_arena_reset(ctx->scratch, mark);
-    return rc;
+    const kn_mmdit_args args = {{c->heads, c->heads, c->head_dim, QK_NORM_EPS},
+                                KN_ACT_GELU_TANH,
+                                LN_EPS,
+                                tvec,
+                                tvec0,
+                                n_main,
+                                cos,
+                                sin,
+                                key_mask};
+    return kn_mmdit_block_forward(ctx, &m->weights, &m->block[layer], img, txt, &args);
 }
 
 /* ---- model-level layout: patches, RoPE tables, time embedding ---------- */

@@ -1,12 +1,9 @@
 /* kn_qwen_dit: the Qwen-Image MMDiT (QwenImageTransformer2DModel), wired from
  * the shared blocks (pipelines/common).
  *
- * Joint text/image attention over [text, image, ref_1, ...] tokens; every block:
- *   mod = Linear(silu(temb)) -> (shift1, scale1, gate1, shift2, scale2, gate2)
- *   x_m = LN(x) * (1 + scale1) + shift1 per stream; q/k/v per stream with
- *   RMSNorm on q and k per head; 3-axis interleaved RoPE on the joint q, k;
- *   attention; x += gate1 * out_proj; x += gate2 * MLP(LN(x)*(1+scale2)+shift2)
- *   with MLP = Linear -> GELU(tanh) -> Linear.
+ * Joint text/image attention over [text, image, ref_1, ...] tokens; every
+ * block is the shared double-stream block (pipelines/common/mmdit.h) over
+ * silu(temb) with split q/k/v projections, 3-axis RoPE and a GELU(tanh) MLP.
  * Then norm_out (LN with scale, shift from temb) and proj_out, unpatchified.
  *
  * Weights: diffusers key names (img_in, txt_in, txt_norm, time_text_embed.*,
@@ -24,8 +21,7 @@
 #ifndef KN_QWEN_DIT_H
 #define KN_QWEN_DIT_H
 
-#include "pipelines/common/attention.h"
-#include "pipelines/common/mlp.h"
+#include "pipelines/common/mmdit.h"
 #include "pipelines/family.h"
 
 typedef struct kn_qwen_dit_consts {
@@ -47,18 +43,12 @@ typedef struct kn_qwen_dit_config {
     kn_qwen_dit_consts consts;
 } kn_qwen_dit_config;
 
-typedef struct kn_qwen_dit_block {
-    kn_lin img_mod, txt_mod;   /* [6D, D] */
-    kn_attn img_attn, txt_attn;
-    kn_mlp img_mlp, txt_mlp;
-} kn_qwen_dit_block;
-
 typedef struct kn_qwen_dit {
     kn_dit base;
     kn_qwen_dit_config cfg;
     kn_lin img_in, txt_in, t_lin1, t_lin2, norm_out, proj_out;
     kn_tensor txt_norm;
-    kn_qwen_dit_block *block; /* cfg.layers entries, owned */
+    kn_mmdit_block *block; /* cfg.layers entries, owned */
     kn_weight_table weights;
 } kn_qwen_dit;
 
