@@ -2,7 +2,8 @@
  * the family detected from the case's weights, loaded with the tiny config's
  * constants, run once through the family interface on the case's inputs:
  * in.x, in.timestep, in.context, and where present in.attention_mask,
- * in.ref_latent0.. (with the case's "ref_latents_method"). */
+ * in.y (the pooled vector), in.guidance, in.ref_latent0.. (with the case's
+ * "ref_latents_method"). */
 #include <stdio.h>
 #include <string.h>
 
@@ -32,7 +33,8 @@ static const kn_tensor *optional(const kn_fixture_case *c, const char *name) {
 static int run(const kn_fixture_case *c, const kn_dit *m, kn_fixture_results *res, kn_err *err) {
     kn_tensor x, t, context, out = {0};
     const kn_tensor *refs[MAX_REFS];
-    kn_dit_input in = {&x, &t, &context, optional(c, "attention_mask"), NULL, NULL, refs, 0, m->ref_method};
+    kn_dit_input in = {&x,   &t, &context, optional(c, "attention_mask"), optional(c, "y"), optional(c, "guidance"),
+                       refs, 0,  m->ref_method};
     KN_TRY(kn_fixture_input(c, "x", &x, err));
     KN_TRY(kn_fixture_input(c, "timestep", &t, err));
     KN_TRY(kn_fixture_input(c, "context", &context, err));

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pipelines/flux/dit.h"
 #include "pipelines/qwen_image/dit.h"
 #include "pipelines/qwen_image/text.h"
 #include "pipelines/vae/wan21.h"
@@ -46,13 +47,18 @@ typedef struct dit_rule {
     const kn_dit_family *family;                              /* NULL: recognised, not implemented */
 } dit_rule;
 
+static int flux_guidance(const kn_st_file *f, const char *p) { return find(f, p, "guidance_in.in_layer.weight") != NULL; }
+static int flux_fill(const kn_st_file *f, const char *p) { return dim(f, p, "img_in.weight", 1) == 384; }
 static int lumina_dim_3840(const kn_st_file *f, const char *p) { return dim(f, p, "cap_embedder.1.weight", 0) == 3840; }
 static int qwen_layered(const kn_st_file *f, const char *p) {
     return find(f, p, "time_text_embed.addition_t_embedding.weight") != NULL;
 }
 
 static const dit_rule dit_rules[] = {
-    {"Flux.1", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, NULL},
+    {"Flux.2", "double_stream_modulation_img.lin.weight", NULL, NULL},
+    {"Flux.1 Fill", "double_blocks.0.img_attn.norm.key_norm.scale", flux_fill, NULL},
+    {"Flux.1 dev", "double_blocks.0.img_attn.norm.key_norm.scale", flux_guidance, &kn_flux_dev_dit},
+    {"Flux.1 schnell", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, &kn_flux_schnell_dit},
     {"Z-Image", "cap_embedder.1.weight", lumina_dim_3840, NULL},
     {"Lumina 2", "cap_embedder.1.weight", NULL, NULL},
     {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL},

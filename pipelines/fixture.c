@@ -77,10 +77,13 @@ int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals,
 void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_overrides *o) {
     if (!config) config = json_object_get(c->meta, "config");
     memset(o, 0, sizeof *o);
+    /* diffusers-style names (Qwen-Image) or BFL ones (Flux) */
     const json_t *axes = json_object_get(config, "axes_dims_rope");
+    if (!axes) axes = json_object_get(config, "axes_dim");
     if (json_array_size(axes) == 3)
         for (size_t i = 0; i < 3; i++) o->axes_dims[i] = (int)json_integer_value(json_array_get(axes, i));
     const json_t *theta = json_object_get(config, "rope_theta"), *patch = json_object_get(config, "patch_size");
+    if (!theta) theta = json_object_get(config, "theta");
     if (json_is_number(theta)) o->rope_theta = json_number_value(theta);
     if (json_is_integer(patch)) o->patch = (int)json_integer_value(patch);
 }

@@ -52,8 +52,8 @@ int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn
 /* meta["config"][key] as a number/int list; 0 and a default when absent. */
 double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double dflt);
 int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals, int max);
-/* The DiT constants a tiny config changes: axes_dims_rope, rope_theta and
- * patch_size of `config` (meta["config"] when NULL). */
+/* The DiT constants a tiny config changes: axes_dims_rope (or axes_dim),
+ * rope_theta (or theta) and patch_size of `config` (meta["config"] when NULL). */
 void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_overrides *o);
 
 /* A component name and its runner; tables end with {NULL, NULL}. */

@@ -55,11 +55,9 @@ static int project(kn_ctx *ctx, const kn_attn_shape *s, const kn_weight_table *t
     return KN_OK;
 }
 
-int kn_attn_project(kn_ctx *ctx, const kn_weight_table *tab, const kn_attn *w, const kn_attn_shape *s,
-                    const kn_tensor *x, kn_tensor *q, kn_tensor *k, kn_tensor *v) {
-    size_t mark = kn_arena_mark(ctx->scratch);
-    int rc = project(ctx, s, tab, w, x, q, k, v);
-    /* q/k norms run in the joint buffers: a row range of a contiguous [B, L, D]
+int kn_attn_qk_norm(kn_ctx *ctx, const kn_attn *w, const kn_attn_shape *s, kn_tensor *q, kn_tensor *k) {
+    int rc = KN_OK;
+    /* the norms run in the joint buffers: a row range of a contiguous [B, L, D]
      * buffer is contiguous for B == 1 and otherwise normalised row by row below */
     for (int i = 0; !rc && i < 2; i++) {
         kn_tensor *t = i ? k : q;
@@ -75,6 +73,14 @@ int kn_attn_project(kn_ctx *ctx, const kn_weight_table *tab, const kn_attn *w, c
             if (!rc) rc = head_norm(ctx, &row, nw, heads, s->norm_eps);
         }
     }
+    return rc;
+}
+
+int kn_attn_project(kn_ctx *ctx, const kn_weight_table *tab, const kn_attn *w, const kn_attn_shape *s,
+                    const kn_tensor *x, kn_tensor *q, kn_tensor *k, kn_tensor *v) {
+    size_t mark = kn_arena_mark(ctx->scratch);
+    int rc = project(ctx, s, tab, w, x, q, k, v);
+    if (!rc) rc = kn_attn_qk_norm(ctx, w, s, q, k);
     kn_arena_reset(ctx->scratch, mark);
     return rc;
 }

@@ -36,6 +36,11 @@ typedef struct kn_attn_shape {
 int kn_attn_project(kn_ctx *ctx, const kn_weight_table *tab, const kn_attn *w, const kn_attn_shape *s,
                     const kn_tensor *x, kn_tensor *q, kn_tensor *k, kn_tensor *v);
 
+/* The per-head q/k RMSNorm of w (none when its scales are absent), in place on
+ * q [B, n, heads*hd] and k [B, n, kv_heads*hd] (views or contiguous): for
+ * blocks that project q, k, v themselves (Flux's single blocks). */
+int kn_attn_qk_norm(kn_ctx *ctx, const kn_attn *w, const kn_attn_shape *s, kn_tensor *q, kn_tensor *k);
+
 typedef struct kn_attn_args {
     const kn_tensor *cos, *sin; /* RoPE tables [L, hd/2], or NULL: no rotation */
     kn_rope_mode rope;

@@ -106,3 +106,42 @@ void kn_dit_grid_ids(double *pos, int64_t hl, int64_t wl, double frame, double r
             pos[2] = col0 + (double)j;
         }
 }
+
+kn_dit_grid kn_dit_grid_of(const kn_tensor *x, int p) {
+    kn_dit_grid g = {x->ne[x->ndim - 2], x->ne[x->ndim - 1], 0, 0};
+    g.hl = (g.H + p - 1) / p;
+    g.wl = (g.W + p - 1) / p;
+    return g;
+}
+
+void kn_dit_patchify(float *tokens, int64_t ntok_all, int64_t t0, const kn_tensor *x, int p) {
+    int64_t B = x->ne[0], C = x->ne[1];
+    kn_dit_grid g = kn_dit_grid_of(x, p);
+    int64_t F = C * p * p;
+    const float *xd = x->data;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < g.hl; i++)
+            for (int64_t j = 0; j < g.wl; j++) {
+                float *tok = tokens + (b * ntok_all + t0 + i * g.wl + j) * F;
+                for (int64_t c = 0; c < C; c++)
+                    for (int py = 0; py < p; py++)
+                        for (int px = 0; px < p; px++) {
+                            int64_t y = (i * p + py) % g.H, xx = (j * p + px) % g.W;
+                            tok[c * p * p + py * p + px] = xd[((b * C + c) * g.H + y) * g.W + xx];
+                        }
+            }
+}
+
+void kn_dit_unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, int p) {
+    int64_t B = out->ne[0], C = out->ne[1];
+    kn_dit_grid g = kn_dit_grid_of(out, p);
+    int64_t F = C * p * p;
+    float *od = out->data;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t y = 0; y < g.H; y++)
+                for (int64_t xx = 0; xx < g.W; xx++) {
+                    const float *tok = tokens + (b * ntok_all + (y / p) * g.wl + xx / p) * F;
+                    od[((b * C + c) * g.H + y) * g.W + xx] = tok[c * p * p + (y % p) * p + xx % p];
+                }
+}

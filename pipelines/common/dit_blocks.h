@@ -39,6 +39,21 @@ int kn_mod_gate(kn_ctx *ctx, kn_tensor *x, const kn_tensor *delta, const kn_mod 
 int kn_dit_final_norm(kn_ctx *ctx, const kn_weight_table *tab, const kn_lin *lin, const kn_tensor *vec, kn_tensor *x,
                       int shift_first, float eps);
 
+/* The patch grid of a latent [B, C, (1,) H, W]: ceil(H / p) x ceil(W / p). */
+typedef struct kn_dit_grid {
+    int64_t H, W, hl, wl;
+} kn_dit_grid;
+
+kn_dit_grid kn_dit_grid_of(const kn_tensor *x, int p);
+
+/* tokens[b, t0 + i*wl + j, c*p*p + py*p + px] = x[b, c, (i*p+py) % H, (j*p+px) % W]
+ * for contiguous F32 x [B, C, (1,) H, W]: ComfyUI's circular padding to the
+ * patch grid (pad_to_patch_size), tokens in raster order, features
+ * channel-major (Flux, Qwen-Image). tokens holds ntok_all tokens per sample. */
+void kn_dit_patchify(float *tokens, int64_t ntok_all, int64_t t0, const kn_tensor *x, int p);
+/* The inverse for the first hl*wl tokens, cropped to out's H, W. */
+void kn_dit_unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, int p);
+
 /* RoPE ids of an hl x wl patch grid in raster order: pos[3t..3t+2] =
  * (frame, row0 + i, col0 + j) for token t = i * wl + j. */
 void kn_dit_grid_ids(double *pos, int64_t hl, int64_t wl, double frame, double row0, double col0);

@@ -3,7 +3,7 @@
  *   plain:  y = down(act(up(x)))                 DiT MLPs (GELU-tanh), CLIP (quick GELU)
  *   gated:  y = down(act(gate(x)) * up(x))       SwiGLU (LLMs, Z-Image), gated GELU (T5)
  *
- * gate.w.data NULL selects the plain form. x [B, n, width], y [B, n, width_out]
+ * gate.w.data NULL selects the plain form. x [..., width], y [..., width_out]
  * contiguous F32; the hidden activations come from ctx->scratch. */
 #ifndef KN_PIPELINES_MLP_H
 #define KN_PIPELINES_MLP_H

@@ -154,51 +154,6 @@ int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, 
 
 /* ---- model-level layout: patches, RoPE tables, time embedding ---------- */
 
-typedef struct grid {
-    int64_t H, W, hl, wl; /* latent size and patch grid */
-} grid;
-
-static grid grid_of(const kn_tensor *x, int p) {
-    grid g = {x->ne[3], x->ne[4], 0, 0};
-    g.hl = (g.H + p - 1) / p;
-    g.wl = (g.W + p - 1) / p;
-    return g;
-}
-
-/* tokens[b, t0 + i*wl + j, c*p*p + py*p + px] = x[b, c, 0, (i*p+py) % H, (j*p+px) % W]:
- * circular padding to the patch grid, tokens in raster order. */
-static void patchify(float *tokens, int64_t ntok_all, int64_t t0, const kn_tensor *x, int p) {
-    int64_t B = x->ne[0], C = x->ne[1];
-    grid g = grid_of(x, p);
-    int64_t F = C * p * p;
-    const float *xd = x->data;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < g.hl; i++)
-            for (int64_t j = 0; j < g.wl; j++) {
-                float *tok = tokens + (b * ntok_all + t0 + i * g.wl + j) * F;
-                for (int64_t c = 0; c < C; c++)
-                    for (int py = 0; py < p; py++)
-                        for (int px = 0; px < p; px++) {
-                            int64_t y = (i * p + py) % g.H, xx = (j * p + px) % g.W;
-                            tok[c * p * p + py * p + px] = xd[((b * C + c) * g.H + y) * g.W + xx];
-                        }
-            }
-}
-
-static void unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, int p) {
-    int64_t B = out->ne[0], C = out->ne[1];
-    grid g = grid_of(out, p);
-    int64_t F = C * p * p;
-    float *od = out->data;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t y = 0; y < g.H; y++)
-                for (int64_t xx = 0; xx < g.W; xx++) {
-                    const float *tok = tokens + (b * ntok_all + (y / p) * g.wl + xx / p) * F;
-                    od[((b * C + c) * g.H + y) * g.W + xx] = tok[c * p * p + (y % p) * p + xx % p];
-                }
-}
-
 static int check_inputs(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, const kn_tensor *out) {
     const kn_qwen_dit_config *c = &m->cfg;
     kn_err *e = &ctx->err;
@@ -244,12 +199,12 @@ static int rope_tables(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in
     KN_TRY(kn_arena_tensor(a, sin_t, KN_F32, 2, (int64_t[]){L, P}, e));
     double *pos = kn_arena_alloc(a, (size_t)L * 3 * sizeof(double), e);
     if (!pos) return e->code;
-    grid g = grid_of(in->x, p);
+    kn_dit_grid g = kn_dit_grid_of(in->x, p);
     int64_t txt_start = g.hl / 2 > g.wl / 2 ? g.hl / 2 : g.wl / 2;
     for (int64_t j = 0; j < Lt; j++) pos[3 * j] = pos[3 * j + 1] = pos[3 * j + 2] = (double)(txt_start + j);
     double *img_pos = pos + 3 * Lt;
     for (int r = -1; r < in->n_refs; r++) {
-        grid gr = grid_of(r < 0 ? in->x : in->refs[r], p);
+        kn_dit_grid gr = kn_dit_grid_of(r < 0 ? in->x : in->refs[r], p);
         kn_dit_grid_ids(img_pos, gr.hl, gr.wl, (double)(r + 1), (double)-(gr.hl / 2), (double)-(gr.wl / 2));
         img_pos += 3 * gr.hl * gr.wl;
     }
@@ -281,10 +236,10 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
     kn_err *e = &ctx->err;
     int p = c->consts.patch;
     int64_t B = in->x->ne[0], D = c->dim, Lt = in->context->ne[1];
-    grid g = grid_of(in->x, p);
+    kn_dit_grid g = kn_dit_grid_of(in->x, p);
     int64_t n_main = g.hl * g.wl, Ni = n_main;
     for (int r = 0; r < in->n_refs; r++) {
-        grid gr = grid_of(in->refs[r], p);
+        kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
         Ni += gr.hl * gr.wl;
     }
     int64_t L = Lt + Ni;
@@ -297,10 +252,10 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
 
     kn_tensor tokens, img, txt_n, txt, tvec, temb, tvec0;
     KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
-    patchify(tokens.data, Ni, 0, in->x, p);
+    kn_dit_patchify(tokens.data, Ni, 0, in->x, p);
     for (int r = 0, t0 = (int)n_main; r < in->n_refs; r++) {
-        grid gr = grid_of(in->refs[r], p);
-        patchify(tokens.data, Ni, t0, in->refs[r], p);
+        kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
+        kn_dit_patchify(tokens.data, Ni, t0, in->refs[r], p);
         t0 += (int)(gr.hl * gr.wl);
     }
     KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
@@ -347,7 +302,7 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
     kn_tensor proj;
     KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out.w.ne[0]}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->proj_out));
-    unpatchify(out, proj.data, Ni, p);
+    kn_dit_unpatchify(out, proj.data, Ni, p);
     return KN_OK;
 }
 
