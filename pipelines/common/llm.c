@@ -106,22 +106,6 @@ static int scratch(kn_arena *a, kn_tensor *t, int ndim, const int64_t *ne, kn_er
     return kn_arena_tensor(a, t, KN_F32, ndim, ne, err);
 }
 
-/* x[b, l] = embed[ids[b, l]] widened to f32 (ComfyUI looks up in float32). */
-static int embed_lookup(const kn_llm *m, const kn_tensor *ids, kn_tensor *x, kn_err *err) {
-    const int64_t *id = ids->data;
-    const int64_t L = ids->ne[1], D = m->cfg.hidden, n = kn_tensor_numel(ids);
-    const char *rows = m->embed.data;
-    const size_t row_bytes = (size_t)m->embed.st[0] * kn_dtype_size(m->embed.dtype);
-    float *out = x->data;
-    for (int64_t i = 0; i < n; i++) {
-        if (id[i] < 0 || id[i] >= m->cfg.vocab)
-            return kn_fail(err, KN_ERR_INVALID, "llm: input_ids[%lld, %lld] = %lld is outside the vocabulary [0, %lld)",
-                           (long long)(i / L), (long long)(i % L), (long long)id[i], (long long)m->cfg.vocab);
-        kn_to_f32(out + i * D, rows + (size_t)id[i] * row_bytes, m->embed.dtype, (size_t)D, m->embed.scale);
-    }
-    return KN_OK;
-}
-
 /* Additive per-key mask for kn_attention: 0 where mask == 1, else masked. */
 static int key_mask_from(kn_arena *a, const kn_tensor *mask, kn_tensor *km, kn_err *err) {
     KN_TRY(scratch(a, km, 2, mask->ne, err));
@@ -206,7 +190,7 @@ static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tenso
     const size_t mark = kn_arena_mark(arena);
     kn_tensor x, cos_t, sin_t, km;
     int rc = o->prenorm ? (x = *o->prenorm, KN_OK) : scratch(arena, &x, 3, ne, err);
-    if (!rc) rc = embed_lookup(m, ids, &x, err);
+    if (!rc && (rc = kn_embedding(&m->embed, ids, &x, err))) kn_err_wrap(err, "llm: input_ids");
     if (!rc) rc = rope_tables(ctx, arena, L, &m->cfg.consts, &cos_t, &sin_t);
     if (!rc && mask) rc = key_mask_from(arena, mask, &km, err);
     kn_attn_args args = {&cos_t, &sin_t, KN_ROPE_HALF, mask ? &km : NULL, 1};

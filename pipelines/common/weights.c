@@ -22,6 +22,21 @@ int kn_lin_forward(kn_ctx *ctx, const kn_weight_table *t, kn_tensor *y, const kn
     return kn_linear_lora(ctx, y, x, &l->w, l->b.data ? &l->b : NULL, run->ad, run->n);
 }
 
+int kn_embedding(const kn_tensor *table, const kn_tensor *ids, kn_tensor *out, kn_err *err) {
+    const int64_t *id = ids->data;
+    const int64_t vocab = table->ne[0], D = table->ne[1], n = kn_tensor_numel(ids);
+    const char *rows = table->data;
+    const size_t row_bytes = (size_t)table->st[0] * kn_dtype_size(table->dtype);
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++) {
+        if (id[i] < 0 || id[i] >= vocab)
+            return kn_fail(err, KN_ERR_INVALID, "token id %lld at position %lld is outside the vocabulary [0, %lld)",
+                           (long long)id[i], (long long)i, (long long)vocab);
+        kn_to_f32(o + i * D, rows + (size_t)id[i] * row_bytes, table->dtype, (size_t)D, table->scale);
+    }
+    return KN_OK;
+}
+
 static int add_slot(kn_weight_binder *b, const char *key, kn_tensor *t, int linear, int *id) {
     kn_weight_table *tab = b->table;
     if (tab->n == tab->cap) {

@@ -53,6 +53,11 @@ typedef struct kn_lin {
 
 int kn_lin_forward(kn_ctx *ctx, const kn_weight_table *t, kn_tensor *y, const kn_tensor *x, const kn_lin *l);
 
+/* out [.., D] F32 = rows ids[..] of an embedding table [vocab, D] of any float
+ * dtype, widened exactly (ComfyUI looks embeddings up in float32). An id
+ * outside [0, vocab) fails naming its position. */
+int kn_embedding(const kn_tensor *table, const kn_tensor *ids, kn_tensor *out, kn_err *err);
+
 /* ---- binding ------------------------------------------------------------------- */
 
 typedef enum kn_weight_kind {
