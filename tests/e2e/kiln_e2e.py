@@ -3,8 +3,8 @@ ctest finds may have no numpy).
 
 - Checks: "ok"/"FAIL" lines and a failure count.
 - run_kiln: `kiln run --json ...` with its events parsed and crashes caught.
-- safetensors: read_safetensors (F32, F16, BF16, U8, I64 and the other
-  integer types) and write_safetensors (F32).
+- safetensors: read_header, read_safetensors (F32, F16, BF16, U8, I64 and
+  the other integer types) and write_safetensors (F32).
 - PNG: png_chunks, png_texts, png_pixels (8-bit, non-interlaced, every
   filter type undone) and pixel_problems (the artefacts a broken pipeline
   leaves: a constant channel, most pixels stuck at black or white).
@@ -32,11 +32,11 @@ class Checks:
         sys.exit(1 if self.failures else 0)
 
 
-def run_kiln(check, kiln, args, cwd, timeout=600):
-    """Runs `kiln run --json ARGS`; returns (exit status, events, stderr).
+def run_kiln(check, kiln, args, cwd, json_mode=True, timeout=600):
+    """Runs `kiln run [--json] ARGS`; returns (exit status, events, stderr).
     Lines that are not JSON become {"type": "text", "data": line}."""
-    p = subprocess.run([kiln, "run", "--json"] + list(args), cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run([kiln, "run"] + (["--json"] if json_mode else []) + list(args), cwd=cwd,
+                       capture_output=True, text=True, timeout=timeout)
     events = []
     for line in p.stdout.splitlines():
         try:
@@ -80,18 +80,22 @@ def _decode(dtype, raw):
     raise ValueError("unsupported safetensors dtype " + dtype)
 
 
+def read_header(f):
+    """The JSON header of an open safetensors file (left positioned at the data)."""
+    n = struct.unpack("<Q", f.read(8))[0]
+    return json.loads(f.read(n))
+
+
 def read_safetensors(path):
     """Returns ({name: Tensor}, metadata dict) of a safetensors file."""
     with open(path, "rb") as f:
+        header = read_header(f)
         data = f.read()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    base = 8 + n
     meta = header.pop("__metadata__", {})
     tensors = {}
     for name, h in header.items():
         begin, end = h["data_offsets"]
-        tensors[name] = Tensor(h["dtype"], h["shape"], _decode(h["dtype"], data[base + begin:base + end]))
+        tensors[name] = Tensor(h["dtype"], h["shape"], _decode(h["dtype"], data[begin:end]))
     return tensors, meta
 
 
