@@ -1,6 +1,7 @@
 /* Image nodes: SaveImage, PreviewImage, LoadImage, ImageScale,
  * ImageScaleToTotalPixels. Thin wrappers over nodes/image_io.h; this file
- * holds ComfyUI's node rules (file naming, metadata chunks, size rules). */
+ * holds ComfyUI's node rules (%batch_num%, metadata chunks, size rules; the
+ * folder and counter come from nodes/save_path.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -89,7 +89,7 @@ if len(done) == 3:
     first = pixels(png, "workflow's seed")
     seed42 = pixels(os.path.join(WORK, "output", f2), "seed 42")
     # random tiny weights: another noise changes nearly every value, not a few
-    changed = sum(1 for a, b in zip(first, seed42) if a != b) / max(len(first), 1)
+    changed = sum(1 for x, y in zip(first, seed42) if x != y) / max(len(first), 1)
     check(changed > 0.5, "seed 42 changes %.0f%% of the pixel values" % (100 * changed))
 
     # the same prompt in a new process: the same file; then SaveLatent added: only it runs
@@ -99,8 +99,8 @@ if len(done) == 3:
     done = of_type(ev, "execution_success")
     if check(rc == 0 and len(done) == 2, "re-render and SaveLatent run (exit %d)" % rc):
         check(done[0]["executed"] == EVERY_NODE, "the new process runs every node again")
-        with open(png, "rb") as a, open(os.path.join(WORK, "again", f1), "rb") as b:
-            check(a.read() == b.read(), "same prompt, same seed, another process: the same PNG byte for byte")
+        with open(png, "rb") as before, open(os.path.join(WORK, "again", f1), "rb") as again:
+            check(before.read() == again.read(), "same prompt, same seed, another process: the same PNG byte for byte")
         check(done[1]["executed"] == ["90"], "adding SaveLatent executes only it: %s" % done[1]["executed"])
         saved = done[1]["outputs"].get("90", {}).get("latents", [])
         check(saved == [{"filename": "t2i_00001_.latent", "subfolder": "latents", "type": "output"}],
