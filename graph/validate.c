@@ -432,7 +432,9 @@ static int check_choice(vctx *c, vnode *n, const kn_input_spec *in, const json_t
     char details[2048];
     int res;
     if (in->flags & KN_INPUT_FILE_EXISTS) {
-        snprintf(details, sizeof details, "%s - Invalid image file: %s", in->name, text);
+        /* LoadImage's and LoadLatent's VALIDATE_INPUTS messages */
+        const char *kind = strcmp(in->folder, "input_latents") == 0 ? "latent" : "image";
+        snprintf(details, sizeof details, "%s - Invalid %s file: %s", in->name, kind, text);
         res = push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
                          json_pack("{s:s}", "input_name", in->name));
     } else {

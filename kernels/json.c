@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,9 @@ void kn_py_float(double d, char *buf, size_t len) {
     snprintf(buf, len, "%s", out);
 }
 
-static void put_json_string(strbuf *b, const char *s, size_t n) {
+/* ascii: Python's ensure_ascii, every character outside ' '..'~' as \uXXXX
+ * (a surrogate pair above U+FFFF). Jansson strings are valid UTF-8. */
+static void put_json_string(strbuf *b, const char *s, size_t n, int ascii) {
     sb_put(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -142,8 +145,21 @@ static void put_json_string(strbuf *b, const char *s, size_t n) {
         case '\b': sb_put(b, "\\b", 2); break;
         case '\f': sb_put(b, "\\f", 2); break;
         default:
-            if (c < 0x20) sb_printf(b, "\\u%04x", c);
-            else sb_put(b, (const char *)&c, 1);
+            if (c < 0x20 || (ascii && c == 0x7f)) {
+                sb_printf(b, "\\u%04x", c);
+            } else if (ascii && c >= 0x80) {
+                int len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+                uint32_t cp = c & (0xFFu >> (len + 1));
+                for (int k = 1; k < len && i + 1 < n; k++) cp = cp << 6 | ((unsigned char)s[++i] & 0x3F);
+                if (cp >= 0x10000) {
+                    cp -= 0x10000;
+                    sb_printf(b, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                } else {
+                    sb_printf(b, "\\u%04x", cp);
+                }
+            } else {
+                sb_put(b, (const char *)&c, 1);
+            }
         }
     }
     sb_put(b, "\"", 1);
@@ -154,7 +170,7 @@ static void put_newline(strbuf *b, int indent, int level) {
     for (int i = 0; i < indent * level; i++) sb_put(b, " ", 1);
 }
 
-static void put_json(strbuf *b, const json_t *v, int indent, int level) {
+static void put_json(strbuf *b, const json_t *v, int indent, int level, int ascii) {
     char num[64];
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
@@ -170,9 +186,9 @@ static void put_json(strbuf *b, const json_t *v, int indent, int level) {
             if (!first) sb_str(b, indent ? "," : ", ");
             first = 0;
             if (indent) put_newline(b, indent, level + 1);
-            put_json_string(b, key, strlen(key));
+            put_json_string(b, key, strlen(key), ascii);
             sb_str(b, ": ");
-            put_json(b, item, indent, level + 1);
+            put_json(b, item, indent, level + 1, ascii);
         }
         if (indent) put_newline(b, indent, level);
         sb_put(b, "}", 1);
@@ -187,13 +203,13 @@ static void put_json(strbuf *b, const json_t *v, int indent, int level) {
         for (size_t i = 0; i < json_array_size(v); i++) {
             if (i) sb_str(b, indent ? "," : ", ");
             if (indent) put_newline(b, indent, level + 1);
-            put_json(b, json_array_get(v, i), indent, level + 1);
+            put_json(b, json_array_get(v, i), indent, level + 1, ascii);
         }
         if (indent) put_newline(b, indent, level);
         sb_put(b, "]", 1);
         break;
     }
-    case JSON_STRING: put_json_string(b, json_string_value(v), json_string_length(v)); break;
+    case JSON_STRING: put_json_string(b, json_string_value(v), json_string_length(v), ascii); break;
     case JSON_INTEGER: sb_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v)); break;
     case JSON_REAL:
         kn_py_float(json_real_value(v), num, sizeof num);
@@ -207,7 +223,13 @@ static void put_json(strbuf *b, const json_t *v, int indent, int level) {
 
 char *kn_json_dumps(const json_t *v, int indent) {
     strbuf b = {0};
-    put_json(&b, v, indent < 0 ? 0 : indent, 0);
+    put_json(&b, v, indent < 0 ? 0 : indent, 0, 0);
+    return sb_finish(&b);
+}
+
+char *kn_py_json_dumps(const json_t *v) {
+    strbuf b = {0};
+    put_json(&b, v, 0, 0, 1);
     return sb_finish(&b);
 }
 

@@ -10,6 +10,9 @@
  *    default separators (", " and ": "); indent > 0 = that many spaces per
  *    level, like json.dumps(indent=n). Returns a malloc'd string or NULL when
  *    out of memory.
+ *  - kn_py_json_dumps is Python's json.dumps(v) with its defaults: one line,
+ *    ensure_ascii (every character outside ' '..'~' written as \uXXXX), as
+ *    ComfyUI writes the prompt into PNG chunks and .latent metadata.
  *  - kn_py_float formats a double like Python's repr(float).
  *  - kn_py_str / kn_py_repr format a JSON value as Python's str() / repr()
  *    of the value json.loads would give (None, True, 'text', [1, 2.5],
@@ -30,6 +33,7 @@
 #include <jansson.h>
 
 char *kn_json_dumps(const json_t *v, int indent);
+char *kn_py_json_dumps(const json_t *v);
 void kn_py_float(double d, char *buf, size_t len);
 char *kn_py_str(const json_t *v);
 char *kn_py_repr(const json_t *v);

@@ -300,12 +300,31 @@ const char *kn_st_metadata(const kn_st_file *f, const char *key) {
 }
 
 int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err) {
+    return kn_st_write_meta(path, t, n, NULL, 0, err);
+}
+
+int kn_st_write_meta(const char *path, const kn_tensor *t, int n, const kn_st_meta *meta, int n_meta, kn_err *err) {
     json_t *h = json_object();
+    if (!h) return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", path);
+    if (n_meta > 0) {
+        json_t *m = json_object();
+        if (json_object_set_new(h, "__metadata__", m)) {
+            json_decref(h);
+            return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", path);
+        }
+        for (int i = 0; i < n_meta; i++)
+            if (!meta[i].key || !meta[i].value || json_object_get(m, meta[i].key) ||
+                json_object_set_new(m, meta[i].key, json_string(meta[i].value))) {
+                json_decref(h);
+                return kn_fail(err, KN_ERR_INVALID, "%s: metadata entry %d ('%s') is missing, repeated or not UTF-8",
+                               path, i, meta[i].key ? meta[i].key : "");
+            }
+    }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         /* Checked first: json_object_set_new would silently replace a duplicate name,
          * leaving the first tensor's bytes as an unlisted hole. */
-        if (!t[i].name || json_object_get(h, t[i].name) || t[i].device != KN_DEV_CPU ||
+        if (!t[i].name || json_object_get(h, t[i].name) || strcmp(t[i].name, "__metadata__") == 0 || t[i].device != KN_DEV_CPU ||
             !kn_tensor_is_contiguous(&t[i])) {
             json_decref(h);
             return kn_fail(err, KN_ERR_INVALID, "%s: tensor %d ('%s') needs a unique name and contiguous CPU data",
@@ -339,7 +358,7 @@ int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err) {
         for (size_t i = hlen; ok && i < padded; i++) ok = fputc(' ', fp) != EOF;
         for (int i = 0; ok && i < n; i++) {
             size_t b = kn_tensor_nbytes(&t[i]);
-            ok = fwrite(t[i].data, 1, b, fp) == b;
+            ok = b == 0 || fwrite(t[i].data, 1, b, fp) == b; /* an empty tensor may have no data pointer */
         }
         if (fclose(fp) != 0 || !ok) rc = kn_fail(err, KN_ERR_IO, "%s: write failed", path);
     }

@@ -42,7 +42,16 @@ const void *kn_st_data(const kn_st_file *f, size_t *len);
 /* Value of a __metadata__ string, or NULL. */
 const char *kn_st_metadata(const kn_st_file *f, const char *key);
 
-/* Write tensors (CPU, contiguous) to a new file; names from t[i].name. */
+/* A "__metadata__" entry (both strings UTF-8). */
+typedef struct kn_st_meta {
+    const char *key, *value;
+} kn_st_meta;
+
+/* Write tensors (CPU, contiguous) to a new file; names from t[i].name, in the
+ * order given. The header is padded with spaces to 8 bytes, as the reference
+ * writer pads it. kn_st_write_meta also writes n_meta metadata entries, in
+ * order (none: no "__metadata__" key). */
 int kn_st_write(const char *path, const kn_tensor *t, int n, kn_err *err);
+int kn_st_write_meta(const char *path, const kn_tensor *t, int n, const kn_st_meta *meta, int n_meta, kn_err *err);
 
 #endif

@@ -41,6 +41,12 @@ static const struct {
 static const char *const model_exts[] = {".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", NULL};
 static const char *const image_exts[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga", ".psd",
                                          ".hdr", ".pnm", ".ppm", ".pgm", NULL};
+static const char *const latent_exts[] = {".latent", NULL};
+
+/* The input directory's top-level files of one kind: LoadImage's images, LoadLatent's latents. */
+static const char *const *input_exts(const char *folder) {
+    return strcmp(folder, "input") == 0 ? image_exts : strcmp(folder, "input_latents") == 0 ? latent_exts : NULL;
+}
 
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err) {
     *out = NULL;
@@ -148,8 +154,8 @@ static int folder_index(const char *folder) {
 static int list_names(kn_models *m, const char *folder, name_list *out, kn_err *err) {
     memset(out, 0, sizeof *out);
     int rc = KN_OK;
-    if (strcmp(folder, "input") == 0) {
-        rc = walk(m->input_dir, "", 0, 0, image_exts, out, err);
+    if (input_exts(folder)) {
+        rc = walk(m->input_dir, "", 0, 0, input_exts(folder), out, err);
     } else {
         int f = folder_index(folder);
         if (f < 0) return kn_fail(err, KN_ERR_INVALID, "unknown model folder '%s'", folder);
@@ -206,9 +212,9 @@ int kn_models_resolve(kn_models *m, const char *folder, const char *name, char *
     names_free(&l);
     if (!found)
         return kn_fail(err, KN_ERR_NOT_FOUND, "'%s' is not in the %s folder of %s", name, folder,
-                       strcmp(folder, "input") == 0 ? m->input_dir : m->root);
+                       input_exts(folder) ? m->input_dir : m->root);
     char buf[8192];
-    if (strcmp(folder, "input") == 0) {
+    if (input_exts(folder)) {
         snprintf(buf, sizeof buf, "%s/%s", m->input_dir, name);
     } else { /* the first alias folder holding it, as ComfyUI's get_full_path */
         int f = folder_index(folder);

@@ -3,12 +3,14 @@
  *
  * Contract:
  *  - A root holds ComfyUI's folders: diffusion_models (also unet),
- *    text_encoders (also clip), vae, loras, checkpoints. The "input" folder
- *    (LoadImage) is a separate directory given at creation.
+ *    text_encoders (also clip), vae, loras, checkpoints. The input directory
+ *    is given at creation; its folders are "input" (LoadImage) and
+ *    "input_latents" (LoadLatent).
  *  - kn_models_list appends a folder's files, recursively, as relative paths
  *    with '/' separators, sorted by code point as ComfyUI sorts them; model
  *    folders list ComfyUI's model extensions (.safetensors, .sft, .ckpt, .pt,
- *    .pt2, .pth, .bin, .pkl), "input" lists image files at its top level.
+ *    .pt2, .pth, .bin, .pkl), "input" lists image files at the input
+ *    directory's top level and "input_latents" the .latent files there.
  *    kn_models_lister wraps it for validation (graph/validate.h).
  *  - kn_models_resolve maps a name from a workflow to a path: the name must be
  *    one of the folder's enumerated files; names are never joined into a

@@ -200,6 +200,18 @@ static const kn_input_spec image_scale_in[] = {
 };
 static const kn_output_spec image_scale_out[] = {{.type = "IMAGE"}};
 
+/* LoadLatent */
+static const kn_input_spec load_latent_in[] = {
+    {"latent", KN_INPUT_COMBO, .folder = "input_latents", .flags = KN_INPUT_FILE_EXISTS},
+};
+static const kn_output_spec load_latent_out[] = {{.type = "LATENT"}};
+
+/* SaveLatent */
+static const kn_input_spec save_latent_in[] = {
+    {"samples", KN_INPUT_LINK, .type = "LATENT"},
+    {"filename_prefix", KN_INPUT_STRING, .def_str = "latents/ComfyUI"},
+};
+
 /* ModelSamplingAuraFlow */
 static const kn_input_spec model_sampling_aura_flow_in[] = {
     {"model", KN_INPUT_LINK, .type = "MODEL"},
@@ -503,6 +515,22 @@ static const kn_node_class kn_classes[] = {
      KN_INPUTS(image_scale),
      KN_OUTPUTS(image_scale),
      .search_aliases = (const char *const[]){"resize", "resize image", "scale image", "image resize", "zoom", "zoom in", "change size", NULL}},
+    /* No display names: ComfyUI shows the class name. */
+    {.name = "LoadLatent",
+     .display_name = "LoadLatent",
+     .category = "_for_testing",
+     .python_module = "nodes",
+     KN_INPUTS(load_latent),
+     KN_OUTPUTS(load_latent),
+     .search_aliases = (const char *const[]){"import latent", "open latent", NULL}},
+    {.name = "SaveLatent",
+     .display_name = "SaveLatent",
+     .category = "_for_testing",
+     .python_module = "nodes",
+     KN_INPUTS(save_latent),
+     .hidden = kn_hidden_prompt,
+     .search_aliases = (const char *const[]){"export latent", NULL},
+     .output_node = true},
     {.name = "ModelSamplingAuraFlow",
      .display_name = "ModelSamplingAuraFlow",
      .category = "advanced/model",

@@ -14,7 +14,8 @@
  *    reported when non-zero.
  *  - A COMBO's choices are `options` (fixed), or for file-name inputs the files
  *    of the model folder `folder` ("diffusion_models", "text_encoders", "vae",
- *    "loras", "checkpoints", "input") followed by `options` (VAELoader's
+ *    "loras", "checkpoints", "input" for images, "input_latents" for .latent
+ *    files) followed by `options` (VAELoader's
  *    "pixel_space"). The registry never touches the filesystem: callers pass a
  *    kn_folder_lister that lists a folder; without one, folder choices are
  *    unknown (object_info shows only the fixed ones, validation skips the check).

@@ -58,18 +58,21 @@ static void print_event(const char *type, json_t *data) {
     json_decref(msg);
 }
 
-/* Where an executed node's images are on disk. */
-static json_t *image_paths(const run_opts *o, const json_t *ui) {
+/* Where an executed node's files (ui "images", then "latents") are on disk. */
+static json_t *output_paths(const run_opts *o, const json_t *ui) {
+    static const char *const kinds[] = {"images", "latents"};
     json_t *paths = json_array();
-    size_t i;
-    const json_t *im;
-    json_array_foreach(json_object_get(ui, "images"), i, im) {
-        const char *sub = json_string_value(json_object_get(im, "subfolder"));
-        const char *type = json_string_value(json_object_get(im, "type"));
-        char p[8192];
-        snprintf(p, sizeof p, "%s/%s%s%s", type && strcmp(type, "temp") == 0 ? o->temp : o->output,
-                 sub ? sub : "", sub && *sub ? "/" : "", json_string_value(json_object_get(im, "filename")));
-        json_array_append_new(paths, json_string(p));
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        size_t i;
+        const json_t *f;
+        json_array_foreach(json_object_get(ui, kinds[k]), i, f) {
+            const char *sub = json_string_value(json_object_get(f, "subfolder"));
+            const char *type = json_string_value(json_object_get(f, "type"));
+            char p[8192];
+            snprintf(p, sizeof p, "%s/%s%s%s", type && strcmp(type, "temp") == 0 ? o->temp : o->output,
+                     sub ? sub : "", sub && *sub ? "/" : "", json_string_value(json_object_get(f, "filename")));
+            json_array_append_new(paths, json_string(p));
+        }
     }
     return paths;
 }
@@ -92,7 +95,7 @@ static void on_event(void *user, const kn_exec_event *ev) {
             break;
         case KN_EVENT_EXECUTED:
             print_event("executed", json_pack("{s:s, s:O, s:s?, s:o}", "node", ev->node_id, "output", ev->data,
-                                              "prompt_id", ev->prompt_id, "paths", image_paths(o, ev->data)));
+                                              "prompt_id", ev->prompt_id, "paths", output_paths(o, ev->data)));
             break;
         }
         return;
@@ -110,7 +113,7 @@ static void on_event(void *user, const kn_exec_event *ev) {
     } else if (ev->kind == KN_EVENT_EXECUTED) {
         if (st->bar_total) fputc('\n', stderr);
         st->bar_total = 0;
-        json_t *paths = image_paths(o, ev->data);
+        json_t *paths = output_paths(o, ev->data);
         size_t i;
         json_t *p;
         json_array_foreach(paths, i, p) printf("%s\n", json_string_value(p));

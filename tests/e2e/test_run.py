@@ -5,59 +5,33 @@
 
 Checks: the API and UI workflows render PNGs named as ComfyUI names them; the
 PNG's "prompt" chunk round-trips to the prompt that ran (and the UI file's
-"workflow" chunk to the graph); a second prompt in the same call that only
-changes the seed executes only the sampler and what follows, an identical
-third one executes nothing and writes nothing; bad inputs give ComfyUI-shaped
-errors naming the node and input, with exit status 1 and no crash.
+"workflow" chunk to the graph); the pixels are a plausible render (no flat
+channel, not stuck at black/white as NaN or inf leave them); the same prompt in
+another process gives the same file byte for byte, another seed other pixels;
+a second prompt in the same call that only changes the seed executes only the
+sampler and what follows, an identical third one executes nothing and writes
+nothing; SaveLatent writes ComfyUI's .latent file, which LoadLatent reads back
+(decoding it gives the same pixels; an old file without the format marker is
+scaled by 1 / 0.18215); bad inputs give ComfyUI-shaped errors naming the node
+and input, with exit status 1 and no crash.
 """
 import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
+
+from kiln_e2e import Checks, of_type, pixel_problems, png_pixels, png_texts, read_safetensors, run_kiln, \
+    write_safetensors
 
 KILN, SRC, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 API = os.path.join(SRC, "workflows", "qwen_image_t2i.api.json")
 UI = os.path.join(SRC, "workflows", "qwen_image_t2i.ui.json")
-failures = []
+check = Checks()
 
 
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def run(*args, json_mode=True):
-    cmd = [KILN, "run", "--output", os.path.join(WORK, "output")] + (["--json"] if json_mode else []) + list(args)
-    p = subprocess.run(cmd, cwd=WORK, capture_output=True, text=True, timeout=600)
-    events = []
-    for line in p.stdout.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            events.append({"type": "text", "data": line})
-    crashed = p.returncode not in (0, 1) or "Sanitizer" in p.stderr or "runtime error:" in p.stderr
-    check(not crashed, "no crash or sanitizer report: kiln run %s" % " ".join(args))
-    if crashed:
-        print(p.stderr[-4000:])
-    return p.returncode, events, p.stderr
-
-
-def png_texts(path):
-    data, texts, i = open(path, "rb").read(), {}, 8
-    while i < len(data):
-        n, kind = struct.unpack(">I4s", data[i:i + 8])
-        if kind == b"tEXt":
-            k, v = data[i + 8:i + 8 + n].split(b"\0", 1)
-            texts[k.decode("latin-1")] = v.decode("latin-1")
-        i += 12 + n
-    return texts
-
-
-def of_type(events, kind):
-    return [e["data"] for e in events if e.get("type") == kind]
+def run(*args, json_mode=True, output="output"):
+    return run_kiln(check, KILN, ["--output", os.path.join(WORK, output)] + list(args), WORK, json_mode=json_mode)
 
 
 def write(name, doc):
@@ -67,9 +41,24 @@ def write(name, doc):
     return path
 
 
+def pixels(path, what):
+    """The decoded pixels of a render, checked for a broken pipeline's artefacts."""
+    w, h, c, px = png_pixels(path)
+    problems = pixel_problems(c, px)
+    check(not problems, "%s: plausible %dx%d render %s" % (what, w, h, problems or ""))
+    return px
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 api = json.load(open(API))
+
+EVERY_NODE = ["39", "58", "38", "7", "6", "37", "66", "3", "8", "60"]
+first = None  # the first render's pixels
 
 # 1. render, 2. same prompt with another seed, 3. identical again: one call, shared models and cache
 seed2 = dict(api, **{"3": dict(api["3"], inputs=dict(api["3"]["inputs"], seed=42))})
@@ -79,8 +68,8 @@ check(rc == 0, "bundled workflow runs (exit 0)")
 done = of_type(ev, "execution_success")
 check(len(done) == 3, "three prompts succeed")
 if len(done) == 3:
-    check(done[0]["executed"] == ["39", "58", "38", "7", "6", "37", "66", "3", "8", "60"],
-          "first run executes every node in ComfyUI's order: %s" % done[0]["executed"])
+    check(done[0]["executed"] == EVERY_NODE, "first run executes every node in ComfyUI's order: %s" %
+          done[0]["executed"])
     check(done[1]["executed"] == ["3", "8", "60"], "new seed re-runs only 3, 8, 60: %s" % done[1]["executed"])
     check(sorted(done[1]["cached"]) == sorted(["39", "38", "37", "58", "6", "7", "66"]), "the rest is cached")
     check(done[2]["executed"] == [], "identical prompt executes nothing")
@@ -97,6 +86,25 @@ if len(done) == 3:
     check(len(of_type(ev, "progress")) == 8, "4 progress events per sampler run")
     check(os.path.exists(os.path.join(WORK, "output", f2)) and
           not os.path.exists(os.path.join(WORK, "output", "ComfyUI_00003_.png")), "no file for the cached run")
+    first = pixels(png, "workflow's seed")
+    seed42 = pixels(os.path.join(WORK, "output", f2), "seed 42")
+    # random tiny weights: another noise changes nearly every value, not a few
+    changed = sum(1 for x, y in zip(first, seed42) if x != y) / max(len(first), 1)
+    check(changed > 0.5, "seed 42 changes %.0f%% of the pixel values" % (100 * changed))
+
+    # the same prompt in a new process: the same file; then SaveLatent added: only it runs
+    saving = dict(api, **{"90": {"class_type": "SaveLatent",
+                                 "inputs": {"samples": ["3", 0], "filename_prefix": "latents/t2i"}}})
+    rc, ev, err = run(API, write("save_latent.json", saving), output="again")
+    done = of_type(ev, "execution_success")
+    if check(rc == 0 and len(done) == 2, "re-render and SaveLatent run (exit %d)" % rc):
+        check(done[0]["executed"] == EVERY_NODE, "the new process runs every node again")
+        with open(png, "rb") as before, open(os.path.join(WORK, "again", f1), "rb") as again:
+            check(before.read() == again.read(), "same prompt, same seed, another process: the same PNG byte for byte")
+        check(done[1]["executed"] == ["90"], "adding SaveLatent executes only it: %s" % done[1]["executed"])
+        saved = done[1]["outputs"].get("90", {}).get("latents", [])
+        check(saved == [{"filename": "t2i_00001_.latent", "subfolder": "latents", "type": "output"}],
+              "SaveLatent's UI output as ComfyUI's: %s" % saved)
 
 # UI format: converted, rendered, graph embedded as "workflow"
 rc, ev, err = run("--seed", "5", UI)
@@ -106,6 +114,33 @@ if out:
     texts = png_texts(out[0]["paths"][0])
     check(json.loads(texts.get("workflow", "null")) == json.load(open(UI)), "PNG 'workflow' chunk is the UI graph")
     check(json.loads(texts["prompt"])["3"]["inputs"]["seed"] == 5, "--seed sets the KSampler seed")
+
+# LoadLatent: the saved file decodes to the same pixels and re-saves unchanged; an old
+# file without the format marker is scaled by 1 / 0.18215 in float32
+latent_file = os.path.join(WORK, "again", "latents", "t2i_00001_.latent")
+os.makedirs(os.path.join(WORK, "input"))
+if os.path.exists(latent_file):
+    shutil.copy(latent_file, os.path.join(WORK, "input", "t2i.latent"))
+old_values = [0.5, -1.25, 3.0, 0.1]
+write_safetensors(os.path.join(WORK, "input", "old.latent"), {"latent_tensor": ([1, 4, 1, 1], old_values)})
+loading = {"1": {"class_type": "LoadLatent", "inputs": {"latent": "t2i.latent"}},
+           "2": dict(api["39"]),
+           "3": {"class_type": "VAEDecode", "inputs": {"samples": ["1", 0], "vae": ["2", 0]}},
+           "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "loaded"}},
+           "5": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "copy"}},
+           "6": {"class_type": "LoadLatent", "inputs": {"latent": "old.latent"}},
+           "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "old"}}}
+rc, ev, err = run(write("load_latent.json", loading), output="loaded")
+if check(rc == 0, "LoadLatent workflow runs (exit %d) %s" % (rc, err.strip()[-300:])) and first is not None:
+    check(pixels(os.path.join(WORK, "loaded", "loaded_00001_.png"), "decoded .latent") == first,
+          "decoding the saved latent gives the render's pixels")
+    original, _ = read_safetensors(latent_file)
+    copy, _ = read_safetensors(os.path.join(WORK, "loaded", "copy_00001_.latent"))
+    check(copy["latent_tensor"].values == original["latent_tensor"].values and
+          copy["latent_tensor"].shape == original["latent_tensor"].shape, "load + save keeps the latent exactly")
+    old, _ = read_safetensors(os.path.join(WORK, "loaded", "old_00001_.latent"))
+    want = [f32(f32(v) * f32(1.0 / 0.18215)) for v in old_values]
+    check(old["latent_tensor"].values == want, "old .latent scaled by 1 / 0.18215: %s" % old["latent_tensor"].values)
 
 # human mode: paths on stdout, progress bar on stderr
 rc, ev, err = run("--set", "60.filename_prefix=human/run", API, json_mode=False)
@@ -128,6 +163,10 @@ expect_validation_error(["--set", "37.unet_name=/etc/passwd", API], "37", "value
                         "absolute name")
 expect_validation_error(["--set", "58.width=100000", "--set", "58.height=100000", API], "58", "value_bigger_than_max",
                         "width", "100000x100000 latent")
+missing_latent = {"1": {"class_type": "LoadLatent", "inputs": {"latent": "missing.latent"}},
+                  "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "x"}}}
+expect_validation_error([write("missing_latent.json", missing_latent)], "1", "custom_validation_failed", "latent",
+                        "missing .latent file")
 
 unknown = dict(api, **{"99": {"class_type": "NoSuchNode", "inputs": {"images": ["8", 0]}}})
 rc, ev, err = run(write("unknown.json", unknown))
@@ -151,5 +190,4 @@ check(rc == 1 and ev and ev[-1].get("error", {}).get("type") == "invalid_prompt"
 rc, ev, err = run(os.path.join(WORK, "does_not_exist.json"))
 check(rc == 1 and ev and "error" in ev[-1], "missing workflow file -> invalid_prompt")
 
-print("%d failure(s)" % len(failures))
-sys.exit(1 if failures else 0)
+check.exit()

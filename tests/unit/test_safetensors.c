@@ -403,8 +403,9 @@ static void test_write_errors(void) {
     const int64_t ne[2] = {2, 4};
     kn_tensor a = kn_tensor_make(KN_F32, KN_DEV_CPU, buf, 2, ne);
     a.name = "w";
-    kn_tensor unnamed = a, strided;
+    kn_tensor unnamed = a, strided, meta_named = a;
     unnamed.name = NULL;
+    meta_named.name = "__metadata__";
     kn_err err;
     if (kn_tensor_slice(&strided, &a, 1, 0, 2, &err) != KN_OK) {
         CHECK(0, "kn_tensor_slice: %s", err.msg);
@@ -423,6 +424,7 @@ static void test_write_errors(void) {
         {"duplicate names", ok_path, {a, a}, 2},
         {"no name", ok_path, {unnamed}, 1},
         {"non-contiguous", ok_path, {strided}, 1},
+        {"a tensor named __metadata__", ok_path, {meta_named}, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         kn_err_clear(&err);
@@ -432,6 +434,43 @@ static void test_write_errors(void) {
               cases[i].what, err.msg);
         unlink(cases[i].path);
     }
+}
+
+/* Metadata entries and a dataless empty tensor, as SaveLatent writes them; bad entries refused. */
+static void test_write_metadata(void) {
+    static float v[3] = {1.5f, -2.0f, 0.25f};
+    const int64_t three = 3, zero = 0;
+    kn_tensor t[2] = {kn_tensor_make(KN_F32, KN_DEV_CPU, NULL, 1, &zero), kn_tensor_make(KN_F32, KN_DEV_CPU, v, 1, &three)};
+    t[0].name = "empty";
+    t[1].name = "v";
+    const kn_st_meta meta[] = {{"prompt", "{\"1\": 2}"}, {"workflow", ""}};
+    char path[600];
+    tmp_path(path, sizeof path, "meta.safetensors");
+    kn_err err;
+    int rc = kn_st_write_meta(path, t, 2, meta, 2, &err);
+    CHECK(rc == KN_OK, "kn_st_write_meta: %s", err.msg);
+    kn_st_file *f;
+    if (rc == KN_OK && (rc = kn_st_open(&f, path, &err)) == KN_OK) {
+        const char *p = kn_st_metadata(f, "prompt"), *w = kn_st_metadata(f, "workflow");
+        CHECK(p && strcmp(p, "{\"1\": 2}") == 0 && w && !*w, "metadata read back: '%s' '%s'", p ? p : "(none)",
+              w ? w : "(none)");
+        CHECK(kn_st_count(f) == 2 && kn_tensor_nbytes(kn_st_at(f, 0)) == 0 &&
+                  memcmp(kn_st_at(f, 1)->data, v, sizeof v) == 0, "tensors after metadata");
+        kn_st_close(f);
+    }
+    CHECK(rc == KN_OK, "reading the metadata file: %s", err.msg);
+    const kn_st_meta twice[] = {{"k", "a"}, {"k", "b"}}, no_value[] = {{"k", NULL}}, bad_utf8[] = {{"k", "\xff"}};
+    const struct {
+        const char *what;
+        const kn_st_meta *m;
+    } bad[] = {{"repeated key", twice}, {"missing value", no_value}, {"invalid UTF-8", bad_utf8}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kn_err_clear(&err);
+        rc = kn_st_write_meta(path, t, 2, bad[i].m, bad[i].m == twice ? 2 : 1, &err);
+        CHECK(rc == KN_ERR_INVALID && strstr(err.msg, path) && strstr(err.msg, "'k'"), "%s: %d %s", bad[i].what, rc,
+              err.msg);
+    }
+    unlink(path);
 }
 
 /* ---- fp8 scale_weight ----------------------------------------------------- */
@@ -697,6 +736,7 @@ int main(void) {
     test_good_files();
     test_round_trip();
     test_write_errors();
+    test_write_metadata();
     test_fp8_scale();
     test_fixtures();
     for (size_t i = 0; i < sizeof fmts / sizeof fmts[0]; i++) test_dtype(&fmts[i]);

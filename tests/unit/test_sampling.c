@@ -1,6 +1,7 @@
 /* Tests for the sampling math (pipelines/sampling) beyond what the shared
  * fixtures pin: properties every sampler must have, the generator against the
- * C++ standard's MT19937 check value, batch_index noise, schedule edge cases,
+ * C++ standard's MT19937 check value, batch_index noise, schedule edge cases
+ * (ddim_uniform against ComfyUI's loop for every step count),
  * CFG's pass counting, cancellation and the errors of bad requests. */
 #include <math.h>
 #include <stdatomic.h>
@@ -84,6 +85,75 @@ static void test_schedules(void) {
     kn_model_sampling_free(&ms);
 }
 
+/* comfy/samplers.py ddim_scheduler as its loop reads, into out (room for len + 1):
+ *     x = 1; sigs = [] if isclose(sigmas[1], 0, abs_tol=1e-5) (and steps += 1) else [0.0]
+ *     ss = max(len(sigmas) // steps, 1)
+ *     while x < len(sigmas): sigs += [sigmas[x]]; x += ss
+ *     return sigs[::-1] */
+static int ddim_loop(const float *sigmas, int len, int steps, float *out) {
+    float sigs[20001];
+    int n = 0, x = 1;
+    if (fabs((double)sigmas[x]) <= 1e-5)
+        steps += 1;
+    else
+        sigs[n++] = 0.0f;
+    int ss = len / steps;
+    if (ss < 1) ss = 1;
+    while (x < len) {
+        sigs[n++] = sigmas[x];
+        x += ss;
+    }
+    for (int i = 0; i < n; i++) out[i] = sigs[n - 1 - i];
+    return n;
+}
+
+/* ddim_uniform is steps + 1 values only when len(sigmas) // steps happens to fit:
+ * every step count 1..200 and the large ones against the loop, on the flow
+ * (1000) and Flux (10000) tables and on a table whose second sigma is 0. */
+static void test_ddim_uniform(void) {
+    kn_model_sampling tables[3];
+    kn_err err;
+    CHECK(kn_model_sampling_flow(&tables[0], 3.1, 1.0, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_model_sampling_flux(&tables[1], 1.15, &err) == KN_OK, "%s", err.msg);
+    static float zero_second[64];
+    for (int i = 2; i < 64; i++) zero_second[i] = (float)i / 63.0f;
+    tables[2] = (kn_model_sampling){KN_MS_DISCRETE_FLOW, 1.0, 1.0, 64, zero_second};
+    static const int large[] = {333, 499, 500, 501, 999, 1000, 1001, 1500, 4999, 9999, 10000, 10001, 20000};
+    static float want[20001];
+    for (int t = 0; t < 3; t++) {
+        const kn_model_sampling *ms = &tables[t];
+        int bad = 0;
+        for (int k = 0; k < 200 + (int)(sizeof large / sizeof large[0]); k++) {
+            int steps = k < 200 ? k + 1 : large[k - 200];
+            float *s = NULL;
+            int n = 0, nw = ddim_loop(ms->sigmas, ms->n, steps, want);
+            if (kn_scheduler_sigmas(ms, "ddim_uniform", steps, &s, &n, &err) != KN_OK || n != nw ||
+                memcmp(s, want, (size_t)nw * sizeof *s) != 0) {
+                if (bad++ < 3)
+                    CHECK(0, "table of %d, %d steps: %d values, the loop gives %d (%s)", ms->n, steps, n, nw,
+                          n == nw ? "values differ" : "lengths differ");
+            }
+            free(s);
+        }
+        CHECK(bad == 0, "table of %d: %d step counts differ from ComfyUI's loop", ms->n, bad);
+    }
+    /* lengths worked out by hand on the 1000-entry table: ss = 1000 // steps, x = 1, 1 + ss, ... < 1000, plus 0 */
+    static const struct {
+        int steps, n;
+    } lengths[] = {{1, 2}, {4, 5}, {7, 9}, {200, 201}, {300, 334}, {999, 1000}, {1000, 1000}, {1500, 1000}};
+    for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        float *s = NULL;
+        int n = 0, ss = 1000 / lengths[i].steps > 1 ? 1000 / lengths[i].steps : 1;
+        int rc = kn_scheduler_sigmas(&tables[0], "ddim_uniform", lengths[i].steps, &s, &n, &err);
+        CHECK(rc == KN_OK && n == lengths[i].n && s[0] == tables[0].sigmas[1 + (n - 2) * ss] && s[n - 1] == 0.0f,
+              "%d steps: %d values, want %d from sigmas[%d] down to 0", lengths[i].steps, n, lengths[i].n,
+              1 + (lengths[i].n - 2) * ss);
+        free(s);
+    }
+    kn_model_sampling_free(&tables[0]);
+    kn_model_sampling_free(&tables[1]);
+}
+
 /* Given the clean latent exactly, every sampler must end on it (uni_pc within its
  * 0.001 final sigma), whatever noise it adds on the way; CFG runs the negative
  * pass only when cfg is not 1. */
@@ -156,6 +226,7 @@ int main(void) {
     test_mt19937();
     test_batch_index();
     test_schedules();
+    test_ddim_uniform();
     test_samplers();
     test_cancel_and_errors();
     printf("test_sampling: %d checks, %d failures\n", checks, failures);

@@ -11,13 +11,12 @@
  * Then: Unicode-version edge cases with ids from the same reference library, the
  * README's weighting examples (and Python float() corners), invalid UTF-8 failing
  * cleanly, random bytes and random weighting syntax never crashing, random valid
- * text decoding back to its NFC form, and the load / 300-token timings. */
+ * text decoding back to its NFC form. (Load and encode times: bench/tokenizer_bench.) */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "pipelines/tokenizers/bpe.h"
 #include "pipelines/tokenizers/prompt.h"
@@ -26,13 +25,6 @@
 
 #define FIXTURES KN_SOURCE_DIR "/tests/fixtures/tokenizers"
 #define TOKENIZERS KN_SOURCE_DIR "/pipelines/tokenizers/data" /* shipped with Kiln: the runtime reads them too */
-
-/* CPU time: the test machines are shared, and wall time mostly measures the others. */
-static double cpu_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* Calls fn on every line of a .jsonl file; returns the line count. */
 static int each_line(const char *path, void (*fn)(const json_t *line, void *ctx), void *ctx) {
@@ -500,50 +492,13 @@ static void test_prompt_syntax(const kn_bpe *bpe) {
     CHECK(errors < 5000, "every random prompt failed");
 }
 
-/* ---- timing ------------------------------------------------------------------- */
-
-static void test_speed(const kn_bpe *bpe, double load_ms) {
-    static const char prompt[] =
-        "A breathtaking panoramic view of an ancient castle perched on a misty cliff at dawn, golden sunlight "
-        "streaming through the clouds, casting long shadows over the rolling green hills below. In the foreground, "
-        "a winding cobblestone path lined with wildflowers in shades of violet, crimson and ivory leads toward the "
-        "towering gates, where two stone lions stand guard. Flocks of birds circle the highest turret; banners "
-        "bearing an emblem of a silver dragon flutter in the crisp morning breeze. The sky is painted with soft "
-        "gradients of peach, lavender and pale blue, while a distant waterfall cascades into a shimmering lake that "
-        "reflects the entire scene like a mirror. Ultra detailed, 8k resolution, cinematic lighting, volumetric fog, "
-        "sharp focus, masterpiece, trending on artstation, by a renowned fantasy illustrator, with intricate "
-        "architectural details on every window, balcony and buttress of the castle walls, ivy creeping up the old "
-        "stones, a lone knight on horseback approaching from the east, his armor gleaming, his red cape flowing "
-        "behind him as the village below slowly wakes, smoke rising from chimneys, merchants opening their stalls. "
-        "Children chase a scruffy dog across the market square, an old woman feeds pigeons by the fountain, and "
-        "somewhere a bell tolls seven times (soft focus:1.2), [bokeh], 35mm film grain, f/1.8, ISO 200.";
-    int32_t *ids;
-    size_t n = 0;
-    kn_err err;
-    const int reps = 200;
-    double t0 = cpu_ms();
-    for (int i = 0; i < reps; i++) {
-        if (kn_bpe_encode(bpe, prompt, sizeof prompt - 1, &ids, &n, &err)) break;
-        free(ids);
-    }
-    double per = (cpu_ms() - t0) / reps;
-    printf("qwen2 bpe: load %.1f ms, %zu-token prompt %.3f ms\n", load_ms, n, per);
-    CHECK(n >= 280, "speed prompt is %zu tokens", n);
-#ifndef __SANITIZE_ADDRESS__ /* sanitizer builds run several times slower */
-    CHECK(per < 1.0, "300-token prompt took %.3f ms", per);
-    CHECK(load_ms < 300.0, "load took %.1f ms", load_ms);
-#endif
-}
-
 int main(void) {
     kn_bpe *qwen25 = NULL, *qwen3 = NULL;
     kn_err err;
-    double t0 = cpu_ms();
     if (kn_bpe_load(&qwen25, TOKENIZERS "/qwen25", &err)) {
         printf("FAIL %s\n", err.msg);
         return 1;
     }
-    double load_ms = cpu_ms() - t0;
     if (kn_bpe_load(&qwen3, TOKENIZERS "/qwen3", &err)) {
         printf("FAIL %s\n", err.msg);
         return 1;
@@ -574,7 +529,6 @@ int main(void) {
     test_weights();
     test_robustness(qwen25);
     test_prompt_syntax(qwen25);
-    test_speed(qwen25, load_ms);
 
     kn_bpe_free(qwen25);
     kn_bpe_free(qwen3);

@@ -87,7 +87,7 @@ static void build_folders(const json_t *info) {
         {"vae", "VAELoader", "vae_name"},                {"loras", "LoraLoader", "lora_name"},
         {"checkpoints", "CheckpointLoaderSimple", "ckpt_name"}, {"input", "LoadImage", "image"},
     };
-    folders = json_object();
+    folders = json_pack("{s:[s, s]}", "input_latents", "a.latent", "b.latent");
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
         json_t *spec = json_object_get(json_object_get(json_object_get(json_object_get(info, src[i].cls), "input"),
                                                        "required"),
@@ -132,7 +132,27 @@ static int same_json(const json_t *a, const json_t *b, int key_order) {
 
 /* ---- registry ------------------------------------------------------------------ */
 
-static void test_registry(const json_t *info) {
+/* ComfyUI's GET /object_info entries for the classes object_info.json lacks,
+ * written out from the anchor's source (comfy/nodes/base_nodes.py SaveLatent
+ * and LoadLatent, comfy/cmd/server.py node_info, at 87606c5f) with the test
+ * lister's two .latent files: no display names (the class name is shown),
+ * SEARCH_ALIASES, the prompt and extra_pnginfo hidden inputs. */
+static const char extra_object_info[] =
+    "{\"LoadLatent\": {\"input\": {\"required\": {\"latent\": [[\"a.latent\", \"b.latent\"]]}},"
+    " \"input_order\": {\"required\": [\"latent\"]}, \"is_input_list\": false, \"output\": [\"LATENT\"],"
+    " \"output_is_list\": [false], \"output_name\": [\"LATENT\"], \"name\": \"LoadLatent\","
+    " \"display_name\": \"LoadLatent\", \"description\": \"\", \"python_module\": \"nodes\","
+    " \"category\": \"_for_testing\", \"output_node\": false, \"search_aliases\": [\"import latent\", \"open latent\"]},"
+    " \"SaveLatent\": {\"input\": {\"required\": {\"samples\": [\"LATENT\"],"
+    " \"filename_prefix\": [\"STRING\", {\"default\": \"latents/ComfyUI\"}]},"
+    " \"hidden\": {\"prompt\": \"PROMPT\", \"extra_pnginfo\": \"EXTRA_PNGINFO\"}},"
+    " \"input_order\": {\"required\": [\"samples\", \"filename_prefix\"], \"hidden\": [\"prompt\", \"extra_pnginfo\"]},"
+    " \"is_input_list\": false, \"output\": [], \"output_is_list\": [], \"output_name\": [], \"name\": \"SaveLatent\","
+    " \"display_name\": \"SaveLatent\", \"description\": \"\", \"python_module\": \"nodes\","
+    " \"category\": \"_for_testing\", \"output_node\": true, \"search_aliases\": [\"export latent\"]}}";
+
+/* Compares each class of info with the registry's object_info; returns how many were found. */
+static int compare_object_info(const json_t *info) {
     kn_err err;
     const char *name;
     json_t *expected;
@@ -151,6 +171,15 @@ static void test_registry(const json_t *info) {
         }
         json_decref(got);
     }
+    return listed;
+}
+
+static void test_registry(const json_t *info) {
+    kn_err err;
+    json_t *extra = json_loads(extra_object_info, 0, NULL);
+    CHECK(extra != NULL, "extra_object_info parses");
+    int listed = compare_object_info(info) + compare_object_info(extra);
+    json_decref(extra);
     /* The two classes the brief needs beyond those in the fixture. */
     CHECK(kn_registry_count() == listed + 2, "registry has %d classes, object_info %d", kn_registry_count(), listed);
     const kn_node_class *scale = kn_registry_find("ImageScale"), *ref = kn_registry_find("ReferenceLatent");
@@ -597,6 +626,13 @@ static void test_json_helpers(void) {
     CHECK(r && strcmp(r, "{'a': 0.1, 'b': [\"it's\", 'say \"hi\"\\n', None, True], 'c': {}}") == 0, "repr: %s", r);
     free(s);
     free(r);
+    json_decref(v);
+    /* json.dumps as ComfyUI embeds prompts: ensure_ascii (expected text from CPython 3). */
+    v = json_pack("{s:s, s:f, s:[i, n]}", "t", "\xc3\xa9\xf0\x9f\x98\x80\x7f\x01~", "n", 0.1, "k\xc3\xbc", 1);
+    s = kn_py_json_dumps(v);
+    CHECK(s && strcmp(s, "{\"t\": \"\\u00e9\\ud83d\\ude00\\u007f\\u0001~\", \"n\": 0.1, \"k\\u00fc\": [1, null]}") == 0,
+          "py json.dumps: %s", s);
+    free(s);
     json_decref(v);
     /* The converted qwen prompt keeps the template's binary artefact. */
     kn_err err;
