@@ -9,6 +9,7 @@
 int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen3_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_wan_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_kl_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen25vl_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_sampling_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
@@ -17,6 +18,7 @@ static const kn_fixture_runner runners[] = {
     {"qwen_image_dit", kn_dit_fixture},
     {"flux_dit", kn_dit_fixture},
     {"qwen_image_vae", kn_wan_vae_fixture},
+    {"flux_vae", kn_kl_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},
     {"qwen3_text", kn_qwen3_fixture},
     {"sampling", kn_sampling_fixture},
