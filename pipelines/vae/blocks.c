@@ -53,7 +53,8 @@ int kn_vae_load_group_norm(const kn_vae_loader *ld, kn_vae_norm *n, const char *
 }
 
 int kn_vae_add_layer(kn_vae_coder *c, kn_vae_layer_kind kind, kn_vae_layer **out, kn_err *err, const char *fmt, ...) {
-    if (c->n_layers == KN_VAE_MAX_LAYERS) return kn_fail(err, KN_ERR_UNSUPPORTED, "more than %d layers", KN_VAE_MAX_LAYERS);
+    if (c->n_layers == KN_VAE_MAX_LAYERS)
+        return kn_fail(err, KN_ERR_UNSUPPORTED, "more than %d layers", KN_VAE_MAX_LAYERS);
     kn_vae_layer *l = &c->layers[c->n_layers++];
     memset(l, 0, sizeof *l);
     l->kind = kind;

@@ -7,8 +7,8 @@
 
 #include "pipelines/vae/blocks.h"
 
-#define KL_EPS 1e-6f       /* Normalize's GroupNorm eps */
-#define KL_MAX_LEVELS 8    /* 2^7 compression: beyond any released KL VAE */
+#define KL_EPS 1e-6f    /* Normalize's GroupNorm eps */
+#define KL_MAX_LEVELS 8 /* 2^7 compression: beyond any released KL VAE */
 #define KL_MAX_RES_BLOCKS 8
 
 struct kn_kl_vae {

@@ -45,7 +45,8 @@ static int run_decode(const kn_fixture_case *c, const kn_kl_vae *vae, kn_fixture
     if (!rc) rc = kn_kl_vae_image_shape(vae, &latent, ne, err);
     if (!rc) rc = kn_tensor_new(&image, KN_F32, KN_DEV_CPU, 4, ne, err);
     if (!rc) rc = kn_tensor_new(&unit, KN_F32, KN_DEV_CPU, 4, ne, err);
-    if (!rc && (kn_kl_vae_decode(ctx, vae, &image, &latent, emit_debug, &sink) || kn_image_to_unit(ctx, &unit, &image))) {
+    if (!rc && (kn_kl_vae_decode(ctx, vae, &image, &latent, emit_debug, &sink) ||
+                kn_image_to_unit(ctx, &unit, &image))) {
         if (err->code == KN_OK) *err = ctx->err;
         rc = err->code;
     }
