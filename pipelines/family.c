@@ -11,6 +11,7 @@
 #include "pipelines/flux/dit.h"
 #include "pipelines/qwen_image/dit.h"
 #include "pipelines/qwen_image/text.h"
+#include "pipelines/vae/kl.h"
 #include "pipelines/vae/wan21.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
@@ -235,7 +236,7 @@ static int kl_16ch(const kn_st_file *f) { return dim(f, "", "decoder.conv_in.wei
 static const vae_rule vae_rules[] = {
     {"Wan 2.2 VAE", "decoder.middle.0.residual.0.gamma", wan22, NULL},
     {"Wan 2.1 VAE", "decoder.middle.0.residual.0.gamma", NULL, &kn_wan21_vae},
-    {"Flux VAE (16-channel AutoencoderKL)", "decoder.conv_in.weight", kl_16ch, NULL},
+    {"Flux VAE (16-channel AutoencoderKL)", "decoder.conv_in.weight", kl_16ch, &kn_flux_vae},
     {"Stable Diffusion VAE (AutoencoderKL)", "decoder.conv_in.weight", NULL, NULL},
 };
 #define N_VAE_RULES (sizeof vae_rules / sizeof vae_rules[0])

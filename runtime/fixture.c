@@ -10,6 +10,7 @@ int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *er
 int kn_clip_l_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen3_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_wan_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_kl_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen25vl_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_sampling_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
@@ -18,6 +19,7 @@ static const kn_fixture_runner runners[] = {
     {"qwen_image_dit", kn_dit_fixture},
     {"flux_dit", kn_dit_fixture},
     {"qwen_image_vae", kn_wan_vae_fixture},
+    {"flux_vae", kn_kl_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},
     {"qwen3_text", kn_qwen3_fixture},
     {"clip_l", kn_clip_l_fixture},

@@ -17,10 +17,10 @@
  *  - encode returns the posterior mean (no sampling); H and W are any size
  *    >= 8, each downsampling halves them rounding down as the model does.
  *  - Outputs are caller-allocated tensors of the shapes given by
- *    kn_wan_vae_latent_shape / kn_wan_vae_image_shape. Feature maps live in
- *    arenas created per call (two ping-pong for activations, one for a layer's
- *    temporaries), op temporaries in ctx->scratch; a 1024x1024 decode at the
- *    real width (dim 96) peaks near three 400 MB feature maps (~1.5 GB RSS).
+ *    kn_wan_vae_latent_shape / kn_wan_vae_image_shape. The layers and their
+ *    per-call arenas are the shared ones of pipelines/vae/blocks.h; a
+ *    1024x1024 decode at the real width (dim 96) peaks near three 400 MB
+ *    feature maps (~1.5 GB RSS).
  *  - encode/decode report errors in ctx->err, prefixed with the layer's
  *    checkpoint name. */
 #ifndef KN_WAN_VAE_H
