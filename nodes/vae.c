@@ -51,10 +51,11 @@ static int vae_encode(kn_node_call *c) {
     if (kn_in_object(c, "pixels", "IMAGE", &pixels) || kn_in_object(c, "vae", "VAE", &vae)) return c->err->code;
     const kn_tensor *im = &((const kn_image_obj *)pixels)->t;
     const kn_vae *v = ((const kn_vae_obj *)vae)->vae;
-    /* a video VAE encodes an image batch as the frames of one video; Kiln's VAEs run single frames */
-    if (im->ndim != 4 || im->ne[0] != 1)
-        return kn_node_fail(c, "pixels", KN_ERR_UNSUPPORTED, "only a single image [1, H, W, C] encodes");
-    int64_t H = im->ne[1], W = im->ne[2], C = im->ne[3];
+    /* a video VAE encodes an image batch as the frames of one video; Kiln runs it on single frames */
+    if (im->ndim != 4 || (v->latent_ndim == 5 && im->ne[0] != 1))
+        return kn_node_fail(c, "pixels", KN_ERR_UNSUPPORTED, "%s encodes a single image [1, H, W, C]",
+                            v->family->title);
+    int64_t B = im->ne[0], H = im->ne[1], W = im->ne[2], C = im->ne[3];
     int64_t h = H / 8 * 8, w = W / 8 * 8, y0 = (H % 8) / 2, x0 = (W % 8) / 2;
     int64_t vc = v->image_channels;
     if (h < 8 || w < 8 || C < vc)
@@ -62,11 +63,11 @@ static int vae_encode(kn_node_call *c) {
                             (long long)W, (long long)H, (long long)C);
     kn_tensor x = {0};
     kn_latent_obj *lat = kn_latent_new();
-    int rc = lat ? kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, vc, h, w}, c->err)
+    int rc = lat ? kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 4, (int64_t[]){B, vc, h, w}, c->err)
                  : kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
-    if (!rc) {
-        const float *s = im->data;
-        float *d = x.data;
+    for (int64_t b = 0; !rc && b < B; b++) {
+        const float *s = (const float *)im->data + b * H * W * C;
+        float *d = (float *)x.data + b * vc * h * w;
         for (int64_t ch = 0; ch < vc; ch++)
             for (int64_t yy = 0; yy < h; yy++)
                 for (int64_t xx = 0; xx < w; xx++)
