@@ -2,6 +2,7 @@
 #include "nodes/model_store.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,8 @@
 #define KN_MODELS_MAX_DEPTH 16
 
 typedef struct store_entry {
-    char *key;
+    char *kind, *path;
+    kn_file_stamp stamp;
     kn_object *obj;
 } store_entry;
 
@@ -42,6 +44,12 @@ static const char *const model_exts[] = {".safetensors", ".sft", ".ckpt", ".pt",
 static const char *const image_exts[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga", ".psd",
                                          ".hdr", ".pnm", ".ppm", ".pgm", NULL};
 
+static void entry_clear(store_entry *e) {
+    free(e->kind);
+    free(e->path);
+    kn_object_release(e->obj);
+}
+
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err) {
     *out = NULL;
     struct stat st;
@@ -58,10 +66,7 @@ int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_e
 
 void kn_models_free(kn_models *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_store; i++) {
-        free(m->store[i].key);
-        kn_object_release(m->store[i].obj);
-    }
+    for (int i = 0; i < m->n_store; i++) entry_clear(&m->store[i]);
     free(m->store);
     free(m->root);
     free(m->input_dir);
@@ -224,22 +229,63 @@ int kn_models_resolve(kn_models *m, const char *folder, const char *name, char *
 
 /* ---- store ----------------------------------------------------------------------- */
 
-kn_object *kn_models_get(kn_models *m, const char *key) {
+int kn_file_stamp_of(const char *path, kn_file_stamp *st, kn_err *err) {
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return kn_fail(err, errno == ENOENT ? KN_ERR_NOT_FOUND : KN_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+    *st = (kn_file_stamp){(int64_t)sb.st_size, (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec,
+                          (uint64_t)sb.st_dev, (uint64_t)sb.st_ino};
+    return KN_OK;
+}
+
+int kn_model_key_of(kn_model_key *key, const char *kind, const char *path, kn_err *err) {
+    key->kind = kind;
+    key->path = path;
+    return kn_file_stamp_of(path, &key->stamp, err);
+}
+
+static int same_file(const store_entry *e, const kn_model_key *key) {
+    return strcmp(e->kind, key->kind) == 0 && strcmp(e->path, key->path) == 0;
+}
+
+static int same_stamp(const kn_file_stamp *a, const kn_file_stamp *b) {
+    return a->size == b->size && a->mtime_ns == b->mtime_ns && a->dev == b->dev && a->ino == b->ino;
+}
+
+kn_object *kn_models_get(kn_models *m, const kn_model_key *key) {
     for (int i = 0; i < m->n_store; i++)
-        if (strcmp(m->store[i].key, key) == 0) return kn_object_retain(m->store[i].obj);
+        if (same_file(&m->store[i], key) && same_stamp(&m->store[i].stamp, &key->stamp))
+            return kn_object_retain(m->store[i].obj);
     return NULL;
 }
 
-int kn_models_put(kn_models *m, const char *key, kn_object *obj, kn_err *err) {
-    if (m->n_store == m->cap_store) {
-        int cap = m->cap_store ? m->cap_store * 2 : 8;
-        store_entry *s = realloc(m->store, (size_t)cap * sizeof *s);
-        if (!s) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-        m->store = s;
-        m->cap_store = cap;
+int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err *err) {
+    store_entry e = {strdup(key->kind), strdup(key->path), key->stamp, obj};
+    if (!e.kind || !e.path) {
+        free(e.kind);
+        free(e.path);
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
     }
-    char *k = strdup(key);
-    if (!k) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    m->store[m->n_store++] = (store_entry){k, kn_object_retain(obj)};
+    int slot = -1;
+    for (int i = 0; i < m->n_store && slot < 0; i++)
+        if (same_file(&m->store[i], key)) slot = i; /* an older stamp: nothing can hit it again */
+    if (slot >= 0) {
+        entry_clear(&m->store[slot]);
+    } else {
+        if (m->n_store == m->cap_store) {
+            int cap = m->cap_store ? m->cap_store * 2 : 8;
+            store_entry *s = realloc(m->store, (size_t)cap * sizeof *s);
+            if (!s) {
+                free(e.kind);
+                free(e.path);
+                return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+            }
+            m->store = s;
+            m->cap_store = cap;
+        }
+        slot = m->n_store++;
+    }
+    e.obj = kn_object_retain(obj);
+    m->store[slot] = e;
     return KN_OK;
 }

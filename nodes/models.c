@@ -9,8 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nodes/node.h"
+#include "nodes/changed.h"
 #include "nodes/model_store.h"
+#include "nodes/node.h"
 
 /* The file a loader input names, resolved inside its model folder. */
 static int resolve(kn_node_call *c, const char *input, const char *folder, char **path) {
@@ -19,6 +20,14 @@ static int resolve(kn_node_call *c, const char *input, const char *folder, char 
     kn_err e;
     kn_err_clear(&e);
     if (kn_models_resolve(c->env->models, folder, name, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
+    return KN_OK;
+}
+
+/* The store key of `path` loaded as `kind`, stamped before the file is opened. */
+static int store_key(kn_node_call *c, const char *input, const char *kind, const char *path, kn_model_key *key) {
+    kn_err e;
+    kn_err_clear(&e);
+    if (kn_model_key_of(key, kind, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
     return KN_OK;
 }
 
@@ -40,16 +49,16 @@ static void free_dit_weights(kn_object *o) {
 }
 
 static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit_weights **out) {
-    char key[4200];
-    snprintf(key, sizeof key, "qwen_image_dit:%s", path);
-    if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, key))) return KN_OK;
+    kn_model_key key;
+    if (store_key(c, input, "qwen_image_dit", path, &key)) return c->err->code;
+    if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, &key))) return KN_OK;
     kn_dit_weights *w = calloc(1, sizeof *w);
     if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
     int rc = open_file(c, input, path, &w->file);
     if (!rc && kn_qwen_dit_load(&w->dit, w->file, &kn_qwen_image_family, c->err))
         rc = kn_node_fail(c, input, c->err->code, "%s is not a Qwen-Image diffusion model: %s", path, c->err->msg);
-    if (!rc) rc = kn_models_put(c->env->models, key, &w->base, c->err);
+    if (!rc) rc = kn_models_put(c->env->models, &key, &w->base, c->err);
     if (rc) {
         if (!w->file) free(w);
         else kn_object_release(&w->base);
@@ -68,13 +77,19 @@ static int make_model(kn_node_call *c, kn_dit_weights *weights, const kn_model_o
     return KN_OK;
 }
 
-static int unet_loader(kn_node_call *c) {
+/* Also UNETLoader's validate hook, so the prompt is refused before it queues. */
+static int check_weight_dtype(kn_node_call *c) {
     const char *dtype;
-    char *path = NULL;
     if (kn_in_string(c, "weight_dtype", &dtype)) return c->err->code;
     /* Weights are used in their stored dtype; recasting to fp8 is not done here. */
     if (strcmp(dtype, "default") != 0)
         return kn_node_fail(c, "weight_dtype", KN_ERR_UNSUPPORTED, "'%s' is not supported; use 'default'", dtype);
+    return KN_OK;
+}
+
+static int unet_loader(kn_node_call *c) {
+    char *path = NULL;
+    if (check_weight_dtype(c)) return c->err->code;
     if (resolve(c, "unet_name", "diffusion_models", &path)) return c->err->code;
     kn_dit_weights *w = NULL;
     kn_model_obj *m = NULL;
@@ -142,11 +157,10 @@ static int clip_loader(kn_node_call *c) {
         return kn_node_fail(c, "type", KN_ERR_UNSUPPORTED, "text encoder type '%s' is not supported (qwen_image is)",
                             type);
     if (resolve(c, "clip_name", "text_encoders", &path)) return c->err->code;
-    char key[4200];
-    snprintf(key, sizeof key, "qwen25vl:%s", path);
-    kn_clip_obj *cl = (kn_clip_obj *)kn_models_get(c->env->models, key);
-    int rc = KN_OK;
-    if (!cl) {
+    kn_model_key key;
+    int rc = store_key(c, "clip_name", "qwen25vl", path, &key);
+    kn_clip_obj *cl = rc ? NULL : (kn_clip_obj *)kn_models_get(c->env->models, &key);
+    if (!rc && !cl) {
         if (!(cl = calloc(1, sizeof *cl))) rc = kn_node_fail(c, "clip_name", KN_ERR_NOMEM, "out of memory");
         else kn_object_init(&cl->base, "CLIP", free_clip);
         if (!rc) rc = open_file(c, "clip_name", path, &cl->file);
@@ -160,7 +174,7 @@ static int clip_loader(kn_node_call *c) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/qwen25", kn_models_tokenizer_dir(c->env->models));
         if (!rc && kn_bpe_load(&cl->bpe, dir, c->err)) rc = kn_err_wrap(c->err, "Qwen2 tokenizer");
-        if (!rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
+        if (!rc) rc = kn_models_put(c->env->models, &key, &cl->base, c->err);
         if (rc && cl) {
             if (cl->file) kn_object_release(&cl->base);
             else free(cl);
@@ -188,11 +202,10 @@ static int vae_loader(kn_node_call *c) {
     if (strcmp(name, "pixel_space") == 0)
         return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
     if (resolve(c, "vae_name", "vae", &path)) return c->err->code;
-    char key[4200];
-    snprintf(key, sizeof key, "wan21_vae:%s", path);
-    kn_vae_obj *v = (kn_vae_obj *)kn_models_get(c->env->models, key);
-    int rc = KN_OK;
-    if (!v) {
+    kn_model_key key;
+    int rc = store_key(c, "vae_name", "wan21_vae", path, &key);
+    kn_vae_obj *v = rc ? NULL : (kn_vae_obj *)kn_models_get(c->env->models, &key);
+    if (!rc && !v) {
         if (!(v = calloc(1, sizeof *v))) rc = kn_node_fail(c, "vae_name", KN_ERR_NOMEM, "out of memory");
         else kn_object_init(&v->base, "VAE", free_vae);
         if (!rc) rc = open_file(c, "vae_name", path, &v->file);
@@ -202,7 +215,7 @@ static int vae_loader(kn_node_call *c) {
             rc = kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "%s is not a Wan 2.1 VAE", path);
         if (!rc && kn_wan_vae_load(&v->vae, v->file, c->err))
             rc = kn_node_fail(c, "vae_name", c->err->code, "%s", c->err->msg);
-        if (!rc) rc = kn_models_put(c->env->models, key, &v->base, c->err);
+        if (!rc) rc = kn_models_put(c->env->models, &key, &v->base, c->err);
         if (rc && v) {
             if (v->file) kn_object_release(&v->base);
             else free(v);
@@ -222,4 +235,12 @@ const kn_node_def kn_nodes_models[] = {
     {"ModelSamplingSD3", model_sampling_sd3},
     {"ModelSamplingFlux", model_sampling_flux},
     {NULL, NULL},
+};
+
+/* A loaded file replaced on disk re-runs its loader (nodes/changed.h). */
+const kn_node_hooks kn_hooks_models[] = {
+    {"UNETLoader", kn_changed_file_stamps, check_weight_dtype},
+    {"CLIPLoader", kn_changed_file_stamps, NULL},
+    {"VAELoader", kn_changed_file_stamps, NULL},
+    {0},
 };

@@ -226,7 +226,7 @@ static void test_fixture_validation(void) {
             kn_validation v;
             kn_err err;
             kn_err_clear(&err);
-            int st = kn_validate_prompt(copy, NULL, with_lister ? &lister : NULL, &v, &err);
+            int st = kn_validate_prompt(copy, NULL, with_lister ? &lister : NULL, NULL, &v, &err);
             CHECK(st == KN_OK && v.error == NULL && json_object_size(v.node_errors) == 0, "%s: validation: %s", name,
                   err.msg);
             if (st == KN_ERR_INVALID) {
@@ -261,7 +261,7 @@ static json_t *validate_body(json_t *prompt, const json_t *targets, int *status,
     kn_validation v;
     kn_err err;
     kn_err_clear(&err);
-    *status = kn_validate_prompt(prompt, targets, &lister, &v, &err);
+    *status = kn_validate_prompt(prompt, targets, &lister, NULL, &v, &err);
     CHECK(*status == KN_OK || err.msg[0], "a rejection must say why");
     json_t *body = *status == KN_OK && json_object_size(v.node_errors) == 0 ? NULL : kn_validation_body(&v);
     if (order) *order = json_incref(v.order);
@@ -672,7 +672,7 @@ static void run_untrusted(const char *text, size_t len) {
               "a failure must be shaped and explained");
     } else {
         kn_validation v;
-        st = kn_validate_prompt(prompt, NULL, &lister, &v, &err);
+        st = kn_validate_prompt(prompt, NULL, &lister, NULL, &v, &err);
         CHECK(st == KN_OK || (st == KN_ERR_INVALID && v.error && err.msg[0]), "validation answers: %d %s", st, err.msg);
         char *s = kn_json_dumps(prompt, 0);
         CHECK(s != NULL, "prompt prints");
