@@ -18,17 +18,16 @@
  *  - kn_node_exec_find is the one name -> implementation table; the registry
  *    (nodes/registry.h) keeps the schemas (of more classes than Kiln runs:
  *    the UI->API converter needs them all).
- *  - Beside exec, a class may have two hooks, ComfyUI's IS_CHANGED and
- *    VALIDATE_INPUTS (kn_node_hooks_find; kn_node_changed_fn,
- *    kn_node_validate_fn). Both get
- *    a kn_node_call whose `in` holds only the node's constant inputs (linked
- *    ones KN_VALUE_NONE, as ComfyUI passes None), `out` and `ui` NULL, and an
- *    env with models and the folders only (prompt, extra_pnginfo, ctx,
- *    cancel, step NULL). They read inputs with the kn_in_* getters, fail with
- *    kn_node_fail naming the input, never use the loaded-model store (they
- *    may run on a server thread while a prompt executes) and never load a
- *    model: resolving names (kn_models_resolve) and reading or stat'ing
- *    files is what they are for. */
+ *  - Beside exec, a class may have two hooks (kn_node_hooks_find), ComfyUI's
+ *    IS_CHANGED (kn_node_changed_fn) and VALIDATE_INPUTS
+ *    (kn_node_validate_fn). Both get a kn_node_call whose `in` holds only the
+ *    node's constant inputs (linked ones KN_VALUE_NONE, as ComfyUI passes
+ *    None), `out` and `ui` NULL, and an env with models and the folders only
+ *    (prompt, extra_pnginfo, ctx, cancel, step NULL). They read inputs with
+ *    the kn_in_* getters, fail with kn_node_fail naming the input, never use
+ *    the loaded-model store (they may run on a server thread while a prompt
+ *    executes) and never load a model: resolving names (kn_models_resolve)
+ *    and reading or stat'ing files is what they are for. */
 #ifndef KN_NODES_NODE_H
 #define KN_NODES_NODE_H
 
@@ -273,8 +272,9 @@ const kn_node_hooks *kn_node_hooks_find(const char *class_type);
 
 /* The node's constant inputs (its prompt "inputs" object) as values of
  * their declared kinds, into `in` (cls->n_inputs zeroed values, cls->inputs
- * order); linked and absent inputs stay KN_VALUE_NONE. On failure err names the input and *bad is its index; the
- * caller clears `in` (kn_values_clear) either way. */
+ * order); linked and absent inputs stay KN_VALUE_NONE. On failure err names
+ * the input and *bad is its index; the caller clears `in` (kn_values_clear)
+ * either way. */
 int kn_node_constants(const kn_node_class *cls, const json_t *inputs, kn_value *in, int *bad, kn_err *err);
 void kn_values_clear(kn_value *v, int n);
 
