@@ -207,7 +207,7 @@ int kn_models_resolve(kn_models *m, const char *folder, const char *name, char *
     name_list l;
     int rc = list_names(m, folder, &l, err);
     if (rc) return rc;
-    int found = bsearch(&name, l.v, l.n, sizeof *l.v, cmp_names) != NULL;
+    int found = l.n && bsearch(&name, l.v, l.n, sizeof *l.v, cmp_names); /* v is NULL for an empty folder */
     names_free(&l);
     if (!found)
         return kn_fail(err, KN_ERR_NOT_FOUND, "'%s' is not in the %s folder of %s", name, folder,
