@@ -24,6 +24,7 @@ struct kn_executor {
     cache_entry *cache;
     int n_cache, cap_cache;
     long runs;
+    long unrepeatable; /* numbers the keys of nodes whose changed hook failed */
     /* the node running now, for sampler progress events */
     const char *prompt_id, *cur_id, *cur_type;
 };
@@ -66,6 +67,13 @@ void kn_executor_interrupt(kn_executor *ex) { atomic_store(&ex->cancel, 1); }
 
 long kn_executor_runs(const kn_executor *ex) { return ex->runs; }
 
+kn_node_env kn_executor_env(const kn_executor *ex) {
+    return (kn_node_env){.models = ex->cfg.models,
+                         .output_dir = ex->cfg.output_dir,
+                         .temp_dir = ex->cfg.temp_dir,
+                         .input_dir = ex->cfg.input_dir};
+}
+
 void kn_exec_result_free(kn_exec_result *res) {
     json_decref(res->outputs);
     json_decref(res->executed);
@@ -102,10 +110,44 @@ static int cmp_inputs(const void *a, const void *b) {
 /* A linked input: ["id", slot] (the validator has checked the shape). */
 static int is_link(const json_t *v) { return json_is_array(v) && json_array_size(v) == 2; }
 
-/* The node's key (see the header), built from the keys of its linked nodes,
- * which the dependency order has computed before. Upstream keys enter as a
- * 64-bit hash so keys stay short on long chains. malloc'd, NULL when out of memory. */
-static char *node_key(const json_t *node, const kn_node_class *cls, const json_t *keys) {
+/* What the class's changed hook says of the node (nodes/node.h): its
+ * fingerprint, null for a class without a hook, or after a failure a value
+ * no other key holds, the failure kept in hook_errors[id] for the node's
+ * turn. New reference, NULL when out of memory. */
+static json_t *fingerprint(kn_executor *ex, const char *id, const json_t *node, const kn_node_class *cls,
+                           json_t *hook_errors) {
+    const kn_node_hooks *hooks = kn_node_hooks_find(cls->name);
+    if (!hooks || !hooks->changed) return json_null();
+    kn_value *in = calloc((size_t)cls->n_inputs + 1, sizeof *in);
+    char *fp = malloc(KN_CHANGED_MAX);
+    if (!in || !fp) {
+        free(in);
+        free(fp);
+        return NULL;
+    }
+    kn_err e;
+    kn_err_clear(&e);
+    int bad;
+    kn_node_env env = kn_executor_env(ex);
+    kn_node_call call = {id, cls, in, NULL, NULL, &env, &e, NULL};
+    int rc = kn_node_constants(cls, json_object_get(node, "inputs"), in, &bad, &e);
+    if (!rc) rc = hooks->changed(&call, fp);
+    json_t *result = NULL;
+    if (!rc)
+        result = json_string(fp);
+    else if (!json_object_set_new(hook_errors, id, json_pack("{s:i, s:s}", "code", rc, "message", e.msg)))
+        result = json_pack("{s:I}", "unrepeatable", (json_int_t)++ex->unrepeatable);
+    kn_values_clear(in, cls->n_inputs);
+    free(in);
+    free(fp);
+    return result;
+}
+
+/* The node's key (see the header), built from its fingerprint and the keys
+ * of its linked nodes, which the dependency order has computed before.
+ * Upstream keys enter as a 64-bit hash so keys stay short on long chains.
+ * malloc'd, NULL when out of memory. */
+static char *node_key(const json_t *node, const kn_node_class *cls, const json_t *fp, const json_t *keys) {
     const json_t *inputs = json_object_get(node, "inputs");
     const kn_input_spec *sorted[64]; /* registry classes have a few inputs each */
     if (cls->n_inputs > 64) return NULL;
@@ -113,7 +155,7 @@ static char *node_key(const json_t *node, const kn_node_class *cls, const json_t
     for (int i = 0; i < n; i++) sorted[i] = &cls->inputs[i];
     qsort(sorted, (size_t)n, sizeof *sorted, cmp_inputs);
     json_t *parts = json_array();
-    if (!parts || json_array_append_new(parts, json_string(cls->name))) {
+    if (!parts || json_array_append_new(parts, json_string(cls->name)) || json_array_append(parts, (json_t *)fp)) {
         json_decref(parts);
         return NULL;
     }
@@ -238,6 +280,8 @@ static int on_step(const kn_node_env *env, int step, int total, kn_err *err) {
 static int resolve_inputs(kn_executor *ex, const json_t *node, const kn_node_class *cls, const json_t *keys,
                           kn_value *in, kn_err *err) {
     const json_t *inputs = json_object_get(node, "inputs");
+    int bad;
+    KN_TRY(kn_node_constants(cls, inputs, in, &bad, err));
     for (int i = 0; i < cls->n_inputs; i++) {
         const kn_input_spec *spec = &cls->inputs[i];
         const json_t *v = json_object_get(inputs, spec->name);
@@ -246,11 +290,7 @@ static int resolve_inputs(kn_executor *ex, const json_t *node, const kn_node_cla
                 return kn_fail(err, KN_ERR_INVALID, "input '%s': required input is missing", spec->name);
             continue;
         }
-        if (!is_link(v)) {
-            if (kn_value_from_json(&in[i], spec->kind, v, err))
-                return kn_err_wrap(err, "input '%s'", spec->name);
-            continue;
-        }
+        if (!is_link(v)) continue;
         const char *up = json_string_value(json_array_get(v, 0));
         const cache_entry *e = cache_find(ex, json_string_value(json_object_get(keys, up ? up : "")));
         json_int_t slot = json_integer_value(json_array_get(v, 1));
@@ -262,9 +302,10 @@ static int resolve_inputs(kn_executor *ex, const json_t *node, const kn_node_cla
     return KN_OK;
 }
 
-/* Runs one node and caches its outputs. On failure *error is set. */
+/* Runs one node and caches its outputs; hook_error: its changed hook's
+ * failure, which it fails with instead of executing. On failure *error is set. */
 static int run_node(kn_executor *ex, const json_t *prompt, const char *id, const char *key,
-                    const json_t *keys, const json_t *extra_pnginfo, kn_exec_result *res,
+                    const json_t *keys, const json_t *extra_pnginfo, const json_t *hook_error, kn_exec_result *res,
                     const json_t *current_outputs, kn_err *err) {
     const json_t *node = json_object_get(prompt, id);
     const char *type = json_string_value(json_object_get(node, "class_type"));
@@ -283,11 +324,18 @@ static int run_node(kn_executor *ex, const json_t *prompt, const char *id, const
         ex->cur_id = id;
         ex->cur_type = type;
         emit(ex, KN_EVENT_EXECUTING, id, type, 0, 0, NULL);
-        kn_node_env env = {ex->cfg.models, ex->cfg.output_dir, ex->cfg.temp_dir, ex->cfg.input_dir, prompt,
-                           extra_pnginfo, &ex->ctx, &ex->cancel, on_step, ex};
-        kn_node_call call = {id, cls, in, out, ui, &env, err};
+        kn_node_env env = kn_executor_env(ex);
+        env.prompt = prompt;
+        env.extra_pnginfo = extra_pnginfo;
+        env.ctx = &ex->ctx;
+        env.cancel = &ex->cancel;
+        env.step = on_step;
+        env.step_user = ex;
+        kn_node_call call = {id, cls, in, out, ui, &env, err, NULL};
         kn_err_clear(err);
-        rc = exec(&call);
+        rc = hook_error ? kn_fail(err, (int)json_integer_value(json_object_get(hook_error, "code")), "%s",
+                                  json_string_value(json_object_get(hook_error, "message")))
+                        : exec(&call);
         ex->runs++;
         if (!rc) json_array_append_new(res->executed, json_string(id));
     }
@@ -321,9 +369,9 @@ int kn_executor_run(kn_executor *ex, const json_t *prompt, const kn_validation *
     res->outputs = json_object();
     res->executed = json_array();
     res->cached = json_array();
-    json_t *keys = json_object();
+    json_t *keys = json_object(), *hook_errors = json_object();
     int rc = KN_OK;
-    if (!res->outputs || !res->executed || !res->cached || !keys)
+    if (!res->outputs || !res->executed || !res->cached || !keys || !hook_errors)
         rc = kn_fail(err, KN_ERR_NOMEM, "executor: out of memory");
     if (!rc && (v->error || !json_is_array(v->order)))
         rc = kn_fail(err, KN_ERR_INVALID, "executor: the prompt was not accepted by validation");
@@ -336,9 +384,11 @@ int kn_executor_run(kn_executor *ex, const json_t *prompt, const kn_validation *
         const char *id = json_string_value(jid);
         const json_t *node = json_object_get(prompt, id);
         const kn_node_class *cls = kn_registry_find(json_string_value(json_object_get(node, "class_type")));
-        char *key = cls ? node_key(node, cls, keys) : NULL;
+        json_t *fp = cls ? fingerprint(ex, id, node, cls, hook_errors) : NULL;
+        char *key = fp ? node_key(node, cls, fp, keys) : NULL;
         if (!key || json_object_set_new(keys, id, json_string(key))) rc = kn_fail(err, KN_ERR_NOMEM, "executor: out of memory");
         free(key);
+        json_decref(fp);
         if (rc) break;
     }
     if (!rc) {
@@ -362,10 +412,13 @@ int kn_executor_run(kn_executor *ex, const json_t *prompt, const kn_validation *
             }
             continue;
         }
-        if ((rc = run_node(ex, prompt, id, key, keys, extra_pnginfo, res, current_outputs, err))) break;
+        if ((rc = run_node(ex, prompt, id, key, keys, extra_pnginfo, json_object_get(hook_errors, id), res,
+                           current_outputs, err)))
+            break;
     }
     json_decref(current_outputs);
     json_decref(keys);
+    json_decref(hook_errors);
     ex->cur_id = ex->cur_type = ex->prompt_id = NULL;
     return rc;
 }

@@ -4,13 +4,19 @@
  * Contract:
  *  - kn_executor_run executes the nodes of a validation's `order` (the valid
  *    outputs and their linked ancestors, dependency order) one at a time.
- *  - Caching (ComfyUI's classic cache): a node's key is its class plus, per
- *    declared input in name order, the constant value or the key of the
- *    linked node and output slot; node ids and titles are not part of it. A
- *    node whose key is cached is not executed (a cached output node re-sends
- *    its UI); at each prompt start entries the new prompt cannot use are
- *    dropped. So re-running with only a new seed executes only the sampler and
- *    what follows. Loaded model files live longer, in the kn_models store.
+ *  - Caching (ComfyUI's classic cache): a node's key is its class, the
+ *    fingerprint its class's changed hook gives (ComfyUI's IS_CHANGED,
+ *    nodes/node.h: LoadImage hashes its file, loaders stamp theirs), and,
+ *    per declared input in name order, the constant value or the key of the
+ *    linked node and output slot; node ids and titles are not part of it.
+ *    The hooks run once per prompt, before any node executes. A node whose
+ *    key is cached is not executed (a cached output node re-sends its UI);
+ *    at each prompt start entries the new prompt cannot use are dropped. So
+ *    re-running with only a new seed executes only the sampler and what
+ *    follows, and an image overwritten under the same name, or a model file
+ *    replaced, re-runs its loader and everything downstream. A failing hook
+ *    fails its node when its turn comes (nodes/node.h). Loaded model files
+ *    live longer, in the kn_models store.
  *  - Events (optional callback): START (data: array of cached node ids),
  *    EXECUTING (a node starts), PROGRESS (sampler step i of n), EXECUTED
  *    (data: the node's UI output object).
@@ -75,6 +81,10 @@ void kn_executor_set_events(kn_executor *ex, kn_exec_event_fn fn, void *user);
 void kn_executor_interrupt(kn_executor *ex);
 /* Nodes executed (not served from the cache) over the executor's life. */
 long kn_executor_runs(const kn_executor *ex);
+/* The env the class hooks see (nodes/node.h): the executor's models and
+ * folders, nothing of a run. Safe from any thread (the config is fixed):
+ * what validation for this executor passes (graph/validate.h). */
+kn_node_env kn_executor_env(const kn_executor *ex);
 
 /* prompt: validated by kn_validate_prompt into v (which must have accepted
  * it); extra_pnginfo: NULL or an object of further PNG chunks; prompt_id may

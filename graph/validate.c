@@ -6,15 +6,14 @@
 #include "graph/validate.h"
 
 #include <ctype.h>
-#include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "graph/pyconv.h"
 #include "kernels/json.h"
+#include "nodes/node.h"
 
 enum { NODE_NEW, NODE_BUSY, NODE_DONE };
 /* What checking a node or input yields. RES_OK: carry on (for a node: it is
@@ -55,6 +54,7 @@ typedef struct vnode {
 
 typedef struct vctx {
     const kn_folder_lister *lister;
+    const kn_node_env *run; /* NULL: schema only */
     kn_err *err;
     vnode *nodes;
     int n;
@@ -62,21 +62,6 @@ typedef struct vctx {
     char exc_type[64];        /* the exception a RES_RAISED carries */
     char exc_msg[512];
 } vctx;
-
-/* Python's type() name of what json.loads makes of a value. */
-static const char *py_type(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "dict";
-    case JSON_ARRAY: return "list";
-    case JSON_STRING: return "str";
-    case JSON_INTEGER: return "int";
-    case JSON_REAL: return "float";
-    case JSON_TRUE:
-    case JSON_FALSE: return "bool";
-    case JSON_NULL: return "NoneType";
-    }
-    return "object";
-}
 
 static int nomem(vctx *c) {
     kn_fail(c->err, KN_ERR_NOMEM, "validating the prompt: out of memory");
@@ -127,138 +112,6 @@ static int set_failed(vctx *c, vnode *n, json_t *entry) {
 
 static json_t *input_config(vctx *c, const vnode *n, const kn_input_spec *in) {
     return kn_registry_input_config(n->cls, in, c->lister, c->err);
-}
-
-/* ---- Python conversions ----------------------------------------------------- */
-
-/* Python int()/float() accept surrounding whitespace, a sign and single
- * underscores between digits; copies the literal without them into buf.
- * Returns 0 when the text is no decimal literal of the wanted form. */
-static int py_numeric_literal(const char *s, int allow_float, char *buf, size_t len) {
-    while (isspace((unsigned char)*s)) s++;
-    size_t end = strlen(s);
-    while (end > 0 && isspace((unsigned char)s[end - 1])) end--;
-    size_t o = 0;
-    int digits = 0, prev_digit = 0, seen_dot = 0, seen_exp = 0;
-    for (size_t i = 0; i < end; i++) {
-        char ch = s[i];
-        if (o + 2 >= len) return 0;
-        if (isdigit((unsigned char)ch)) {
-            buf[o++] = ch;
-            digits++;
-            prev_digit = 1;
-        } else if (ch == '_') {
-            if (!prev_digit || i + 1 >= end || !isdigit((unsigned char)s[i + 1])) return 0;
-            prev_digit = 0;
-        } else if ((ch == '+' || ch == '-') && (i == 0 || (seen_exp && (s[i - 1] == 'e' || s[i - 1] == 'E')))) {
-            buf[o++] = ch;
-            prev_digit = 0;
-        } else if (allow_float && ch == '.' && !seen_dot && !seen_exp) {
-            buf[o++] = ch;
-            seen_dot = 1;
-            prev_digit = 0;
-        } else if (allow_float && (ch == 'e' || ch == 'E') && digits && !seen_exp) {
-            buf[o++] = ch;
-            seen_exp = 1;
-            digits = 0; /* the exponent needs digits of its own */
-            prev_digit = 0;
-        } else {
-            return 0;
-        }
-    }
-    buf[o] = '\0';
-    return digits > 0;
-}
-
-/* Sets *out to the converted value (new reference) or fills exc with the
- * message of the exception Python would raise; returns 0 on success. */
-static int py_int(const json_t *v, json_t **out, char *exc, size_t len) {
-    char lit[512];
-    switch (json_typeof(v)) {
-    case JSON_INTEGER: *out = json_incref((json_t *)v); return 0;
-    case JSON_TRUE:
-    case JSON_FALSE: *out = json_integer(json_is_true(v)); return 0;
-    case JSON_REAL: {
-        double t = trunc(json_real_value(v));
-        /* int() of a huge float is a huge Python int: keep it as a whole real. */
-        *out = fabs(t) < 9223372036854775808.0 ? json_integer((json_int_t)t) : json_real(t);
-        return 0;
-    }
-    case JSON_STRING:
-        if (py_numeric_literal(json_string_value(v), 0, lit, sizeof lit)) {
-            errno = 0;
-            long long i = strtoll(lit, NULL, 10);
-            if (errno == ERANGE) {
-                snprintf(exc, len, "integers beyond 64 bits are not supported");
-                return 1;
-            }
-            *out = json_integer(i);
-            return 0;
-        } else {
-            char *r = kn_py_repr(v);
-            snprintf(exc, len, "invalid literal for int() with base 10: %s", r ? r : "?");
-            free(r);
-            return 1;
-        }
-    default:
-        snprintf(exc, len, "int() argument must be a string, a bytes-like object or a real number, not '%s'",
-                 py_type(v));
-        return 1;
-    }
-}
-
-static int py_float(const json_t *v, json_t **out, char *exc, size_t len) {
-    char lit[512];
-    double d;
-    switch (json_typeof(v)) {
-    case JSON_INTEGER: d = (double)json_integer_value(v); break;
-    case JSON_REAL: d = json_real_value(v); break;
-    case JSON_TRUE:
-    case JSON_FALSE: d = json_is_true(v); break;
-    case JSON_STRING:
-        if (!py_numeric_literal(json_string_value(v), 1, lit, sizeof lit)) {
-            char word[16];
-            const char *s = json_string_value(v);
-            while (isspace((unsigned char)*s)) s++;
-            if (*s == '+' || *s == '-') s++;
-            size_t n = strlen(s);
-            while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
-            snprintf(word, sizeof word, "%.*s", n < sizeof word ? (int)n : 0, s);
-            /* Python parses these spellings; Kiln refuses non-finite values. */
-            if (strcasecmp(word, "inf") == 0 || strcasecmp(word, "infinity") == 0 || strcasecmp(word, "nan") == 0) {
-                snprintf(exc, len, "non-finite values are not supported");
-            } else {
-                char *r = kn_py_repr(v);
-                snprintf(exc, len, "could not convert string to float: %s", r ? r : "?");
-                free(r);
-            }
-            return 1;
-        }
-        d = strtod(lit, NULL);
-        break;
-    default:
-        snprintf(exc, len, "float() argument must be a string or a real number, not '%s'", py_type(v));
-        return 1;
-    }
-    if (!isfinite(d)) {
-        snprintf(exc, len, "non-finite values are not supported");
-        return 1;
-    }
-    *out = json_real(d);
-    return 0;
-}
-
-/* Python's bool(value). */
-static int py_truthy(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return json_object_size(v) > 0;
-    case JSON_ARRAY: return json_array_size(v) > 0;
-    case JSON_STRING: return json_string_length(v) > 0;
-    case JSON_INTEGER: return json_integer_value(v) != 0;
-    case JSON_REAL: return json_real_value(v) != 0;
-    case JSON_TRUE: return 1;
-    default: return 0;
-    }
 }
 
 /* str(value) as ComfyUI's messages print it; an INT kept as a real (beyond
@@ -344,7 +197,7 @@ static int check_link(vctx *c, vnode *n, const kn_input_spec *in, json_t *link, 
      * failure there is an exception that escapes this node. */
     const json_t *oid = json_array_get(link, 0), *slot = json_array_get(link, 1);
     if (json_is_array(oid) || json_is_object(oid))
-        return py_raise(c, "TypeError", "unhashable type: '%s'", py_type(oid));
+        return py_raise(c, "TypeError", "unhashable type: '%s'", kn_py_type_name(oid));
     json_t *pos = json_is_string(oid) ? json_object_get(c->index, json_string_value(oid)) : NULL;
     if (!pos) {
         char *r = kn_py_repr(oid);
@@ -355,7 +208,7 @@ static int check_link(vctx *c, vnode *n, const kn_input_spec *in, json_t *link, 
     }
     vnode *src = &c->nodes[json_integer_value(pos)];
     if (!json_is_integer(slot))
-        return py_raise(c, "TypeError", "tuple indices must be integers or slices, not %s", py_type(slot));
+        return py_raise(c, "TypeError", "tuple indices must be integers or slices, not %s", kn_py_type_name(slot));
     /* Python would also accept a negative index (counted from the end); Kiln
      * keeps slots plain so the executor can index outputs directly. */
     json_int_t s = json_integer_value(slot);
@@ -469,15 +322,15 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
         snprintf(exc, sizeof exc, "expected a link [node_id, output_index]");
         failed = 1;
         break;
-    case KN_INPUT_INT: failed = py_int(val, &conv, exc, sizeof exc); break;
-    case KN_INPUT_FLOAT: failed = py_float(val, &conv, exc, sizeof exc); break;
+    case KN_INPUT_INT: failed = kn_py_to_int(val, &conv, exc, sizeof exc); break;
+    case KN_INPUT_FLOAT: failed = kn_py_to_float(val, &conv, exc, sizeof exc); break;
     case KN_INPUT_STRING: {
         char *s = kn_py_str(val);
         conv = s ? json_string(s) : NULL;
         free(s);
         break;
     }
-    case KN_INPUT_BOOLEAN: conv = json_boolean(py_truthy(val)); break;
+    case KN_INPUT_BOOLEAN: conv = json_boolean(kn_py_truthy(val)); break;
     case KN_INPUT_COMBO: return check_choice(c, n, in, val);
     }
     if (failed) {
@@ -514,6 +367,71 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
                                 conv));
 }
 
+/* ---- validation for running ----------------------------------------------------- */
+
+/* A class Kiln has a schema for but cannot run, with the shape and extra_info
+ * of ComfyUI's missing_node_type (the class does not exist on this server)
+ * as one of the node's errors, naming the classes Kiln does run. */
+static int not_implemented(vctx *c, vnode *n) {
+    json_t *meta = json_object_get(n->node, "_meta");
+    json_t *title = json_is_object(meta) ? json_object_get(meta, "title") : NULL;
+    char *shown = title ? kn_py_str(title) : strdup(n->cls->name); /* Python: meta.get("title", class_type) */
+    if (!shown) return nomem(c);
+    char message[1024], details[4096] = "Kiln runs:";
+    snprintf(message, sizeof message, "Node '%s' (%s) is not implemented by Kiln.", shown, n->cls->name);
+    size_t used = strlen(details);
+    for (int k = 0, listed = 0; k < kn_registry_count() && used < sizeof details; k++) {
+        const char *name = kn_registry_at(k)->name;
+        if (kn_node_exec_find(name))
+            used += (size_t)snprintf(details + used, sizeof details - used, "%s %s", listed++ ? "," : "", name);
+    }
+    int r = push_error(c, n, "missing_node_type", message, details,
+                       json_pack("{s:s, s:s, s:s}", "node_id", n->id, "class_type", n->cls->name, "node_title", shown));
+    free(shown);
+    return r;
+}
+
+/* custom_validation_failed for one input: details "<input> - <reason>". */
+static int hook_error(vctx *c, vnode *n, const char *input, const char *reason) {
+    char details[1400];
+    snprintf(details, sizeof details, "%s - %s", input, reason);
+    return push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
+                      json_pack("{s:s}", "input_name", input));
+}
+
+/* The class's validate hook (nodes/node.h) on the node's constant inputs. */
+static int validate_hook(vctx *c, vnode *n, kn_node_validate_fn validate) {
+    const kn_node_class *cls = n->cls;
+    kn_value *in = calloc((size_t)cls->n_inputs + 1, sizeof *in);
+    if (!in) return nomem(c);
+    kn_err e;
+    kn_err_clear(&e);
+    int bad = -1;
+    kn_node_call call = {n->id, cls, in, NULL, NULL, c->run, &e, NULL};
+    int rc = kn_node_constants(cls, json_object_get(n->node, "inputs"), in, &bad, &e);
+    if (rc) call.err_input = cls->inputs[bad].name;
+    else rc = validate(&call);
+    int res = RES_OK;
+    if (rc == KN_ERR_NOMEM) {
+        res = nomem(c);
+    } else if (rc) {
+        /* the reason without kn_node_fail's "input '<name>': " prefix, which details repeat */
+        char prefix[300];
+        snprintf(prefix, sizeof prefix, "input '%s': ", call.err_input ? call.err_input : "");
+        const char *reason = strncmp(e.msg, prefix, strlen(prefix)) == 0 ? e.msg + strlen(prefix) : e.msg;
+        if (call.err_input) res = hook_error(c, n, call.err_input, reason);
+        /* naming no input: ComfyUI reports the failure on every input it passed */
+        for (int k = 0; !call.err_input && res == RES_OK && k < cls->n_inputs; k++)
+            if (in[k].kind != KN_VALUE_NONE) res = hook_error(c, n, cls->inputs[k].name, reason);
+        if (res == RES_OK && json_array_size(n->errors) == 0) /* no constant input to name */
+            res = push_error(c, n, "custom_validation_failed", "Custom validation failed for node", reason,
+                             json_object());
+    }
+    kn_values_clear(in, cls->n_inputs);
+    free(in);
+    return res;
+}
+
 /* validate_inputs for one node; memoised in the node's state. */
 static int validate_node(vctx *c, int i, int depth) {
     vnode *n = &c->nodes[i];
@@ -523,7 +441,9 @@ static int validate_node(vctx *c, int i, int depth) {
     if (!(n->errors = json_array())) return nomem(c);
     json_t *inputs = json_object_get(n->node, "inputs");
     if (!inputs) return py_raise(c, "KeyError", "%s", "'inputs'");
-    if (!json_is_object(inputs)) return py_raise(c, "TypeError", "argument of type '%s' is not iterable", py_type(inputs));
+    if (!json_is_object(inputs)) return py_raise(c, "TypeError", "argument of type '%s' is not iterable", kn_py_type_name(inputs));
+    const kn_node_hooks *hooks = c->run ? kn_node_hooks_find(n->cls->name) : NULL;
+    if (c->run && !kn_node_exec_find(n->cls->name) && not_implemented(c, n) != RES_OK) return RES_FATAL;
     int valid = 1;
     for (int k = 0; k < n->cls->n_inputs; k++) {
         const kn_input_spec *in = &n->cls->inputs[k];
@@ -540,6 +460,8 @@ static int validate_node(vctx *c, int i, int depth) {
         }
         if (r != RES_OK) return r;
     }
+    if (hooks && hooks->validate && json_array_size(n->errors) == 0 && validate_hook(c, n, hooks->validate) != RES_OK)
+        return RES_FATAL;
     n->state = NODE_DONE;
     n->valid = valid && json_array_size(n->errors) == 0;
     return n->valid ? RES_OK : RES_INVALID;
@@ -684,7 +606,7 @@ static int index_nodes(vctx *c, json_t *prompt, kn_validation *out) {
         if (!cls) {
             /* Python: a node without class_type is named `title or "ID #<id>"`,
              * an unknown class `meta.get("title", class_type)`. */
-            json_t *named = class_type ? (title ? title : class_type) : (title && py_truthy(title) ? title : NULL);
+            json_t *named = class_type ? (title ? title : class_type) : (title && kn_py_truthy(title) ? title : NULL);
             char *shown = named ? kn_py_str(named) : NULL;
             if (named && !shown) return kn_fail(c->err, KN_ERR_NOMEM, "validating the prompt: out of memory");
             char message[1024];
@@ -810,10 +732,10 @@ static int validate_outputs(vctx *c, const json_t *targets, kn_validation *out) 
     return status;
 }
 
-int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_lister *lister,
+int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_lister *lister, const kn_node_env *run,
                        kn_validation *out, kn_err *err) {
     memset(out, 0, sizeof *out);
-    vctx c = {.lister = lister, .err = err};
+    vctx c = {.lister = lister, .run = run, .err = err};
     out->node_errors = json_object();
     out->outputs = json_array();
     out->order = json_array();

@@ -3,7 +3,7 @@
  * comfy_execution/graph.py's ExecutionList would.
  *
  * Contract:
- *  - kn_validate_prompt(prompt, targets, lister, out, err):
+ *  - kn_validate_prompt(prompt, targets, lister, run, out, err):
  *      returns KN_OK when at least one output node validated (ComfyUI queues
  *      the prompt: HTTP 200); out->outputs lists those outputs, out->order every
  *      node that will run (the outputs and their linked ancestors) in
@@ -23,6 +23,24 @@
  *    (POST /prompt's partial_execution_targets).
  *  - lister: lists model folders for file-name choices; NULL skips those
  *    checks (and LoadImage's file check) but checks every fixed choice list.
+ *  - run: NULL validates against the schemas only (what `kiln convert`
+ *    needs: the registry knows more classes than Kiln runs). Given the env
+ *    the prompt is to run in (kn_executor_env), validation is for running:
+ *     - a reachable node whose class Kiln does not implement
+ *       (kn_node_exec_find is NULL) gets the error {"type":
+ *       "missing_node_type", "message": "Node '<title>' (<class>) is not
+ *       implemented by Kiln.", "details": "Kiln runs: <classes>",
+ *       "extra_info": {node_id, class_type, node_title}}: ComfyUI's
+ *       missing_node_type (the class does not exist on this server), moved
+ *       from the top level into node_errors because the class is known and
+ *       the rest of the prompt is checked as usual (its inputs too), so every
+ *       such node of the prompt is named at once and the other outputs still
+ *       run, as for any invalid output;
+ *     - the class's validate hook (nodes/node.h, ComfyUI's VALIDATE_INPUTS)
+ *       runs on the node's constant inputs once they passed their schema
+ *       checks; its failure is custom_validation_failed on the input it
+ *       names, details "<input> - <message>". Hooks may run on any thread.
+ *    Unknown classes stay the top-level missing_node_type in both modes.
  *  - Kiln is stricter than ComfyUI in four places, each reported with a
  *    ComfyUI error shape: a constant given to a socket input
  *    (invalid_input_type), non-finite floats and integers beyond 64 bits
@@ -44,6 +62,8 @@
 #include "kernels/error.h"
 #include "nodes/registry.h"
 
+typedef struct kn_node_env kn_node_env; /* nodes/node.h */
+
 #define KN_VALIDATE_MAX_DEPTH 1000 /* Python's default recursion limit */
 
 typedef struct kn_validation {
@@ -53,7 +73,7 @@ typedef struct kn_validation {
     json_t *order;       /* array of node ids, execution order */
 } kn_validation;
 
-int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_lister *lister,
+int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_lister *lister, const kn_node_env *run,
                        kn_validation *out, kn_err *err);
 void kn_validation_free(kn_validation *v);
 

@@ -8,9 +8,10 @@
 #include <time.h>
 
 #include "kernels/json.h"
+#include "nodes/changed.h"
 #include "nodes/image_io.h"
-#include "nodes/node.h"
 #include "nodes/model_store.h"
+#include "nodes/node.h"
 #include "nodes/save_path.h"
 
 /* ---- saving ----------------------------------------------------------------------- */
@@ -171,4 +172,10 @@ const kn_node_def kn_nodes_image[] = {
     {"ImageScale", image_scale},
     {"ImageScaleToTotalPixels", image_scale_to_total_pixels},
     {NULL, NULL},
+};
+
+/* An upload overwritten with other pixels re-runs LoadImage (nodes/changed.h). */
+const kn_node_hooks kn_hooks_image[] = {
+    {"LoadImage", kn_changed_file_hashes, NULL},
+    {0},
 };

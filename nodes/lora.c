@@ -19,8 +19,9 @@
 #include <string.h>
 
 #include "loras/lora.h"
-#include "nodes/node.h"
+#include "nodes/changed.h"
 #include "nodes/model_store.h"
+#include "nodes/node.h"
 
 /* A LoRA file mapped onto one base model's weight table (store object). */
 typedef struct lora_file {
@@ -70,21 +71,23 @@ int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err) {
 
 /* The mapped LoRA `path` for these weights, from the store or loaded now. */
 static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_file **out) {
-    char key[4300];
-    snprintf(key, sizeof key, "lora:%p:%s", (void *)w, path);
-    if ((*out = (lora_file *)kn_models_get(c->env->models, key))) return KN_OK;
+    char kind[64]; /* mapped onto these weights' table */
+    snprintf(kind, sizeof kind, "lora:%p", (void *)w);
+    kn_model_key key;
+    kn_err e;
+    kn_err_clear(&e);
+    if (kn_model_key_of(&key, kind, path, &e)) return kn_node_fail(c, "lora_name", e.code, "%s", e.msg);
+    if ((*out = (lora_file *)kn_models_get(c->env->models, &key))) return KN_OK;
     lora_file *f = calloc(1, sizeof *f);
     if (!f) return kn_node_fail(c, "lora_name", KN_ERR_NOMEM, "out of memory");
     kn_object_init(&f->base, "LORA", free_lora_file);
     f->weights = (kn_dit_weights *)kn_object_retain(&w->base);
-    kn_err e;
-    kn_err_clear(&e);
     int rc = weight_table(w, &e);
     if (!rc) rc = kn_lora_load(&f->lora, path, w->lora_table, &e);
     if (!rc) {
         char warn[4096];
         if (kn_lora_unloaded_count(f->lora)) fprintf(stderr, "%s\n", kn_lora_warning(f->lora, warn, sizeof warn));
-        if ((rc = kn_models_put(c->env->models, key, &f->base, &e))) kn_object_release(&f->base);
+        if ((rc = kn_models_put(c->env->models, &key, &f->base, &e))) kn_object_release(&f->base);
     } else {
         kn_object_release(&f->base);
     }
@@ -173,4 +176,10 @@ const kn_node_def kn_nodes_lora[] = {
     {"LoraLoader", lora_loader},
     {"LoraLoaderModelOnly", lora_loader_model_only},
     {NULL, NULL},
+};
+
+const kn_node_hooks kn_hooks_lora[] = {
+    {"LoraLoader", kn_changed_file_stamps, NULL},
+    {"LoraLoaderModelOnly", kn_changed_file_stamps, NULL},
+    {0},
 };

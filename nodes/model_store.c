@@ -2,6 +2,7 @@
 #include "nodes/model_store.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,9 @@
 #define KN_MODELS_MAX_DEPTH 16
 
 typedef struct store_entry {
-    char *key;
+    char *kind, *path[KN_MODEL_KEY_FILES];
+    kn_file_stamp stamp[KN_MODEL_KEY_FILES];
+    int n;
     kn_object *obj;
 } store_entry;
 
@@ -48,6 +51,16 @@ static const char *const *input_exts(const char *folder) {
     return strcmp(folder, "input") == 0 ? image_exts : strcmp(folder, "input_latents") == 0 ? latent_exts : NULL;
 }
 
+static void entry_strings_free(store_entry *e) {
+    free(e->kind);
+    for (int i = 0; i < KN_MODEL_KEY_FILES; i++) free(e->path[i]);
+}
+
+static void entry_clear(store_entry *e) {
+    entry_strings_free(e);
+    kn_object_release(e->obj);
+}
+
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err) {
     *out = NULL;
     struct stat st;
@@ -64,10 +77,7 @@ int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_e
 
 void kn_models_free(kn_models *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_store; i++) {
-        free(m->store[i].key);
-        kn_object_release(m->store[i].obj);
-    }
+    for (int i = 0; i < m->n_store; i++) entry_clear(&m->store[i]);
     free(m->store);
     free(m->root);
     free(m->input_dir);
@@ -208,7 +218,7 @@ int kn_models_resolve(kn_models *m, const char *folder, const char *name, char *
     name_list l;
     int rc = list_names(m, folder, &l, err);
     if (rc) return rc;
-    int found = bsearch(&name, l.v, l.n, sizeof *l.v, cmp_names) != NULL;
+    int found = l.n && bsearch(&name, l.v, l.n, sizeof *l.v, cmp_names); /* v is NULL for an empty folder */
     names_free(&l);
     if (!found)
         return kn_fail(err, KN_ERR_NOT_FOUND, "'%s' is not in the %s folder of %s", name, folder,
@@ -230,22 +240,79 @@ int kn_models_resolve(kn_models *m, const char *folder, const char *name, char *
 
 /* ---- store ----------------------------------------------------------------------- */
 
-kn_object *kn_models_get(kn_models *m, const char *key) {
+int kn_file_stamp_of(const char *path, kn_file_stamp *st, kn_err *err) {
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return kn_fail(err, errno == ENOENT ? KN_ERR_NOT_FOUND : KN_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+    *st = (kn_file_stamp){(int64_t)sb.st_size, (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec,
+                          (uint64_t)sb.st_dev, (uint64_t)sb.st_ino};
+    return KN_OK;
+}
+
+int kn_model_key_of(kn_model_key *key, const char *kind, const char *path, kn_err *err) {
+    memset(key, 0, sizeof *key);
+    key->kind = kind;
+    return kn_model_key_add(key, path, err);
+}
+
+int kn_model_key_add(kn_model_key *key, const char *path, kn_err *err) {
+    if (key->n == KN_MODEL_KEY_FILES) return kn_fail(err, KN_ERR_INVALID, "more than %d files in a model key", key->n);
+    key->path[key->n] = path;
+    return kn_file_stamp_of(path, &key->stamp[key->n++], err);
+}
+
+static int same_file(const store_entry *e, const kn_model_key *key) {
+    if (strcmp(e->kind, key->kind) != 0 || e->n != key->n) return 0;
+    for (int i = 0; i < key->n; i++)
+        if (strcmp(e->path[i], key->path[i]) != 0) return 0;
+    return 1;
+}
+
+static int same_stamps(const store_entry *e, const kn_model_key *key) {
+    for (int i = 0; i < key->n; i++) {
+        const kn_file_stamp *a = &e->stamp[i], *b = &key->stamp[i];
+        if (a->size != b->size || a->mtime_ns != b->mtime_ns || a->dev != b->dev || a->ino != b->ino) return 0;
+    }
+    return 1;
+}
+
+kn_object *kn_models_get(kn_models *m, const kn_model_key *key) {
     for (int i = 0; i < m->n_store; i++)
-        if (strcmp(m->store[i].key, key) == 0) return kn_object_retain(m->store[i].obj);
+        if (same_file(&m->store[i], key) && same_stamps(&m->store[i], key)) return kn_object_retain(m->store[i].obj);
     return NULL;
 }
 
-int kn_models_put(kn_models *m, const char *key, kn_object *obj, kn_err *err) {
-    if (m->n_store == m->cap_store) {
-        int cap = m->cap_store ? m->cap_store * 2 : 8;
-        store_entry *s = realloc(m->store, (size_t)cap * sizeof *s);
-        if (!s) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-        m->store = s;
-        m->cap_store = cap;
+int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err *err) {
+    store_entry e = {strdup(key->kind), {NULL, NULL}, {{0}}, key->n, obj};
+    int ok = e.kind != NULL;
+    for (int i = 0; i < key->n; i++) {
+        e.path[i] = strdup(key->path[i]);
+        e.stamp[i] = key->stamp[i];
+        ok = ok && e.path[i];
     }
-    char *k = strdup(key);
-    if (!k) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    m->store[m->n_store++] = (store_entry){k, kn_object_retain(obj)};
+    if (!ok) {
+        entry_strings_free(&e);
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    }
+    int slot = -1;
+    for (int i = 0; i < m->n_store && slot < 0; i++)
+        if (same_file(&m->store[i], key)) slot = i; /* an older stamp: nothing can hit it again */
+    if (slot >= 0) {
+        entry_clear(&m->store[slot]);
+    } else {
+        if (m->n_store == m->cap_store) {
+            int cap = m->cap_store ? m->cap_store * 2 : 8;
+            store_entry *s = realloc(m->store, (size_t)cap * sizeof *s);
+            if (!s) {
+                entry_strings_free(&e);
+                return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+            }
+            m->store = s;
+            m->cap_store = cap;
+        }
+        slot = m->n_store++;
+    }
+    e.obj = kn_object_retain(obj);
+    m->store[slot] = e;
     return KN_OK;
 }

@@ -17,15 +17,23 @@
  *    path unchecked, so "../x", absolute names and files that are not there
  *    fail (KN_ERR_INVALID / KN_ERR_NOT_FOUND) with a message naming the
  *    folder and the name. *path is malloc'd.
- *  - The store keeps loaded objects by key (the resolved path plus what was
- *    loaded) for the lifetime of the kn_models: kn_models_get returns a new
- *    reference or NULL, kn_models_put adds one of its own. kn_models_free
- *    releases them all.
+ *  - The store keeps loaded objects by kn_model_key: what was loaded (kind),
+ *    the resolved path and the file's stamp taken before loading (size,
+ *    mtime in ns, device and inode), so a file replaced under the same name
+ *    is a new entry and is loaded anew instead of served stale. Loaders take
+ *    the key (kn_model_key_of) before opening the file: a replacement racing
+ *    the load then only costs a second load, never a stale hit.
+ *    kn_models_get returns a new reference or NULL; kn_models_put adds one of
+ *    its own and releases the entry of an older stamp of the same kind and
+ *    path (its users keep their references). kn_models_free releases all.
+ *    Only the executor's worker uses the store.
  *  - The tokenizer folder (one sub-folder per tokenizer, "qwen25/", ...) is not a ComfyUI model
  *    folder (ComfyUI ships it with its code); it is $KILN_TOKENIZERS or the
  *    build's copy. */
 #ifndef KN_NODES_MODEL_STORE_H
 #define KN_NODES_MODEL_STORE_H
+
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -44,7 +52,30 @@ kn_folder_lister kn_models_lister(kn_models *m);
 
 int kn_models_resolve(kn_models *m, const char *folder, const char *name, char **path, kn_err *err);
 
-kn_object *kn_models_get(kn_models *m, const char *key);
-int kn_models_put(kn_models *m, const char *key, kn_object *obj, kn_err *err);
+/* What identifies a file's contents without reading them: a replaced or
+ * rewritten file differs in one of these. */
+typedef struct kn_file_stamp {
+    int64_t size, mtime_ns;
+    uint64_t dev, ino;
+} kn_file_stamp;
+
+/* Stats `path` (following links); KN_ERR_NOT_FOUND / KN_ERR_IO naming it. */
+int kn_file_stamp_of(const char *path, kn_file_stamp *st, kn_err *err);
+
+#define KN_MODEL_KEY_FILES 2
+
+typedef struct kn_model_key {
+    const char *kind;                      /* what was loaded, e.g. "dit", "clip:flux" */
+    const char *path[KN_MODEL_KEY_FILES];  /* resolved (kn_models_resolve) */
+    kn_file_stamp stamp[KN_MODEL_KEY_FILES];
+    int n;                                 /* files: 2 for a text encoder loaded from two */
+} kn_model_key;
+
+/* The key of `path` loaded as `kind` (both borrowed) as the file is now. */
+int kn_model_key_of(kn_model_key *key, const char *kind, const char *path, kn_err *err);
+/* Adds a second file the object was loaded from (DualCLIPLoader). */
+int kn_model_key_add(kn_model_key *key, const char *path, kn_err *err);
+kn_object *kn_models_get(kn_models *m, const kn_model_key *key);
+int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err *err);
 
 #endif

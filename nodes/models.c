@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nodes/node.h"
+#include "nodes/changed.h"
 #include "nodes/model_store.h"
+#include "nodes/node.h"
 
 /* The file a loader input names, resolved inside its model folder. */
 static int resolve(kn_node_call *c, const char *input, const char *folder, char **path) {
@@ -20,6 +21,14 @@ static int resolve(kn_node_call *c, const char *input, const char *folder, char 
     kn_err e;
     kn_err_clear(&e);
     if (kn_models_resolve(c->env->models, folder, name, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
+    return KN_OK;
+}
+
+/* The store key of `path` loaded as `kind`, stamped before the file is opened. */
+static int store_key(kn_node_call *c, const char *input, const char *kind, const char *path, kn_model_key *key) {
+    kn_err e;
+    kn_err_clear(&e);
+    if (kn_model_key_of(key, kind, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
     return KN_OK;
 }
 
@@ -41,15 +50,15 @@ static void free_dit_weights(kn_object *o) {
 }
 
 static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dit_weights **out) {
-    char key[4200];
-    snprintf(key, sizeof key, "dit:%s", path);
-    if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, key))) return KN_OK;
+    kn_model_key key;
+    if (store_key(c, input, "dit", path, &key)) return c->err->code;
+    if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, &key))) return KN_OK;
     kn_dit_weights *w = calloc(1, sizeof *w);
     if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
     int rc = open_file(c, input, path, &w->file);
     if (!rc && kn_dit_load(&w->dit, w->file, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
-    if (!rc) rc = kn_models_put(c->env->models, key, &w->base, c->err);
+    if (!rc) rc = kn_models_put(c->env->models, &key, &w->base, c->err);
     if (rc) {
         if (!w->file) free(w);
         else kn_object_release(&w->base);
@@ -74,13 +83,19 @@ static int make_model(kn_node_call *c, kn_dit_weights *weights, const kn_model_o
     return KN_OK;
 }
 
-static int unet_loader(kn_node_call *c) {
+/* Also UNETLoader's validate hook, so the prompt is refused before it queues. */
+static int check_weight_dtype(kn_node_call *c) {
     const char *dtype;
-    char *path = NULL;
     if (kn_in_string(c, "weight_dtype", &dtype)) return c->err->code;
     /* Weights are used in their stored dtype; recasting to fp8 is not done here. */
     if (strcmp(dtype, "default") != 0)
         return kn_node_fail(c, "weight_dtype", KN_ERR_UNSUPPORTED, "'%s' is not supported; use 'default'", dtype);
+    return KN_OK;
+}
+
+static int unet_loader(kn_node_call *c) {
+    char *path = NULL;
+    if (check_weight_dtype(c)) return c->err->code;
     if (resolve(c, "unet_name", "diffusion_models", &path)) return c->err->code;
     kn_dit_weights *w = NULL;
     kn_model_obj *m = NULL;
@@ -141,13 +156,19 @@ static void free_clip(kn_object *o) {
 
 /* The CLIP of the files named by inputs[0..n) for a loader `type`, from the store or loaded now. */
 static int load_clip(kn_node_call *c, const char *const *inputs, int n, const char *type, kn_clip_obj **out) {
-    char *path[2] = {NULL, NULL}, key[8600] = "";
+    char *path[2] = {NULL, NULL}, kind[64];
+    kn_model_key key;
+    kn_err e;
     int rc = KN_OK;
+    /* the type picks between models sharing the same files, so it is part of what was loaded */
+    snprintf(kind, sizeof kind, "clip:%s", type);
     for (int i = 0; !rc && i < n; i++) rc = resolve(c, inputs[i], "text_encoders", &path[i]);
-    if (!rc) {
-        snprintf(key, sizeof key, "clip:%s:%s:%s", type, path[0], n > 1 ? path[1] : "");
-        *out = (kn_clip_obj *)kn_models_get(c->env->models, key);
+    for (int i = 0; !rc && i < n; i++) {
+        kn_err_clear(&e);
+        if (i ? kn_model_key_add(&key, path[i], &e) : kn_model_key_of(&key, kind, path[i], &e))
+            rc = kn_node_fail(c, inputs[i], e.code, "%s", e.msg);
     }
+    if (!rc) *out = (kn_clip_obj *)kn_models_get(c->env->models, &key);
     kn_clip_obj *cl = NULL;
     if (!rc && !*out && !(cl = calloc(1, sizeof *cl))) rc = kn_node_fail(c, inputs[0], KN_ERR_NOMEM, "out of memory");
     if (cl) kn_object_init(&cl->base, "CLIP", free_clip);
@@ -161,7 +182,7 @@ static int load_clip(kn_node_call *c, const char *const *inputs, int n, const ch
     if (cl && !rc && fam->load(&cl->clip, (const kn_st_file *const *)cl->files, kn_models_tokenizer_dir(c->env->models),
                                c->err))
         rc = kn_node_fail(c, inputs[0], c->err->code, "%s", c->err->msg);
-    if (cl && !rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
+    if (cl && !rc) rc = kn_models_put(c->env->models, &key, &cl->base, c->err);
     if (cl && rc) kn_object_release(&cl->base);
     else if (cl) *out = cl;
     for (int i = 0; i < n; i++) free(path[i]);
@@ -202,17 +223,16 @@ static int vae_loader(kn_node_call *c) {
     if (strcmp(name, "pixel_space") == 0)
         return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
     if (resolve(c, "vae_name", "vae", &path)) return c->err->code;
-    char key[4200];
-    snprintf(key, sizeof key, "vae:%s", path);
-    kn_vae_obj *v = (kn_vae_obj *)kn_models_get(c->env->models, key);
-    int rc = KN_OK;
-    if (!v) {
+    kn_model_key key;
+    int rc = store_key(c, "vae_name", "vae", path, &key);
+    kn_vae_obj *v = rc ? NULL : (kn_vae_obj *)kn_models_get(c->env->models, &key);
+    if (!rc && !v) {
         if (!(v = calloc(1, sizeof *v))) rc = kn_node_fail(c, "vae_name", KN_ERR_NOMEM, "out of memory");
         else kn_object_init(&v->base, "VAE", free_vae);
         if (!rc) rc = open_file(c, "vae_name", path, &v->file);
         if (!rc && kn_vae_load(&v->vae, v->file, c->err))
             rc = kn_node_fail(c, "vae_name", c->err->code, "%s", c->err->msg);
-        if (!rc) rc = kn_models_put(c->env->models, key, &v->base, c->err);
+        if (!rc) rc = kn_models_put(c->env->models, &key, &v->base, c->err);
         if (rc && v) {
             if (v->file) kn_object_release(&v->base);
             else free(v);
@@ -233,4 +253,12 @@ const kn_node_def kn_nodes_models[] = {
     {"ModelSamplingSD3", model_sampling_sd3},
     {"ModelSamplingFlux", model_sampling_flux},
     {NULL, NULL},
+};
+
+/* A loaded file replaced on disk re-runs its loader (nodes/changed.h). */
+const kn_node_hooks kn_hooks_models[] = {
+    {"UNETLoader", kn_changed_file_stamps, check_weight_dtype},
+    {"CLIPLoader", kn_changed_file_stamps, NULL},
+    {"VAELoader", kn_changed_file_stamps, NULL},
+    {0},
 };

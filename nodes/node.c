@@ -163,6 +163,7 @@ int kn_node_fail(kn_node_call *c, const char *input, int code, const char *fmt, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    c->err_input = input;
     if (input) return kn_fail(c->err, code, "input '%s': %s", input, msg);
     return kn_fail(c->err, code, "%s", msg);
 }
@@ -240,4 +241,48 @@ kn_node_exec_fn kn_node_exec_find(const char *class_type) {
         for (const kn_node_def *d = tables[t]; d->class_type; d++)
             if (strcmp(d->class_type, class_type) == 0) return d->exec;
     return NULL;
+}
+
+const kn_node_hooks *kn_node_hooks_find(const char *class_type) {
+    static const kn_node_hooks *const tables[] = {kn_hooks_models, kn_hooks_image, kn_hooks_lora};
+    if (!class_type) return NULL;
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
+        for (const kn_node_hooks *h = tables[t]; h->class_type; h++)
+            if (strcmp(h->class_type, class_type) == 0) return h;
+    return NULL;
+}
+
+int kn_node_constants(const kn_node_class *cls, const json_t *inputs, kn_value *in, int *bad, kn_err *err) {
+    for (int i = 0; i < cls->n_inputs; i++) {
+        const json_t *v = json_object_get(inputs, cls->inputs[i].name);
+        if (!v || json_is_array(v)) continue; /* absent, or a link ["id", slot] */
+        if (kn_value_from_json(&in[i], cls->inputs[i].kind, v, err)) {
+            *bad = i;
+            return kn_err_wrap(err, "input '%s'", cls->inputs[i].name);
+        }
+    }
+    return KN_OK;
+}
+
+void kn_values_clear(kn_value *v, int n) {
+    for (int i = 0; v && i < n; i++) kn_value_clear(&v[i]);
+}
+
+json_t *kn_node_object_info(const char *class_type, const kn_folder_lister *lister, kn_err *err) {
+    json_t *all = json_object();
+    if (!all) {
+        kn_fail(err, KN_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < kn_registry_count(); i++) {
+        const kn_node_class *cls = kn_registry_at(i);
+        if ((class_type && strcmp(class_type, cls->name) != 0) || !kn_node_exec_find(cls->name)) continue;
+        json_t *info = kn_registry_object_info(cls, lister, err);
+        if (!info || json_object_set_new(all, cls->name, info) != 0) {
+            if (info) kn_fail(err, KN_ERR_NOMEM, "out of memory");
+            json_decref(all);
+            return NULL;
+        }
+    }
+    return all;
 }

@@ -16,7 +16,18 @@
  *    kn_node_fail start the message with the input it concerns ("input 'x': ").
  *    Outputs already written when a node fails are released by the executor.
  *  - kn_node_exec_find is the one name -> implementation table; the registry
- *    (nodes/registry.h) keeps the schemas. */
+ *    (nodes/registry.h) keeps the schemas (of more classes than Kiln runs:
+ *    the UI->API converter needs them all).
+ *  - Beside exec, a class may have two hooks (kn_node_hooks_find), ComfyUI's
+ *    IS_CHANGED (kn_node_changed_fn) and VALIDATE_INPUTS
+ *    (kn_node_validate_fn). Both get a kn_node_call whose `in` holds only the
+ *    node's constant inputs (linked ones KN_VALUE_NONE, as ComfyUI passes
+ *    None), `out` and `ui` NULL, and an env with models and the folders only
+ *    (prompt, extra_pnginfo, ctx, cancel, step NULL). They read inputs with
+ *    the kn_in_* getters, fail with kn_node_fail naming the input, never use
+ *    the loaded-model store (they may run on a server thread while a prompt
+ *    executes) and never load a model: resolving names (kn_models_resolve)
+ *    and reading or stat'ing files is what they are for. */
 #ifndef KN_NODES_NODE_H
 #define KN_NODES_NODE_H
 
@@ -195,12 +206,32 @@ typedef struct kn_node_call {
     json_t *ui;         /* object: the node's UI output */
     const kn_node_env *env;
     kn_err *err;
+    const char *err_input; /* set by kn_node_fail: the input the failure names, NULL: the node */
 } kn_node_call;
 
 typedef int (*kn_node_exec_fn)(kn_node_call *call);
 
-/* The implementation of a class, NULL when Kiln has none. */
-kn_node_exec_fn kn_node_exec_find(const char *class_type);
+#define KN_CHANGED_MAX 256 /* a fingerprint's bytes, NUL included */
+
+/* changed (IS_CHANGED): writes into fp (KN_CHANGED_MAX bytes, a C string) a
+ * fingerprint of what the node reads beyond its inputs (a file's content
+ * hash, or its size and mtime). The executor adds it to the node's cache
+ * key, and so to the key of everything downstream: a changed file re-runs
+ * the node and what follows, an unchanged one is served from the cache.
+ * Called on the executor's thread once per prompt for every node that is to
+ * run or be served, before any executes. A failure (the file vanished) is
+ * not fatal to the prompt's start: the node's key is made unique (never
+ * served from the cache, as ComfyUI's NaN) and when its turn comes the node
+ * fails with the hook's message, an ordinary execution_error naming it. */
+typedef int (*kn_node_changed_fn)(kn_node_call *call, char *fp);
+
+/* validate (VALIDATE_INPUTS): checks of the constant inputs beyond the
+ * schema's, at validation time, so a prompt that cannot run is refused with
+ * HTTP 400 before it is queued. graph/validate.c calls it when the node's
+ * inputs passed their schema checks; a failure becomes ComfyUI's
+ * custom_validation_failed on the input kn_node_fail named (details
+ * "<input> - <message>"), or on every constant input when it named none. */
+typedef int (*kn_node_validate_fn)(kn_node_call *call);
 
 /* Input getters: fail (KN_ERR_INVALID, naming the input) when the input is
  * absent or of another kind. kn_in_object also checks the object's type;
@@ -222,7 +253,34 @@ typedef struct kn_node_def {
     kn_node_exec_fn exec;
 } kn_node_def;
 
+/* Per-file hook tables beside them, listing only classes with a hook,
+ * {0}-terminated (merged by kn_node_hooks_find). */
+typedef struct kn_node_hooks {
+    const char *class_type;
+    kn_node_changed_fn changed;   /* NULL: the node depends on its inputs only */
+    kn_node_validate_fn validate; /* NULL: the schema's checks suffice */
+} kn_node_hooks;
+
+/* The implementation of a class, NULL when Kiln has none (it cannot run,
+ * though the registry may know its schema). */
+kn_node_exec_fn kn_node_exec_find(const char *class_type);
+/* The hooks of a class, NULL when it has none. */
+const kn_node_hooks *kn_node_hooks_find(const char *class_type);
+
+/* The node's constant inputs (its prompt "inputs" object) as values of
+ * their declared kinds, into `in` (cls->n_inputs zeroed values, cls->inputs
+ * order); linked and absent inputs stay KN_VALUE_NONE. On failure err names
+ * the input and *bad is its index; the caller clears `in` (kn_values_clear)
+ * either way. */
+int kn_node_constants(const kn_node_class *cls, const json_t *inputs, kn_value *in, int *bad, kn_err *err);
+void kn_values_clear(kn_value *v, int n);
+
+/* GET /object_info: the registry entries of the classes Kiln runs, all of
+ * them (class_type NULL) or the one named ({} when Kiln does not run it). */
+json_t *kn_node_object_info(const char *class_type, const kn_folder_lister *lister, kn_err *err);
+
 extern const kn_node_def kn_nodes_models[], kn_nodes_conditioning[], kn_nodes_latent[], kn_nodes_sampling[],
     kn_nodes_vae[], kn_nodes_image[], kn_nodes_lora[];
+extern const kn_node_hooks kn_hooks_models[], kn_hooks_image[], kn_hooks_lora[];
 
 #endif

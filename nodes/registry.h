@@ -2,7 +2,9 @@
  * ComfyUI's own terms. This table is the single source of truth for the UI->API
  * converter (widget order), the validator (input types, ranges, choices) and
  * GET /object_info (which must equal ComfyUI's for these classes:
- * tests/fixtures/workflows/object_info.json).
+ * tests/fixtures/workflows/object_info.json). It holds classes Kiln cannot
+ * run yet too, so every shared workflow converts; whether a class runs is
+ * nodes/node.h's kn_node_exec_find, and /object_info lists only those.
  *
  * Contract:
  *  - Classes and their inputs are static const data; lookups never allocate.

@@ -5,7 +5,9 @@
  * 0; with validation (the default) a prompt ComfyUI would refuse prints
  * {"error": ..., "node_errors": ...} to stdout instead, a one-line reason to
  * stderr, and exits 1. Usage errors exit 2. Validation runs without model
- * folders, so file-name choices are not checked here. */
+ * folders, so file-name choices are not checked here, and against the
+ * schemas only: classes Kiln cannot run still convert (kiln run and the
+ * server refuse them). */
 #include "runtime/convert.h"
 
 #include <stdio.h>
@@ -54,7 +56,7 @@ int kn_cmd_convert(int argc, char **argv) {
         /* Validation converts values in place; print what the front end sends. */
         json_t *copy = json_deep_copy(prompt);
         kn_validation v;
-        int st = copy ? kn_validate_prompt(copy, NULL, NULL, &v, &err)
+        int st = copy ? kn_validate_prompt(copy, NULL, NULL, NULL, &v, &err)
                       : kn_fail(&err, KN_ERR_NOMEM, "out of memory");
         if (st == KN_ERR_INVALID) {
             json_t *body = kn_validation_body(&v);

@@ -173,6 +173,7 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
     kn_err err;
     kn_err_clear(&err);
     kn_folder_lister lister = kn_models_lister(models);
+    kn_node_env env = kn_executor_env(ex);
     json_t *prompt = NULL, *error = NULL, *extra = NULL;
     if (kn_workflow_load_file(path, &lister, &prompt, &error, &err)) {
         int rc = report_failure(path, error, &err);
@@ -191,7 +192,7 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
         json_t *body = kn_prompt_error_body("invalid_prompt", "Invalid prompt", err.msg, NULL);
         status = report_failure(path, body, &err);
         json_decref(body);
-    } else if (kn_validate_prompt(prompt, NULL, &lister, &v, &err)) {
+    } else if (kn_validate_prompt(prompt, NULL, &lister, &env, &v, &err)) {
         json_t *body = v.error ? kn_validation_body(&v) : NULL;
         status = report_failure(path, body, &err);
         json_decref(body);

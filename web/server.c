@@ -249,6 +249,7 @@ static int h_post_prompt(request *r) {
     int st = read_json(r, &body);
     if (st) return st;
     kn_folder_lister lister = kn_models_lister(r->s->models);
+    kn_node_env env = kn_executor_env(r->s->ex);
     kn_validation v = {0};
     kn_err err;
     kn_err_clear(&err);
@@ -288,7 +289,7 @@ static int h_post_prompt(request *r) {
     }
     if (!extra || !prompt) {
         st = send_text(r, 500, "500: out of memory");
-    } else if (kn_validate_prompt(prompt, json_object_get(body, "partial_execution_targets"), &lister, &v, &err)) {
+    } else if (kn_validate_prompt(prompt, json_object_get(body, "partial_execution_targets"), &lister, &env, &v, &err)) {
         st = v.error ? send_json(r, 400, kn_validation_body(&v)) : send_text(r, 500, err.msg);
     } else if (kn_queue_push(r->s->queue, id, prompt, &v, extra, number, truthy(json_object_get(body, "front")), &reply,
                              &err)) {
@@ -459,21 +460,12 @@ static int h_upload_image(request *r) {
 
 /* ---- handlers: information ---------------------------------------------------------------- */
 
+/* Only the classes Kiln runs: the front end offers what is listed. */
 static int h_object_info(request *r) {
     kn_folder_lister lister = kn_models_lister(r->s->models);
-    json_t *all = json_object();
     kn_err err;
-    for (int i = 0; all && i < kn_registry_count(); i++) {
-        const kn_node_class *cls = kn_registry_at(i);
-        if (r->param && strcmp(r->param, cls->name) != 0) continue;
-        json_t *info = kn_registry_object_info(cls, &lister, &err);
-        if (!info) {
-            json_decref(all);
-            return send_text(r, 500, err.msg);
-        }
-        json_object_set_new(all, cls->name, info);
-    }
-    return send_json(r, 200, all);
+    json_t *all = kn_node_object_info(r->param, &lister, &err);
+    return all ? send_json(r, 200, all) : send_text(r, 500, err.msg);
 }
 
 /* The model folders of runtime/models.h, as GET /models lists them. */

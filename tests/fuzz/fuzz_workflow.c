@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!prompt || error) abort();
     check_prints(prompt);
     kn_validation v;
-    st = kn_validate_prompt(prompt, NULL, &lister, &v, &err);
+    st = kn_validate_prompt(prompt, NULL, &lister, NULL, &v, &err);
     if (st == KN_OK && (v.error || json_array_size(v.outputs) == 0 || json_array_size(v.order) == 0)) abort();
     if (st == KN_ERR_INVALID && (!v.error || err.msg[0] == '\0')) abort();
     if (st == KN_OK || st == KN_ERR_INVALID) {

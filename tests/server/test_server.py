@@ -6,8 +6,12 @@
 1. The bundled workflow over POST /prompt + /ws: ComfyUI's message sequence,
    /history, and the /view bytes equal `kiln run`'s PNG for the same prompt.
 2. Upload (dedup, rename, overwrite) and the image-to-image workflow
-   (workflows/qwen_image_i2i.api.json) on the uploaded image.
+   (workflows/qwen_image_i2i.api.json) on the uploaded image; re-queued
+   unchanged it is served from the cache, re-queued after the upload is
+   overwritten with other pixels it re-runs LoadImage and what follows.
 3. A prompt failing at execution reports execution_error; the queue goes on.
+   A prompt with a class Kiln cannot run is refused at validation, named;
+   /object_info lists only the classes Kiln runs, as ComfyUI does.
 4. Interrupt a running prompt; queue front/delete/clear; history delete.
 5. ~1000 hostile requests (bad JSON, huge bodies, bad multipart, traversal
    and symlink escapes in /view and /upload, unknown routes, raw garbage,
@@ -187,6 +191,7 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     img = h.get(r.get("prompt_id"), {}).get("outputs", {}).get("60", {}).get("images", [{}])[0]
     st, out = srv.view(img) if img else (0, b"")
     check(st == 200 and out[:8] == b"\x89PNG\r\n\x1a\n" and img["filename"].startswith("ComfyUI_i2i_"), "i2i image served")
+    cache_follows_uploads(srv, ws, cid, i2i, img, out, ref_final)
 
     # ---- 3. failures go on ----
     st, r = srv.post_json("/prompt", {"prompt": with_inputs(t2i, "60", filename_prefix="../escape"), "client_id": cid})
@@ -201,6 +206,19 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
           and bad["node_errors"]["3"]["errors"][0]["type"] == "value_smaller_than_min", "400 with node_errors")
     st, bad = srv.post_json("/prompt", {"nope": 1})
     check(st == 400 and bad["error"]["type"] == "no_prompt", "400 no_prompt")
+    # A class the registry knows (ComfyUI's schema) but Kiln cannot run: refused before queueing.
+    guided = with_inputs(t2i, "3", positive=["90", 0])
+    guided["90"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 3.5},
+                    "_meta": {"title": "Guidance"}}
+    st, bad = srv.post_json("/prompt", {"prompt": guided, "client_id": cid})
+    ne = bad.get("node_errors", {}).get("90", {}) if st == 400 else {}
+    err0 = (ne.get("errors") or [{}])[0]
+    check(st == 400 and bad["error"]["type"] == "prompt_outputs_failed_validation"
+          and ne.get("class_type") == "FluxGuidance" and err0.get("type") == "missing_node_type"
+          and err0.get("message") == "Node 'Guidance' (FluxGuidance) is not implemented by Kiln."
+          and "KSampler" in err0.get("details", ""), "unimplemented class: 400 naming node 90 and why")
+    st, q = srv.get_json("/queue")
+    check(q["queue_running"] == [] and q["queue_pending"] == [], "the refused prompt was not queued")
 
     # ---- 4. interrupt, queue, history ----
     long_prompt = with_inputs(t2i, "3", steps=400, seed=1)
@@ -241,6 +259,14 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     st, info = srv.get_json("/object_info")
     check("qwen_image_tiny.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0],
           "/object_info lists the model files")
+    ref = json.load(open(os.path.join(SRC, "tests", "fixtures", "workflows", "object_info.json")))
+    runs = {"KSampler", "LoadImage", "SaveImage", "UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly"}
+    check(runs <= set(info) and "FluxGuidance" not in info
+          and set(info) <= set(ref) | {"ImageScale", "SaveLatent", "LoadLatent"},
+          "/object_info lists the classes Kiln runs, no others")
+    differ = [c for c in info if c in ref and without_files(info[c]) != without_files(ref[c])]
+    check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)
+    check(srv.get_json("/object_info/FluxGuidance") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
     st, m = srv.get_json("/models/diffusion_models")
     check(st == 200 and m == ["qwen_image_tiny.safetensors"], "/models/{folder}")
     check(srv.get("/models/nope")[0] == 404 and srv.get("/models/input")[0] == 404, "/models/unknown -> 404")
@@ -261,6 +287,43 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     st, png = srv.view(img)
     check(st == 200 and png == ref_final, "after the hostile phase the next prompt renders exactly as `kiln run`")
     ws.close()
+
+
+def without_files(entry):
+    """An object_info entry with its file-name choices (the models folder's listing) blanked and
+    numbers read as a JavaScript front end reads them (the seed maximum 2^64 - 1 is a double there)."""
+    e = json.loads(json.dumps(entry), parse_int=float)
+    for section in e["input"].values():
+        for name, spec in section.items():
+            if name in ("unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "lora_name", "image"):
+                spec[0] = []
+    return e
+
+
+def cache_follows_uploads(srv, ws, cid, i2i, img, first_png, other_png):
+    """An unchanged re-queue is served from the cache; the upload overwritten with
+    other pixels re-runs LoadImage and what follows (its cache key hashes the file)."""
+    st, r = srv.post_json("/prompt", {"prompt": i2i, "client_id": cid})
+    msgs = follow(ws, r.get("prompt_id", ""))
+    cached = [m["data"]["nodes"] for m in msgs if m["type"] == "execution_cached"]
+    ran = [m["data"]["node"] for m in msgs if m["type"] == "executing" and m["data"]["node"] is not None]
+    shown = [m["data"]["output"]["images"][0] for m in msgs if m["type"] == "executed"]
+    check(cached and set(cached[0]) == set(i2i) and ran == [] and shown == [img],
+          "unchanged i2i re-queue: every node cached, LoadImage and downstream included (ran %s)" % ran)
+    st, up = srv.upload("example.png", other_png, overwrite="true")
+    check(st == 200 and up["name"] == "example.png", "upload overwrites example.png with other pixels")
+    st, r = srv.post_json("/prompt", {"prompt": i2i, "client_id": cid})
+    msgs = follow(ws, r.get("prompt_id", ""))
+    cached = [m["data"]["nodes"] for m in msgs if m["type"] == "execution_cached"]
+    ran = [m["data"]["node"] for m in msgs if m["type"] == "executing" and m["data"]["node"] is not None]
+    check(sorted(ran) == sorted(["71", "72", "3", "8", "60"]) and cached
+          and sorted(cached[0]) == sorted(["37", "38", "39", "6", "7", "66"]),
+          "re-queue after the overwrite runs LoadImage and what follows, loaders cached (ran %s)" % ran)
+    st, h = srv.get_json("/history/" + r.get("prompt_id", ""))
+    new = h.get(r.get("prompt_id"), {}).get("outputs", {}).get("60", {}).get("images", [{}])[0]
+    st, png = srv.view(new) if new.get("filename") else (0, b"")
+    check(st == 200 and new["filename"] != img["filename"] and png[:8] == b"\x89PNG\r\n\x1a\n" and png != first_png,
+          "a new output with other bytes")
 
 
 def raw(srv, data, read=True, timeout=10):

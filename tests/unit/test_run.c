@@ -79,7 +79,8 @@ static void test_interrupt(const char *root, const char *workflow, const char *o
     kn_validation v = {0};
     kn_exec_result res = {0};
     CHECK(kn_workflow_load_file(workflow, &lister, &prompt, &error, &err) == KN_OK, "%s", err.msg);
-    CHECK(prompt && kn_validate_prompt(prompt, NULL, &lister, &v, &err) == KN_OK, "%s", err.msg);
+    kn_node_env env = ex ? kn_executor_env(ex) : (kn_node_env){0};
+    CHECK(prompt && kn_validate_prompt(prompt, NULL, &lister, &env, &v, &err) == KN_OK, "%s", err.msg);
     interrupt_at ia = {ex, 0};
     kn_executor_set_events(ex, on_event, &ia);
     if (ex && prompt && !v.error) {

@@ -4,8 +4,10 @@
  *
  * Ground truth is tests/fixtures/workflows/ (a copy of shared/workflows):
  * every *.ui.json must convert to its *.api.json twin, every API twin must
- * validate, the registry must reproduce object_info.json for every class it
- * lists there, and the execution order must match the sequences the notes
+ * validate against the schemas (classes Kiln cannot run included), the
+ * registry must reproduce object_info.json for every class it lists there,
+ * GET /object_info must list exactly the classes Kiln runs, each as in
+ * object_info.json, and the execution order must match the sequences the notes
  * derived from ComfyUI's ExecutionList. Broken prompts must yield ComfyUI's
  * error types naming the node and input; thousands of mutated workflows must
  * yield either a prompt or a shaped error, never a crash (run this under the
@@ -19,6 +21,7 @@
 #include "kernels/json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
+#include "nodes/node.h"
 #include "nodes/registry.h"
 #include "check.h"
 
@@ -179,7 +182,6 @@ static void test_registry(const json_t *info) {
     json_t *extra = json_loads(extra_object_info, 0, NULL);
     CHECK(extra != NULL, "extra_object_info parses");
     int listed = compare_object_info(info) + compare_object_info(extra);
-    json_decref(extra);
     /* The two classes the brief needs beyond those in the fixture. */
     CHECK(kn_registry_count() == listed + 2, "registry has %d classes, object_info %d", kn_registry_count(), listed);
     const kn_node_class *scale = kn_registry_find("ImageScale"), *ref = kn_registry_find("ReferenceLatent");
@@ -192,6 +194,37 @@ static void test_registry(const json_t *info) {
         CHECK(c->impl == NULL, "%s: impl set before the executor exists", c->name);
     }
     CHECK(kn_registry_find("Nope") == NULL && kn_registry_find(NULL) == NULL, "unknown classes");
+
+    /* GET /object_info lists exactly the classes Kiln runs, each as ComfyUI does. */
+    json_t *served = kn_node_object_info(NULL, &lister, &err), *got, *expected;
+    const char *name;
+    int runs = 0, absent = 0;
+    for (int i = 0; i < kn_registry_count(); i++) runs += kn_node_exec_find(kn_registry_at(i)->name) != NULL;
+    CHECK(served && (int)json_object_size(served) == runs, "object_info lists the %d classes that run", runs);
+    json_object_foreach(served, name, got) {
+        json_t *want = json_object_get(info, name);
+        if (!want) want = json_object_get(extra, name);
+        CHECK(kn_node_exec_find(name) != NULL, "%s is listed but cannot run", name);
+        /* ImageScale is one of the two classes beyond the fixture */
+        CHECK(want ? same_json(got, want, 1) : strcmp(name, "ImageScale") == 0, "%s: served object_info differs", name);
+    }
+    json_object_foreach((json_t *)info, name, expected) {
+        if (kn_node_exec_find(name)) continue;
+        absent++;
+        CHECK(!json_object_get(served, name), "%s cannot run but is listed", name);
+    }
+    CHECK(absent > 0 && !json_object_get(served, "FluxGuidance") && json_object_get(served, "KSampler") &&
+              json_object_get(served, "LoadImage"),
+          "the fixture's classes Kiln cannot run (%d, FluxGuidance among them) are left out", absent);
+    json_decref(served);
+    json_decref(extra);
+    json_t *one = kn_node_object_info("FluxGuidance", &lister, &err);
+    CHECK(one && json_object_size(one) == 0, "object_info/FluxGuidance: {}");
+    json_decref(one);
+    one = kn_node_object_info("KSampler", &lister, &err);
+    CHECK(one && json_object_size(one) == 1 && same_json(json_object_get(one, "KSampler"), json_object_get(info, "KSampler"), 1),
+          "object_info/KSampler");
+    json_decref(one);
 
     /* Without a lister, file-name choices are simply absent. */
     json_t *bare = kn_registry_object_info(kn_registry_find("VAELoader"), NULL, &err);
@@ -255,7 +288,7 @@ static void test_fixture_validation(void) {
             kn_validation v;
             kn_err err;
             kn_err_clear(&err);
-            int st = kn_validate_prompt(copy, NULL, with_lister ? &lister : NULL, &v, &err);
+            int st = kn_validate_prompt(copy, NULL, with_lister ? &lister : NULL, NULL, &v, &err);
             CHECK(st == KN_OK && v.error == NULL && json_object_size(v.node_errors) == 0, "%s: validation: %s", name,
                   err.msg);
             if (st == KN_ERR_INVALID) {
@@ -290,7 +323,7 @@ static json_t *validate_body(json_t *prompt, const json_t *targets, int *status,
     kn_validation v;
     kn_err err;
     kn_err_clear(&err);
-    *status = kn_validate_prompt(prompt, targets, &lister, &v, &err);
+    *status = kn_validate_prompt(prompt, targets, &lister, NULL, &v, &err);
     CHECK(*status == KN_OK || err.msg[0], "a rejection must say why");
     json_t *body = *status == KN_OK && json_object_size(v.node_errors) == 0 ? NULL : kn_validation_body(&v);
     if (order) *order = json_incref(v.order);
@@ -708,7 +741,7 @@ static void run_untrusted(const char *text, size_t len) {
               "a failure must be shaped and explained");
     } else {
         kn_validation v;
-        st = kn_validate_prompt(prompt, NULL, &lister, &v, &err);
+        st = kn_validate_prompt(prompt, NULL, &lister, NULL, &v, &err);
         CHECK(st == KN_OK || (st == KN_ERR_INVALID && v.error && err.msg[0]), "validation answers: %d %s", st, err.msg);
         char *s = kn_json_dumps(prompt, 0);
         CHECK(s != NULL, "prompt prints");
