@@ -55,6 +55,23 @@ int kn_tok_ids_push(kn_tok_ids *ids, int32_t id, kn_err *err) {
     return KN_OK;
 }
 
+int kn_tok_bytes_add(kn_tok_bytes *b, const void *data, size_t n, kn_err *err) {
+    size_t need;
+    if (kn_add_size(b->n, n, &need)) return kn_fail(err, KN_ERR_NOMEM, "byte string of %zu + %zu bytes", b->n, n);
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need)
+            if (kn_mul_size(cap, 2, &cap)) return kn_fail(err, KN_ERR_NOMEM, "byte string of %zu bytes", need);
+        uint8_t *p = realloc(b->v, cap);
+        if (!p) return kn_fail(err, KN_ERR_NOMEM, "byte string of %zu bytes", cap);
+        b->v = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->v + b->n, data, n);
+    b->n = need;
+    return KN_OK;
+}
+
 void *kn_tok_reserve(void *p, size_t *cap, size_t n, size_t elem, kn_err *err) {
     if (n <= *cap && p) return p;
     size_t bytes;

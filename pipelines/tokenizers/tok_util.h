@@ -1,6 +1,6 @@
 /* kn_tok: what the tokenizers (bpe.c, clip.c, t5.c) share, internal to
  * pipelines/tokenizers: whole-file and JSON reads, the hash their lookup tables use,
- * growable id arrays, and added tokens (special tokens cut out of the text before
+ * growable id and byte arrays, and added tokens (special tokens cut out of the text before
  * anything else sees it).
  *
  * Contract: functions that can fail return a kn status with err set; nothing here
@@ -53,6 +53,14 @@ typedef struct {
 } kn_tok_ids;
 
 int kn_tok_ids_push(kn_tok_ids *ids, int32_t id, kn_err *err);
+
+/* A growable byte string; v is malloc'ed (NULL while empty). */
+typedef struct {
+    uint8_t *v;
+    size_t n, cap;
+} kn_tok_bytes;
+
+int kn_tok_bytes_add(kn_tok_bytes *b, const void *data, size_t n, kn_err *err);
 
 /* Scratch memory: p when it holds n elements already, else p freed and a new block
  * of n (at least 1) elements of elem bytes (old contents are not kept). NULL with
