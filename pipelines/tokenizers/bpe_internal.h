@@ -1,4 +1,4 @@
-/* The byte-level BPE engine of bpe.c, shared with clip.c (CLIP-L runs the same
+/* The byte-level BPE engine of bpe.c, shared with clip_bpe.c (CLIP-L runs the same
  * vocab.json + merges.txt machinery with its own normalizer and pre-tokenizer).
  * Internal to pipelines/tokenizers. */
 #ifndef KN_BPE_INTERNAL_H

@@ -553,12 +553,12 @@ int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_emb
 /* ---- Flux.1: CLIP-L and T5-XXL ---------------------------------------------------- */
 
 static int clip_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
-    return kn_clip_encode(ctx, text, len, true, ids, n, err);
+    return kn_clip_bpe_encode(ctx, text, len, true, ids, n, err);
 }
 
-static int32_t clip_vocab_id(const void *ctx, const char *key, size_t len) { return kn_clip_token_id(ctx, key, len); }
+static int32_t clip_vocab_id(const void *ctx, const char *key, size_t len) { return kn_clip_bpe_token_id(ctx, key, len); }
 
-int kn_prompt_clip_l(const kn_clip *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
+int kn_prompt_clip_l(const kn_clip_bpe *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
                      kn_prompt_chunks *out, kn_err *err) {
     *out = (kn_prompt_chunks){0};
     kn_prompt_tokenizer tok = {
@@ -574,12 +574,12 @@ int kn_prompt_clip_l(const kn_clip *clip, const kn_prompt_embeddings *emb, const
 }
 
 static int t5_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
-    return kn_t5_encode(ctx, text, len, true, ids, n, err);
+    return kn_spm_encode(ctx, text, len, true, ids, n, err);
 }
 
-static int32_t t5_vocab_id(const void *ctx, const char *key, size_t len) { return kn_t5_token_id(ctx, key, len); }
+static int32_t t5_vocab_id(const void *ctx, const char *key, size_t len) { return kn_spm_token_id(ctx, key, len); }
 
-int kn_prompt_t5(const kn_t5 *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
+int kn_prompt_t5(const kn_spm *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
                  kn_prompt_chunks *out, kn_err *err) {
     *out = (kn_prompt_chunks){0};
     kn_prompt_tokenizer tok = {

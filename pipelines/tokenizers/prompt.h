@@ -30,8 +30,8 @@
 
 #include "kernels/error.h"
 #include "pipelines/tokenizers/bpe.h"
-#include "pipelines/tokenizers/clip.h"
-#include "pipelines/tokenizers/t5.h"
+#include "pipelines/tokenizers/clip_bpe.h"
+#include "pipelines/tokenizers/spm.h"
 
 #define KN_PROMPT_MAX_NESTING 500
 
@@ -106,13 +106,13 @@ int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_emb
  * of 77 = <|startoftext|> + 75 tokens + <|endoftext|>, each padded to 77 with
  * <|endoftext|>; pieces keep the tokenizer's ids without its BOS/EOS, and the
  * "piece</w>" vocabulary shortcut applies. */
-int kn_prompt_clip_l(const kn_clip *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
+int kn_prompt_clip_l(const kn_clip_bpe *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
                      kn_prompt_chunks *out, kn_err *err);
 
 /* T5-XXL, ComfyUI key "t5xxl": weights on, no start token, one chunk ending in </s>,
  * padded with id 0 (ComfyUI's pad) to min_length tokens (Flux.1: 256, below). */
 #define KN_PROMPT_T5_FLUX_MIN_LENGTH 256
-int kn_prompt_t5(const kn_t5 *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
+int kn_prompt_t5(const kn_spm *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
                  kn_prompt_chunks *out, kn_err *err);
 
 #endif

@@ -1,4 +1,4 @@
-/* kn_tok: what the tokenizers (bpe.c, clip.c, t5.c) share, internal to
+/* kn_tok: what the tokenizers (bpe.c, clip_bpe.c, spm.c) share, internal to
  * pipelines/tokenizers: whole-file and JSON reads, the hash their lookup tables use,
  * growable id and byte arrays, and added tokens (special tokens cut out of the text before
  * anything else sees it).

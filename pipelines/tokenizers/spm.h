@@ -1,9 +1,10 @@
-/* kn_t5: T5's SentencePiece unigram tokenizer (Flux.1's t5xxl: T5 v1.1 XXL), as the
- * Hugging Face fast tokenizer runs ComfyUI's comfy/text_encoders/t5_tokenizer/
- * tokenizer.json. Rules: tests/fixtures/tokenizers/README.md.
+/* kn_spm: a SentencePiece unigram tokenizer in Hugging Face's tokenizer.json form, as
+ * the Hugging Face fast tokenizer runs it: T5's (Flux.1's t5xxl, T5 v1.1 XXL), from
+ * ComfyUI's comfy/text_encoders/t5_tokenizer/tokenizer.json. Rules:
+ * tests/fixtures/tokenizers/README.md.
  *
  * Contract:
- * - kn_t5_load reads DIR/tokenizer.json, the file as shipped: the Unigram model
+ * - kn_spm_load reads DIR/tokenizer.json, the file as shipped: the Unigram model
  *   (pieces with log-prob scores, unk_id), the added tokens, the normalizer, the
  *   pre-tokenizer and the post-processor. A normalizer other than [Precompiled
  *   charsmap, Strip right, Replace " {2,}" -> "▁"], a pre-tokenizer other than
@@ -11,7 +12,7 @@
  *   "text + one special token", byte fallback or added-token flags other than the
  *   plain ones are refused (KN_ERR_UNSUPPORTED) rather than run differently;
  *   malformed data fails with KN_ERR_FORMAT naming the key.
- * - kn_t5_encode turns UTF-8 text into ids exactly as the reference does:
+ * - kn_spm_encode turns UTF-8 text into ids exactly as the reference does:
  *   1. added tokens (<pad>, </s>, <unk>, <extra_id_N>) are cut out of the raw text,
  *      leftmost-longest, anywhere; the text between them goes on segment by segment;
  *   2. each segment: the charsmap (kn_charsmap), trailing White_Space stripped,
@@ -24,10 +25,10 @@
  *      min score - 10, and runs of <unk> fuse into one id.
  *   With specials, the post-processor's token (</s>) is appended. Invalid UTF-8
  *   fails with KN_ERR_INVALID and the byte offset.
- * - A loaded kn_t5 is immutable: encode may run concurrently from many threads.
+ * - A loaded kn_spm is immutable: encode may run concurrently from many threads.
  * - *ids is malloc'ed by encode (NULL when *n == 0) and freed by the caller. */
-#ifndef KN_T5_H
-#define KN_T5_H
+#ifndef KN_SPM_H
+#define KN_SPM_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,20 +36,20 @@
 
 #include "kernels/error.h"
 
-typedef struct kn_t5 kn_t5;
+typedef struct kn_spm kn_spm;
 
-int kn_t5_load(kn_t5 **out, const char *dir, kn_err *err);
-void kn_t5_free(kn_t5 *t5);
+int kn_spm_load(kn_spm **out, const char *dir, kn_err *err);
+void kn_spm_free(kn_spm *t5);
 
-int kn_t5_encode(const kn_t5 *t5, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
+int kn_spm_encode(const kn_spm *t5, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
                  kn_err *err);
 
 /* Id of a piece of the vocabulary (e.g. "▁cat") or an added token's content; -1
  * when there is none. */
-int32_t kn_t5_token_id(const kn_t5 *t5, const char *piece, size_t len);
+int32_t kn_spm_token_id(const kn_spm *t5, const char *piece, size_t len);
 
 /* The charsmap step alone on valid UTF-8 text (what the goldens' "charsmap" field
  * shows): *out is malloc'ed (NULL when *out_len == 0). */
-int kn_t5_charsmap(const kn_t5 *t5, const char *utf8, size_t len, char **out, size_t *out_len, kn_err *err);
+int kn_spm_charsmap(const kn_spm *t5, const char *utf8, size_t len, char **out, size_t *out_len, kn_err *err);
 
 #endif

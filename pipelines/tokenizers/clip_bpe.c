@@ -1,4 +1,4 @@
-#include "pipelines/tokenizers/clip.h"
+#include "pipelines/tokenizers/clip_bpe.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +10,9 @@
 /* Longest input encode accepts: the normalized text (NFC growth times lowercase
  * growth, four bytes per code point) stays far below SIZE_MAX and INT32_MAX symbols
  * per pre-token. */
-#define KN_CLIP_MAX_INPUT ((size_t)1 << 24)
+#define KN_CLIP_BPE_MAX_INPUT ((size_t)1 << 24)
 
-struct kn_clip {
+struct kn_clip_bpe {
     kn_bpe *bpe;
     kn_added_tokens special; /* matched in the normalized text */
     int32_t bos, eos;
@@ -22,7 +22,7 @@ struct kn_clip {
 
 /* One special token of tokenizer_config.json: a string, or an AddedToken object
  * (matched after normalization, as CLIP's are). Its id is its vocabulary key's. */
-static int add_special(kn_clip *c, const json_t *config, const char *key, const char *path, int32_t *id,
+static int add_special(kn_clip_bpe *c, const json_t *config, const char *key, const char *path, int32_t *id,
                        kn_err *err) {
     const json_t *v = json_object_get(config, key);
     if (json_is_object(v)) {
@@ -39,7 +39,7 @@ static int add_special(kn_clip *c, const json_t *config, const char *key, const 
     return kn_added_push(&c->special, text, len, *id, err);
 }
 
-static int load_all(kn_clip *c, const char *dir, kn_err *err) {
+static int load_all(kn_clip_bpe *c, const char *dir, kn_err *err) {
     char path[4096];
     json_t *config = NULL;
     int32_t unk, pad;
@@ -57,26 +57,26 @@ static int load_all(kn_clip *c, const char *dir, kn_err *err) {
     return rc;
 }
 
-int kn_clip_load(kn_clip **out, const char *dir, kn_err *err) {
+int kn_clip_bpe_load(kn_clip_bpe **out, const char *dir, kn_err *err) {
     *out = NULL;
-    kn_clip *c = calloc(1, sizeof *c);
-    if (!c) return kn_fail(err, KN_ERR_NOMEM, "kn_clip_load");
+    kn_clip_bpe *c = calloc(1, sizeof *c);
+    if (!c) return kn_fail(err, KN_ERR_NOMEM, "kn_clip_bpe_load");
     if (load_all(c, dir, err)) {
-        kn_clip_free(c);
+        kn_clip_bpe_free(c);
         return kn_err_wrap(err, "clip tokenizer %s", dir);
     }
     *out = c;
     return KN_OK;
 }
 
-void kn_clip_free(kn_clip *c) {
+void kn_clip_bpe_free(kn_clip_bpe *c) {
     if (!c) return;
     kn_bpe_free(c->bpe);
     kn_added_free(&c->special);
     free(c);
 }
 
-int32_t kn_clip_token_id(const kn_clip *c, const char *key, size_t len) { return kn_bpe_token_id(c->bpe, key, len); }
+int32_t kn_clip_bpe_token_id(const kn_clip_bpe *c, const char *key, size_t len) { return kn_bpe_token_id(c->bpe, key, len); }
 
 /* ---- encoding ------------------------------------------------------------------ */
 
@@ -144,7 +144,7 @@ static size_t contraction(const uint8_t *s, size_t len, size_t i) {
 }
 
 /* Pre-tokenizes normalized text between special tokens and BPEs each pre-token. */
-static int encode_segment(const kn_clip *c, scratch *s, const uint8_t *t, size_t len, kn_err *err) {
+static int encode_segment(const kn_clip_bpe *c, scratch *s, const uint8_t *t, size_t len, kn_err *err) {
     for (size_t i = 0, k; i < len;) {
         size_t start = i, end = i + contraction(t, len, i);
         int cls = classify(t, len, i, &k);
@@ -164,9 +164,9 @@ static int encode_segment(const kn_clip *c, scratch *s, const uint8_t *t, size_t
     return KN_OK;
 }
 
-static int encode_all(const kn_clip *c, scratch *s, const uint8_t *text, size_t len, bool specials, kn_err *err) {
-    if (len > KN_CLIP_MAX_INPUT)
-        return kn_fail(err, KN_ERR_INVALID, "text of %zu bytes is over the %zu limit", len, KN_CLIP_MAX_INPUT);
+static int encode_all(const kn_clip_bpe *c, scratch *s, const uint8_t *text, size_t len, bool specials, kn_err *err) {
+    if (len > KN_CLIP_BPE_MAX_INPUT)
+        return kn_fail(err, KN_ERR_INVALID, "text of %zu bytes is over the %zu limit", len, KN_CLIP_BPE_MAX_INPUT);
     size_t bad = kn_utf8_validate(text, len), n = 0;
     if (bad < len) return kn_fail(err, KN_ERR_INVALID, "text is not valid UTF-8 at byte %zu", bad);
     if (specials && kn_tok_ids_push(&s->ids, c->bos, err)) return err->code;
@@ -187,7 +187,7 @@ static int encode_all(const kn_clip *c, scratch *s, const uint8_t *text, size_t 
     return specials ? kn_tok_ids_push(&s->ids, c->eos, err) : KN_OK;
 }
 
-int kn_clip_encode(const kn_clip *c, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
+int kn_clip_bpe_encode(const kn_clip_bpe *c, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
                    kn_err *err) {
     *ids = NULL;
     *n = 0;

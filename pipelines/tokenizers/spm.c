@@ -1,4 +1,4 @@
-#include "pipelines/tokenizers/t5.h"
+#include "pipelines/tokenizers/spm.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -12,7 +12,7 @@
 
 /* Longest input encode accepts: keeps positions and the normalized text (charsmap
  * replacements grow a character by a bounded factor) far inside size_t. */
-#define KN_T5_MAX_INPUT ((size_t)1 << 24)
+#define KN_SPM_MAX_INPUT ((size_t)1 << 24)
 
 /* The reference's penalty: an unknown character scores this much below the worst
  * piece. */
@@ -23,7 +23,7 @@ static const char META[] = "\xe2\x96\x81";
 #define META_LEN 3
 
 typedef struct {
-    uint32_t off, len; /* into kn_t5.bytes */
+    uint32_t off, len; /* into kn_spm.bytes */
     double score;
 } piece;
 
@@ -32,7 +32,7 @@ typedef struct {
     uint32_t tag;
 } slot;
 
-struct kn_t5 {
+struct kn_spm {
     char *bytes; /* every piece's bytes, back to back */
     piece *pieces;
     size_t n_pieces, max_piece; /* max_piece: longest piece in bytes */
@@ -52,7 +52,7 @@ static bool str_is(const json_t *v, const char *s) {
 
 static bool type_is(const json_t *obj, const char *type) { return str_is(json_object_get(obj, "type"), type); }
 
-static int32_t piece_find(const kn_t5 *t, const void *s, size_t len, uint64_t hash) {
+static int32_t piece_find(const kn_spm *t, const void *s, size_t len, uint64_t hash) {
     for (size_t i = hash & t->mask;; i = (i + 1) & t->mask) {
         const slot *e = &t->table[i];
         if (e->id < 0) return -1;
@@ -62,7 +62,7 @@ static int32_t piece_find(const kn_t5 *t, const void *s, size_t len, uint64_t ha
 }
 
 /* model.vocab: [[piece, score], ...], ids in order. */
-static int load_pieces(kn_t5 *t, const json_t *vocab, const char *path, kn_err *err) {
+static int load_pieces(kn_spm *t, const json_t *vocab, const char *path, kn_err *err) {
     size_t n = json_array_size(vocab), total = 0, bytes;
     if (!json_is_array(vocab) || n == 0 || n >= INT32_MAX)
         return kn_fail(err, KN_ERR_FORMAT, "%s: model.vocab is not a non-empty array", path);
@@ -104,7 +104,7 @@ static int load_pieces(kn_t5 *t, const json_t *vocab, const char *path, kn_err *
     return KN_OK;
 }
 
-static int load_model(kn_t5 *t, const json_t *model, const char *path, kn_err *err) {
+static int load_model(kn_spm *t, const json_t *model, const char *path, kn_err *err) {
     if (!type_is(model, "Unigram")) return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: model is not Unigram", path);
     if (json_is_true(json_object_get(model, "byte_fallback")))
         return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: byte_fallback is not implemented", path);
@@ -118,7 +118,7 @@ static int load_model(kn_t5 *t, const json_t *model, const char *path, kn_err *e
 
 /* The normalizer this file implements: the charsmap, then Strip(right), then
  * Replace(" {2,}", "▁"). */
-static int load_normalizer(kn_t5 *t, const json_t *norm, const char *path, kn_err *err) {
+static int load_normalizer(kn_spm *t, const json_t *norm, const char *path, kn_err *err) {
     const json_t *seq = json_object_get(norm, "normalizers");
     const json_t *pre = json_array_get(seq, 0), *strip = json_array_get(seq, 1), *rep = json_array_get(seq, 2);
     const json_t *map = json_object_get(pre, "precompiled_charsmap");
@@ -145,7 +145,7 @@ static int check_pre_tokenizer(const json_t *pre, const char *path, kn_err *err)
 
 /* A TemplateProcessing whose single-text template is the text and one special
  * token: that token's id is what encode appends. */
-static int load_post_processor(kn_t5 *t, const json_t *post, const char *path, kn_err *err) {
+static int load_post_processor(kn_spm *t, const json_t *post, const char *path, kn_err *err) {
     const json_t *single = json_object_get(post, "single");
     const json_t *a = json_object_get(json_array_get(single, 0), "Sequence");
     const json_t *name = json_object_get(json_object_get(json_array_get(single, 1), "SpecialToken"), "id");
@@ -164,7 +164,7 @@ static int load_post_processor(kn_t5 *t, const json_t *post, const char *path, k
     return KN_OK;
 }
 
-static int load_added(kn_t5 *t, const json_t *added, const char *path, kn_err *err) {
+static int load_added(kn_spm *t, const json_t *added, const char *path, kn_err *err) {
     if (added && !json_is_array(added)) return kn_fail(err, KN_ERR_FORMAT, "%s: added_tokens is not an array", path);
     size_t i;
     const json_t *v;
@@ -184,7 +184,7 @@ static int load_added(kn_t5 *t, const json_t *added, const char *path, kn_err *e
     return KN_OK;
 }
 
-static int load_all(kn_t5 *t, const char *dir, kn_err *err) {
+static int load_all(kn_spm *t, const char *dir, kn_err *err) {
     char path[4096];
     json_t *root = NULL;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -198,19 +198,19 @@ static int load_all(kn_t5 *t, const char *dir, kn_err *err) {
     return rc;
 }
 
-int kn_t5_load(kn_t5 **out, const char *dir, kn_err *err) {
+int kn_spm_load(kn_spm **out, const char *dir, kn_err *err) {
     *out = NULL;
-    kn_t5 *t = calloc(1, sizeof *t);
-    if (!t) return kn_fail(err, KN_ERR_NOMEM, "kn_t5_load");
+    kn_spm *t = calloc(1, sizeof *t);
+    if (!t) return kn_fail(err, KN_ERR_NOMEM, "kn_spm_load");
     if (load_all(t, dir, err)) {
-        kn_t5_free(t);
-        return kn_err_wrap(err, "t5 tokenizer %s", dir);
+        kn_spm_free(t);
+        return kn_err_wrap(err, "sentencepiece tokenizer %s", dir);
     }
     *out = t;
     return KN_OK;
 }
 
-void kn_t5_free(kn_t5 *t) {
+void kn_spm_free(kn_spm *t) {
     if (!t) return;
     free(t->bytes);
     free(t->pieces);
@@ -220,7 +220,7 @@ void kn_t5_free(kn_t5 *t) {
     free(t);
 }
 
-int32_t kn_t5_token_id(const kn_t5 *t, const char *s, size_t len) {
+int32_t kn_spm_token_id(const kn_spm *t, const char *s, size_t len) {
     const kn_added_token *a = kn_added_find(&t->added, s, len);
     return a ? a->id : piece_find(t, s, len, kn_tok_hash(s, len));
 }
@@ -249,7 +249,7 @@ static void relax(node *n, double score, size_t start, int32_t id) {
 }
 
 /* Viterbi over one piece p[0..n) of valid UTF-8 (n > 0); appends its ids. */
-static int viterbi(const kn_t5 *t, scratch *s, const uint8_t *p, size_t n, kn_err *err) {
+static int viterbi(const kn_spm *t, scratch *s, const uint8_t *p, size_t n, kn_err *err) {
     if (!(s->nodes = kn_tok_reserve(s->nodes, &s->cap_nodes, n + 1, sizeof *s->nodes, err))) return err->code;
     node *nodes = s->nodes;
     for (size_t i = 0; i <= n; i++) nodes[i].set = false;
@@ -290,7 +290,7 @@ static int viterbi(const kn_t5 *t, scratch *s, const uint8_t *p, size_t n, kn_er
 static bool starts_meta(const uint8_t *p, size_t n) { return n >= META_LEN && !memcmp(p, META, META_LEN); }
 
 /* One segment between added tokens: normalize, mark word starts, cut, Viterbi. */
-static int encode_segment(const kn_t5 *t, scratch *s, const uint8_t *text, size_t len, bool first, kn_err *err) {
+static int encode_segment(const kn_spm *t, scratch *s, const uint8_t *text, size_t len, bool first, kn_err *err) {
     s->norm.n = s->seg.n = 0;
     if (kn_charsmap_normalize(t->charsmap, text, len, &s->norm, err)) return err->code;
     const uint8_t *q = s->norm.v;
@@ -298,7 +298,7 @@ static int encode_segment(const kn_t5 *t, scratch *s, const uint8_t *text, size_
     for (size_t i = 0, k; i < s->norm.n; i += k) {
         uint32_t cp;
         k = kn_utf8_decode(q + i, s->norm.n - i, &cp);
-        if (!k) return kn_fail(err, KN_ERR_FORMAT, "t5: charsmap output is not UTF-8"); /* cannot happen */
+        if (!k) return kn_fail(err, KN_ERR_FORMAT, "charsmap output is not UTF-8"); /* cannot happen */
         if (!kn_uc_is_white_space(cp)) keep = i + k;
     }
     if (first && keep && q[0] != ' ' && !starts_meta(q, keep) && kn_tok_bytes_add(&s->seg, META, META_LEN, err))
@@ -319,9 +319,9 @@ static int encode_segment(const kn_t5 *t, scratch *s, const uint8_t *text, size_
     return KN_OK;
 }
 
-static int encode_all(const kn_t5 *t, scratch *s, const uint8_t *text, size_t len, bool specials, kn_err *err) {
-    if (len > KN_T5_MAX_INPUT)
-        return kn_fail(err, KN_ERR_INVALID, "text of %zu bytes is over the %zu limit", len, KN_T5_MAX_INPUT);
+static int encode_all(const kn_spm *t, scratch *s, const uint8_t *text, size_t len, bool specials, kn_err *err) {
+    if (len > KN_SPM_MAX_INPUT)
+        return kn_fail(err, KN_ERR_INVALID, "text of %zu bytes is over the %zu limit", len, KN_SPM_MAX_INPUT);
     size_t bad = kn_utf8_validate(text, len);
     if (bad < len) return kn_fail(err, KN_ERR_INVALID, "text is not valid UTF-8 at byte %zu", bad);
     size_t start = 0;
@@ -346,7 +346,7 @@ static void scratch_free(scratch *s) {
     free(s->nodes);
 }
 
-int kn_t5_encode(const kn_t5 *t, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
+int kn_spm_encode(const kn_spm *t, const char *utf8, size_t len, bool specials, int32_t **ids, size_t *n,
                  kn_err *err) {
     *ids = NULL;
     *n = 0;
@@ -355,14 +355,14 @@ int kn_t5_encode(const kn_t5 *t, const char *utf8, size_t len, bool specials, in
     scratch_free(&s);
     if (rc) {
         free(s.ids.v);
-        return kn_err_wrap(err, "t5 tokenizer");
+        return kn_err_wrap(err, "sentencepiece tokenizer");
     }
     *ids = s.ids.v;
     *n = s.ids.n;
     return KN_OK;
 }
 
-int kn_t5_charsmap(const kn_t5 *t, const char *utf8, size_t len, char **out, size_t *out_len, kn_err *err) {
+int kn_spm_charsmap(const kn_spm *t, const char *utf8, size_t len, char **out, size_t *out_len, kn_err *err) {
     *out = NULL;
     *out_len = 0;
     kn_tok_bytes b = {0};
@@ -371,7 +371,7 @@ int kn_t5_charsmap(const kn_t5 *t, const char *utf8, size_t len, char **out, siz
                        : kn_charsmap_normalize(t->charsmap, (const uint8_t *)utf8, len, &b, err);
     if (rc) {
         free(b.v);
-        return kn_err_wrap(err, "t5 charsmap");
+        return kn_err_wrap(err, "sentencepiece charsmap");
     }
     *out = (char *)b.v;
     *out_len = b.n;
