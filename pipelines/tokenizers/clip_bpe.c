@@ -76,7 +76,9 @@ void kn_clip_bpe_free(kn_clip_bpe *c) {
     free(c);
 }
 
-int32_t kn_clip_bpe_token_id(const kn_clip_bpe *c, const char *key, size_t len) { return kn_bpe_token_id(c->bpe, key, len); }
+int32_t kn_clip_bpe_token_id(const kn_clip_bpe *c, const char *key, size_t len) {
+    return kn_bpe_token_id(c->bpe, key, len);
+}
 
 /* ---- encoding ------------------------------------------------------------------ */
 

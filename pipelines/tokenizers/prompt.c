@@ -556,7 +556,9 @@ static int clip_encode(const void *ctx, const char *text, size_t len, int32_t **
     return kn_clip_bpe_encode(ctx, text, len, true, ids, n, err);
 }
 
-static int32_t clip_vocab_id(const void *ctx, const char *key, size_t len) { return kn_clip_bpe_token_id(ctx, key, len); }
+static int32_t clip_vocab_id(const void *ctx, const char *key, size_t len) {
+    return kn_clip_bpe_token_id(ctx, key, len);
+}
 
 int kn_prompt_clip_l(const kn_clip_bpe *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
                      kn_prompt_chunks *out, kn_err *err) {

@@ -102,7 +102,7 @@ typedef enum { KN_QWEN_IMAGE, KN_QWEN_Z_IMAGE } kn_qwen_family;
 int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_embeddings *emb, const char *text,
                    size_t len, kn_prompt_chunks *out, kn_err *err);
 
-/* CLIP-L as Flux.1 (and SD1.x/SDXL/SD3) use it, ComfyUI key "l": weights on, chunks
+/* CLIP-L as Flux.1 uses it, ComfyUI key "l": weights on, chunks
  * of 77 = <|startoftext|> + 75 tokens + <|endoftext|>, each padded to 77 with
  * <|endoftext|>; pieces keep the tokenizer's ids without its BOS/EOS, and the
  * "piece</w>" vocabulary shortcut applies. */

@@ -74,7 +74,8 @@ static void as_text(const uint8_t *data, size_t size) {
 }
 
 static void as_charsmap(const uint8_t *data, size_t size) {
-    static const char sample[] = "a\r\nb \xef\xac\x81\xcc\x81 \xef\xbc\xa1\xcc\x81 caf\xc3\xa9\xe2\x80\x8b \xe2\x91\xa0";
+    static const char sample[] = "a\r\nb \xef\xac\x81\xcc\x81 \xef\xbc\xa1\xcc\x81 "
+                                 "caf\xc3\xa9\xe2\x80\x8b \xe2\x91\xa0";
     kn_charsmap *m;
     kn_err err;
     int rc = kn_charsmap_load(&m, data, size, &err);
