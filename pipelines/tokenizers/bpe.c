@@ -1,11 +1,11 @@
 #include "pipelines/tokenizers/bpe.h"
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "pipelines/tokenizers/bpe_internal.h"
 #include "pipelines/tokenizers/unicode.h"
 
 /* Longest input encode accepts: keeps every byte position in 32 bits with room for
@@ -19,12 +19,6 @@
 /* Byte-level alphabet: printable bytes stand for themselves, the other 68 map to
  * U+0100.. in byte order, so every vocab key is printable text. */
 #define ALPHABET_END 0x144
-
-typedef struct {
-    char *text;
-    size_t len;
-    int32_t id;
-} added_token;
 
 typedef struct {
     uint64_t key; /* left id << 32 | right id */
@@ -55,37 +49,17 @@ struct kn_bpe {
     merge_slot *merges;  /* open addressing over merge pairs */
     size_t merge_mask;
     int32_t byte_id[256];
+    int32_t eow_id[256];  /* byte + "</w>" (CLIP's end-of-word symbols), -1 when absent */
+    bool has_eow;         /* all 256 are present */
     int16_t alphabet_byte[ALPHABET_END]; /* code point -> byte, -1 outside the alphabet */
-    added_token *added;  /* longest first, so the first match is the longest */
-    size_t n_added;
-    bool added_first_byte[256];
+    kn_added_tokens added; /* tokenizer_config.json's added_tokens_decoder */
 };
 
 /* ---- hashing ------------------------------------------------------------------- */
 
-/* splitmix64's finalizer: every input bit reaches the low bits the tables use. */
-static uint64_t mix(uint64_t h) {
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9u;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebu;
-    return h ^ (h >> 31);
-}
-
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 0xcbf29ce484222325u; /* FNV-1a: tokens are short */
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3u;
-    return mix(h);
-}
-
-/* A power-of-two table size keeping the load factor at or below one half. */
-static size_t table_size(size_t count) {
-    size_t cap = 16;
-    while (cap < 2 * count) cap *= 2;
-    return cap;
-}
-
 /* The slot holding key s, or the empty slot where it would go. */
 static vocab_slot *vocab_probe(const kn_bpe *b, const char *s, size_t len) {
-    uint64_t h = hash_bytes(s, len);
+    uint64_t h = kn_tok_hash(s, len);
     for (size_t i = h & b->vocab_mask;; i = (i + 1) & b->vocab_mask) {
         vocab_slot *v = &b->vocab[i];
         if (v->id < 0) return v;
@@ -105,7 +79,7 @@ static bool token_is(const kn_bpe *b, int32_t id, const char *s, size_t len) {
 
 static const merge_slot *merge_find(const kn_bpe *b, int32_t left, int32_t right) {
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
-    for (size_t i = mix(key) & b->merge_mask;; i = (i + 1) & b->merge_mask) {
+    for (size_t i = kn_tok_mix(key) & b->merge_mask;; i = (i + 1) & b->merge_mask) {
         const merge_slot *m = &b->merges[i];
         if (m->rank == MERGE_EMPTY) return NULL;
         if (m->key == key) return m;
@@ -138,54 +112,11 @@ static long alphabet_decode(const kn_bpe *b, const char *key, size_t len, char *
     return (long)n;
 }
 
-static int read_file(const char *path, char **data, size_t *len, kn_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return kn_fail(err, KN_ERR_IO, "cannot open %s", path);
-    char *buf = NULL;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return kn_fail(err, KN_ERR_IO, "cannot size %s", path);
-    }
-    buf = malloc((size_t)size + 1);
-    if (!buf) {
-        fclose(f);
-        return kn_fail(err, KN_ERR_NOMEM, "%s: %ld bytes", path, size);
-    }
-    size_t got = fread(buf, 1, (size_t)size, f);
-    fclose(f);
-    if (got != (size_t)size) {
-        free(buf);
-        return kn_fail(err, KN_ERR_IO, "short read of %s", path);
-    }
-    buf[got] = '\0';
-    *data = buf;
-    *len = got;
-    return KN_OK;
-}
-
-static int load_json(const char *path, json_t **out, kn_err *err) {
-    json_error_t jerr;
-    *out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!*out) {
-        int code = strstr(jerr.text, "unable to open") ? KN_ERR_IO : KN_ERR_FORMAT;
-        return kn_fail(err, code, "%s:%d: %s", path, jerr.line, jerr.text);
-    }
-    if (!json_is_object(*out)) return kn_fail(err, KN_ERR_FORMAT, "%s: not a JSON object", path);
-    return KN_OK;
-}
-
-/* Reads the added tokens of tokenizer_config.json. Only the flags the Qwen files use
- * (no lstrip/rstrip/single_word, matched on raw text) are implemented; others are
- * refused rather than silently matched the wrong way. */
+/* Reads the added tokens of tokenizer_config.json, matched on raw text. */
 static int parse_added(kn_bpe *b, const json_t *config, const char *path, kn_err *err) {
     const json_t *dec = json_object_get(config, "added_tokens_decoder");
     if (!dec) return KN_OK;
     if (!json_is_object(dec)) return kn_fail(err, KN_ERR_FORMAT, "%s: added_tokens_decoder is not an object", path);
-    size_t n = json_object_size(dec);
-    b->added = calloc(n ? n : 1, sizeof *b->added);
-    if (!b->added) return kn_fail(err, KN_ERR_NOMEM, "%s: %zu added tokens", path, n);
     const char *key;
     json_t *v;
     json_object_foreach((json_t *)dec, key, v) {
@@ -196,24 +127,11 @@ static int parse_added(kn_bpe *b, const json_t *config, const char *path, kn_err
             json_string_length(content) == 0)
             return kn_fail(err, KN_ERR_FORMAT, "%s: added token '%s': needs an integer id and non-empty content",
                            path, key);
-        static const char *const unsupported[] = {"lstrip", "rstrip", "single_word", "normalized"};
-        for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++)
-            if (json_is_true(json_object_get(v, unsupported[k])))
-                return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: added token %ld sets %s", path, id, unsupported[k]);
-        added_token *t = &b->added[b->n_added++];
-        t->len = json_string_length(content);
-        t->text = malloc(t->len);
-        if (!t->text) return kn_fail(err, KN_ERR_NOMEM, "%s: added token %ld", path, id);
-        memcpy(t->text, json_string_value(content), t->len);
-        t->id = (int32_t)id;
+        if (kn_added_check_flags(v, false, path, key, err) ||
+            kn_added_push(&b->added, json_string_value(content), json_string_length(content), (int32_t)id, err))
+            return err->code;
     }
-    for (size_t i = 1; i < b->n_added; i++) { /* insertion sort, longest first */
-        added_token t = b->added[i];
-        size_t j = i;
-        for (; j > 0 && b->added[j - 1].len < t.len; j--) b->added[j] = b->added[j - 1];
-        b->added[j] = t;
-    }
-    for (size_t i = 0; i < b->n_added; i++) b->added_first_byte[(uint8_t)b->added[i].text[0]] = true;
+    kn_added_seal(&b->added);
     return KN_OK;
 }
 
@@ -354,8 +272,8 @@ static int load_vocab(kn_bpe *b, const char *path, size_t *used, kn_err *err) {
     char *data;
     size_t len, n = 0, max_id = 0, total = 0;
     vocab_entry *ents = NULL;
-    if (read_file(path, &data, &len, err)) return err->code;
-    for (size_t i = 0; i < b->n_added; i++) total += b->added[i].len;
+    if (kn_tok_read_file(path, &data, &len, err)) return err->code;
+    for (size_t i = 0; i < b->added.n; i++) total += b->added.v[i].len;
     int rc = KN_OK;
     /* raw key bytes never outnumber the file's bytes */
     if (kn_add_size(total, len, &total) || total > UINT32_MAX)
@@ -366,11 +284,11 @@ static int load_vocab(kn_bpe *b, const char *path, size_t *used, kn_err *err) {
     if (!rc) rc = parse_vocab(b, &c, &ents, &n, used, err);
     for (size_t i = 0; !rc && i < n; i++)
         if ((size_t)ents[i].id > max_id) max_id = (size_t)ents[i].id;
-    for (size_t i = 0; !rc && i < b->n_added; i++)
-        if ((size_t)b->added[i].id > max_id) max_id = (size_t)b->added[i].id;
+    for (size_t i = 0; !rc && i < b->added.n; i++)
+        if ((size_t)b->added.v[i].id > max_id) max_id = (size_t)b->added.v[i].id;
     if (!rc) {
         b->n_ids = max_id + 1;
-        b->vocab_mask = table_size(n) - 1;
+        b->vocab_mask = kn_tok_table_size(n) - 1;
         b->tok = malloc(b->n_ids * sizeof *b->tok);
         b->vocab = malloc((b->vocab_mask + 1) * sizeof *b->vocab);
         if (!b->tok || !b->vocab)
@@ -390,13 +308,19 @@ static int load_vocab(kn_bpe *b, const char *path, size_t *used, kn_err *err) {
             rc = kn_fail(err, KN_ERR_FORMAT, "%s: key of id %d appears twice", path, e->id);
         } else {
             b->tok[e->id] = (token){e->off, e->len};
-            *v = (vocab_slot){e->id, (uint32_t)(hash_bytes(bytes, (size_t)e->len) >> 32)};
+            *v = (vocab_slot){e->id, (uint32_t)(kn_tok_hash(bytes, (size_t)e->len) >> 32)};
         }
     }
     for (int ch = 0; !rc && ch < 256; ch++) {
         char byte = (char)ch;
         b->byte_id[ch] = vocab_find(b, &byte, 1);
         if (b->byte_id[ch] < 0) rc = kn_fail(err, KN_ERR_FORMAT, "%s: no token for byte 0x%02X", path, ch);
+    }
+    b->has_eow = true;
+    for (int ch = 0; !rc && ch < 256; ch++) {
+        char key[5] = {(char)ch, '<', '/', 'w', '>'};
+        b->eow_id[ch] = vocab_find(b, key, sizeof key);
+        b->has_eow = b->has_eow && b->eow_id[ch] >= 0;
     }
     free(ents);
     free(data);
@@ -409,14 +333,14 @@ static int load_vocab(kn_bpe *b, const char *path, size_t *used, kn_err *err) {
 static int load_merges(kn_bpe *b, const char *path, kn_err *err) {
     char *data, scratch[2 * KN_BPE_MAX_TOKEN];
     size_t len;
-    if (read_file(path, &data, &len, err)) return err->code;
+    if (kn_tok_read_file(path, &data, &len, err)) return err->code;
     size_t lines = 0;
     for (size_t i = 0; i < len; i++) lines += data[i] == '\n';
     if (lines >= INT32_MAX - 256) {
         free(data);
         return kn_fail(err, KN_ERR_FORMAT, "%s: %zu lines is too many merges", path, lines);
     }
-    b->merge_mask = table_size(lines + 1) - 1;
+    b->merge_mask = kn_tok_table_size(lines + 1) - 1;
     b->merges = malloc((b->merge_mask + 1) * sizeof *b->merges);
     if (!b->merges) {
         free(data);
@@ -458,7 +382,7 @@ static int load_merges(kn_bpe *b, const char *path, kn_err *err) {
             break;
         }
         uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
-        size_t i = mix(key) & b->merge_mask;
+        size_t i = kn_tok_mix(key) & b->merge_mask;
         while (b->merges[i].rank != MERGE_EMPTY && b->merges[i].key != key) i = (i + 1) & b->merge_mask;
         b->merges[i] = (merge_slot){key, rank++, merged};
         line = next;
@@ -470,8 +394,8 @@ static int load_merges(kn_bpe *b, const char *path, kn_err *err) {
 /* Gives the added tokens their ids in the token table; after the merges, so that no
  * merge can resolve to one (the reference looks merges up in vocab.json only). */
 static int place_added(kn_bpe *b, size_t used, const char *path, kn_err *err) {
-    for (size_t k = 0; k < b->n_added; k++) {
-        const added_token *t = &b->added[k];
+    for (size_t k = 0; k < b->added.n; k++) {
+        const kn_added_token *t = &b->added.v[k];
         if (b->tok[t->id].len >= 0)
             return kn_fail(err, KN_ERR_FORMAT, "%s: added token '%.*s': id %d is taken", path, (int)t->len, t->text,
                            t->id);
@@ -488,7 +412,7 @@ static int load_all(kn_bpe *b, const char *dir, kn_err *err) {
     size_t used = 0;
     build_alphabet(b);
     snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", dir);
-    int rc = load_json(config_path, &config, err);
+    int rc = kn_tok_load_json(config_path, &config, err);
     if (!rc) rc = parse_added(b, config, config_path, err);
     json_decref(config);
     snprintf(path, sizeof path, "%s/vocab.json", dir);
@@ -499,22 +423,27 @@ static int load_all(kn_bpe *b, const char *dir, kn_err *err) {
     return rc;
 }
 
-int kn_bpe_load(kn_bpe **out, const char *dir, kn_err *err) {
+int kn_bpe_load_files(kn_bpe **out, const char *dir, kn_err *err) {
     *out = NULL;
     kn_bpe *b = calloc(1, sizeof *b);
     if (!b) return kn_fail(err, KN_ERR_NOMEM, "kn_bpe_load");
     if (load_all(b, dir, err)) {
         kn_bpe_free(b);
-        return kn_err_wrap(err, "qwen2 tokenizer %s", dir);
+        return err->code;
     }
     *out = b;
     return KN_OK;
 }
 
+int kn_bpe_load(kn_bpe **out, const char *dir, kn_err *err) {
+    return kn_bpe_load_files(out, dir, err) ? kn_err_wrap(err, "qwen2 tokenizer %s", dir) : KN_OK;
+}
+
+bool kn_bpe_has_end_of_word(const kn_bpe *b) { return b->has_eow; }
+
 void kn_bpe_free(kn_bpe *b) {
     if (!b) return;
-    for (size_t i = 0; i < b->n_added; i++) free(b->added[i].text);
-    free(b->added);
+    kn_added_free(&b->added);
     free(b->bytes);
     free(b->tok);
     free(b->vocab);
@@ -531,8 +460,8 @@ const char *kn_bpe_token_bytes(const kn_bpe *b, int32_t id, size_t *len) {
 }
 
 int32_t kn_bpe_token_id(const kn_bpe *b, const char *key, size_t len) {
-    for (size_t i = 0; i < b->n_added; i++)
-        if (b->added[i].len == len && memcmp(b->added[i].text, key, len) == 0) return b->added[i].id;
+    const kn_added_token *t = kn_added_find(&b->added, key, len);
+    if (t) return t->id;
     char raw[KN_BPE_MAX_TOKEN];
     long n = alphabet_decode(b, key, len, raw, sizeof raw);
     return n > 0 ? vocab_find(b, raw, (size_t)n) : -1;
@@ -540,65 +469,22 @@ int32_t kn_bpe_token_id(const kn_bpe *b, const char *key, size_t len) {
 
 /* ---- encoding ------------------------------------------------------------------ */
 
-/* Per-call working memory, grown on demand and freed at the end of the call. */
-typedef struct {
-    int32_t *ids;
-    size_t n_ids, cap_ids;
-    uint32_t *cps, *nfc; /* a piece's code points, and their NFC when it differs */
-    uint8_t *cls;        /* a class per (normalized) code point */
-    size_t cap_cps, cap_nfc, cap_cls;
-    /* BPE over one pre-token of up to cap_sym bytes, all in one block */
-    void *block;
-    size_t cap_sym;
-    uint64_t *heap;
-    int32_t *sym, *prev, *next;
-    uint8_t *text;
-} scratch;
-
-static void scratch_free(scratch *s) {
-    free(s->cps);
-    free(s->nfc);
-    free(s->cls);
-    free(s->block);
-}
-
-/* p, or a new array of at least n elements when p holds fewer (old contents are
- * not kept); NULL with err set when out of memory, p then freed. */
-static void *scratch_array(void *p, size_t *cap, size_t n, size_t elem, kn_err *err) {
-    if (n <= *cap && p) return p;
-    size_t bytes;
-    free(p);
-    void *q = kn_mul_size(n ? n : 1, elem, &bytes) ? NULL : malloc(bytes);
-    *cap = q ? n : 0;
-    if (!q) kn_fail(err, KN_ERR_NOMEM, "tokenizer scratch: %zu elements of %zu bytes", n, elem);
-    return q;
-}
-
-static int push_id(scratch *s, int32_t id, kn_err *err) {
-    if (s->n_ids == s->cap_ids) {
-        size_t cap = s->cap_ids ? 2 * s->cap_ids : 64, bytes;
-        int32_t *p;
-        if (kn_mul_size(cap, sizeof *p, &bytes) || !(p = realloc(s->ids, bytes)))
-            return kn_fail(err, KN_ERR_NOMEM, "token ids: %zu", cap);
-        s->ids = p;
-        s->cap_ids = cap;
-    }
-    s->ids[s->n_ids++] = id;
+/* Room for BPE over n symbols: the heap (n-1 initial pairs + 2 per merge) and three
+ * int32 arrays, carved from one block. */
+static int reserve_symbols(kn_bpe_work *w, size_t n, kn_err *err) {
+    if (n <= w->cap_sym && w->block) return KN_OK;
+    size_t cap = n < 256 ? 256 : n, per = 3 * sizeof *w->heap + 3 * sizeof *w->sym;
+    if (!(w->block = kn_tok_reserve(w->block, &w->cap_sym, cap, per, err))) return err->code;
+    w->heap = w->block;
+    w->sym = (int32_t *)(w->heap + 3 * cap);
+    w->prev = w->sym + cap;
+    w->next = w->prev + cap;
     return KN_OK;
 }
 
-/* Room for BPE over n bytes: the heap (n-1 initial pairs + 2 per merge), three
- * int32 arrays and the bytes, carved from one block. */
-static int reserve_symbols(scratch *s, size_t n, kn_err *err) {
-    if (n <= s->cap_sym && s->block) return KN_OK;
-    size_t cap = n < 256 ? 256 : n, per = 3 * sizeof *s->heap + 3 * sizeof *s->sym + 1;
-    if (!(s->block = scratch_array(s->block, &s->cap_sym, cap, per, err))) return err->code;
-    s->heap = s->block;
-    s->sym = (int32_t *)(s->heap + 3 * cap);
-    s->prev = s->sym + cap;
-    s->next = s->prev + cap;
-    s->text = (uint8_t *)(s->next + cap);
-    return KN_OK;
+void kn_bpe_work_free(kn_bpe_work *w) {
+    free(w->block);
+    *w = (kn_bpe_work){0};
 }
 
 /* Min-heap of (rank << 32 | position): lowest rank first, then leftmost. */
@@ -626,41 +512,44 @@ static uint64_t heap_pop(uint64_t *h, size_t *n) {
     return top;
 }
 
-static void push_pair(const kn_bpe *b, scratch *s, size_t *nh, int32_t left) {
-    int32_t right = s->next[left];
+static void push_pair(const kn_bpe *b, kn_bpe_work *w, size_t *nh, int32_t left) {
+    int32_t right = w->next[left];
     if (right < 0) return;
-    const merge_slot *m = merge_find(b, s->sym[left], s->sym[right]);
-    if (m) heap_push(s->heap, nh, (uint64_t)m->rank << 32 | (uint32_t)left);
+    const merge_slot *m = merge_find(b, w->sym[left], w->sym[right]);
+    if (m) heap_push(w->heap, nh, (uint64_t)m->rank << 32 | (uint32_t)left);
 }
 
-/* BPE over the n bytes in s->text: start from one symbol per byte and apply the
- * lowest-ranked merge (leftmost on ties) until none applies. Heap entries go stale
- * when a neighbour merges; they are recognised by re-looking up the pair's rank
- * (ranks are unique per pair, and merged tokens only grow, so an equal rank means
- * the same, still current pair). */
-static int bpe_pretoken(const kn_bpe *b, scratch *s, size_t n, kn_err *err) {
+/* Start from one symbol per byte and apply the lowest-ranked merge (leftmost on
+ * ties) until none applies. Heap entries go stale when a neighbour merges; they are
+ * recognised by re-looking up the pair's rank (ranks are unique per pair, and merged
+ * tokens only grow, so an equal rank means the same, still current pair). */
+int kn_bpe_merge(const kn_bpe *b, kn_bpe_work *w, const uint8_t *bytes, size_t n, bool end_of_word, kn_tok_ids *out,
+                 kn_err *err) {
+    if (n > INT32_MAX) return kn_fail(err, KN_ERR_INVALID, "pre-token of %zu bytes", n);
+    if (reserve_symbols(w, n, err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        s->sym[i] = b->byte_id[s->text[i]];
-        s->prev[i] = (int32_t)i - 1;
-        s->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        w->sym[i] = b->byte_id[bytes[i]];
+        w->prev[i] = (int32_t)i - 1;
+        w->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
     }
+    if (end_of_word) w->sym[n - 1] = b->eow_id[bytes[n - 1]];
     size_t nh = 0;
-    for (size_t i = 0; i + 1 < n; i++) push_pair(b, s, &nh, (int32_t)i);
+    for (size_t i = 0; i + 1 < n; i++) push_pair(b, w, &nh, (int32_t)i);
     while (nh) {
-        uint64_t top = heap_pop(s->heap, &nh);
-        int32_t left = (int32_t)(uint32_t)top, right = s->next[left];
-        if (s->sym[left] < 0 || right < 0) continue;
-        const merge_slot *m = merge_find(b, s->sym[left], s->sym[right]);
+        uint64_t top = heap_pop(w->heap, &nh);
+        int32_t left = (int32_t)(uint32_t)top, right = w->next[left];
+        if (w->sym[left] < 0 || right < 0) continue;
+        const merge_slot *m = merge_find(b, w->sym[left], w->sym[right]);
         if (!m || m->rank != top >> 32) continue;
-        s->sym[left] = m->merged;
-        s->sym[right] = -1;
-        s->next[left] = s->next[right];
-        if (s->next[right] >= 0) s->prev[s->next[right]] = left;
-        if (s->prev[left] >= 0) push_pair(b, s, &nh, s->prev[left]);
-        push_pair(b, s, &nh, left);
+        w->sym[left] = m->merged;
+        w->sym[right] = -1;
+        w->next[left] = w->next[right];
+        if (w->next[right] >= 0) w->prev[w->next[right]] = left;
+        if (w->prev[left] >= 0) push_pair(b, w, &nh, w->prev[left]);
+        push_pair(b, w, &nh, left);
     }
-    for (int32_t i = 0; i >= 0; i = s->next[i])
-        if (push_id(s, s->sym[i], err)) return err->code;
+    for (int32_t i = 0; i >= 0; i = w->next[i])
+        if (kn_tok_ids_push(out, w->sym[i], err)) return err->code;
     return KN_OK;
 }
 
@@ -716,34 +605,46 @@ static size_t pretoken_end(const uint32_t *cp, const uint8_t *cls, size_t i, siz
     return end - 1;
 }
 
+/* Per-call working memory of the Qwen2 path, grown on demand and freed at the end
+ * of the call. */
+typedef struct {
+    kn_tok_ids ids;
+    uint32_t *cps, *nfc; /* a piece's code points, and their NFC when it differs */
+    uint8_t *cls;        /* a class per (normalized) code point */
+    uint8_t *text;       /* one pre-token's UTF-8 */
+    size_t cap_cps, cap_nfc, cap_cls, cap_text;
+    kn_bpe_work work;
+} scratch;
+
+static void scratch_free(scratch *s) {
+    free(s->cps);
+    free(s->nfc);
+    free(s->cls);
+    free(s->text);
+    kn_bpe_work_free(&s->work);
+}
+
 /* Normalizes and tokenizes text between added tokens. */
 static int encode_piece(const kn_bpe *b, scratch *s, const uint8_t *text, size_t len, kn_err *err) {
     size_t n = 0;
-    if (!(s->cps = scratch_array(s->cps, &s->cap_cps, len, sizeof *s->cps, err))) return err->code;
+    if (!(s->cps = kn_tok_reserve(s->cps, &s->cap_cps, len, sizeof *s->cps, err))) return err->code;
     for (size_t i = 0; i < len; n++) i += kn_utf8_decode(text + i, len - i, &s->cps[n]);
     const uint32_t *cp = s->cps;
     if (!kn_uc_nfc_quick(cp, n)) {
-        if (!(s->nfc = scratch_array(s->nfc, &s->cap_nfc, n * KN_UC_NFC_MAX_GROWTH, sizeof *s->nfc, err)))
+        if (!(s->nfc = kn_tok_reserve(s->nfc, &s->cap_nfc, n * KN_UC_NFC_MAX_GROWTH, sizeof *s->nfc, err)))
             return err->code;
         n = kn_uc_nfc(cp, n, s->nfc);
         cp = s->nfc;
     }
-    if (!(s->cls = scratch_array(s->cls, &s->cap_cls, n, 1, err))) return err->code;
+    if (!(s->cls = kn_tok_reserve(s->cls, &s->cap_cls, n, 1, err))) return err->code;
     for (size_t i = 0; i < n; i++) s->cls[i] = classify(cp[i]);
     for (size_t i = 0; i < n;) {
         size_t end = pretoken_end(cp, s->cls, i, n), bytes = 0;
-        if (reserve_symbols(s, 4 * (end - i), err)) return err->code;
+        if (!(s->text = kn_tok_reserve(s->text, &s->cap_text, 4 * (end - i), 1, err))) return err->code;
         for (; i < end; i++) bytes += kn_utf8_encode(cp[i], s->text + bytes);
-        if (bpe_pretoken(b, s, bytes, err)) return err->code;
+        if (kn_bpe_merge(b, &s->work, s->text, bytes, false, &s->ids, err)) return err->code;
     }
     return KN_OK;
-}
-
-/* The longest added token at the start of text[0..len), or NULL. */
-static const added_token *match_added(const kn_bpe *b, const uint8_t *text, size_t len) {
-    for (size_t k = 0; k < b->n_added; k++)
-        if (b->added[k].len <= len && memcmp(b->added[k].text, text, b->added[k].len) == 0) return &b->added[k];
-    return NULL;
 }
 
 static int encode_all(const kn_bpe *b, scratch *s, const uint8_t *text, size_t len, kn_err *err) {
@@ -753,12 +654,13 @@ static int encode_all(const kn_bpe *b, scratch *s, const uint8_t *text, size_t l
     if (bad < len) return kn_fail(err, KN_ERR_INVALID, "text is not valid UTF-8 at byte %zu", bad);
     size_t start = 0;
     for (size_t i = 0; i < len;) {
-        const added_token *t = b->added_first_byte[text[i]] ? match_added(b, text + i, len - i) : NULL;
+        const kn_added_token *t = kn_added_match(&b->added, text + i, len - i);
         if (!t) {
             i++;
             continue;
         }
-        if (encode_piece(b, s, text + start, i - start, err) || push_id(s, t->id, err)) return err->code;
+        if (encode_piece(b, s, text + start, i - start, err) || kn_tok_ids_push(&s->ids, t->id, err))
+            return err->code;
         i += t->len;
         start = i;
     }
@@ -772,10 +674,10 @@ int kn_bpe_encode(const kn_bpe *b, const char *utf8, size_t len, int32_t **ids, 
     int rc = encode_all(b, &s, (const uint8_t *)utf8, len, err);
     scratch_free(&s);
     if (rc) {
-        free(s.ids);
+        free(s.ids.v);
         return kn_err_wrap(err, "qwen2 tokenizer");
     }
-    *ids = s.ids;
-    *n = s.n_ids;
+    *ids = s.ids.v;
+    *n = s.ids.n;
     return KN_OK;
 }

@@ -492,19 +492,20 @@ int kn_prompt_tokenize(const kn_prompt_tokenizer *tok, const kn_prompt_embedding
     return KN_OK;
 }
 
-/* ---- Qwen-Image / Z-Image ------------------------------------------------------ */
+/* ---- families -------------------------------------------------------------------- */
+
+/* The id of a special token by its text, or -1 with err set. */
+static int32_t special_id(const kn_prompt_tokenizer *tok, const char *text, kn_err *err) {
+    int32_t id = tok->vocab_id(tok->ctx, text, strlen(text));
+    if (id < 0) kn_fail(err, KN_ERR_FORMAT, "prompt: the tokenizer has no %s token", text);
+    return id;
+}
 
 static int qwen_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
     return kn_bpe_encode(ctx, text, len, ids, n, err);
 }
 
 static int32_t qwen_vocab_id(const void *ctx, const char *key, size_t len) { return kn_bpe_token_id(ctx, key, len); }
-
-static int32_t special_id(const kn_bpe *bpe, const char *text, kn_err *err) {
-    int32_t id = kn_bpe_token_id(bpe, text, strlen(text));
-    if (id < 0) kn_fail(err, KN_ERR_FORMAT, "prompt: the tokenizer has no %s token", text);
-    return id;
-}
 
 int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_embeddings *emb, const char *text,
                    size_t len, kn_prompt_chunks *out, kn_err *err) {
@@ -519,11 +520,13 @@ int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_emb
         return kn_fail(err, KN_ERR_INVALID, "prompt: unknown Qwen family %d", (int)family);
     kn_prompt_tokenizer tok = {
         .encode = qwen_encode, .vocab_id = qwen_vocab_id, .ctx = bpe,
-        .start_token = -1, .end_token = -1, .pad_token = special_id(bpe, "<|endoftext|>", err),
+        .start_token = -1, .end_token = -1,
         .max_length = 99999999, .min_length = 1,
-        .eos_text = "<|im_end|>", .eos_id = special_id(bpe, "<|im_end|>", err),
+        .eos_text = "<|im_end|>",
     };
-    if (tok.pad_token < 0 || tok.eos_id < 0) return err->code;
+    if ((tok.pad_token = special_id(&tok, "<|endoftext|>", err)) < 0 ||
+        (tok.eos_id = special_id(&tok, "<|im_end|>", err)) < 0)
+        return err->code;
 
     bool chat = family == KN_QWEN_IMAGE &&
                 ((len >= 12 && memcmp(text, "<|im_start|>", 12) == 0) ||
@@ -545,4 +548,49 @@ int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_emb
         }
     }
     return rc;
+}
+
+/* ---- Flux.1: CLIP-L and T5-XXL ---------------------------------------------------- */
+
+static int clip_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
+    return kn_clip_bpe_encode(ctx, text, len, true, ids, n, err);
+}
+
+static int32_t clip_vocab_id(const void *ctx, const char *key, size_t len) {
+    return kn_clip_bpe_token_id(ctx, key, len);
+}
+
+int kn_prompt_clip_l(const kn_clip_bpe *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
+                     kn_prompt_chunks *out, kn_err *err) {
+    *out = (kn_prompt_chunks){0};
+    kn_prompt_tokenizer tok = {
+        .encode = clip_encode, .vocab_id = clip_vocab_id, .ctx = clip,
+        .max_length = 77, .pad_to_max_length = true,
+        .tokens_start = 1, .drop_last = true, .eos_text = "<|endoftext|>", .weights = true,
+    };
+    if ((tok.start_token = special_id(&tok, "<|startoftext|>", err)) < 0 ||
+        (tok.end_token = special_id(&tok, "<|endoftext|>", err)) < 0)
+        return err->code;
+    tok.pad_token = tok.eos_id = tok.end_token; /* ComfyUI's pad_with_end */
+    return kn_prompt_tokenize(&tok, emb, text, len, out, err);
+}
+
+static int t5_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
+    return kn_spm_encode(ctx, text, len, true, ids, n, err);
+}
+
+static int32_t t5_vocab_id(const void *ctx, const char *key, size_t len) { return kn_spm_token_id(ctx, key, len); }
+
+int kn_prompt_t5(const kn_spm *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
+                 kn_prompt_chunks *out, kn_err *err) {
+    *out = (kn_prompt_chunks){0};
+    kn_prompt_tokenizer tok = {
+        .encode = t5_encode, .vocab_id = t5_vocab_id, .ctx = t5,
+        .start_token = -1, .pad_token = 0, /* ComfyUI pads T5 with a literal 0 */
+        .max_length = 99999999, .min_length = min_length,
+        .drop_last = true, .eos_text = "</s>", .weights = true,
+    };
+    if ((tok.end_token = special_id(&tok, "</s>", err)) < 0) return err->code;
+    tok.eos_id = tok.end_token;
+    return kn_prompt_tokenize(&tok, emb, text, len, out, err);
 }

@@ -1,7 +1,8 @@
 /* kn_prompt: ComfyUI's prompt -> (token, weight, word id) chunks, the
- * SDTokenizer.tokenize_with_weights step every CLIPTextEncode runs, and the Qwen-Image /
- * Z-Image templates around it. Restated from tests/fixtures/tokenizers/README.md
- * ("ComfyUI rules"), checked against ComfyUI's own output (golden/comfyui).
+ * SDTokenizer.tokenize_with_weights step every CLIPTextEncode runs, with each family's
+ * settings: Flux.1's CLIP-L and T5-XXL, and the Qwen-Image / Z-Image templates.
+ * Restated from tests/fixtures/tokenizers/README.md ("ComfyUI rules"), checked against
+ * ComfyUI's own output (golden/comfyui).
  *
  * Contract:
  * - Text is UTF-8 with an explicit length; the family tokenizer decides what invalid
@@ -29,6 +30,8 @@
 
 #include "kernels/error.h"
 #include "pipelines/tokenizers/bpe.h"
+#include "pipelines/tokenizers/clip_bpe.h"
+#include "pipelines/tokenizers/spm.h"
 
 #define KN_PROMPT_MAX_NESTING 500
 
@@ -98,5 +101,18 @@ typedef enum { KN_QWEN_IMAGE, KN_QWEN_Z_IMAGE } kn_qwen_family;
 
 int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_embeddings *emb, const char *text,
                    size_t len, kn_prompt_chunks *out, kn_err *err);
+
+/* CLIP-L as Flux.1 uses it, ComfyUI key "l": weights on, chunks
+ * of 77 = <|startoftext|> + 75 tokens + <|endoftext|>, each padded to 77 with
+ * <|endoftext|>; pieces keep the tokenizer's ids without its BOS/EOS, and the
+ * "piece</w>" vocabulary shortcut applies. */
+int kn_prompt_clip_l(const kn_clip_bpe *clip, const kn_prompt_embeddings *emb, const char *text, size_t len,
+                     kn_prompt_chunks *out, kn_err *err);
+
+/* T5-XXL, ComfyUI key "t5xxl": weights on, no start token, one chunk ending in </s>,
+ * padded with id 0 (ComfyUI's pad) to min_length tokens (Flux.1: 256, below). */
+#define KN_PROMPT_T5_FLUX_MIN_LENGTH 256
+int kn_prompt_t5(const kn_spm *t5, size_t min_length, const kn_prompt_embeddings *emb, const char *text, size_t len,
+                 kn_prompt_chunks *out, kn_err *err);
 
 #endif

@@ -215,3 +215,96 @@ size_t kn_uc_nfc(const uint32_t *in, size_t n, uint32_t *out) {
     }
     return w;
 }
+
+/* ---- lowercase ---------------------------------------------------------------- */
+
+size_t kn_uc_lower(uint32_t cp, uint32_t out[KN_UC_LOWER_MAX]) {
+    out[0] = cp;
+    if (cp < 0x80) {
+        if (cp >= 'A' && cp <= 'Z') out[0] = cp | 0x20;
+        return 1;
+    }
+    for (size_t k = 0; k < sizeof kn_uc_lower2 / sizeof kn_uc_lower2[0]; k++) {
+        if (kn_uc_lower2[k][0] == cp) {
+            out[0] = kn_uc_lower2[k][1];
+            out[1] = kn_uc_lower2[k][2];
+            return 2;
+        }
+    }
+    size_t lo = 0, hi = sizeof kn_uc_lower1 / sizeof kn_uc_lower1[0];
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (kn_uc_lower1[mid][0] < cp) lo = mid + 1;
+        else if (kn_uc_lower1[mid][0] > cp) hi = mid;
+        else {
+            out[0] = kn_uc_lower1[mid][1];
+            break;
+        }
+    }
+    return 1;
+}
+
+/* ---- extended grapheme clusters (UAX #29) --------------------------------------- */
+
+/* Grapheme_Cluster_Break codes, as the generator numbers them. */
+enum { GB_OTHER, GB_CR, GB_LF, GB_CONTROL, GB_EXTEND, GB_ZWJ, GB_RI, GB_PREPEND, GB_SPACING_MARK,
+       GB_L, GB_V, GB_T, GB_LV, GB_LVT };
+/* Indic_Conjunct_Break values (bits 4-5 of a table value). */
+enum { INCB_NONE, INCB_CONSONANT, INCB_LINKER, INCB_EXTEND };
+#define EXT_PICT 0x40
+
+static unsigned grapheme_class(uint32_t cp) {
+    if (cp - HANGUL_S < HANGUL_S_COUNT) return (cp - HANGUL_S) % HANGUL_T_COUNT ? GB_LVT : GB_LV;
+    return RANGE_VALUE(kn_uc_grapheme, cp);
+}
+
+/* What the rules that look further back than one code point need to know about the
+ * cluster so far. */
+typedef struct {
+    enum { CONJ_NONE, CONJ_CONSONANT, CONJ_LINKED } conj; /* GB9c: consonant, then a linker */
+    enum { PICT_NONE, PICT_SEEN, PICT_ZWJ } pict;         /* GB11: ExtPict Extend* ZWJ */
+    size_t ri;                                            /* GB12/13: regional indicators in a row */
+} gb_state;
+
+static void gb_advance(gb_state *st, unsigned cls) {
+    unsigned gcb = cls & 15, incb = (cls >> 4) & 3;
+    if (incb == INCB_CONSONANT) st->conj = CONJ_CONSONANT;
+    else if (incb == INCB_LINKER && st->conj != CONJ_NONE) st->conj = CONJ_LINKED;
+    else if (incb != INCB_EXTEND) st->conj = CONJ_NONE;
+    if (cls & EXT_PICT) st->pict = PICT_SEEN;
+    else if (gcb == GB_ZWJ && st->pict == PICT_SEEN) st->pict = PICT_ZWJ;
+    else if (gcb != GB_EXTEND || st->pict != PICT_SEEN) st->pict = PICT_NONE;
+    st->ri = gcb == GB_RI ? st->ri + 1 : 0;
+}
+
+static bool gb_joins(const gb_state *st, unsigned prev_cls, unsigned cls) {
+    unsigned a = prev_cls & 15, b = cls & 15;
+    if (a == GB_CR && b == GB_LF) return true;                                          /* GB3 */
+    if (a == GB_CR || a == GB_LF || a == GB_CONTROL) return false;                      /* GB4 */
+    if (b == GB_CR || b == GB_LF || b == GB_CONTROL) return false;                      /* GB5 */
+    if (a == GB_L && (b == GB_L || b == GB_V || b == GB_LV || b == GB_LVT)) return true; /* GB6 */
+    if ((a == GB_LV || a == GB_V) && (b == GB_V || b == GB_T)) return true;             /* GB7 */
+    if ((a == GB_LVT || a == GB_T) && b == GB_T) return true;                           /* GB8 */
+    if (b == GB_EXTEND || b == GB_ZWJ || b == GB_SPACING_MARK) return true;             /* GB9, 9a */
+    if (a == GB_PREPEND) return true;                                                   /* GB9b */
+    if (((cls >> 4) & 3) == INCB_CONSONANT && st->conj == CONJ_LINKED) return true;     /* GB9c */
+    if ((cls & EXT_PICT) && st->pict == PICT_ZWJ) return true;                          /* GB11 */
+    return a == GB_RI && b == GB_RI && st->ri % 2 == 1;                                 /* GB12, 13 */
+}
+
+size_t kn_uc_grapheme_end(const uint8_t *s, size_t len, size_t i) {
+    uint32_t cp;
+    size_t k = kn_utf8_decode(s + i, len - i, &cp);
+    if (!k) return i + 1;
+    gb_state st = {CONJ_NONE, PICT_NONE, 0};
+    unsigned prev = grapheme_class(cp);
+    gb_advance(&st, prev);
+    for (i += k; i < len; i += k) {
+        if (!(k = kn_utf8_decode(s + i, len - i, &cp))) break;
+        unsigned cls = grapheme_class(cp);
+        if (!gb_joins(&st, prev, cls)) break;
+        gb_advance(&st, cls);
+        prev = cls;
+    }
+    return i;
+}

@@ -3,11 +3,8 @@
  * unchanged from shared/tokenizers; its README states every rule):
  * - golden/qwen25.jsonl, qwen3.jsonl: raw ids from the Hugging Face tokenizer;
  * - golden/comfyui/qwen_image.jsonl, z_image.jsonl: ComfyUI's (token, weight, word)
- *   chunks, embeddings kiln_emb (2 rows) and kiln_vec (1 row) present;
- * - golden/comfyui/flux.jsonl: the weighting, embedding and 77-token chunking rules on
- *   CLIP-L / T5 settings (params.json). Their tokenizers are not this module's, so
- *   a stand-in serves each text piece the ids the golden shows for its group: what
- *   is checked is every weight, word id, split point and pad.
+ *   chunks, embeddings kiln_emb (2 rows) and kiln_vec (1 row) present.
+ * (Flux.1's CLIP-L and T5 and their ComfyUI chunks: test_tokenizer_flux.c.)
  * Then: Unicode-version edge cases with ids from the same reference library, the
  * README's weighting examples (and Python float() corners), invalid UTF-8 failing
  * cleanly, random bytes and random weighting syntax never crashing, random valid
@@ -22,35 +19,7 @@
 #include "pipelines/tokenizers/prompt.h"
 #include "pipelines/tokenizers/unicode.h"
 #include "check.h"
-
-#define FIXTURES KN_SOURCE_DIR "/tests/fixtures/tokenizers"
-#define TOKENIZERS KN_SOURCE_DIR "/pipelines/tokenizers/data" /* shipped with Kiln: the runtime reads them too */
-
-/* Calls fn on every line of a .jsonl file; returns the line count. */
-static int each_line(const char *path, void (*fn)(const json_t *line, void *ctx), void *ctx) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        CHECK(0, "cannot open %s", path);
-        return 0;
-    }
-    int n = 0;
-    char *buf = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    while ((len = getline(&buf, &cap, f)) > 0) {
-        json_error_t jerr;
-        json_t *line = json_loadb(buf, (size_t)len, JSON_ALLOW_NUL, &jerr);
-        CHECK(line != NULL, "%s: %s", path, jerr.text);
-        if (line) fn(line, ctx);
-        json_decref(line);
-        n++;
-    }
-    free(buf);
-    fclose(f);
-    return n;
-}
-
-static const char *name_of(const json_t *line) { return json_string_value(json_object_get(line, "name")); }
+#include "tokenizer_golden.h"
 
 /* ---- raw ids ------------------------------------------------------------------ */
 
@@ -65,15 +34,7 @@ static void check_raw_line(const json_t *line, void *ctx) {
         CHECK(0, "%s: %s", name_of(line), err.msg);
         return;
     }
-    size_t bad = n;
-    for (size_t i = 0; i < n && i < json_array_size(want); i++)
-        if (ids[i] != json_integer_value(json_array_get(want, i))) {
-            bad = i;
-            break;
-        }
-    CHECK(n == json_array_size(want) && bad == n, "%s: %zu ids (want %zu), first difference at %zu: got %d want %d",
-          name_of(line), n, json_array_size(want), bad, bad < n ? ids[bad] : -1,
-          bad < json_array_size(want) ? (int)json_integer_value(json_array_get(want, bad)) : -1);
+    check_ids(name_of(line), ids, n, want);
     /* The golden's token strings are vocabulary keys: the lookup must agree. */
     for (size_t i = 0; i < json_array_size(tokens); i++) {
         const json_t *t = json_array_get(tokens, i);
@@ -119,51 +80,11 @@ static void test_reference_edges(const kn_bpe *bpe) {
 
 /* ---- ComfyUI chunks ----------------------------------------------------------- */
 
-static const char *const emb_names[] = {"kiln_emb", "kiln_vec"};
-static const size_t emb_rows[] = {2, 1};
-
-static int test_find(void *ctx, const char *name, size_t len, bool *found, int32_t *handle, size_t *rows,
-                     kn_err *err);
-
 typedef struct {
     const kn_bpe *bpe;
     kn_qwen_family family;
     const char *key;
 } qwen_case;
-
-/* Compares one chunk list with the golden's [[token, weight, word], ...] chunks. */
-static void check_chunks(const char *name, const kn_prompt_chunks *got, const json_t *want) {
-    CHECK(got->n_chunks == json_array_size(want), "%s: %zu chunks, want %zu", name, got->n_chunks,
-          json_array_size(want));
-    for (size_t c = 0; c < got->n_chunks && c < json_array_size(want); c++) {
-        const json_t *chunk = json_array_get(want, c);
-        size_t n = got->chunk_start[c + 1] - got->chunk_start[c];
-        CHECK(n == json_array_size(chunk), "%s: chunk %zu has %zu tokens, want %zu", name, c, n, json_array_size(chunk));
-        for (size_t i = 0; i < n && i < json_array_size(chunk); i++) {
-            const kn_prompt_token *t = &got->tokens[got->chunk_start[c] + i];
-            const json_t *w = json_array_get(chunk, i), *tok = json_array_get(w, 0);
-            bool same_token;
-            if (json_is_object(tok)) {
-                const char *emb = json_string_value(json_object_get(tok, "embedding"));
-                same_token = t->id == -1 && t->embedding >= 0 && t->embedding < 2 &&
-                             !strcmp(emb_names[t->embedding], emb) &&
-                             t->row == json_integer_value(json_object_get(tok, "row"));
-            } else {
-                same_token = t->id == json_integer_value(tok);
-            }
-            double weight = json_number_value(json_array_get(w, 1));
-            bool ok = same_token && t->word == json_integer_value(json_array_get(w, 2)) &&
-                      (t->weight == weight || (isnan(t->weight) && isnan(weight)));
-            if (!ok) {
-                char *dump = json_dumps(w, JSON_COMPACT);
-                CHECK(0, "%s: chunk %zu token %zu: got (%d emb %d row %d, %.17g, %d) want %s", name, c, i, t->id,
-                      t->embedding, t->row, t->weight, t->word, dump);
-                free(dump);
-                return;
-            }
-        }
-    }
-}
 
 static void check_qwen_line(const json_t *line, void *ctx) {
     const qwen_case *qc = ctx;
@@ -180,119 +101,6 @@ static void check_qwen_line(const json_t *line, void *ctx) {
         check_chunks(name_of(line), &got, json_object_get(json_object_get(line, "out"), qc->key));
     }
     kn_prompt_chunks_free(&got);
-}
-
-/* The stand-in tokenizer for the flux lines: piece k gets the ids of golden group k
- * (word id k), wrapped in the BOS/EOS its real tokenizer adds. Groups made by the
- * eos-text shortcut never reach it and are skipped. */
-typedef struct {
-    const json_t *chunks;
-    int32_t start, end, eos_id;
-    int32_t next_word; /* the word id the next group gets */
-} standin;
-
-static bool group_is_eos(const standin *s, int32_t word) {
-    size_t count = 0;
-    bool eos = true;
-    for (size_t c = 0; c < json_array_size(s->chunks); c++) {
-        const json_t *chunk = json_array_get(s->chunks, c);
-        for (size_t i = 0; i < json_array_size(chunk); i++) {
-            const json_t *t = json_array_get(chunk, i);
-            if (json_integer_value(json_array_get(t, 2)) != word) continue;
-            count++;
-            eos = eos && json_is_integer(json_array_get(t, 0)) && json_integer_value(json_array_get(t, 0)) == s->eos_id;
-        }
-    }
-    return count == 1 && eos;
-}
-
-static void standin_sync(standin *s) {
-    while (group_is_eos(s, s->next_word)) s->next_word++;
-}
-
-static int standin_encode(const void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, kn_err *err) {
-    standin *s = (standin *)ctx;
-    standin_sync(s);
-    size_t cap = 2;
-    for (size_t c = 0; c < json_array_size(s->chunks); c++) cap += json_array_size(json_array_get(s->chunks, c));
-    *ids = malloc(cap * sizeof **ids);
-    *n = 0;
-    if (s->start >= 0) (*ids)[(*n)++] = s->start;
-    for (size_t c = 0; c < json_array_size(s->chunks); c++) {
-        const json_t *chunk = json_array_get(s->chunks, c);
-        for (size_t i = 0; i < json_array_size(chunk); i++) {
-            const json_t *t = json_array_get(chunk, i);
-            if (json_integer_value(json_array_get(t, 2)) == s->next_word)
-                (*ids)[(*n)++] = (int32_t)json_integer_value(json_array_get(t, 0));
-        }
-    }
-    (*ids)[(*n)++] = s->end;
-    s->next_word++;
-    return KN_OK;
-}
-
-static standin *current_standin;
-
-static int test_find(void *ctx, const char *name, size_t len, bool *found, int32_t *handle, size_t *rows,
-                     kn_err *err) {
-    *found = false;
-    for (int32_t k = 0; k < 2; k++) {
-        if (strlen(emb_names[k]) == len && !memcmp(emb_names[k], name, len)) {
-            *found = true;
-            *handle = k;
-            *rows = emb_rows[k];
-        }
-    }
-    if (*found && current_standin) {
-        standin_sync(current_standin);
-        current_standin->next_word++;
-    }
-    return KN_OK;
-}
-
-typedef struct {
-    const json_t *params;
-} flux_ctx;
-
-static void check_flux_line(const json_t *line, void *ctx) {
-    const flux_ctx *fc = ctx;
-    const json_t *text = json_object_get(line, "text");
-    const char *key;
-    json_t *want;
-    json_object_foreach(json_object_get(line, "out"), key, want) {
-        const json_t *p = json_object_get(fc->params, key);
-        const json_t *start = json_object_get(p, "start_token"), *min_len = json_object_get(p, "min_length");
-        standin s = {want, json_is_integer(start) ? (int32_t)json_integer_value(start) : -1,
-                     (int32_t)json_integer_value(json_object_get(p, "end_token")),
-                     (int32_t)json_integer_value(json_object_get(p, "eos_id")), 1};
-        kn_prompt_tokenizer tok = {
-            .encode = standin_encode,
-            .ctx = &s,
-            .start_token = s.start,
-            .end_token = s.end,
-            .pad_token = (int32_t)json_integer_value(json_object_get(p, "pad_token")),
-            .max_length = (size_t)json_integer_value(json_object_get(p, "max_length")),
-            .pad_to_max_length = json_is_true(json_object_get(p, "pad_to_max_length")),
-            .min_length = json_is_integer(min_len) ? (size_t)json_integer_value(min_len) : 0,
-            .tokens_start = (size_t)json_integer_value(json_object_get(p, "tokens_start")),
-            .drop_last = json_is_true(json_object_get(p, "tokenizer_adds_end_token")),
-            .eos_text = json_string_value(json_object_get(p, "eos_text")),
-            .eos_id = s.eos_id,
-            .weights = json_is_true(json_object_get(p, "weights")),
-        };
-        kn_prompt_embeddings emb = {test_find, NULL};
-        kn_prompt_chunks got;
-        kn_err err;
-        char what[128];
-        snprintf(what, sizeof what, "flux %s [%s]", name_of(line), key);
-        current_standin = &s;
-        if (kn_prompt_tokenize(&tok, &emb, json_string_value(text), json_string_length(text), &got, &err))
-            CHECK(0, "%s: %s", what, err.msg);
-        else
-            check_chunks(what, &got, want);
-        current_standin = NULL;
-        kn_prompt_chunks_free(&got);
-    }
 }
 
 /* ---- weights, by the README's examples ---------------------------------------- */
@@ -516,14 +324,6 @@ int main(void) {
     lines = each_line(FIXTURES "/golden/comfyui/qwen_image.jsonl", check_qwen_line, &qi);
     lines += each_line(FIXTURES "/golden/comfyui/z_image.jsonl", check_qwen_line, &zi);
     printf("comfyui qwen goldens: %d prompts\n", lines);
-
-    json_error_t jerr;
-    json_t *params = json_load_file(FIXTURES "/golden/comfyui/params.json", 0, &jerr);
-    CHECK(params != NULL, "params.json: %s", jerr.text);
-    flux_ctx fc = {json_object_get(params, "flux")};
-    lines = each_line(FIXTURES "/golden/comfyui/flux.jsonl", check_flux_line, &fc);
-    printf("comfyui flux chunking goldens: %d prompts\n", lines);
-    json_decref(params);
 
     test_reference_edges(qwen25);
     test_weights();
