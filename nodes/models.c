@@ -93,6 +93,78 @@ static int check_weight_dtype(kn_node_call *c) {
     return KN_OK;
 }
 
+/* Validate hooks: the files' families are detected from their headers (the
+ * mapping is only read where the tensor table is), so a prompt naming a model
+ * Kiln does not run is refused before it queues, naming what was found. */
+
+/* Detects the file `input` names in `folder` with `detect` (an adapter over the family tables). */
+static int detect_file(kn_node_call *c, const char *input, const char *folder,
+                       int (*detect)(const kn_st_file *f, kn_err *err)) {
+    char *path = NULL;
+    const char *name;
+    kn_st_file *f = NULL;
+    int rc = kn_in_string(c, input, &name) ? c->err->code : resolve(c, input, folder, &path);
+    if (!rc) rc = open_file(c, input, path, &f);
+    if (!rc && detect(f, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s: %s", name, c->err->msg);
+    kn_st_close(f);
+    free(path);
+    return rc;
+}
+
+static int detect_dit(const kn_st_file *f, kn_err *err) {
+    const kn_dit_family *fam = NULL;
+    const char *prefix;
+    return kn_dit_detect(f, &fam, &prefix, err);
+}
+
+static int detect_vae(const kn_st_file *f, kn_err *err) {
+    const kn_vae_family *fam = NULL;
+    return kn_vae_detect(f, &fam, err);
+}
+
+static int validate_unet(kn_node_call *c) {
+    if (check_weight_dtype(c)) return c->err->code;
+    return detect_file(c, "unet_name", "diffusion_models", detect_dit);
+}
+
+static int validate_vae(kn_node_call *c) {
+    const char *name;
+    if (kn_in_string(c, "vae_name", &name)) return c->err->code;
+    if (strcmp(name, "pixel_space") == 0)
+        return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
+    return detect_file(c, "vae_name", "vae", detect_vae);
+}
+
+/* The text-encoder files of inputs[0..n) with the loader's type. */
+static int validate_clip_files(kn_node_call *c, const char *const *inputs, int n) {
+    const char *type;
+    char *path[2] = {NULL, NULL};
+    kn_st_file *f[2] = {NULL, NULL};
+    const kn_clip_family *fam = NULL;
+    int rc = kn_in_string(c, "type", &type) ? c->err->code : KN_OK;
+    for (int i = 0; !rc && i < n; i++) rc = resolve(c, inputs[i], "text_encoders", &path[i]);
+    for (int i = 0; !rc && i < n; i++) rc = open_file(c, inputs[i], path[i], &f[i]);
+    const char *name;
+    if (!rc && kn_clip_detect((const kn_st_file **)f, n, type, &fam, c->err))
+        rc = kn_node_fail(c, inputs[0], c->err->code, "%s: %s",
+                          kn_in_string(c, inputs[0], &name) ? inputs[0] : name, c->err->msg);
+    for (int i = 0; i < n; i++) {
+        kn_st_close(f[i]);
+        free(path[i]);
+    }
+    return rc;
+}
+
+static int validate_clip(kn_node_call *c) {
+    static const char *const inputs[] = {"clip_name"};
+    return validate_clip_files(c, inputs, 1);
+}
+
+static int validate_dual_clip(kn_node_call *c) {
+    static const char *const inputs[] = {"clip_name1", "clip_name2"};
+    return validate_clip_files(c, inputs, 2);
+}
+
 static int unet_loader(kn_node_call *c) {
     char *path = NULL;
     if (check_weight_dtype(c)) return c->err->code;
@@ -257,8 +329,9 @@ const kn_node_def kn_nodes_models[] = {
 
 /* A loaded file replaced on disk re-runs its loader (nodes/changed.h). */
 const kn_node_hooks kn_hooks_models[] = {
-    {"UNETLoader", kn_changed_file_stamps, check_weight_dtype},
-    {"CLIPLoader", kn_changed_file_stamps, NULL},
-    {"VAELoader", kn_changed_file_stamps, NULL},
+    {"UNETLoader", kn_changed_file_stamps, validate_unet},
+    {"CLIPLoader", kn_changed_file_stamps, validate_clip},
+    {"DualCLIPLoader", kn_changed_file_stamps, validate_dual_clip},
+    {"VAELoader", kn_changed_file_stamps, validate_vae},
     {0},
 };

@@ -83,17 +83,16 @@ int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char 
         const dit_rule *r = &dit_rules[i];
         if (!find(f, *prefix, r->key) || (r->also && !r->also(f, *prefix))) continue;
         if (!r->family)
-            return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: detected a %s diffusion model; Kiln runs: %s", kn_st_path(f),
-                           r->title, kn_dit_supported());
+            return kn_fail(err, KN_ERR_UNSUPPORTED, "detected a %s diffusion model; Kiln runs: %s", r->title,
+                           kn_dit_supported());
         *family = r->family;
         return KN_OK;
     }
-    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: not a diffusion model Kiln recognises; Kiln runs: %s", kn_st_path(f),
-                   kn_dit_supported());
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "not a diffusion model Kiln recognises; Kiln runs: %s", kn_dit_supported());
 }
 
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err) {
-    const kn_dit_family *fam;
+    const kn_dit_family *fam = NULL;
     const char *prefix;
     KN_TRY(kn_dit_detect(f, &fam, &prefix, err));
     return fam->load(out, f, prefix, NULL, err);
@@ -203,12 +202,12 @@ int kn_clip_detect(const kn_st_file **files, int n, const char *type, const kn_c
             return KN_OK;
         }
     }
+    /* after the swap above kinds[] is in the order the files were not given in */
     if (n == 1)
-        return kn_fail(err, KN_ERR_UNSUPPORTED, "%s holds %s, not a text encoder Kiln runs with type '%s'; Kiln runs: %s",
-                       kn_st_path(files[0]), te_titles[kinds[0]], type ? type : "", clip_supported());
-    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s (%s) and %s (%s) are not a text-encoder pair Kiln runs; Kiln runs: %s",
-                   kn_st_path(files[0]), te_titles[kinds[1]], kn_st_path(files[1]), te_titles[kinds[0]],
-                   clip_supported());
+        return kn_fail(err, KN_ERR_UNSUPPORTED, "holds %s, not a text encoder Kiln runs with type '%s'; Kiln runs: %s",
+                       te_titles[kinds[0]], type ? type : "", clip_supported());
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s and %s are not a text-encoder pair Kiln runs; Kiln runs: %s",
+                   te_titles[kinds[1]], te_titles[kinds[0]], clip_supported());
 }
 
 void kn_clip_free(kn_clip *c) {
@@ -252,17 +251,15 @@ int kn_vae_detect(const kn_st_file *f, const kn_vae_family **family, kn_err *err
         const vae_rule *r = &vae_rules[i];
         if (!find(f, "", r->key) || (r->also && !r->also(f))) continue;
         if (!r->family)
-            return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: detected a %s; Kiln runs: %s", kn_st_path(f), r->title,
-                           vae_supported());
+            return kn_fail(err, KN_ERR_UNSUPPORTED, "detected a %s; Kiln runs: %s", r->title, vae_supported());
         *family = r->family;
         return KN_OK;
     }
-    return kn_fail(err, KN_ERR_UNSUPPORTED, "%s: not a VAE Kiln recognises; Kiln runs: %s", kn_st_path(f),
-                   vae_supported());
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "not a VAE Kiln recognises; Kiln runs: %s", vae_supported());
 }
 
 int kn_vae_load(kn_vae **out, const kn_st_file *f, kn_err *err) {
-    const kn_vae_family *fam;
+    const kn_vae_family *fam = NULL;
     KN_TRY(kn_vae_detect(f, &fam, err));
     return fam->load(out, f, err);
 }

@@ -175,15 +175,45 @@ check(rc == 1 and body.get("error", {}).get("type") == "missing_node_type" and
       body["error"].get("extra_info", {}).get("node_id") == "99", "unknown class -> missing_node_type naming node 99")
 
 # the type only picks between models sharing the same files (ComfyUI's detect_te_model):
-# sd3 still loads Qwen-Image's encoder; hunyuan_image selects a model Kiln does not run
+# sd3 still loads Qwen-Image's encoder; hunyuan_image selects a model Kiln does not run,
+# which validation refuses (the files' headers are read, nothing is loaded)
 rc, ev, err = run("--set", "38.type=sd3", API)
 check(rc == 0 and of_type(ev, "execution_success"), "CLIPLoader type sd3 on a Qwen2.5-VL file renders")
-rc, ev, err = run("--set", "38.type=hunyuan_image", API)
+
+
+def validation_message(args, node, input_name):
+    rc, ev, err = run(*args)
+    body = ev[-1] if ev else {}
+    errors = body.get("node_errors", {}).get(node, {}).get("errors", [])
+    hits = [e for e in errors if e["type"] == "custom_validation_failed" and e["extra_info"].get("input_name") == input_name]
+    return rc, (hits[0]["details"] if hits else ""), not os.path.exists(os.path.join(WORK, "output", "none"))
+
+
+rc, details, _ = validation_message(["--set", "38.type=hunyuan_image", API], "38", "clip_name")
+check(rc == 1 and "HunyuanImage" in details, "CLIPLoader type hunyuan_image: refused at validation naming the model")
+
+# A models folder with files of families Kiln recognises but does not run, and a VAE whose
+# header looks right but whose weights do not load: validation refuses the first kind naming
+# the family; the second fails when the node runs (execution_error naming node and input).
+models = os.path.join(WORK, "models")
+for sub in ("diffusion_models", "text_encoders", "vae"):
+    shutil.copytree(os.path.join(os.path.dirname(KILN), "models", sub), os.path.join(models, sub))
+write_safetensors(os.path.join(models, "diffusion_models", "z_image_turbo_bf16.safetensors"),
+                  {"cap_embedder.1.weight": ([3840, 1], [0.0] * 3840)})
+write_safetensors(os.path.join(models, "diffusion_models", "flux2_dev.safetensors"),
+                  {"double_stream_modulation_img.lin.weight": ([2, 2], [0.0] * 4)})
+write_safetensors(os.path.join(models, "vae", "broken_vae.safetensors"),
+                  {"decoder.middle.0.residual.0.gamma": ([4, 1, 1, 1], [1.0] * 4)})
+for name, family in (("z_image_turbo_bf16.safetensors", "Z-Image"), ("flux2_dev.safetensors", "Flux.2")):
+    rc, details, _ = validation_message(["--models", models, "--set", "37.unet_name=" + name, API], "37", "unet_name")
+    check(rc == 1 and ("detected a %s diffusion model" % family) in details and "Kiln runs: " in details
+          and "Qwen-Image" in details.split("Kiln runs: ")[1] and WORK not in details,
+          "%s checkpoint in a Qwen-Image workflow: refused at validation naming the family (%s)" % (family, details))
+rc, ev, err = run("--models", models, "--set", "39.vae_name=broken_vae.safetensors", API)
 fail = of_type(ev, "execution_error")
-check(rc == 1 and fail and fail[0]["node_id"] == "38" and fail[0]["node_type"] == "CLIPLoader" and
-      "'clip_name'" in fail[0]["exception_message"] and "HunyuanImage" in fail[0]["exception_message"] and
-      fail[0]["exception_type"] and fail[0]["executed"] == ["39", "58"],
-      "execution failure -> execution_error naming node 38, input clip_name and the detected model")
+check(rc == 1 and fail and fail[0]["node_id"] == "39" and fail[0]["node_type"] == "VAELoader" and
+      "'vae_name'" in fail[0]["exception_message"] and fail[0]["exception_type"] and fail[0]["executed"] == [],
+      "execution failure -> execution_error naming node 39 and input vae_name")
 
 rc, ev, err = run("--set", "nosuchnode.seed=1", API)
 check(rc == 1 and ev and ev[-1].get("error", {}).get("type") == "invalid_prompt", "--set on a missing node")
