@@ -3,7 +3,6 @@
 #include "kernels/ops.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -107,16 +106,10 @@ static int check_f32_side(kn_ctx *ctx, const kn_tensor *out, const kn_tensor *t,
                           const int64_t *ne) {
     char d[96];
     KN_TRY(check_same_device(ctx, "attention", out, t));
-    int ok = t->dtype == KN_F32 && t->ndim == ndim && kn_tensor_is_contiguous(t);
-    for (int i = 0; ok && i < ndim; i++) ok = t->ne[i] == ne[i];
-    if (!ok) {
-        char want[64];
-        size_t o = (size_t)snprintf(want, sizeof want, "[");
-        for (int i = 0; i < ndim && o < sizeof want; i++)
-            o += (size_t)snprintf(want + o, sizeof want - o, i ? ", %lld" : "%lld", (long long)ne[i]);
-        return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: %s %s %s must be contiguous F32 %s]", role, tname(t),
-                       kn_tensor_desc(t, d, sizeof d), want);
-    }
+    if (kn_tensor_expect(t, role, ndim, ne, &ctx->err)) return kn_err_wrap(&ctx->err, "attention");
+    if (t->dtype != KN_F32 || !kn_tensor_is_contiguous(t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: %s %s %s must be contiguous F32", role, tname(t),
+                       kn_tensor_desc(t, d, sizeof d));
     return KN_OK;
 }
 
@@ -273,7 +266,8 @@ static int check_patch(kn_ctx *ctx, const char *op, const kn_tensor *tokens, con
     KN_TRY(check_same_device(ctx, op, tokens, x));
     if (tokens->dtype != x->dtype)
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: tokens %s %s and latent %s %s differ in dtype", op,
-                       tname(tokens), kn_tensor_desc(tokens, dt, sizeof dt), tname(x), kn_tensor_desc(x, dx, sizeof dx));
+                       tname(tokens), kn_tensor_desc(tokens, dt, sizeof dt), tname(x),
+                       kn_tensor_desc(x, dx, sizeof dx));
     int nd = x->ndim;
     if (p < 1 || (nd != 4 && !(nd == 5 && x->ne[2] == 1)))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: latent %s %s must be [B, C, H, W] or [B, C, 1, H, W] (patch %d)",

@@ -116,9 +116,14 @@ int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tenso
  * latent is circularly padded up to whole patches first, as ComfyUI's
  * common_dit.pad_to_patch_size (padding_mode "circular"): padded row H + r
  * reads row r. tokens may be a view whose batch and token strides are any
- * (the head dim F is contiguous): e.g. a token range of a longer sequence
- * where reference latents follow the main image. x and tokens share a dtype
- * (F32 on the CPU). */
+ * (the feature dim F is contiguous; written tokens must not overlap): e.g. a
+ * token range of a longer sequence where reference latents follow the main
+ * image. x and tokens share a dtype (F32 on the CPU). Orders as in ComfyUI:
+ * Flux (comfy/ldm/flux/model.py) and Qwen-Image (comfy/ldm/qwen_image/model.py)
+ * rearrange "b c (h ph) (w pw) -> b (h w) (c ph pw)"; Lumina/Z-Image
+ * (comfy/ldm/lumina/model.py, NextDiT.patchify_and_embed) take
+ * img.view(C, H/p, p, W/p, p).permute(1, 3, 2, 4, 0), i.e. (py, px, c), and
+ * unpatchify inverts it with .view(H/p, W/p, p, p, C).permute(4, 0, 2, 1, 3). */
 typedef enum kn_patch_order {
     KN_PATCH_C_PY_PX, /* feature (c*p + py)*p + px: Flux, Qwen-Image */
     KN_PATCH_PY_PX_C, /* feature (py*p + px)*C + c: Z-Image / Lumina */

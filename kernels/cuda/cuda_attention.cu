@@ -44,8 +44,9 @@ __global__ void __launch_bounds__(KN_CU_ATT_WARPS * 32) kn_cu_attention_kernel(k
     const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
 
     float *qrow = qs + warp * D; /* scaled once here instead of per score */
+    const T *qi = q + b * a.qst[0] + i * a.qst[1] + h * a.qst[2];
     if (active)
-        for (int d = lane; d < D; d += 32) qrow[d] = kn_cu_f32(q[b * a.qst[0] + i * a.qst[1] + h * a.qst[2] + d]) * a.scale;
+        for (int d = lane; d < D; d += 32) qrow[d] = kn_cu_f32(qi[d]) * a.scale;
 
     float acc[NPL];
     for (int c = 0; c < NPL; c++) acc[c] = 0.0f;

@@ -328,7 +328,8 @@ void test_attention_all(void) {
     test_attention((attn_spec){1, 37, 37, 4, 1, 128, 1, 0, CONTIG, 0, 0, 1});  /* causal, MQA, crosses a 32-key tile */
     test_attention((attn_spec){2, 45, 45, 4, 2, 40, 1, 1, CONTIG, 0, 0, 1});   /* causal + mask, odd head dim */
     test_attention((attn_spec){2, 7, 19, 3, 3, 24, 0, 2, CONTIG, 0, 0, 1});    /* a batch with every key masked */
-    test_attention((attn_spec){1, 130, 300, 2, 1, 64, 0, 1, CONTIG, 0, 0, 1}); /* crosses the CPU's 128-query and 256-key blocks */
+    /* crosses the CPU's 128-query and 256-key blocks */
+    test_attention((attn_spec){1, 130, 300, 2, 1, 64, 0, 1, CONTIG, 0, 0, 1});
     test_attention((attn_spec){1, 5, 33, 2, 1, 256, 0, 0, CONTIG, 0, 0, 1});   /* largest head dim */
     /* kn_attention_ex */
     test_attention((attn_spec){2, 13, 21, 6, 2, 64, 0, 1, CONTIG, 1, 1, 0});    /* GQA, bias broadcast over batch */
