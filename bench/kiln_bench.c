@@ -7,7 +7,8 @@
  * c. Kiln's GEMM through kn_linear on the same shapes: bf16 weights in FP32
  *    and BF16 precision, f32 weights in FP32;
  * d. with a model file: one full-width Qwen-Image DiT block at 1024x1024
- *    (4096 image + 256 text tokens) and its attention alone, both precisions.
+ *    (4096 image + 256 text tokens) and its attention alone, both precisions,
+ *    on separate q/k/v and on views into one fused [L, 3 * dim] qkv buffer.
  * Every time is the median of KN_BENCH_REPS runs (default 3) after one
  * warm-up run. See README.md. */
 #include <cblas.h>
@@ -403,23 +404,36 @@ static int bench_block(const char *path) {
     fill(a.k.data, qkv, 1.7f);
     fill(a.v.data, qkv, 1.7f);
     a.scale = 1.0f / sqrtf((float)c->head_dim);
+    /* the same attention reading q, k, v in place from a fused projection output */
+    attn_job af = a;
+    kn_tensor fused = kn_tensor_make(KN_F32, KN_DEV_CPU, xmalloc(3 * qkv * 4), 3, (int64_t[]){1, L, 3 * D});
+    fill(fused.data, 3 * qkv, 1.7f);
+    af.o = kn_tensor_make(KN_F32, KN_DEV_CPU, xmalloc(qkv * 4), 4, ne4);
+    const int64_t fst[4] = {L * 3 * D, 3 * D, c->head_dim, 1};
+    int rc = kn_tensor_view(&af.q, &fused, 4, ne4, fst, 0, &err);
+    if (rc == KN_OK) rc = kn_tensor_view(&af.k, &fused, 4, ne4, fst, D, &err);
+    if (rc == KN_OK) rc = kn_tensor_view(&af.v, &fused, 4, ne4, fst, 2 * D, &err);
+    if (rc) fprintf(stderr, "kiln_bench: %s\n", err.msg);
 
-    int rc = KN_OK;
     static const kn_precision precs[] = {KN_PREC_FP32, KN_PREC_BF16};
     for (size_t p = 0; rc == KN_OK && p < sizeof precs / sizeof precs[0]; p++) {
         kn_ctx ctx;
         rc = kn_ctx_init(&ctx, KN_DEV_CPU, precs[p]);
-        b.ctx = a.ctx = &ctx;
+        b.ctx = a.ctx = af.ctx = &ctx;
         int bf = precs[p] == KN_PREC_BF16;
         double pk = bf ? peak_bf16 : peak_fp32;
         const char *pkn = bf ? bf16_peak_name : "peak-fp32";
-        timing ta = {0.0, 0.0, 0.0}, tb = {0.0, 0.0, 0.0};
+        timing ta = {0.0, 0.0, 0.0}, tf = {0.0, 0.0, 0.0}, tb = {0.0, 0.0, 0.0};
         if (rc == KN_OK) rc = time_runs(run_attention, &a, &ta);
+        if (rc == KN_OK) rc = time_runs(run_attention, &af, &tf);
         if (rc == KN_OK) rc = time_runs(run_block, &b, &tb);
         if (rc == KN_OK) {
             printf("attention %s %lld tokens: %7.3f s (best %7.3f), %6.1f GFLOP/s = %5.1f%% %s%s\n",
                    prec_name(precs[p]), (long long)L, ta.median, ta.best, att / ta.median * 1e-9,
                    100.0 * att / ta.median * 1e-9 / pk, pkn, busy_note(&ta));
+            printf("attention %s fused qkv:   %7.3f s (best %7.3f), %6.1f GFLOP/s = %5.1f%% %s%s\n",
+                   prec_name(precs[p]), tf.median, tf.best, att / tf.median * 1e-9,
+                   100.0 * att / tf.median * 1e-9 / pk, pkn, busy_note(&tf));
             results.block[p] = (lin + att) / tb.median * 1e-9;
             printf("dit block %s:           %7.3f s (best %7.3f), %6.1f GFLOP/s = %5.1f%% %s%s\n",
                    prec_name(precs[p]), tb.median, tb.best, results.block[p], 100.0 * results.block[p] / pk, pkn,
@@ -430,7 +444,7 @@ static int bench_block(const char *path) {
         kn_ctx_free(&ctx);
     }
     void *bufs[] = {b.img.data, b.txt.data, b.tvec.data, b.cos.data, b.sin.data, b.img0, b.txt0,
-                    a.q.data,   a.k.data,   a.v.data,    a.o.data};
+                    a.q.data,   a.k.data,   a.v.data,    a.o.data, fused.data, af.o.data};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     kn_qwen_dit_free(&m);
     kn_st_close(f);

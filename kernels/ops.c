@@ -40,13 +40,26 @@ int kn_precision_parse(const char *s, kn_precision *out) {
 
 static const char *tname(const kn_tensor *t) { return t->name ? t->name : "tensor"; }
 
+static int act_dtype_ok(const kn_tensor *t) {
+    return t->device == KN_DEV_CPU ? t->dtype == KN_F32
+                                   : (t->dtype == KN_F32 || t->dtype == KN_BF16 || t->dtype == KN_F16);
+}
+
 static int check_act(kn_ctx *ctx, const char *op, const kn_tensor *t, const char *role) {
     char d[96];
-    int dtype_ok = t->device == KN_DEV_CPU ? t->dtype == KN_F32
-                                           : (t->dtype == KN_F32 || t->dtype == KN_BF16 || t->dtype == KN_F16);
-    if (!dtype_ok || !kn_tensor_is_contiguous(t))
+    if (!act_dtype_ok(t) || !kn_tensor_is_contiguous(t))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: %s %s %s must be a contiguous activation (F32 on CPU)", op,
                        role, tname(t), kn_tensor_desc(t, d, sizeof d));
+    return KN_OK;
+}
+
+/* An activation read as rows: the last dim contiguous, the others any stride. */
+static int check_rows(kn_ctx *ctx, const char *op, const kn_tensor *t, const char *role) {
+    char d[96];
+    if (!act_dtype_ok(t) || t->ndim < 1 || (t->st[t->ndim - 1] != 1 && t->ne[t->ndim - 1] > 1))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE,
+                       "%s: %s %s %s must be an activation (F32 on CPU) with a contiguous last dim (stride %lld)", op,
+                       role, tname(t), kn_tensor_desc(t, d, sizeof d), t->ndim ? (long long)t->st[t->ndim - 1] : 0LL);
     return KN_OK;
 }
 
@@ -77,13 +90,26 @@ static int check_same_shape(kn_ctx *ctx, const char *op, const kn_tensor *a, con
     return KN_OK;
 }
 
-/* A per-channel parameter (norm weight, bias) of length n on the op's device. */
-static int check_vec(kn_ctx *ctx, const char *op, const kn_tensor *v, int64_t n) {
+/* A per-channel parameter (norm weight, bias) of length n on the device of y. */
+static int check_vec(kn_ctx *ctx, const char *op, const kn_tensor *y, const kn_tensor *v, int64_t n) {
     char d[96];
     if (!v) return KN_OK;
+    KN_TRY(check_same_device(ctx, op, y, v));
     if (kn_tensor_numel(v) != n || !kn_dtype_is_float(v->dtype) || !kn_tensor_is_contiguous(v))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: %s %s should be %lld floats", op, tname(v),
                        kn_tensor_desc(v, d, sizeof d), (long long)n);
+    return KN_OK;
+}
+
+/* An F32 side input or output of the attention (mask, bias, lse): contiguous, of shape ne, on out's device. */
+static int check_f32_side(kn_ctx *ctx, const kn_tensor *out, const kn_tensor *t, const char *role, int ndim,
+                          const int64_t *ne) {
+    char d[96];
+    KN_TRY(check_same_device(ctx, "attention", out, t));
+    if (kn_tensor_expect(t, role, ndim, ne, &ctx->err)) return kn_err_wrap(&ctx->err, "attention");
+    if (t->dtype != KN_F32 || !kn_tensor_is_contiguous(t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: %s %s %s must be contiguous F32", role, tname(t),
+                       kn_tensor_desc(t, d, sizeof d));
     return KN_OK;
 }
 
@@ -101,7 +127,7 @@ int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
         w->ne[1] != last_dim(x) || w->ne[0] != last_dim(y) || kn_tensor_rows(x) != kn_tensor_rows(y))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "linear: weight %s %s does not map input %s to output %s", tname(w),
                        kn_tensor_desc(w, a, sizeof a), kn_tensor_desc(x, b, sizeof b), kn_tensor_desc(y, c, sizeof c));
-    KN_TRY(check_vec(ctx, "linear", bias, w->ne[0]));
+    KN_TRY(check_vec(ctx, "linear", y, bias, w->ne[0]));
     return DISPATCH(y->device, linear, ctx, y, x, w, bias);
 }
 
@@ -137,7 +163,7 @@ int kn_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     KN_TRY(check_same_shape(ctx, "rmsnorm", y, x));
     KN_TRY(check_out(ctx, "rmsnorm", y, x));
     KN_TRY(check_same_device(ctx, "rmsnorm", y, x));
-    KN_TRY(check_vec(ctx, "rmsnorm", w, last_dim(x)));
+    KN_TRY(check_vec(ctx, "rmsnorm", y, w, last_dim(x)));
     return DISPATCH(y->device, rmsnorm, ctx, y, x, w, eps);
 }
 
@@ -146,8 +172,8 @@ int kn_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor 
     KN_TRY(check_same_shape(ctx, "layernorm", y, x));
     KN_TRY(check_out(ctx, "layernorm", y, x));
     KN_TRY(check_same_device(ctx, "layernorm", y, x));
-    KN_TRY(check_vec(ctx, "layernorm", w, last_dim(x)));
-    KN_TRY(check_vec(ctx, "layernorm", b, last_dim(x)));
+    KN_TRY(check_vec(ctx, "layernorm", y, w, last_dim(x)));
+    KN_TRY(check_vec(ctx, "layernorm", y, b, last_dim(x)));
     return DISPATCH(y->device, layernorm, ctx, y, x, w, b, eps);
 }
 
@@ -166,12 +192,21 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
 
 int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
                    const int *dims, double theta) {
-    int64_t L = cos_t->ne[0], half = 0;
-    for (int a = 0; a < n_axes; a++) half += dims[a] / 2;
+    char dc[96], ds[96];
+    int64_t half = 0;
+    for (int ax = 0; ax < n_axes; ax++) {
+        if (dims[ax] < 0 || dims[ax] % 2)
+            return kn_fail(&ctx->err, KN_ERR_INVALID, "rope tables: axis %d has %d channels (must be even)", ax,
+                           dims[ax]);
+        half += dims[ax] / 2;
+    }
     if (cos_t->ndim != 2 || sin_t->ndim != 2 || cos_t->dtype != KN_F32 || sin_t->dtype != KN_F32 ||
-        cos_t->device != KN_DEV_CPU || sin_t->device != KN_DEV_CPU || cos_t->ne[1] != half || sin_t->ne[0] != L ||
-        sin_t->ne[1] != half || !kn_tensor_is_contiguous(cos_t) || !kn_tensor_is_contiguous(sin_t))
-        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope tables: cos/sin must be CPU F32 [L, %lld]", (long long)half);
+        cos_t->device != KN_DEV_CPU || sin_t->device != KN_DEV_CPU || cos_t->ne[1] != half ||
+        sin_t->ne[0] != cos_t->ne[0] || sin_t->ne[1] != half || !kn_tensor_is_contiguous(cos_t) ||
+        !kn_tensor_is_contiguous(sin_t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope tables: cos %s and sin %s must be CPU F32 [L, %lld]",
+                       kn_tensor_desc(cos_t, dc, sizeof dc), kn_tensor_desc(sin_t, ds, sizeof ds), (long long)half);
+    int64_t L = cos_t->ne[0];
     float *c = cos_t->data, *s = sin_t->data;
     for (int64_t l = 0; l < L; l++) {
         int64_t col = l * half;
@@ -186,12 +221,13 @@ int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double
     return KN_OK;
 }
 
-int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
-                 const kn_tensor *key_mask, int causal, float scale) {
-    char a[96], b[96], c[96];
-    KN_TRY(check_act(ctx, "attention", q, "query"));
-    KN_TRY(check_act(ctx, "attention", k, "key"));
-    KN_TRY(check_act(ctx, "attention", v, "value"));
+int kn_attention_ex(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                    const kn_attention_args *a) {
+    char dq[96], dk[96], dv[96];
+    if (!a) return kn_fail(&ctx->err, KN_ERR_INVALID, "attention: no arguments (kn_attention_args is NULL)");
+    KN_TRY(check_rows(ctx, "attention", q, "query"));
+    KN_TRY(check_rows(ctx, "attention", k, "key"));
+    KN_TRY(check_rows(ctx, "attention", v, "value"));
     KN_TRY(check_act(ctx, "attention", out, "output"));
     KN_TRY(check_same_shape(ctx, "attention", out, q));
     KN_TRY(check_same_shape(ctx, "attention", k, v));
@@ -199,19 +235,60 @@ int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tenso
     KN_TRY(check_same_device(ctx, "attention", out, k));
     KN_TRY(check_same_device(ctx, "attention", out, v));
     if (q->ndim != 4 || k->ndim != 4 || q->ne[0] != k->ne[0] || q->ne[3] != k->ne[3] || k->ne[2] == 0 ||
-        q->ne[2] % k->ne[2] || (causal && q->ne[1] != k->ne[1]))
+        q->ne[2] % k->ne[2] || (a->causal && q->ne[1] != k->ne[1]))
         return kn_fail(&ctx->err, KN_ERR_SHAPE,
                        "attention: q %s, k %s, v %s must be [B, L, H, D] with query heads a multiple of kv heads%s",
-                       kn_tensor_desc(q, a, sizeof a), kn_tensor_desc(k, b, sizeof b), kn_tensor_desc(v, c, sizeof c),
-                       causal ? " and Lq == Lk (causal)" : "");
-    if (key_mask) {
-        KN_TRY(check_same_device(ctx, "attention", out, key_mask));
-        if (key_mask->dtype != KN_F32 || key_mask->ndim != 2 || key_mask->ne[0] != q->ne[0] ||
-            key_mask->ne[1] != k->ne[1] || !kn_tensor_is_contiguous(key_mask))
-            return kn_fail(&ctx->err, KN_ERR_SHAPE, "attention: key mask %s must be F32 [B=%lld, Lk=%lld]",
-                           kn_tensor_desc(key_mask, a, sizeof a), (long long)q->ne[0], (long long)k->ne[1]);
+                       kn_tensor_desc(q, dq, sizeof dq), kn_tensor_desc(k, dk, sizeof dk),
+                       kn_tensor_desc(v, dv, sizeof dv), a->causal ? " and Lq == Lk (causal)" : "");
+    if (!isfinite(a->scale))
+        return kn_fail(&ctx->err, KN_ERR_INVALID, "attention: scale %g is not finite", (double)a->scale);
+    int64_t B = q->ne[0], Lq = q->ne[1], Hq = q->ne[2], Lk = k->ne[1];
+    if (a->key_mask) KN_TRY(check_f32_side(ctx, out, a->key_mask, "key mask", 2, (int64_t[]){B, Lk}));
+    if (a->bias) {
+        int64_t Bb = a->bias->ndim == 4 && a->bias->ne[0] == 1 ? 1 : B; /* broadcast over the batch */
+        KN_TRY(check_f32_side(ctx, out, a->bias, "bias", 4, (int64_t[]){Bb, Hq, Lq, Lk}));
     }
-    return DISPATCH(out->device, attention, ctx, out, q, k, v, key_mask, causal, scale);
+    if (a->lse) KN_TRY(check_f32_side(ctx, out, a->lse, "lse", 3, (int64_t[]){B, Hq, Lq}));
+    return DISPATCH(out->device, attention, ctx, out, q, k, v, a);
+}
+
+int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                 const kn_tensor *key_mask, int causal, float scale) {
+    kn_attention_args a = {key_mask, NULL, causal, scale, NULL};
+    return kn_attention_ex(ctx, out, q, k, v, &a);
+}
+
+/* x [B, C, H, W] or [B, C, 1, H, W] and tokens [B, hl*wl, C*p*p] for patch size p. */
+static int check_patch(kn_ctx *ctx, const char *op, const kn_tensor *tokens, const kn_tensor *x, int p) {
+    char dt[96], dx[96];
+    KN_TRY(check_act(ctx, op, x, "latent"));
+    KN_TRY(check_rows(ctx, op, tokens, "tokens"));
+    KN_TRY(check_same_device(ctx, op, tokens, x));
+    if (tokens->dtype != x->dtype)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: tokens %s %s and latent %s %s differ in dtype", op,
+                       tname(tokens), kn_tensor_desc(tokens, dt, sizeof dt), tname(x),
+                       kn_tensor_desc(x, dx, sizeof dx));
+    int nd = x->ndim;
+    if (p < 1 || (nd != 4 && !(nd == 5 && x->ne[2] == 1)))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: latent %s %s must be [B, C, H, W] or [B, C, 1, H, W] (patch %d)",
+                       op, tname(x), kn_tensor_desc(x, dx, sizeof dx), p);
+    int64_t C = x->ne[1], H = x->ne[nd - 2], W = x->ne[nd - 1];
+    int64_t hl = (H + p - 1) / p, wl = (W + p - 1) / p;
+    if (tokens->ndim != 3 || tokens->ne[0] != x->ne[0] || tokens->ne[1] != hl * wl || tokens->ne[2] != C * p * p)
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: tokens %s %s must be [B, %lld, %lld] for latent %s %s, patch %d",
+                       op, tname(tokens), kn_tensor_desc(tokens, dt, sizeof dt), (long long)(hl * wl),
+                       (long long)(C * p * p), tname(x), kn_tensor_desc(x, dx, sizeof dx), p);
+    return KN_OK;
+}
+
+int kn_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, int p, kn_patch_order order) {
+    KN_TRY(check_patch(ctx, "patchify", tokens, x, p));
+    return DISPATCH(tokens->device, patchify, ctx, tokens, x, p, order);
+}
+
+int kn_unpatchify(kn_ctx *ctx, kn_tensor *x, const kn_tensor *tokens, int p, kn_patch_order order) {
+    KN_TRY(check_patch(ctx, "unpatchify", tokens, x, p));
+    return DISPATCH(x->device, unpatchify, ctx, x, tokens, p, order);
 }
 
 int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act) {
@@ -272,6 +349,7 @@ int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
     KN_TRY(check_act(ctx, "modulate", x, "input"));
     KN_TRY(check_same_shape(ctx, "modulate", y, x));
     KN_TRY(check_out(ctx, "modulate", y, x));
+    KN_TRY(check_same_device(ctx, "modulate", y, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "modulate: x must be [B, L, D]");
     KN_TRY(check_mod_vec(ctx, "modulate", x, shift));
     KN_TRY(check_mod_vec(ctx, "modulate", x, scale));
@@ -283,6 +361,7 @@ int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor
     KN_TRY(check_act(ctx, "gate_add", acc, "accumulator"));
     KN_TRY(check_same_shape(ctx, "gate_add", acc, x));
     KN_TRY(check_out(ctx, "gate_add", acc, x));
+    KN_TRY(check_same_device(ctx, "gate_add", acc, x));
     if (x->ndim != 3) return kn_fail(&ctx->err, KN_ERR_SHAPE, "gate_add: x must be [B, L, D]");
     KN_TRY(check_mod_vec(ctx, "gate_add", x, gate));
     return DISPATCH(acc->device, gate_add, ctx, acc, x, gate);
@@ -293,8 +372,5 @@ int kn_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w) {
     if (ctx->device != KN_DEV_CPU || w->device != KN_DEV_CPU || !kn_dtype_is_float(w->dtype) || !kn_tensor_is_contiguous(w))
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "weight %s %s: expected contiguous float weights on CPU", tname(w),
                        kn_tensor_desc(w, d, sizeof d));
-    KN_TRY(kn_arena_tensor(ctx->scratch, out, KN_F32, w->ndim, w->ne, &ctx->err));
-    kn_to_f32(out->data, w->data, w->dtype, (size_t)kn_tensor_numel(w), w->scale);
-    out->name = w->name;
-    return KN_OK;
+    return kn_cpu_weight_f32(ctx, out, w);
 }

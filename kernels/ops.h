@@ -6,7 +6,9 @@
  * checked input. A DiT block and an LLM layer call the same functions.
  *
  * Conventions
- *  - Activations are contiguous and row-major; on CPU they are F32.
+ *  - Activations are contiguous and row-major; on CPU they are F32. Where an
+ *    op says so, inputs may be strided views (kn_modulate's rows,
+ *    kn_attention_ex's q/k/v, kn_patchify's tokens).
  *  - Weights may be F32, BF16, F16, F8_E4M3 or F8_E5M2 (with tensor->scale);
  *    they are never converted as a whole: GEMM widens them panel by panel.
  *  - Outputs may alias inputs where noted ("in place allowed").
@@ -80,14 +82,55 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
 int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
                    const int *dims, double theta);
 
-/* Scaled dot-product attention.
+/* Scaled dot-product attention: out = softmax(scale * q k^T + key_mask + bias) v.
  *   q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D], out [B, Lq, Hq, D]; Hq % Hkv == 0
  *   (query head h reads kv head h / (Hq / Hkv)).
- *   key_mask: NULL or F32 [B, Lk] added to every score of that key (0 keep, -inf/-big drop).
- *   causal: query i sees keys j <= i (Lq == Lk).
+ *   q, k and v may be strided views: only the head dim must be contiguous
+ *   (stride 1), so q/k/v can be read in place from a fused qkv projection
+ *   [B, L, (Hq + 2 Hkv) D] or from head-major [B, H, L, D] buffers (see
+ *   kn_tensor_view). out is contiguous.
  * The CPU kernel is tiled with an online softmax: no Lq x Lk buffer. */
+typedef struct kn_attention_args {
+    const kn_tensor *key_mask; /* NULL or F32 [B, Lk], added to every score of that key (0 keep, -inf/-big drop) */
+    const kn_tensor *bias;     /* NULL or F32 [Bb, Hq, Lq, Lk], Bb == B or 1 (broadcast over the batch),
+                                * contiguous: added to the scores (T5's relative position bias) */
+    int causal;                /* query i sees keys j <= i (Lq == Lk) */
+    float scale;
+    kn_tensor *lse;            /* NULL or F32 [B, Hq, Lq], contiguous, out: the natural log of sum_j exp(s_ij)
+                                * over the scaled, masked, biased scores s_ij that query i sees */
+} kn_attention_args;
+/* Rows whose keys all score -inf (every key masked, or Lk == 0) output 0 and
+ * get lse = -inf: they carry no weight when partial results over disjoint key
+ * ranges are merged (ring attention):
+ *   lse = logaddexp(lse1, lse2), out = out1 exp(lse1 - lse) + out2 exp(lse2 - lse)
+ * (a row that is -inf in both parts stays 0: guard exp(-inf - -inf)). */
+int kn_attention_ex(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                    const kn_attention_args *a);
+/* Shorthand for kn_attention_ex without bias or lse. */
 int kn_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k,
                  const kn_tensor *v, const kn_tensor *key_mask, int causal, float scale);
+
+/* Latents to DiT tokens and back: x [B, C, H, W] or [B, C, 1, H, W] (contiguous)
+ * and tokens [B, hl*wl, F] with F = C*p*p, hl = ceil(H/p), wl = ceil(W/p).
+ * Tokens are in raster order (token i*wl + j is patch row i, column j); the
+ * latent is circularly padded up to whole patches first, as ComfyUI's
+ * common_dit.pad_to_patch_size (padding_mode "circular"): padded row H + r
+ * reads row r. tokens may be a view whose batch and token strides are any
+ * (the feature dim F is contiguous; written tokens must not overlap): e.g. a
+ * token range of a longer sequence where reference latents follow the main
+ * image. x and tokens share a dtype (F32 on the CPU). Orders as in ComfyUI:
+ * Flux (comfy/ldm/flux/model.py) and Qwen-Image (comfy/ldm/qwen_image/model.py)
+ * rearrange "b c (h ph) (w pw) -> b (h w) (c ph pw)"; Lumina/Z-Image
+ * (comfy/ldm/lumina/model.py, NextDiT.patchify_and_embed) take
+ * img.view(C, H/p, p, W/p, p).permute(1, 3, 2, 4, 0), i.e. (py, px, c), and
+ * unpatchify inverts it with .view(H/p, W/p, p, p, C).permute(4, 0, 2, 1, 3). */
+typedef enum kn_patch_order {
+    KN_PATCH_C_PY_PX, /* feature (c*p + py)*p + px: Flux, Qwen-Image */
+    KN_PATCH_PY_PX_C, /* feature (py*p + px)*C + c: Z-Image / Lumina */
+} kn_patch_order;
+int kn_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, int p, kn_patch_order order);
+/* The inverse: x from tokens, the padding cropped away (x's H, W set the grid). */
+int kn_unpatchify(kn_ctx *ctx, kn_tensor *x, const kn_tensor *tokens, int p, kn_patch_order order);
 
 typedef enum kn_act {
     KN_ACT_SILU,       /* x * sigmoid(x) */
@@ -116,7 +159,7 @@ int kn_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
 int kn_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_tensor *gate);
 
 /* Weights of any float dtype to an F32 tensor in ctx->scratch (small tensors:
- * norm weights, biases, embeddings rows). */
+ * norm weights, biases, embeddings rows). Needs a CPU context and CPU w. */
 int kn_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w);
 
 #endif

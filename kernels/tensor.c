@@ -98,6 +98,55 @@ int kn_tensor_slice(kn_tensor *out, const kn_tensor *t, int dim, int64_t start, 
     return KN_OK;
 }
 
+/* The largest element offset t reaches (strides taken as given), or -1 when
+ * t has no elements. */
+static int64_t last_offset(const kn_tensor *t) {
+    int64_t last = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->ne[i] == 0) return -1;
+        last += (t->ne[i] - 1) * (t->st[i] > 0 ? t->st[i] : 0);
+    }
+    return last;
+}
+
+int kn_tensor_view(kn_tensor *out, const kn_tensor *t, int ndim, const int64_t *ne, const int64_t *st,
+                   int64_t offset, kn_err *err) {
+    char a[96];
+    if (ndim < 0 || ndim > KN_MAX_DIMS)
+        return kn_fail(err, KN_ERR_SHAPE, "view of %d dims of %s %s", ndim, t->name ? t->name : "tensor",
+                       kn_tensor_desc(t, a, sizeof a));
+    int ok = offset >= 0, empty = 0;
+    for (int i = 0; ok && i < ndim; i++) {
+        ok = ne[i] >= 0 && st[i] >= 0;
+        empty |= ne[i] == 0;
+    }
+    /* a view with elements must end at or before t's last element; each
+     * term is compared with the room left before it is added: no overflow */
+    int64_t span = last_offset(t), last = offset;
+    ok = ok && (empty || last <= span);
+    for (int i = 0; ok && !empty && i < ndim; i++) {
+        if (ne[i] < 2 || st[i] == 0) continue;
+        ok = ne[i] - 1 <= (span - last) / st[i];
+        last += (ne[i] - 1) * st[i];
+    }
+    kn_tensor r = *t;
+    r.ndim = ndim;
+    memset(r.ne, 0, sizeof r.ne);
+    memset(r.st, 0, sizeof r.st);
+    for (int i = 0; i < ndim; i++) {
+        r.ne[i] = ne[i];
+        r.st[i] = st[i];
+    }
+    if (!ok) {
+        char b[96];
+        return kn_fail(err, KN_ERR_SHAPE, "view %s at offset %lld is not inside %s %s", kn_tensor_desc(&r, b, sizeof b),
+                       (long long)offset, t->name ? t->name : "tensor", kn_tensor_desc(t, a, sizeof a));
+    }
+    r.data = (char *)t->data + (size_t)offset * kn_dtype_size(t->dtype);
+    *out = r;
+    return KN_OK;
+}
+
 const char *kn_tensor_desc(const kn_tensor *t, char *buf, size_t len) {
     size_t o = 0;
     o += (size_t)snprintf(buf + o, len - o, "[");

@@ -47,6 +47,13 @@ int64_t kn_tensor_rows(const kn_tensor *t);
 int kn_tensor_reshape(kn_tensor *out, const kn_tensor *t, int ndim, const int64_t *ne, kn_err *err);
 /* View of t with dim `dim` narrowed to [start, start + len); strides kept. */
 int kn_tensor_slice(kn_tensor *out, const kn_tensor *t, int dim, int64_t start, int64_t len, kn_err *err);
+/* A strided view of t's memory: sizes ne, strides st (elements, >= 0), first
+ * element offset elements past t->data; dtype, device, scale and name kept.
+ * Every element the view can reach must be one t reaches. E.g. q, k, v of a
+ * fused projection qkv [B, L, 3*H*D] as [B, L, H, D] views, strides
+ * {L*3*H*D, 3*H*D, D, 1} at offsets 0, H*D and 2*H*D. */
+int kn_tensor_view(kn_tensor *out, const kn_tensor *t, int ndim, const int64_t *ne, const int64_t *st,
+                   int64_t offset, kn_err *err);
 /* "[2, 16, 64] BF16" into buf; returns buf. */
 const char *kn_tensor_desc(const kn_tensor *t, char *buf, size_t len);
 /* Checks ndim and each size (-1 = any); error names the tensor. */

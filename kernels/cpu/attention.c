@@ -11,7 +11,13 @@
  * K and V^T of every (batch, kv head) are packed once up front; each task is
  * one (batch, head, block of BQ queries) and visits keys in blocks of BK with
  * running max / sum rescaling. Per thread: Q^T, S^T and O^T of one block
- * (~200 KB, L2), whatever the sequence length. */
+ * (~200 KB, L2), whatever the sequence length.
+ *
+ * q, k and v are read through their strides only while packing (Q^T per
+ * block, K and V^T per head), so views into a fused qkv buffer cost nothing
+ * in the inner loops. An additive bias [Bb, Hq, Lq, Lk] is added to each
+ * score panel before the softmax; the log-sum-exp of a row is m + log(l)
+ * from the running max and sum. */
 #include <math.h>
 #include <omp.h>
 
@@ -36,8 +42,10 @@
 typedef struct attn_geom {
     int64_t B, Lq, Lk, Hq, Hkv, D, Dp; /* Dp: D rounded up to MR (rows of V^T panels) */
     int64_t k_floats, v_floats;        /* packed K and V^T of one (batch, kv head) */
-    const float *q, *k, *v, *mask;
-    float *out;
+    int64_t qst[3], kst[3], vst[3];    /* element strides of batch, position and head */
+    int64_t bias_bst;                  /* bias batch stride: 0 when one bias serves every batch */
+    const float *q, *k, *v, *mask, *bias;
+    float *out, *lse;
     int causal;
     float scale;
     float *kpack, *vpack; /* [B * Hkv][k_floats], [B * Hkv][v_floats] */
@@ -52,11 +60,17 @@ typedef struct attn_scratch {
 
 /* Scores of one query panel for keys [k0, k0 + nk) (already scaled: Q was
  * packed times the scale) become probabilities; m, l, alpha are the panel's
- * NR columns. Query column c is query qi0 + c. */
+ * NR columns. Query column c is query qi0 + c; bias (or NULL) is the bias row
+ * of query qi0, the next query's row Lk floats on, for the panel's nc real
+ * queries. */
 static void panel_softmax(float *s, int64_t nk, int64_t k0, int64_t qi0, const attn_geom *g, const float *mask,
-                          float *m, float *l, float *alpha) {
+                          const float *bias, int nc, float *m, float *l, float *alpha) {
     float mx[NR], mu[NR], sum[NR];
     for (int c = 0; c < NR; c++) mx[c] = -INFINITY;
+    /* bias rows run along keys, the panel's columns are queries: a scatter
+     * into the panel, which is in L1 */
+    for (int c = 0; bias && c < nc; c++)
+        for (int64_t j = 0; j < nk; j++) s[j * NR + c] += bias[c * g->Lk + k0 + j];
     for (int64_t j = 0; j < nk; j++) {
         float *row = s + j * NR;
         if (mask || g->causal) {
@@ -89,11 +103,13 @@ static void panel_softmax(float *s, int64_t nk, int64_t k0, int64_t qi0, const a
 
 /* Queries [q0, q0 + nq) of head h in batch b. */
 static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, int64_t h, int64_t q0, int64_t nq) {
-    int64_t D = g->D, ldq = g->Hq * D, kvh = h / (g->Hq / g->Hkv), nqp = (nq + NR - 1) / NR;
+    int64_t D = g->D, ldo = g->Hq * D, kvh = h / (g->Hq / g->Hkv), nqp = (nq + NR - 1) / NR;
     const float *kp = g->kpack + (b * g->Hkv + kvh) * g->k_floats;
     const float *vp = g->vpack + (b * g->Hkv + kvh) * g->v_floats;
     const float *mask = g->mask ? g->mask + b * g->Lk : NULL;
-    kn_gemm_pack_b(w->qt, g->q + ((b * g->Lq + q0) * g->Hq + h) * D, KN_F32, g->scale, ldq, 1, D, nq);
+    const float *bias = g->bias ? g->bias + b * g->bias_bst + (h * g->Lq + q0) * g->Lk : NULL;
+    kn_gemm_pack_b(w->qt, g->q + b * g->qst[0] + q0 * g->qst[1] + h * g->qst[2], KN_F32, g->scale, g->qst[1], 1, D,
+                   nq);
     for (int64_t i = 0; i < nqp * NR; i++) {
         w->m[i] = -INFINITY;
         w->l[i] = 0.0f;
@@ -106,12 +122,19 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
             for (int64_t r = 0; r < nkp; r++)
                 kn_gemm_micro(D, kp + (k0 + r * MR) * D, w->qt + p * D * NR, st + r * MR * NR, NR, 0, NULL, NULL,
                               MR, NR);
-            panel_softmax(st, nk, k0, q0 + p * NR, g, mask, w->m + p * NR, w->l + p * NR, w->alpha + p * NR);
+            int nc = nq - p * NR < NR ? (int)(nq - p * NR) : NR;
+            panel_softmax(st, nk, k0, q0 + p * NR, g, mask, bias ? bias + p * NR * g->Lk : NULL, nc, w->m + p * NR,
+                          w->l + p * NR, w->alpha + p * NR);
             /* the first block writes O^T; later ones rescale it by alpha as they add */
             for (int64_t r = 0; r < g->Dp / MR; r++)
                 kn_gemm_micro(nk, vp + r * MR * g->Lk + k0 * MR, st, w->ot + r * MR * BQ + p * NR, BQ, k0 > 0,
                               w->alpha + p * NR, NULL, MR, NR);
         }
+    }
+    /* l > 0 exactly when some key scored above -inf (the max contributes 1) */
+    if (g->lse) {
+        float *lse = g->lse + (b * g->Hq + h) * g->Lq + q0;
+        for (int64_t i = 0; i < nq; i++) lse[i] = w->l[i] > 0.0f ? w->m[i] + logf(w->l[i]) : -INFINITY;
     }
     /* out = O / l (0 for a query that saw no key), transposed back one cache
      * line of out (16 dims) at a time */
@@ -120,14 +143,17 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
     for (int64_t d0 = 0; d0 < D; d0 += 16)
         for (int64_t i = 0; i < nq; i++)
             for (int64_t d = d0; d < D && d < d0 + 16; d++)
-                o[i * ldq + d] = w->l[i] != 0.0f ? w->ot[d * BQ + i] * w->l[i] : 0.0f;
+                o[i * ldo + d] = w->l[i] != 0.0f ? w->ot[d * BQ + i] * w->l[i] : 0.0f;
 }
 
 int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
-                     const kn_tensor *key_mask, int causal, float scale) {
+                     const kn_attention_args *a) {
     attn_geom g = {q->ne[0], q->ne[1], k->ne[1], q->ne[2], k->ne[2], q->ne[3], 0, 0, 0,
-                   q->data, k->data, v->data, key_mask ? key_mask->data : NULL, out->data, causal, scale,
+                   {q->st[0], q->st[1], q->st[2]}, {k->st[0], k->st[1], k->st[2]}, {v->st[0], v->st[1], v->st[2]},
+                   0, q->data, k->data, v->data, a->key_mask ? a->key_mask->data : NULL,
+                   a->bias ? a->bias->data : NULL, out->data, a->lse ? a->lse->data : NULL, a->causal, a->scale,
                    NULL, NULL};
+    if (a->bias && a->bias->ne[0] > 1) g.bias_bst = a->bias->st[0];
     g.Dp = (g.D + MR - 1) / MR * MR;
     g.k_floats = kn_gemm_packed_a_size(g.Lk, g.D);
     g.v_floats = kn_gemm_packed_a_size(g.D, g.Lk);
@@ -153,10 +179,9 @@ int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_t
         w.alpha = w.l + BQ;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nkv; i++) {
-            const float *kh = g.k + ((i / g.Hkv) * g.Lk * g.Hkv + i % g.Hkv) * g.D;
-            const float *vh = g.v + ((i / g.Hkv) * g.Lk * g.Hkv + i % g.Hkv) * g.D;
-            kn_gemm_pack_a(g.kpack + i * g.k_floats, kh, g.Hkv * g.D, 0, g.Lk, g.D);
-            kn_gemm_pack_a(g.vpack + i * g.v_floats, vh, g.Hkv * g.D, 1, g.D, g.Lk);
+            int64_t b = i / g.Hkv, hk = i % g.Hkv;
+            kn_gemm_pack_a(g.kpack + i * g.k_floats, g.k + b * g.kst[0] + hk * g.kst[2], g.kst[1], 0, g.Lk, g.D);
+            kn_gemm_pack_a(g.vpack + i * g.v_floats, g.v + b * g.vst[0] + hk * g.vst[2], g.vst[1], 1, g.D, g.Lk);
         }
 #pragma omp for collapse(3) schedule(dynamic)
         for (int64_t b = 0; b < g.B; b++)
@@ -168,30 +193,36 @@ int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_t
     return KN_OK;
 }
 
-void kn_ref_attention(float *out, const float *q, const float *k, const float *v, const float *key_mask,
-                      int causal, float scale, int64_t B, int64_t Lq, int64_t Lk, int64_t Hq, int64_t Hkv,
-                      int64_t D) {
+void kn_ref_attention(kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                      const kn_attention_args *a) {
+    int64_t B = q->ne[0], Lq = q->ne[1], Hq = q->ne[2], D = q->ne[3], Lk = k->ne[1], Hkv = k->ne[2];
+    const float *qd = q->data, *kd = k->data, *vd = v->data;
+    const float *mask = a->key_mask ? a->key_mask->data : NULL, *bias = a->bias ? a->bias->data : NULL;
+    float *od = out->data, *lse = a->lse ? a->lse->data : NULL;
     double p[Lk > 0 ? Lk : 1];
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < Hq; h++)
             for (int64_t i = 0; i < Lq; i++) {
-                int64_t kvh = h / (Hq / Hkv);
-                const float *qi = q + ((b * Lq + i) * Hq + h) * D;
+                int64_t kvh = h / (Hq / Hkv), bb = a->bias && a->bias->ne[0] == 1 ? 0 : b;
+                const float *qi = qd + b * q->st[0] + i * q->st[1] + h * q->st[2];
                 double mx = -INFINITY, sum = 0.0;
                 for (int64_t j = 0; j < Lk; j++) {
-                    const float *kj = k + ((b * Lk + j) * Hkv + kvh) * D;
+                    const float *kj = kd + b * k->st[0] + j * k->st[1] + kvh * k->st[2];
                     double s = 0.0;
                     for (int64_t d = 0; d < D; d++) s += (double)qi[d] * kj[d];
-                    s = s * scale + (key_mask ? key_mask[b * Lk + j] : 0.0);
-                    if (causal && j > i) s = -INFINITY;
+                    s = s * a->scale + (mask ? mask[b * Lk + j] : 0.0) +
+                        (bias ? bias[((bb * Hq + h) * Lq + i) * Lk + j] : 0.0);
+                    if (a->causal && j > i) s = -INFINITY;
                     p[j] = s;
                     if (s > mx) mx = s;
                 }
                 for (int64_t j = 0; j < Lk; j++) sum += (p[j] = mx == -INFINITY ? 0.0 : exp(p[j] - mx));
-                float *oi = out + ((b * Lq + i) * Hq + h) * D;
+                if (lse) lse[(b * Hq + h) * Lq + i] = sum > 0.0 ? (float)(mx + log(sum)) : -INFINITY;
+                float *oi = od + ((b * Lq + i) * Hq + h) * D;
                 for (int64_t d = 0; d < D; d++) {
                     double acc = 0.0;
-                    for (int64_t j = 0; j < Lk; j++) acc += p[j] * v[((b * Lk + j) * Hkv + kvh) * D + d];
+                    for (int64_t j = 0; j < Lk; j++)
+                        acc += p[j] * vd[b * v->st[0] + j * v->st[1] + kvh * v->st[2] + d];
                     oi[d] = sum > 0.0 ? (float)(acc / sum) : 0.0f;
                 }
             }

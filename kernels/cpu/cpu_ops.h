@@ -1,7 +1,8 @@
 /* CPU backend: the kernels behind kernels/ops.h.
  *
  * kn_cpu_<op> take the same arguments as kn_<op>, already checked by ops.c
- * (shapes agree, activations F32 and contiguous), so they only compute.
+ * (shapes agree, activations F32 and contiguous unless the op allows views),
+ * so they only compute.
  * The raw GEMM is shared by every op that reduces to a matrix product
  * (linear layers, attention tiles, convolutions via im2col).
  * Naive reference twins (kn_ref_*) are the readable math; tests compare
@@ -17,6 +18,10 @@
 int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int trans_b,
                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc, kn_err *err);
 
+/* w widened to an F32 tensor in ctx->scratch (the backend's twin of
+ * kn_weight_f32: callers have checked that w is contiguous CPU floats). */
+int kn_cpu_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w);
+
 int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
 /* y[M, N] += sum_i scale_i (x[M, K] @ down_i^T) @ up_i^T: the adapter terms of
  * kn_linear_lora (y already holds x @ w^T + bias). */
@@ -26,7 +31,9 @@ int kn_cpu_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_ten
                      float eps);
 int kn_cpu_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
 int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
-                     const kn_tensor *key_mask, int causal, float scale);
+                     const kn_attention_args *a);
+int kn_cpu_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, int p, kn_patch_order order);
+int kn_cpu_unpatchify(kn_ctx *ctx, kn_tensor *x, const kn_tensor *tokens, int p, kn_patch_order order);
 int kn_cpu_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 int kn_cpu_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 int kn_cpu_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);
@@ -36,8 +43,9 @@ int kn_cpu_gate_add(kn_ctx *ctx, kn_tensor *acc, const kn_tensor *x, const kn_te
 
 /* Naive references (single-threaded, obviously correct). */
 void kn_ref_linear(float *y, const float *x, const float *w, const float *bias, int64_t M, int64_t N, int64_t K);
-void kn_ref_attention(float *out, const float *q, const float *k, const float *v, const float *key_mask,
-                      int causal, float scale, int64_t B, int64_t Lq, int64_t Lk, int64_t Hq, int64_t Hkv,
-                      int64_t D);
+/* Attention in double, same arguments as kn_cpu_attention (F32 CPU tensors,
+ * q/k/v read through their strides); fills a->lse when given. */
+void kn_ref_attention(kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
+                      const kn_attention_args *a);
 
 #endif

@@ -440,6 +440,17 @@ static int linear_bf16(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const
 
 /* ---- linear ------------------------------------------------------------- */
 
+int kn_cpu_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w) {
+    /* ops.c checks tensors, not the context: the scratch must be host memory */
+    if (ctx->device != KN_DEV_CPU)
+        return kn_fail(&ctx->err, KN_ERR_INVALID, "weight %s: CPU kernels need a CPU context (scratch arena)",
+                       w->name ? w->name : "tensor");
+    KN_TRY(kn_arena_tensor(ctx->scratch, out, KN_F32, w->ndim, w->ne, &ctx->err));
+    kn_to_f32(out->data, w->data, w->dtype, (size_t)kn_tensor_numel(w), w->scale);
+    out->name = w->name;
+    return KN_OK;
+}
+
 static void add_bias(float *y, int64_t M, int64_t N, const float *b) {
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++)
@@ -452,7 +463,7 @@ int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     const float *xd = x->data, *bd = NULL;
     float *yd = y->data;
     kn_tensor bf;
-    int rc = bias ? kn_weight_f32(ctx, &bf, bias) : KN_OK;
+    int rc = bias ? kn_cpu_weight_f32(ctx, &bf, bias) : KN_OK;
     if (rc == KN_OK && bias) bd = bf.data;
     pthread_once(&bf16_probe_once, bf16_probe);
     if (rc == KN_OK && ctx->precision == KN_PREC_BF16 && bf16_matmul_ok) {

@@ -36,7 +36,7 @@ static int widen_small(kn_ctx *ctx, const kn_tensor *w, const float **out) {
     kn_tensor f;
     *out = NULL;
     if (!w) return KN_OK;
-    if (kn_weight_f32(ctx, &f, w)) return ctx->err.code;
+    if (kn_cpu_weight_f32(ctx, &f, w)) return ctx->err.code;
     *out = f.data;
     return KN_OK;
 }

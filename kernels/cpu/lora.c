@@ -17,8 +17,8 @@ int kn_cpu_lora_accumulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const 
         size_t mark = kn_arena_mark(ctx->scratch);
         kn_tensor down, up;
         float *t = NULL;
-        rc = kn_weight_f32(ctx, &down, ad[i].down);
-        if (!rc) rc = kn_weight_f32(ctx, &up, ad[i].up);
+        rc = kn_cpu_weight_f32(ctx, &down, ad[i].down);
+        if (!rc) rc = kn_cpu_weight_f32(ctx, &up, ad[i].up);
         if (!rc && !(t = kn_arena_alloc(ctx->scratch, (size_t)(M * r) * sizeof *t, &ctx->err))) rc = ctx->err.code;
         if (!rc) rc = kn_cpu_gemm_f32(M, r, K, x->data, K, 1, down.data, K, 0.0f, t, r, &ctx->err);
         if (!rc) {

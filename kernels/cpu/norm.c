@@ -8,7 +8,7 @@ static int param_f32(kn_ctx *ctx, const kn_tensor *p, const float **out) {
     *out = NULL;
     if (!p) return KN_OK;
     kn_tensor f;
-    int rc = kn_weight_f32(ctx, &f, p);
+    int rc = kn_cpu_weight_f32(ctx, &f, p);
     if (rc == KN_OK) *out = f.data;
     return rc;
 }
@@ -44,7 +44,10 @@ int kn_cpu_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_ten
     const float *wf, *bf;
     int rc = param_f32(ctx, w, &wf);
     if (rc == KN_OK) rc = param_f32(ctx, b, &bf);
-    if (rc) return rc;
+    if (rc) {
+        kn_arena_reset(ctx->scratch, mark); /* w may have been widened */
+        return rc;
+    }
     const float *xd = x->data;
     float *yd = y->data;
 #pragma omp parallel for schedule(static)

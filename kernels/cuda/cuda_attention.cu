@@ -8,8 +8,10 @@
  * adds p_j * v_j; the accumulator lives in registers, lane owning dims
  * lane + 32c. Nothing of size Lq x Lk is ever stored.
  *
- * Masked keys (causal, or a key-mask value of -inf) score -inf and contribute
- * exactly 0; a row whose keys are all masked outputs 0 rather than NaN. */
+ * Masked keys (causal, or a key-mask or bias value of -inf) score -inf and
+ * contribute exactly 0; a row whose keys are all masked outputs 0 rather than
+ * NaN, and lse -inf. q, k and v are read through their strides (the head dim
+ * is contiguous) as they are staged, so fused-qkv views cost no copy. */
 #include "kernels/cuda/cuda_common.cuh"
 
 #define KN_CU_ATT_WARPS 8
@@ -20,6 +22,10 @@ typedef struct kn_cu_att_args {
     const void *q, *k, *v;
     void *out;
     const float *mask; /* [B, Lk] or NULL */
+    const float *bias; /* [Bb, Hq, Lq, Lk] or NULL */
+    float *lse;        /* [B, Hq, Lq] or NULL */
+    int64_t qst[3], kst[3], vst[3]; /* element strides of batch, position and head */
+    int64_t bias_bst;               /* 0 when one bias serves every batch */
     int64_t Lq, Lk;
     int Hq, Hkv, D, causal;
     float scale;
@@ -38,8 +44,9 @@ __global__ void __launch_bounds__(KN_CU_ATT_WARPS * 32) kn_cu_attention_kernel(k
     const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
 
     float *qrow = qs + warp * D; /* scaled once here instead of per score */
+    const T *qi = q + b * a.qst[0] + i * a.qst[1] + h * a.qst[2];
     if (active)
-        for (int d = lane; d < D; d += 32) qrow[d] = kn_cu_f32(q[((b * a.Lq + i) * a.Hq + h) * D + d]) * a.scale;
+        for (int d = lane; d < D; d += 32) qrow[d] = kn_cu_f32(qi[d]) * a.scale;
 
     float acc[NPL];
     for (int c = 0; c < NPL; c++) acc[c] = 0.0f;
@@ -53,9 +60,8 @@ __global__ void __launch_bounds__(KN_CU_ATT_WARPS * 32) kn_cu_attention_kernel(k
             int j = idx / D, d = idx % D;
             int64_t key = k0 + j;
             bool in = key < kend;
-            int64_t g = ((b * a.Lk + key) * a.Hkv + hk) * D + d;
-            kt[j * ks + d] = in ? kn_cu_f32(k[g]) : 0.0f;
-            vt[j * ks + d] = in ? kn_cu_f32(v[g]) : 0.0f;
+            kt[j * ks + d] = in ? kn_cu_f32(k[b * a.kst[0] + key * a.kst[1] + hk * a.kst[2] + d]) : 0.0f;
+            vt[j * ks + d] = in ? kn_cu_f32(v[b * a.vst[0] + key * a.vst[1] + hk * a.vst[2] + d]) : 0.0f;
         }
         __syncthreads();
         if (!active) continue; /* padding rows still take part in the barriers */
@@ -67,6 +73,7 @@ __global__ void __launch_bounds__(KN_CU_ATT_WARPS * 32) kn_cu_attention_kernel(k
             s = 0.0f;
             for (int d = 0; d < D; d++) s += qrow[d] * kr[d];
             if (a.mask) s += a.mask[b * a.Lk + key];
+            if (a.bias) s += a.bias[b * a.bias_bst + ((int64_t)h * a.Lq + i) * a.Lk + key];
         }
         float mnew = fmaxf(m, kn_cu_warp_reduce(s, kn_cu_max()));
         /* -inf guards: exp(-inf - -inf) would be NaN */
@@ -86,6 +93,8 @@ __global__ void __launch_bounds__(KN_CU_ATT_WARPS * 32) kn_cu_attention_kernel(k
         }
     }
     if (!active) return;
+    /* l > 0 exactly when some key scored above -inf (the max contributes 1) */
+    if (a.lse && lane == 0) a.lse[(b * a.Hq + h) * a.Lq + i] = l > 0.0f ? m + logf(l) : -INFINITY;
     T *out = (T *)a.out + ((b * a.Lq + i) * a.Hq + h) * D;
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int c = 0; c < NPL; c++) {
@@ -108,7 +117,7 @@ static int kn_cu_attention_launch(kn_cu_backend *be, kn_err *err, const char *op
 }
 
 int kn_cuda_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
-                      const kn_tensor *key_mask, int causal, float scale) {
+                      const kn_attention_args *args) {
     const char *op = "cuda attention";
     kn_err *err = &ctx->err;
     kn_cu_backend *be = kn_cu_get(err, op);
@@ -121,8 +130,24 @@ int kn_cuda_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_
                        "%s: head dim %lld (max %d), %lld heads or batch %lld (max 65535) or %lld queries too large",
                        op, (long long)D, KN_CU_ATT_MAX_D, (long long)Hq, (long long)B, (long long)Lq);
     if (B == 0 || Lq == 0 || Hq == 0 || D == 0) return KN_OK;
-    kn_cu_att_args a = {q->data, k->data, v->data, out->data, key_mask ? (const float *)key_mask->data : NULL,
-                        Lq, k->ne[1], (int)Hq, (int)k->ne[2], (int)D, causal, scale};
+    kn_cu_att_args a = {q->data,
+                        k->data,
+                        v->data,
+                        out->data,
+                        args->key_mask ? (const float *)args->key_mask->data : NULL,
+                        args->bias ? (const float *)args->bias->data : NULL,
+                        args->lse ? (float *)args->lse->data : NULL,
+                        {q->st[0], q->st[1], q->st[2]},
+                        {k->st[0], k->st[1], k->st[2]},
+                        {v->st[0], v->st[1], v->st[2]},
+                        args->bias && args->bias->ne[0] > 1 ? args->bias->st[0] : 0,
+                        Lq,
+                        k->ne[1],
+                        (int)Hq,
+                        (int)k->ne[2],
+                        (int)D,
+                        args->causal,
+                        args->scale};
     return kn_cu_act_type(err, op, out->dtype, [&](auto tag) {
         typedef typename decltype(tag)::type T;
         if (D <= 32) return kn_cu_attention_launch<T, 1>(be, err, op, a, B);

@@ -29,7 +29,9 @@ int kn_cuda_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_te
                       float eps);
 int kn_cuda_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *sin, kn_rope_mode mode);
 int kn_cuda_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
-                      const kn_tensor *key_mask, int causal, float scale);
+                      const kn_attention_args *a);
+int kn_cuda_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, int p, kn_patch_order order);
+int kn_cuda_unpatchify(kn_ctx *ctx, kn_tensor *x, const kn_tensor *tokens, int p, kn_patch_order order);
 int kn_cuda_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 int kn_cuda_softmax(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 int kn_cuda_binary(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b, kn_binop op);

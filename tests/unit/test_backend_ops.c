@@ -2,10 +2,11 @@
  * test-backend-ops.
  *
  * For each op and several shapes (odd sizes, GQA, key masks, causal,
- * broadcasting, in place, every weight dtype and precision for linear):
+ * broadcasting, in place, strided views, every weight dtype and precision for
+ * linear):
  *  1. random inputs (fixed seed) run on the CPU through the public kn_* entry
  *     point, compared with a naive double-precision reference (kn_ref_linear,
- *     kn_ref_attention, or the formula written out below);
+ *     kn_ref_attention, or the formula written out beside the case);
  *  2. on every other compiled and available backend (CUDA), once per
  *     activation dtype F32, BF16 and F16: the inputs, rounded to that dtype,
  *     are copied to the device, the op runs there and its output, copied back,
@@ -14,7 +15,11 @@
  * infinite). Each check has its own bound; bf16/f16 activations add the
  * rounding of the output. One line per op/shape/backend, exit status 1 on any
  * failure. Without a usable GPU the device half prints one SKIP line and the
- * CPU half still runs. KN_CUDA_SYNC=1 makes CUDA errors land on their op. */
+ * CPU half still runs. KN_CUDA_SYNC=1 makes CUDA errors land on their op.
+ * Entry-point checks that must refuse bad arguments print "error-check" lines.
+ *
+ * The harness is in backend_ops/harness.{h,c}; attention and patchify cases
+ * in backend_ops/attention.c and backend_ops/patch.c. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,260 +27,10 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/device.h"
 #include "kernels/ops.h"
-
-static int checks, failures;
-
-/* ---- host data ----------------------------------------------------------------- */
-
-/* The test cannot go on without its inputs. */
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory allocating %zu bytes\n", n);
-        exit(1);
-    }
-    return p;
-}
-
-static uint64_t rng = 0x243f6a8885a308d3ull;
-
-/* splitmix64, mapped to [-1, 1) */
-static float frand(void) {
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 40) / (double)(1 << 23) - 1.0);
-}
-
-static float *rand_vec(int64_t n, float amp) {
-    float *v = xmalloc((size_t)n * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = amp * frand();
-    return v;
-}
-
-static int64_t numel_of(int ndim, const int64_t *ne) {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= ne[i];
-    return n;
-}
-
-/* v rounded to dtype dt: what a backend with dt activations is given. */
-static void round_to(float *v, int64_t n, kn_dtype dt) {
-    if (dt == KN_F32) return;
-    void *tmp = xmalloc((size_t)n * kn_dtype_size(dt));
-    kn_from_f32(tmp, dt, v, (size_t)n);
-    kn_to_f32(v, tmp, dt, (size_t)n, 1.0f);
-    free(tmp);
-}
-
-/* A weight stored as dt with `scale`: raw bytes, and the f32 values it stands for. */
-typedef struct weight {
-    kn_dtype dt;
-    float scale;
-    int64_t n;
-    void *raw;
-    float *deq;
-} weight;
-
-static weight weight_rand(kn_dtype dt, float scale, int64_t n, float amp) {
-    weight w = {dt, scale, n, xmalloc((size_t)n * kn_dtype_size(dt)), rand_vec(n, amp)};
-    for (int64_t i = 0; i < n; i++) w.deq[i] /= scale; /* stored values are real / scale */
-    kn_from_f32(w.raw, dt, w.deq, (size_t)n);
-    kn_to_f32(w.deq, w.raw, dt, (size_t)n, scale);
-    return w;
-}
-
-static void weight_free(weight *w) {
-    free(w->raw);
-    free(w->deq);
-}
-
-static const char *shape_str(char *buf, size_t len, int ndim, const int64_t *ne) {
-    size_t o = (size_t)snprintf(buf, len, "[");
-    for (int i = 0; i < ndim && o < len; i++) o += (size_t)snprintf(buf + o, len - o, i ? ",%lld" : "%lld", (long long)ne[i]);
-    if (o < len) snprintf(buf + o, len - o, "]");
-    return buf;
-}
-
-/* ---- one run of an op on one backend -------------------------------------------- */
-
-#define ENV_TENSORS 12
-
-/* Tensors made for one run. After the first failure (rc != 0, message in
- * ctx.err) helpers do nothing, so run functions read straight through. */
-typedef struct env {
-    kn_ctx ctx;
-    kn_dtype act; /* activation dtype; a CPU run stores F32 holding values rounded to it */
-    kn_tensor owned[ENV_TENSORS];
-    int n_owned;
-    int rc;
-} env;
-
-static kn_tensor env_dummy;
-
-static void env_init(env *e, kn_device dev, kn_dtype act, kn_precision prec) {
-    memset(e, 0, sizeof *e);
-    e->act = act;
-    e->rc = kn_ctx_init(&e->ctx, dev, prec);
-}
-
-static void env_free(env *e) {
-    for (int i = 0; i < e->n_owned; i++) kn_tensor_free(&e->owned[i]);
-    kn_ctx_free(&e->ctx);
-}
-
-static kn_tensor *env_new(env *e, kn_dtype dt, int ndim, const int64_t *ne) {
-    if (e->rc) return &env_dummy;
-    kn_tensor *t = &e->owned[e->n_owned];
-    e->rc = kn_tensor_new(t, dt, e->ctx.device, ndim, ne, &e->ctx.err);
-    if (e->rc) return &env_dummy;
-    e->n_owned++;
-    return t;
-}
-
-/* A tensor holding raw bytes of dtype dt (weights, F32 masks and tables). */
-static kn_tensor *put_raw(env *e, kn_dtype dt, float scale, const void *raw, int ndim, const int64_t *ne) {
-    kn_tensor *t = env_new(e, dt, ndim, ne);
-    if (e->rc) return t;
-    t->scale = scale;
-    e->rc = kn_device_memcpy(t->device, t->data, KN_DEV_CPU, raw, kn_tensor_nbytes(t), &e->ctx.err);
-    return t;
-}
-
-static kn_tensor *put_f32(env *e, const float *v, int ndim, const int64_t *ne) {
-    return put_raw(e, KN_F32, 1.0f, v, ndim, ne);
-}
-
-static kn_tensor *put_weight(env *e, const weight *w, int ndim, const int64_t *ne) {
-    return put_raw(e, w->dt, w->scale, w->raw, ndim, ne);
-}
-
-static kn_dtype env_act_storage(const env *e) { return e->ctx.device == KN_DEV_CPU ? KN_F32 : e->act; }
-
-/* An activation: v rounded to e->act, stored in the backend's activation dtype. */
-static kn_tensor *put_act(env *e, const float *v, int ndim, const int64_t *ne) {
-    int64_t n = numel_of(ndim, ne);
-    kn_dtype dt = env_act_storage(e);
-    float *r = xmalloc((size_t)n * sizeof *r);
-    memcpy(r, v, (size_t)n * sizeof *r);
-    round_to(r, n, e->act);
-    void *raw = xmalloc((size_t)n * kn_dtype_size(dt));
-    kn_from_f32(raw, dt, r, (size_t)n);
-    kn_tensor *t = put_raw(e, dt, 1.0f, raw, ndim, ne);
-    free(raw);
-    free(r);
-    return t;
-}
-
-static kn_tensor *new_act(env *e, int ndim, const int64_t *ne) { return env_new(e, env_act_storage(e), ndim, ne); }
-
-/* t's values as f32 into out; returns the run's status. */
-static int get(env *e, const kn_tensor *t, float *out) {
-    if (e->rc) return e->rc;
-    size_t n = (size_t)kn_tensor_numel(t);
-    void *raw = xmalloc(kn_tensor_nbytes(t));
-    e->rc = kn_device_memcpy(KN_DEV_CPU, raw, t->device, t->data, kn_tensor_nbytes(t), &e->ctx.err);
-    if (!e->rc) kn_to_f32(out, raw, t->dtype, n, 1.0f);
-    free(raw);
-    return e->rc;
-}
-
-/* ---- checks ------------------------------------------------------------------------- */
-
-typedef int (*run_fn)(const void *params, env *e, float *out);
-
-typedef struct check {
-    const char *op;
-    char what[160];      /* shapes and options */
-    run_fn run;
-    const void *params;
-    kn_precision prec;
-    int64_t n;           /* output elements */
-    const float *ref;    /* naive reference for the CPU's f32 run, or NULL */
-    double ref_tol;      /* CPU vs reference */
-    double dev_tol;      /* device vs CPU, F32 activations */
-} check;
-
-typedef struct backend {
-    const char *name;
-    kn_device dev;
-    int available;
-    char why[512];
-} backend;
-
-static backend backends[] = {{"cuda", KN_DEV_CUDA, 0, ""}};
-#define N_BACKENDS (int)(sizeof backends / sizeof backends[0])
-
-static const kn_dtype act_types[] = {KN_F32, KN_BF16, KN_F16};
-/* Output rounding of a bf16/f16 backend, on top of the f32 bound: half an ulp
- * is at most 2^-8 (bf16) or 2^-11 (f16) of the largest value; twice that. */
-static double act_rounding(kn_dtype dt) { return dt == KN_BF16 ? 8e-3 : dt == KN_F16 ? 1e-3 : 0.0; }
-
-static double max_err(const float *got, const float *want, int64_t n) {
-    double diff = 0.0, scale = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (isnan(d) && !(isnan(got[i]) && isnan(want[i]))) return INFINITY;
-        if (d > diff) diff = d;
-        if (fabs(want[i]) > scale) scale = fabs(want[i]);
-    }
-    return diff / (scale > 0.0 ? scale : 1.0);
-}
-
-static void report(const check *c, const char *against, double err, double tol, const char *msg) {
-    int ok = !msg && err <= tol;
-    checks++;
-    failures += !ok;
-    printf("%-4s %-10s %-62s %-14s err %.2e  bound %.1e%s%s\n", ok ? "ok" : "FAIL", c->op, c->what, against, err, tol,
-           msg ? "  " : "", msg ? msg : "");
-}
+#include "tests/unit/backend_ops/harness.h"
 
 static const char *prec_name(kn_precision p) { return p == KN_PREC_BF16 ? "bf16" : p == KN_PREC_FP16 ? "fp16" : "fp32"; }
-
-/* Runs c once; NULL on success, else the error message (in e's ctx, kept until env_free). */
-static const char *run_once(const check *c, env *e, float *out) {
-    if (!e->rc) e->rc = c->run(c->params, e, out);
-    return e->rc ? e->ctx.err.msg : NULL;
-}
-
-static void run_check(const check *c) {
-    float *cpu = xmalloc((size_t)c->n * sizeof *cpu), *alt = xmalloc((size_t)c->n * sizeof *alt);
-    env e;
-    env_init(&e, KN_DEV_CPU, KN_F32, c->prec);
-    const char *msg = run_once(c, &e, cpu);
-    if (c->ref) report(c, "cpu-vs-ref", msg ? INFINITY : max_err(cpu, c->ref, c->n), c->ref_tol, msg);
-    else if (msg) report(c, "cpu", INFINITY, 0.0, msg);
-    for (int b = 0; b < N_BACKENDS && !msg; b++) {
-        if (!backends[b].available) continue;
-        for (int a = 0; a < (int)(sizeof act_types / sizeof act_types[0]); a++) {
-            char against[32];
-            snprintf(against, sizeof against, "%s-%s", backends[b].name, kn_dtype_name(act_types[a]));
-            const float *want = cpu;
-            env ce;
-            env_init(&ce, KN_DEV_CPU, act_types[a], c->prec);
-            if (act_types[a] != KN_F32) { /* the CPU on the same rounded inputs */
-                const char *cmsg = run_once(c, &ce, alt);
-                if (cmsg) report(c, "cpu-rounded", INFINITY, 0.0, cmsg);
-                want = cmsg ? NULL : alt;
-            }
-            float *dev = xmalloc((size_t)c->n * sizeof *dev);
-            env de;
-            env_init(&de, backends[b].dev, act_types[a], c->prec);
-            const char *dmsg = run_once(c, &de, dev);
-            double tol = c->dev_tol + act_rounding(act_types[a]);
-            if (want) report(c, against, dmsg ? INFINITY : max_err(dev, want, c->n), tol, dmsg);
-            env_free(&de);
-            env_free(&ce);
-            free(dev);
-        }
-    }
-    env_free(&e);
-    free(cpu);
-    free(alt);
-}
 
 /* ---- linear ---------------------------------------------------------------------------- */
 
@@ -479,68 +234,6 @@ static void test_rope(int64_t B, int64_t L, int64_t H, int64_t D, kn_rope_mode m
     free(ref);
 }
 
-/* ---- attention ---------------------------------------------------------------------------------- */
-
-typedef struct attn_case {
-    int64_t B, Lq, Lk, Hq, Hkv, D;
-    int causal;
-    float scale;
-    const float *q, *k, *v, *mask;
-} attn_case;
-
-static int run_attention(const void *vp, env *e, float *out) {
-    const attn_case *p = vp;
-    int64_t qne[4] = {p->B, p->Lq, p->Hq, p->D}, kne[4] = {p->B, p->Lk, p->Hkv, p->D}, mne[2] = {p->B, p->Lk};
-    kn_tensor *q = put_act(e, p->q, 4, qne), *k = put_act(e, p->k, 4, kne), *v = put_act(e, p->v, 4, kne);
-    kn_tensor *m = p->mask ? put_f32(e, p->mask, 2, mne) : NULL;
-    kn_tensor *o = new_act(e, 4, qne);
-    if (!e->rc) e->rc = kn_attention(&e->ctx, o, q, k, v, m, p->causal, p->scale);
-    return get(e, o, out);
-}
-
-/* mask: 0 none, 1 random keys dropped (-inf) or penalised, 2 as 1 plus every
- * key of the last batch dropped (those rows must come out 0). */
-static void test_attention(int64_t B, int64_t Lq, int64_t Lk, int64_t Hq, int64_t Hkv, int64_t D, int causal,
-                           int mask) {
-    int64_t nq = B * Lq * Hq * D, nk = B * Lk * Hkv * D;
-    attn_case p = {B, Lq, Lk, Hq, Hkv, D, causal, 1.0f / sqrtf((float)D),
-                   rand_vec(nq, 2.0f), rand_vec(nk, 2.0f), rand_vec(nk, 1.0f), NULL};
-    float *m = NULL;
-    if (mask) {
-        m = xmalloc((size_t)(B * Lk) * sizeof *m);
-        for (int64_t i = 0; i < B * Lk; i++) {
-            float r = frand();
-            m[i] = r < -0.6f ? -INFINITY : r < -0.3f ? -1.5f : 0.0f;
-            if (mask == 2 && i / Lk == B - 1) m[i] = -INFINITY;
-        }
-        if (causal) /* key 0 stays visible so causal rows are never empty by accident */
-            for (int64_t b = 0; b < B - (mask == 2); b++) m[b * Lk] = 0.0f;
-    }
-    p.mask = m;
-    float *ref = xmalloc((size_t)nq * sizeof *ref);
-    kn_ref_attention(ref, p.q, p.k, p.v, m, causal, p.scale, B, Lq, Lk, Hq, Hkv, D);
-    check c = {"attention", "", run_attention, &p, KN_PREC_FP32, nq, ref, 2e-5, 2e-5};
-    snprintf(c.what, sizeof c.what, "B%lld Lq%lld Lk%lld Hq%lld Hkv%lld D%lld%s%s", (long long)B, (long long)Lq,
-             (long long)Lk, (long long)Hq, (long long)Hkv, (long long)D, causal ? " causal" : "",
-             mask == 2 ? " mask+empty-batch" : mask ? " mask" : "");
-    run_check(&c);
-    free((void *)p.q);
-    free((void *)p.k);
-    free((void *)p.v);
-    free(m);
-    free(ref);
-}
-
-static void test_attention_all(void) {
-    test_attention(1, 9, 9, 2, 2, 16, 0, 0);
-    test_attention(2, 13, 21, 6, 2, 64, 0, 1);   /* GQA 3:1, Lq != Lk */
-    test_attention(1, 37, 37, 4, 1, 128, 1, 0);  /* causal, MQA, crosses a 32-key tile */
-    test_attention(2, 45, 45, 4, 2, 40, 1, 1);   /* causal + mask, odd head dim */
-    test_attention(2, 7, 19, 3, 3, 24, 0, 2);    /* a batch with every key masked */
-    test_attention(1, 130, 300, 2, 1, 64, 0, 1); /* crosses the CPU's 128-query and 256-key blocks */
-    test_attention(1, 5, 33, 2, 1, 256, 0, 0);   /* largest head dim */
-}
-
 /* ---- activation, softmax, affine ------------------------------------------------------------ */
 
 typedef struct unary_case {
@@ -738,12 +431,50 @@ static void test_mod_all(void) {
     test_mod(1, 1, 9, 17, 0);
 }
 
-int main(void) {
-    for (int b = 0; b < N_BACKENDS; b++) {
-        if (backends[b].dev == KN_DEV_CUDA)
-            backends[b].available = kn_cuda_available(backends[b].why, sizeof backends[b].why);
-        if (!backends[b].available) printf("SKIP %s: %s\n", backends[b].name, backends[b].why);
+/* ---- entry-point checks ------------------------------------------------------------------- */
+
+/* rc must be `want` with a message naming `needle`. */
+static void expect_fail(const char *op, const char *what, int rc, int want, const kn_ctx *ctx, const char *needle) {
+    int ok = rc == want && strstr(ctx->err.msg, needle) != NULL;
+    report_bool(op, what, ok, rc ? ctx->err.msg : "accepted");
+}
+
+/* Tensors that say they are on CUDA are only descriptors here: the checks must
+ * refuse them before any data is touched. */
+static void test_entry_checks(void) {
+    kn_ctx ctx;
+    if (kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32)) {
+        report_bool("checks", "context", 0, ctx.err.msg);
+        return;
     }
+    float buf[64] = {0};
+    kn_tensor x = kn_tensor_make(KN_F32, KN_DEV_CPU, buf, 3, (int64_t[]){1, 2, 4});
+    kn_tensor y_dev = kn_tensor_make(KN_F32, KN_DEV_CUDA, NULL, 3, (int64_t[]){1, 2, 4});
+    kn_tensor mods = kn_tensor_make(KN_F32, KN_DEV_CPU, buf + 8, 2, (int64_t[]){1, 4});
+    y_dev.name = "y_on_cuda";
+    expect_fail("modulate", "y on CUDA, x on CPU", kn_modulate(&ctx, &y_dev, &x, &mods, &mods), KN_ERR_INVALID, &ctx,
+                "y_on_cuda");
+    kn_tensor w = kn_tensor_make(KN_F32, KN_DEV_CPU, buf + 16, 2, (int64_t[]){4, 4});
+    kn_tensor b_dev = kn_tensor_make(KN_F32, KN_DEV_CUDA, NULL, 1, (int64_t[]){4});
+    kn_tensor y = kn_tensor_make(KN_F32, KN_DEV_CPU, buf + 32, 3, (int64_t[]){1, 2, 4});
+    b_dev.name = "bias_on_cuda";
+    expect_fail("linear", "bias on CUDA, output on CPU", kn_linear(&ctx, &y, &x, &w, &b_dev), KN_ERR_INVALID, &ctx,
+                "bias_on_cuda");
+    expect_fail("rmsnorm", "weight on CUDA, output on CPU", kn_rmsnorm(&ctx, &y, &x, &b_dev, 1e-6f), KN_ERR_INVALID,
+                &ctx, "bias_on_cuda");
+    double pos[4] = {0};
+    kn_tensor c = kn_tensor_make(KN_F32, KN_DEV_CPU, buf, 2, (int64_t[]){2, 4});
+    kn_tensor s = kn_tensor_make(KN_F32, KN_DEV_CPU, buf + 8, 2, (int64_t[]){2, 4});
+    expect_fail("rope_tab", "odd axis dims {3, 5}", kn_rope_tables(&ctx, &c, &s, pos, 2, (int[]){3, 5}, 1e4),
+                KN_ERR_INVALID, &ctx, "axis 0 has 3");
+    kn_tensor c0 = kn_tensor_make(KN_F32, KN_DEV_CPU, buf, 0, NULL);
+    expect_fail("rope_tab", "0-D cos table", kn_rope_tables(&ctx, &c0, &s, pos, 2, (int[]){4, 4}, 1e4), KN_ERR_SHAPE,
+                &ctx, "[L, 4]");
+    kn_ctx_free(&ctx);
+}
+
+int main(void) {
+    backends_init();
     test_linear_all();
     test_norm_all();
     test_rope(2, 5, 3, 16, KN_ROPE_INTERLEAVED);
@@ -754,6 +485,7 @@ int main(void) {
     test_unary_all();
     test_binary_all();
     test_mod_all();
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    test_patch_all();
+    test_entry_checks();
+    return checks_summary();
 }
