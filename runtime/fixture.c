@@ -7,6 +7,7 @@
 
 /* Each runner lives beside the code it checks. */
 int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_t5_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_clip_l_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_qwen3_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_wan_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
@@ -23,6 +24,7 @@ static const kn_fixture_runner runners[] = {
     {"qwen25_vl_text", kn_qwen25vl_fixture},
     {"qwen3_text", kn_qwen3_fixture},
     {"clip_l", kn_clip_l_fixture},
+    {"t5_xxl", kn_t5_fixture},
     {"sampling", kn_sampling_fixture},
     {"lora_qwen_image", kn_lora_fixture},
     {NULL, NULL},

@@ -98,7 +98,9 @@ int kn_attn_joint(kn_ctx *ctx, const kn_attn_shape *s, kn_tensor *q, kn_tensor *
         KN_TRY(kn_rope(ctx, &q4, a->cos, a->sin, a->rope));
         KN_TRY(kn_rope(ctx, &k4, a->cos, a->sin, a->rope));
     }
-    return kn_attention(ctx, &o4, &q4, &k4, &v4, a->key_mask, a->causal, (float)(1.0 / sqrt((double)s->head_dim)));
+    const kn_attention_args args = {a->key_mask, a->bias, a->causal,
+                                    a->scale ? a->scale : (float)(1.0 / sqrt((double)s->head_dim)), NULL};
+    return kn_attention_ex(ctx, &o4, &q4, &k4, &v4, &args);
 }
 
 int kn_attn_output(kn_ctx *ctx, const kn_weight_table *tab, const kn_attn *w, const kn_tensor *o, int64_t t0,

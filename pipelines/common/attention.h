@@ -46,6 +46,8 @@ typedef struct kn_attn_args {
     kn_rope_mode rope;
     const kn_tensor *key_mask;  /* F32 [B, L] additive, or NULL */
     int causal;
+    const kn_tensor *bias;      /* F32 [B or 1, heads, Lq, Lk] added to the scores (T5), or NULL */
+    float scale;                /* 0: 1 / sqrt(head_dim) */
 } kn_attn_args;
 
 /* o = attention over the joint sequence, q and k rotated in place. */

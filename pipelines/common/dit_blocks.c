@@ -114,34 +114,23 @@ kn_dit_grid kn_dit_grid_of(const kn_tensor *x, int p) {
     return g;
 }
 
-void kn_dit_patchify(float *tokens, int64_t ntok_all, int64_t t0, const kn_tensor *x, int p) {
-    int64_t B = x->ne[0], C = x->ne[1];
-    kn_dit_grid g = kn_dit_grid_of(x, p);
-    int64_t F = C * p * p;
-    const float *xd = x->data;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < g.hl; i++)
-            for (int64_t j = 0; j < g.wl; j++) {
-                float *tok = tokens + (b * ntok_all + t0 + i * g.wl + j) * F;
-                for (int64_t c = 0; c < C; c++)
-                    for (int py = 0; py < p; py++)
-                        for (int px = 0; px < p; px++) {
-                            int64_t y = (i * p + py) % g.H, xx = (j * p + px) % g.W;
-                            tok[c * p * p + py * p + px] = xd[((b * C + c) * g.H + y) * g.W + xx];
-                        }
-            }
+int kn_dit_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, const kn_tensor *const *refs, int n_refs,
+                    int p, kn_patch_order order) {
+    int64_t t0 = 0;
+    for (int r = -1; r < n_refs; r++) {
+        const kn_tensor *src = r < 0 ? x : refs[r];
+        kn_dit_grid g = kn_dit_grid_of(src, p);
+        kn_tensor part;
+        KN_TRY(kn_tensor_slice(&part, tokens, 1, t0, g.hl * g.wl, &ctx->err));
+        KN_TRY(kn_patchify(ctx, &part, src, p, order));
+        t0 += g.hl * g.wl;
+    }
+    return KN_OK;
 }
 
-void kn_dit_unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, int p) {
-    int64_t B = out->ne[0], C = out->ne[1];
+int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, int p, kn_patch_order order) {
     kn_dit_grid g = kn_dit_grid_of(out, p);
-    int64_t F = C * p * p;
-    float *od = out->data;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t y = 0; y < g.H; y++)
-                for (int64_t xx = 0; xx < g.W; xx++) {
-                    const float *tok = tokens + (b * ntok_all + (y / p) * g.wl + xx / p) * F;
-                    od[((b * C + c) * g.H + y) * g.W + xx] = tok[c * p * p + (y % p) * p + xx % p];
-                }
+    kn_tensor part;
+    KN_TRY(kn_tensor_slice(&part, tokens, 1, 0, g.hl * g.wl, &ctx->err));
+    return kn_unpatchify(ctx, out, &part, p, order);
 }

@@ -46,13 +46,12 @@ typedef struct kn_dit_grid {
 
 kn_dit_grid kn_dit_grid_of(const kn_tensor *x, int p);
 
-/* tokens[b, t0 + i*wl + j, c*p*p + py*p + px] = x[b, c, (i*p+py) % H, (j*p+px) % W]
- * for contiguous F32 x [B, C, (1,) H, W]: ComfyUI's circular padding to the
- * patch grid (pad_to_patch_size), tokens in raster order, features
- * channel-major (Flux, Qwen-Image). tokens holds ntok_all tokens per sample. */
-void kn_dit_patchify(float *tokens, int64_t ntok_all, int64_t t0, const kn_tensor *x, int p);
-/* The inverse for the first hl*wl tokens, cropped to out's H, W. */
-void kn_dit_unpatchify(kn_tensor *out, const float *tokens, int64_t ntok_all, int p);
+/* The image tokens of a DiT: x's patches then each reference latent's, in
+ * one [B, N, C*p*p] tensor (kn_patchify: circular padding, raster order). */
+int kn_dit_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, const kn_tensor *const *refs, int n_refs,
+                    int p, kn_patch_order order);
+/* out = the first (x's) patches of tokens [B, N, C*p*p], cropped to out's size. */
+int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, int p, kn_patch_order order);
 
 /* RoPE ids of an hl x wl patch grid in raster order: pos[3t..3t+2] =
  * (frame, row0 + i, col0 + j) for token t = i * wl + j. */

@@ -193,7 +193,7 @@ static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tenso
     if (!rc && (rc = kn_embedding(&m->embed, ids, &x, err))) kn_err_wrap(err, "llm: input_ids");
     if (!rc) rc = rope_tables(ctx, arena, L, &m->cfg.consts, &cos_t, &sin_t);
     if (!rc && mask) rc = key_mask_from(arena, mask, &km, err);
-    kn_attn_args args = {&cos_t, &sin_t, KN_ROPE_HALF, mask ? &km : NULL, 1};
+    kn_attn_args args = {.cos = &cos_t, .sin = &sin_t, .rope = KN_ROPE_HALF, .key_mask = mask ? &km : NULL, .causal = 1};
     for (int64_t i = 0; !rc && i < run; i++) {
         size_t lm = kn_arena_mark(arena);
         if ((rc = layer_forward(ctx, m, &m->layer[i], arena, &x, &args))) kn_err_wrap(err, "llm: layer %lld", (long long)i);

@@ -130,7 +130,7 @@ static int forward(kn_ctx *ctx, const kn_clip_text *m, kn_arena *arena, const kn
         if (!rc) rc = kn_tensor_copy(&pos, &rows, e);
     }
     if (!rc) rc = kn_binary(ctx, &x, &x, &pos, KN_ADD);
-    const kn_attn_args args = {NULL, NULL, KN_ROPE_HALF, NULL, 1};
+    const kn_attn_args args = {.causal = 1};
     for (int64_t l = 0; !rc && l < run; l++) {
         size_t lm = kn_arena_mark(ctx->scratch);
         if ((rc = layer_forward(ctx, m, &m->layer[l], &x, &args))) kn_err_wrap(e, "clip_text: layer %lld", (long long)l);

@@ -172,7 +172,7 @@ static int single_block(kn_ctx *ctx, const kn_flux_dit *m, const kn_flux_single 
     }
     KN_TRY(kn_attn_qk_norm(ctx, &w->attn, &shape, &q, &k));
     KN_TRY(kn_arena_tensor(a, &o, KN_F32, 3, (int64_t[]){B, L, D}, e));
-    const kn_attn_args args = {cos, sin, KN_ROPE_INTERLEAVED, NULL, 0};
+    const kn_attn_args args = {.cos = cos, .sin = sin, .rope = KN_ROPE_INTERLEAVED};
     KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, &args));
     /* linear2 reads [attn, gelu_tanh(mlp)] */
     KN_TRY(kn_arena_tensor(a, &cat, KN_F32, 3, (int64_t[]){B, L, D + F}, e));
@@ -323,12 +323,7 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
     KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &txt, in->context, &m->txt_in));
     KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
-    kn_dit_patchify(tokens.data, Ni, 0, in->x, p);
-    for (int r = 0, t0 = (int)n_main; r < in->n_refs; r++) {
-        kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
-        kn_dit_patchify(tokens.data, Ni, t0, in->refs[r], p);
-        t0 += (int)(gr.hl * gr.wl);
-    }
+    KN_TRY(kn_dit_patchify(ctx, &tokens, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
     KN_TRY(kn_lin_forward(ctx, tab, &img, &tokens, &m->img_in));
     if (debug) {
         KN_TRY(debug(user, "img_in", &img));
@@ -378,8 +373,7 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
     KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->final_linear.w.ne[0]}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->final_linear));
     if (debug) KN_TRY(debug(user, "final_layer", &proj));
-    kn_dit_unpatchify(out, proj.data, Ni, p);
-    return KN_OK;
+    return kn_dit_unpatchify(ctx, out, &proj, p, KN_PATCH_C_PY_PX);
 }
 
 int kn_flux_dit_forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,

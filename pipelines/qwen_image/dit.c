@@ -252,12 +252,7 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
 
     kn_tensor tokens, img, txt_n, txt, tvec, temb, tvec0;
     KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
-    kn_dit_patchify(tokens.data, Ni, 0, in->x, p);
-    for (int r = 0, t0 = (int)n_main; r < in->n_refs; r++) {
-        kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
-        kn_dit_patchify(tokens.data, Ni, t0, in->refs[r], p);
-        t0 += (int)(gr.hl * gr.wl);
-    }
+    KN_TRY(kn_dit_patchify(ctx, &tokens, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
     KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &img, &tokens, &m->img_in));
     KN_TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Lt, c->joint_dim}, e));
@@ -302,8 +297,7 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
     kn_tensor proj;
     KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out.w.ne[0]}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->proj_out));
-    kn_dit_unpatchify(out, proj.data, Ni, p);
-    return KN_OK;
+    return kn_dit_unpatchify(ctx, out, &proj, p, KN_PATCH_C_PY_PX);
 }
 
 int kn_qwen_dit_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn_tensor *out,
