@@ -38,7 +38,7 @@ static int base_open(const kn_fixture_case *c, base *b, kn_err *err) {
     if (!rel) return kn_fail(err, KN_ERR_FORMAT, "%s/meta.json: base_model.weights missing", c->dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", c->dir, rel);
-    kn_dit_overrides o;
+    kn_dit_consts o;
     const kn_dit_family *fam;
     const char *prefix;
     kn_fixture_dit_overrides(c, json_object_get(bm, "config"), &o);
@@ -123,7 +123,7 @@ static int forward(const kn_fixture_case *c, base *b, kn_tensor *out, kn_err *er
     memcpy(ne, x.ne, sizeof ne);
     ne[1] = b->dit->channels;
     if (!out->data && kn_tensor_new(out, KN_F32, KN_DEV_CPU, x.ndim, ne, err)) return err->code;
-    if (b->dit->family->forward(c->ctx, b->dit, &in, out, NULL, NULL)) {
+    if (kn_dit_forward(c->ctx, b->dit, &in, out, NULL, NULL)) {
         *err = c->ctx->err;
         return err->code;
     }

@@ -61,7 +61,7 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     kn_dit_input in = {x,    &g->t, context, cond->mask.data ? &cond->mask : NULL, cond->pooled.data ? &cond->pooled : NULL,
                        NULL, NULL,  0,       dit->ref_method};
     kn_ctx *ctx = g->env->ctx;
-    if (dit->family->forward(ctx, dit, &in, &g->v, NULL, NULL)) {
+    if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
         return err->code;
     }

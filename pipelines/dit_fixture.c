@@ -50,7 +50,7 @@ static int run(const kn_fixture_case *c, const kn_dit *m, kn_fixture_results *re
     ne[1] = m->channels;
     KN_TRY(kn_tensor_new(&out, KN_F32, KN_DEV_CPU, x.ndim, ne, err));
     debug_sink sink = {res, err};
-    int rc = m->family->forward(c->ctx, m, &in, &out, emit_debug, &sink);
+    int rc = kn_dit_forward(c->ctx, m, &in, &out, emit_debug, &sink);
     if (rc && err->code == KN_OK) *err = c->ctx->err;
     if (!rc) rc = kn_fixture_emit(res, "out.model_output", &out, err);
     kn_tensor_free(&out);
@@ -63,7 +63,7 @@ int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *er
     kn_dit *m = NULL;
     const kn_dit_family *fam;
     const char *prefix;
-    kn_dit_overrides o;
+    kn_dit_consts o;
     kn_fixture_dit_overrides(c, NULL, &o);
     int rc = kn_fixture_weights_path(c, path, sizeof path, err);
     if (!rc) rc = kn_st_open(&f, path, err);

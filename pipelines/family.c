@@ -98,6 +98,22 @@ int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err) {
     return fam->load(out, f, prefix, NULL, err);
 }
 
+kn_dit_consts kn_dit_consts_with(const kn_dit_consts *base, const kn_dit_consts *o) {
+    kn_dit_consts k = *base;
+    if (o && o->axes_dims[0]) memcpy(k.axes_dims, o->axes_dims, sizeof k.axes_dims);
+    if (o && o->rope_theta) k.rope_theta = o->rope_theta;
+    if (o && o->patch) k.patch = o->patch;
+    return k;
+}
+
+int kn_dit_forward(kn_ctx *ctx, const kn_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
+                   void *debug_user) {
+    size_t mark = kn_arena_mark(ctx->scratch);
+    int rc = m->family->forward(ctx, m, in, out, debug, debug_user);
+    kn_arena_reset(ctx->scratch, mark);
+    return rc;
+}
+
 int kn_dit_ref_method(const kn_dit_family *f, const char *name) {
     for (int i = 0; i < f->n_ref_methods; i++)
         if (strcmp(f->ref_methods[i], name) == 0) return i;

@@ -67,22 +67,27 @@ typedef struct kn_key_alias {
     int underscored, any_key;
 } kn_key_alias;
 
-/* Constants no weight records that a test may override (the fixtures' tiny
- * models use other RoPE splits); zero fields keep the family's value. */
-typedef struct kn_dit_overrides {
+/* What no weight of a DiT records: its 3-axis RoPE split (frame, row, col;
+ * sum = head_dim), RoPE theta and patch size. Families hold theirs; a test may
+ * pass overrides (the fixtures' tiny models use other splits), whose zero
+ * fields keep the family's value. */
+typedef struct kn_dit_consts {
     int axes_dims[3]; /* all three or none */
     double rope_theta;
     int patch;
-} kn_dit_overrides;
+} kn_dit_consts;
+
+/* base with the non-zero fields of o (NULL: none) applied. */
+kn_dit_consts kn_dit_consts_with(const kn_dit_consts *base, const kn_dit_consts *o);
 
 struct kn_dit_family {
     const char *name;  /* "qwen_image" */
     const char *title; /* "Qwen-Image" */
     /* overrides: NULL for real models */
-    int (*load)(kn_dit **out, const kn_st_file *f, const char *prefix, const kn_dit_overrides *overrides,
+    int (*load)(kn_dit **out, const kn_st_file *f, const char *prefix, const kn_dit_consts *overrides,
                 kn_err *err);
     void (*free)(kn_dit *m); /* NULL-safe */
-    /* out: F32 in x's shape with `channels` channels (caller-allocated). Errors in ctx->err. */
+    /* Called through kn_dit_forward, which owns the scratch. */
     int (*forward)(kn_ctx *ctx, const kn_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
                    void *debug_user);
     const kn_latent_format *latent;
@@ -105,6 +110,11 @@ int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char 
 /* Detect and load. */
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err);
 void kn_dit_free(kn_dit *m);
+/* One forward of the model: out F32 in x's shape with m->channels channels
+ * (caller-allocated); the family's scratch is released before returning.
+ * debug may be NULL. Errors in ctx->err. */
+int kn_dit_forward(kn_ctx *ctx, const kn_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
+                   void *debug_user);
 /* "Qwen-Image, ..." of the families Kiln runs, for messages. */
 const char *kn_dit_supported(void);
 

@@ -74,7 +74,7 @@ int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals,
     return n;
 }
 
-void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_overrides *o) {
+void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_consts *o) {
     if (!config) config = json_object_get(c->meta, "config");
     memset(o, 0, sizeof *o);
     /* diffusers-style names (Qwen-Image) or BFL ones (Flux) */

@@ -54,7 +54,7 @@ double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double d
 int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals, int max);
 /* The DiT constants a tiny config changes: axes_dims_rope (or axes_dim),
  * rope_theta (or theta) and patch_size of `config` (meta["config"] when NULL). */
-void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_overrides *o);
+void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_consts *o);
 
 /* A component name and its runner; tables end with {NULL, NULL}. */
 typedef struct kn_fixture_runner {

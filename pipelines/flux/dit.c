@@ -7,7 +7,7 @@
 
 #include "pipelines/common/dit_blocks.h"
 
-static const kn_flux_consts flux_consts = {{16, 56, 56}, 10000.0, 2};
+static const kn_dit_consts flux_consts = {{16, 56, 56}, 10000.0, 2};
 
 #define LN_EPS 1e-6f
 #define QK_NORM_EPS 1e-6f
@@ -63,7 +63,7 @@ static const kn_weight_spec model_specs[] = {
 
 #define N_SPECS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-static int derive_config(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_flux_consts *k,
+static int derive_config(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_dit_consts *k,
                          int64_t *time_ch, kn_err *err) {
     kn_flux_config *c = &m->cfg;
     int64_t out_rows = 0;
@@ -117,7 +117,7 @@ static int bind_all(kn_flux_dit *m, const kn_st_file *f, const char *prefix, int
     return KN_OK;
 }
 
-int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_flux_consts *consts,
+int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_dit_consts *consts,
                      kn_err *err) {
     memset(m, 0, sizeof *m);
     int64_t time_ch = 0;
@@ -376,23 +376,17 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
     return kn_dit_unpatchify(ctx, out, &proj, p, KN_PATCH_C_PY_PX);
 }
 
-int kn_flux_dit_forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
-                        void *debug_user) {
+static int family_forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
+                          void *debug_user) {
+    const kn_flux_dit *m = (const kn_flux_dit *)d;
     KN_TRY(check_inputs(ctx, m, in, out));
-    size_t mark = kn_arena_mark(ctx->scratch);
-    int rc = forward(ctx, m, in, out, debug, debug_user);
-    kn_arena_reset(ctx->scratch, mark);
-    return rc;
+    return forward(ctx, m, in, out, debug, debug_user);
 }
 
 /* ---- the diffusion-model families ---------------------------------------- */
 
-static int family_load(kn_dit **out, const kn_st_file *f, const char *prefix, const kn_dit_overrides *o,
-                       kn_err *err) {
-    kn_flux_consts k = flux_consts;
-    if (o && o->axes_dims[0]) memcpy(k.axes_dims, o->axes_dims, sizeof k.axes_dims);
-    if (o && o->rope_theta) k.rope_theta = o->rope_theta;
-    if (o && o->patch) k.patch = o->patch;
+static int family_load(kn_dit **out, const kn_st_file *f, const char *prefix, const kn_dit_consts *o, kn_err *err) {
+    const kn_dit_consts k = kn_dit_consts_with(&flux_consts, o);
     kn_flux_dit *m = malloc(sizeof *m);
     if (!m) return kn_fail(err, KN_ERR_NOMEM, "flux_dit: out of memory");
     if (kn_flux_dit_load(m, f, prefix, &k, err)) {
@@ -407,11 +401,6 @@ static void family_free(kn_dit *d) {
     if (!d) return;
     kn_flux_dit_free((kn_flux_dit *)d);
     free(d);
-}
-
-static int family_forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
-                          void *debug_user) {
-    return kn_flux_dit_forward(ctx, (const kn_flux_dit *)d, in, out, debug, debug_user);
 }
 
 /* comfy.lora.model_lora_keys_unet for Flux: the checkpoint's own names */

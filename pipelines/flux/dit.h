@@ -31,17 +31,11 @@ extern const kn_dit_family kn_flux_dev_dit, kn_flux_schnell_dit;
 
 typedef enum kn_flux_ref_method { KN_FLUX_REF_OFFSET, KN_FLUX_REF_INDEX } kn_flux_ref_method;
 
-typedef struct kn_flux_consts {
-    int axes_dims[3];
-    double rope_theta;
-    int patch;
-} kn_flux_consts;
-
 typedef struct kn_flux_config {
     int64_t dim, in_channels, out_channels, heads, head_dim, context_dim, vec_dim, mlp_hidden;
     int64_t depth, depth_single;
     int guidance; /* dev: has guidance_in */
-    kn_flux_consts consts;
+    kn_dit_consts consts;
 } kn_flux_config;
 
 typedef struct kn_flux_single {
@@ -61,10 +55,8 @@ typedef struct kn_flux_dit {
     kn_weight_table weights;
 } kn_flux_dit;
 
-int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_flux_consts *consts,
+int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, const kn_dit_consts *consts,
                      kn_err *err);
 void kn_flux_dit_free(kn_flux_dit *m);
-int kn_flux_dit_forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
-                        void *debug_user);
 
 #endif

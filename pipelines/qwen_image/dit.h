@@ -10,7 +10,7 @@
  * transformer_blocks.N.*, norm_out.linear, proj_out) under the file's prefix
  * ("model.diffusion_model." or none). Kept in their stored dtype; the file
  * must outlive the model. Sizes come from the weights; the RoPE axis split,
- * theta and patch size are constants (kn_qwen_dit_consts) since no weight
+ * theta and patch size are constants (kn_dit_consts) since no weight
  * records them.
  *
  * Input (kn_dit_input): x is the latent in model space [B, 16, 1, H, W] (odd
@@ -24,13 +24,7 @@
 #include "pipelines/common/mmdit.h"
 #include "pipelines/family.h"
 
-typedef struct kn_qwen_dit_consts {
-    int axes_dims[3]; /* RoPE dims per axis (frame, row, col); sum = head_dim */
-    double rope_theta;
-    int patch;        /* spatial patch size */
-} kn_qwen_dit_consts;
-
-extern const kn_qwen_dit_consts kn_qwen_image_consts; /* [16, 56, 56], 10000, 2 */
+extern const kn_dit_consts kn_qwen_image_consts; /* [16, 56, 56], 10000, 2 */
 extern const kn_dit_family kn_qwen_image_dit;
 
 typedef enum kn_qwen_ref_method {
@@ -40,7 +34,7 @@ typedef enum kn_qwen_ref_method {
 
 typedef struct kn_qwen_dit_config {
     int64_t dim, in_channels, out_channels, heads, head_dim, joint_dim, mlp_hidden, layers;
-    kn_qwen_dit_consts consts;
+    kn_dit_consts consts;
 } kn_qwen_dit_config;
 
 typedef struct kn_qwen_dit {
@@ -52,13 +46,10 @@ typedef struct kn_qwen_dit {
     kn_weight_table weights;
 } kn_qwen_dit;
 
-int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const char *prefix, const kn_qwen_dit_consts *consts,
+int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const char *prefix, const kn_dit_consts *consts,
                      kn_err *err);
 void kn_qwen_dit_free(kn_qwen_dit *m);
 
-/* out: F32 [B, out_channels, 1, H, W] (caller-allocated). debug may be NULL. */
-int kn_qwen_dit_forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn_tensor *out,
-                        kn_debug_fn debug, void *debug_user);
 
 /* One block on prepared streams, for benchmarks and block-level tests.
  *   img [B, Li, dim], txt [B, Lt, dim] updated in place; tvec = silu(temb) [B, dim];

@@ -89,7 +89,7 @@ static int open_base(const char *path, kn_st_file **f, kn_dit **dit, kn_lora_mod
     kn_err err;
     const kn_dit_family *fam;
     const char *prefix;
-    const kn_dit_overrides o = {{4, 6, 6}, 0.0, 0};
+    const kn_dit_consts o = {{4, 6, 6}, 0.0, 0};
     *dit = NULL;
     *m = NULL;
     CHECK(kn_st_open(f, path, &err) == KN_OK, "%s", err.msg);
@@ -211,7 +211,7 @@ static void dit_out(kn_ctx *ctx, const kn_dit *dit, kn_tensor *out) {
         CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, dit->channels, 1, 4, 4}, &err) == KN_OK,
               "%s", err.msg);
     kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, dit->ref_method};
-    CHECK(dit->family->forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
+    CHECK(kn_dit_forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
     kn_tensor_free(&x), kn_tensor_free(&sigma), kn_tensor_free(&context);
 }
 

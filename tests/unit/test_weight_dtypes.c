@@ -92,7 +92,7 @@ static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     kn_ctx ctx;
     const kn_dit_family *fam;
     const char *prefix;
-    const kn_dit_overrides o = {{4, 6, 6}, 0.0, 0}; /* the fixture's tiny config */
+    const kn_dit_consts o = {{4, 6, 6}, 0.0, 0}; /* the fixture's tiny config */
     if (kn_st_open(&w, weights, &err) || kn_st_open(&c, FIXTURE "/case0.safetensors", &err) ||
         kn_dit_detect(w, &fam, &prefix, &err) || fam->load(&m, w, prefix, &o, &err)) {
         printf("load failed: %s\n", err.msg);
@@ -106,7 +106,7 @@ static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     kn_st_get(c, "in.context", &context, &err);
     kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, m->ref_method};
     kn_ctx_init(&ctx, KN_DEV_CPU, prec);
-    int rc = fam->forward(&ctx, m, &in, out, NULL, NULL);
+    int rc = kn_dit_forward(&ctx, m, &in, out, NULL, NULL);
     if (rc) printf("forward failed: %s\n", ctx.err.msg);
     kn_ctx_free(&ctx);
     kn_dit_free(m);
