@@ -94,10 +94,14 @@ typedef struct kn_vae_obj {
 } kn_vae_obj;
 
 /* CONDITIONING with one entry: cond [B, L, D] F32, its attention mask and
- * pooled vector (data NULL when ComfyUI would carry none). */
+ * pooled vector (data NULL when ComfyUI would carry none), and the
+ * "guidance" value FluxGuidance / CLIPTextEncodeFlux set (has_guidance 0:
+ * absent, the model's default applies). */
 typedef struct kn_cond_obj {
     kn_object base;
     kn_text_cond t;
+    double guidance;
+    int has_guidance;
 } kn_cond_obj;
 
 /* LATENT {"samples": [B, C, (T,) h, w], "downscale_ratio_spacial": r (0 = absent)}. */

@@ -11,37 +11,48 @@
 
 /* ---- the model as the sampler sees it ----------------------------------------------- */
 
+/* What the model reads of one conditioning, at the latent's batch size. */
+typedef struct cond_input {
+    kn_tensor context, pooled, guidance; /* owned copies, made on first use */
+} cond_input;
+
 /* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma. */
 typedef struct dit_guide {
     const kn_node_env *env;
     const kn_model_obj *model;
     const kn_cond_obj *cond[2]; /* positive, negative */
-    kn_tensor context[2];       /* cond repeated to the latent's batch, when it has more than one item */
+    cond_input in[2];
     kn_tensor t, v;             /* timestep [B], model output */
 } dit_guide;
 
 static void dit_guide_free(dit_guide *g) {
-    for (int i = 0; i < 2; i++) kn_tensor_free(&g->context[i]);
+    for (int i = 0; i < 2; i++) {
+        kn_tensor_free(&g->in[i].context);
+        kn_tensor_free(&g->in[i].pooled);
+        kn_tensor_free(&g->in[i].guidance);
+    }
     kn_tensor_free(&g->t);
     kn_tensor_free(&g->v);
 }
 
-/* ComfyUI repeats a batch-1 conditioning to the latent's batch. */
-static int batch_context(dit_guide *g, int which, int64_t batch, const kn_tensor **out, kn_err *err) {
-    const kn_tensor *c = &g->cond[which]->t.cond;
-    *out = c;
-    if (c->ne[0] == batch) return KN_OK;
-    if (c->ne[0] != 1)
-        return kn_fail(err, KN_ERR_SHAPE, "conditioning batch %lld does not match the latent batch %lld",
-                       (long long)c->ne[0], (long long)batch);
-    kn_tensor *r = &g->context[which];
-    if (!r->data) {
-        int64_t ne[3] = {batch, c->ne[1], c->ne[2]};
-        if (kn_tensor_new(r, KN_F32, KN_DEV_CPU, 3, ne, err)) return err->code;
-        size_t row = kn_tensor_nbytes(c);
-        for (int64_t b = 0; b < batch; b++) memcpy((char *)r->data + b * row, c->data, row);
+/* src at the latent's batch: as it is, or a batch-1 tensor repeated (ComfyUI
+ * repeats a batch-1 conditioning); the repeat is made once into *copy. */
+static int batched(const kn_tensor *src, int64_t batch, const char *what, kn_tensor *copy, const kn_tensor **out,
+                   kn_err *err) {
+    *out = src;
+    if (src->ne[0] == batch) return KN_OK;
+    if (src->ne[0] != 1)
+        return kn_fail(err, KN_ERR_SHAPE, "%s batch %lld does not match the latent batch %lld", what,
+                       (long long)src->ne[0], (long long)batch);
+    if (!copy->data) {
+        int64_t ne[KN_MAX_DIMS];
+        memcpy(ne, src->ne, sizeof ne);
+        ne[0] = batch;
+        KN_TRY(kn_tensor_new(copy, src->dtype, KN_DEV_CPU, src->ndim, ne, err));
+        size_t row = kn_tensor_nbytes(src);
+        for (int64_t b = 0; b < batch; b++) memcpy((char *)copy->data + b * row, src->data, row);
     }
-    *out = r;
+    *out = copy;
     return KN_OK;
 }
 
@@ -49,17 +60,23 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     dit_guide *g = user;
     if (!g->cond[negative]) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
     int64_t b = x->ne[0];
-    const kn_tensor *context;
-    if (batch_context(g, negative, b, &context, err)) return err->code;
+    const kn_cond_obj *co = g->cond[negative];
+    cond_input *ci = &g->in[negative];
+    const kn_tensor *context, *pooled = NULL;
+    KN_TRY(batched(&co->t.cond, b, "conditioning", &ci->context, &context, err));
+    if (co->t.pooled.data) KN_TRY(batched(&co->t.pooled, b, "pooled output", &ci->pooled, &pooled, err));
+    if (co->has_guidance && !ci->guidance.data) {
+        KN_TRY(kn_tensor_new(&ci->guidance, KN_F32, KN_DEV_CPU, 1, &b, err));
+        for (int64_t i = 0; i < b; i++) ((float *)ci->guidance.data)[i] = (float)co->guidance;
+    }
     if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
     if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
     float t = (float)kn_ms_timestep(&g->model->ms, sigma);
     for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
-    const kn_text_cond *cond = &g->cond[negative]->t;
     const kn_dit *dit;
     if (kn_model_dit(g->model, &dit, err)) return err->code;
-    kn_dit_input in = {x,    &g->t, context, cond->mask.data ? &cond->mask : NULL, cond->pooled.data ? &cond->pooled : NULL,
-                       NULL, NULL,  0,       dit->ref_method};
+    kn_dit_input in = {x,    &g->t, context, co->t.mask.data ? &co->t.mask : NULL, pooled, ci->guidance.data ? &ci->guidance : NULL,
+                       NULL, 0,     dit->ref_method};
     kn_ctx *ctx = g->env->ctx;
     if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
@@ -125,7 +142,7 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     kn_err *err = c->err;
     kn_tensor lat = {0}, noise = {0}, x0 = {0};
     kn_latent_obj *res = kn_latent_new(), *den = denoised_out ? kn_latent_new() : NULL;
-    dit_guide guide = {c->env, j->model, {j->positive, j->negative}, {{0}}, {0}, {0}};
+    dit_guide guide = {.env = c->env, .model = j->model, .cond = {j->positive, j->negative}};
     kn_cfg_guider cfg = {dit_denoise, &guide, j->negative ? j->cfg : 1.0, {0}};
     progress prog = {c->env, NULL};
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "pipelines/flux/dit.h"
+#include "pipelines/flux/text.h"
 #include "pipelines/qwen_image/dit.h"
 #include "pipelines/qwen_image/text.h"
 #include "pipelines/vae/kl.h"
@@ -127,21 +128,21 @@ void kn_dit_free(kn_dit *m) {
 /* ---- text encoders ---------------------------------------------------------------------- */
 
 /* What one text-encoder file holds (comfy/sd.py detect_te_model). */
-typedef enum te_kind { TE_UNKNOWN, TE_CLIP_L, TE_CLIP_G, TE_CLIP_H, TE_T5_XXL, TE_T5_XL, TE_QWEN25_7B,
-                       TE_QWEN25_3B, TE_QWEN3_4B, TE_QWEN3, TE_GEMMA, TE_LLAMA, TE_KINDS } te_kind;
+typedef enum te_kind { TE_UNKNOWN, TE_CLIP_L, TE_CLIP_G, TE_CLIP_H, TE_T5, TE_QWEN25_7B, TE_QWEN25_3B, TE_QWEN3_4B,
+                       TE_QWEN3, TE_GEMMA, TE_LLAMA, TE_KINDS } te_kind;
 
 static const char *const te_titles[TE_KINDS] = {
-    "an unknown model", "CLIP-L",  "CLIP-G",     "CLIP-H",       "T5-XXL",      "T5-XL",
-    "Qwen2.5-VL-7B",    "Qwen2.5-3B", "Qwen3-4B", "a Qwen3 model", "a Gemma model", "a Llama model",
+    "an unknown model", "CLIP-L",        "CLIP-G",         "CLIP-H",       "a T5 encoder", "Qwen2.5-VL-7B",
+    "Qwen2.5-3B",       "Qwen3-4B",      "a Qwen3 model",  "a Gemma model", "a Llama model",
 };
 
 static te_kind te_detect(const kn_st_file *f) {
     if (find(f, "", "text_model.encoder.layers.30.mlp.fc1.weight")) return TE_CLIP_G;
     if (find(f, "", "text_model.encoder.layers.22.mlp.fc1.weight")) return TE_CLIP_H;
     if (find(f, "", "text_model.encoder.layers.0.mlp.fc1.weight")) return TE_CLIP_L;
-    int64_t wi = dim(f, "", "encoder.block.23.layer.1.DenseReluDense.wi_1.weight", 0);
-    if (wi == 10240) return TE_T5_XXL;
-    if (wi == 5120) return TE_T5_XL;
+    /* ComfyUI tells T5-XXL from T5-XL by block 23's width, but DualCLIPLoader's flux
+     * type takes the file without CLIP keys as its T5 whatever its size (tiny files too) */
+    if (find(f, "", "encoder.block.0.layer.0.SelfAttention.k.weight")) return TE_T5;
     if (find(f, "", "model.layers.0.post_feedforward_layernorm.weight")) return TE_GEMMA;
     int64_t kb = dim(f, "", "model.layers.0.self_attn.k_proj.bias", 0);
     if (kb == 512) return TE_QWEN25_7B;
@@ -166,7 +167,8 @@ static const clip_rule clip_rules[] = {
     {"Qwen-Image (Qwen2.5-VL-7B)", {TE_QWEN25_7B, TE_UNKNOWN}, NULL, &kn_qwen_image_clip},
     {"Flux.2-Klein (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, "flux,flux2", NULL},
     {"Z-Image (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, NULL, NULL},
-    {"Flux.1 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5_XXL}, NULL, NULL},
+    {"Flux.1 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5}, "flux", &kn_flux_clip},
+    {"SD3 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5}, NULL, NULL},
 };
 #define N_CLIP_RULES (sizeof clip_rules / sizeof clip_rules[0])
 

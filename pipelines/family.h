@@ -142,7 +142,10 @@ struct kn_clip_family {
     /* files in the order detection found them in; tokenizer_dir holds the tokenizer data folders */
     int (*load)(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err);
     void (*free)(kn_clip *c);
-    int (*encode)(kn_ctx *ctx, const kn_clip *c, const char *text, kn_text_cond *out, kn_err *err);
+    /* texts[0..n): one prompt for every encoder (n == 1, CLIPTextEncode) or one per
+     * encoder in file order (CLIPTextEncodeFlux: clip_l, t5xxl); a family with fewer
+     * encoders reads the first ones, as ComfyUI ignores the keys it has no encoder for. */
+    int (*encode)(kn_ctx *ctx, const kn_clip *c, const char *const *texts, int n, kn_text_cond *out, kn_err *err);
 };
 
 /* The text-encoder family of n files for a CLIPLoader/DualCLIPLoader `type`

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const kn_t5_consts kn_t5_xxl_consts = {64, 32, 128, 1e-6f};
+const kn_t5_consts kn_t5_xxl_consts = {32, 128, 1e-6f};
 
 enum { S_D, S_INNER, S_F, S_VOCAB, S_BUCKETS, S_HEADS, N_SIZES };
 
@@ -39,10 +39,12 @@ static int load(kn_t5 *m, const kn_st_file *f, kn_err *err) {
     KN_TRY(kn_weights_dim(f, "", "encoder.block.0.layer.0.SelfAttention.q.weight", 0, &m->inner, err));
     KN_TRY(kn_weights_dim(f, "", "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 0, &ff, err));
     KN_TRY(kn_weights_count(f, "", "encoder.block.", &m->layers, err));
-    if (m->consts.head_dim <= 0 || m->inner % m->consts.head_dim || m->layers < 1 || m->consts.buckets < 2)
-        return kn_fail(err, KN_ERR_SHAPE, "%s: T5 with %lld-wide attention and %lld blocks does not split into %lld-wide heads",
-                       kn_st_path(f), (long long)m->inner, (long long)m->layers, (long long)m->consts.head_dim);
-    m->heads = m->inner / m->consts.head_dim;
+    KN_TRY(kn_weights_dim(f, "", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", 1, &m->heads,
+                          err));
+    if (m->heads < 1 || m->inner % m->heads || (m->inner / m->heads) % 2 || m->layers < 1 || m->consts.buckets < 2)
+        return kn_fail(err, KN_ERR_SHAPE, "%s: T5 with %lld-wide attention, %lld heads and %lld blocks is inconsistent",
+                       kn_st_path(f), (long long)m->inner, (long long)m->heads, (long long)m->layers);
+    m->head_dim = m->inner / m->heads;
     const int64_t sizes[N_SIZES] = {[S_D] = m->dim,         [S_INNER] = m->inner,
                                     [S_F] = ff,             [S_VOCAB] = m->vocab,
                                     [S_BUCKETS] = m->consts.buckets, [S_HEADS] = m->heads};
@@ -101,7 +103,7 @@ static int position_bias(kn_ctx *ctx, const kn_t5 *m, kn_arena *a, int64_t L, kn
 static int block_forward(kn_ctx *ctx, const kn_t5 *m, const kn_t5_block *w, kn_tensor *x, const kn_attn_args *args) {
     kn_arena *a = ctx->scratch;
     kn_err *e = &ctx->err;
-    const kn_attn_shape shape = {m->heads, m->heads, m->consts.head_dim, 0.0f};
+    const kn_attn_shape shape = {m->heads, m->heads, m->head_dim, 0.0f};
     int64_t B = x->ne[0], L = x->ne[1];
     kn_tensor h, q, k, v, o;
     KN_TRY(kn_arena_tensor(a, &h, KN_F32, 3, x->ne, e));

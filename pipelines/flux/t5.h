@@ -11,8 +11,9 @@
  * ComfyUI does). Flux passes no attention mask: the pads take part.
  *
  * Weights: "shared.weight", "encoder.*" as in t5xxl_fp16.safetensors, any
- * float dtype incl. fp8 (scaled). Sizes come from the weights; the head
- * width (d_kv 64), bucket count and distance are constants. */
+ * float dtype incl. fp8 (scaled). Sizes come from the weights (the head count
+ * from the relative-bias table's columns, so d_kv = attention width / heads,
+ * 64 in T5-XXL); the bucket count, distance and eps are constants. */
 #ifndef KN_FLUX_T5_H
 #define KN_FLUX_T5_H
 
@@ -20,12 +21,11 @@
 #include "pipelines/common/mlp.h"
 
 typedef struct kn_t5_consts {
-    int64_t head_dim; /* d_kv */
     int buckets, max_distance;
     float eps;
 } kn_t5_consts;
 
-extern const kn_t5_consts kn_t5_xxl_consts; /* d_kv 64, 32 buckets, distance 128, eps 1e-6 */
+extern const kn_t5_consts kn_t5_xxl_consts; /* 32 buckets, distance 128, eps 1e-6 */
 
 typedef struct kn_t5_block {
     kn_tensor ln_attn, ln_ff;
@@ -34,7 +34,7 @@ typedef struct kn_t5_block {
 } kn_t5_block;
 
 typedef struct kn_t5 {
-    int64_t vocab, dim, inner, heads, layers;
+    int64_t vocab, dim, inner, heads, head_dim, layers;
     kn_t5_consts consts;
     kn_tensor embed, rel_bias, final_norm; /* rel_bias [buckets, heads] */
     kn_t5_block *block;

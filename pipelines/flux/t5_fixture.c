@@ -1,6 +1,6 @@
 /* Fixture runner for "t5_xxl": the T5 encoder against ComfyUI's outputs (Flux
- * passes no mask; one case passes it as SD3 can). The tiny model's head width
- * comes from meta.json "config" (d_kv). */
+ * passes no mask; one case passes it as SD3 can). Every size comes from the
+ * weights, the bucket constants from meta.json "config" where it has them. */
 #include <jansson.h>
 
 #include "pipelines/fixture.h"
@@ -12,7 +12,6 @@ int kn_t5_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err
     kn_arena *arena = NULL;
     kn_t5 m = {0};
     kn_t5_consts k = kn_t5_xxl_consts;
-    k.head_dim = (int64_t)kn_fixture_config_num(c, "d_kv", (double)k.head_dim);
     k.buckets = (int)kn_fixture_config_num(c, "relative_attention_num_buckets", k.buckets);
     k.max_distance = (int)kn_fixture_config_num(c, "relative_attention_max_distance", k.max_distance);
     k.eps = (float)kn_fixture_config_num(c, "layer_norm_epsilon", k.eps);

@@ -107,8 +107,11 @@ static int clip_load(kn_clip **out, const kn_st_file *const *files, const char *
 
 /* ComfyUI's Qwen-Image path: template tokens -> Qwen2.5-VL last hidden state
  * (final norm applied) -> template drop -> cond (+ the mask when not all ones). */
-static int clip_encode(kn_ctx *ctx, const kn_clip *c, const char *text, kn_text_cond *out, kn_err *err) {
+static int clip_encode(kn_ctx *ctx, const kn_clip *c, const char *const *texts, int n_texts, kn_text_cond *out,
+                       kn_err *err) {
     const qwen_image_clip *q = (const qwen_image_clip *)c;
+    const char *text = texts[0]; /* one encoder: the first text (n_texts >= 1) */
+    (void)n_texts;
     kn_prompt_chunks chunks = {0};
     kn_arena *arena = NULL;
     kn_tensor ids = {0}, hidden, cond, mask;

@@ -48,21 +48,21 @@ for ui in ui_files:
 
 # kiln run: refused at validation, every node of a class Kiln does not run named
 out = kiln("run", "--models", MODELS, "--output", os.path.join(WORK, "output"), "--json",
-           os.path.join(FIXTURES, "flux_dev_t2i.api.json"))
+           os.path.join(FIXTURES, "qwen_image_edit.api.json"))
 body = json.loads(out.stdout.splitlines()[-1]) if out.stdout.strip() else {}
-prompt = json.load(open(os.path.join(FIXTURES, "flux_dev_t2i.api.json")))
+prompt = json.load(open(os.path.join(FIXTURES, "qwen_image_edit.api.json")))
 node_errors = body.get("node_errors", {})
 unrunnable = {i for i, n in prompt.items()
               if any(e["type"] == "missing_node_type" for e in node_errors.get(i, {}).get("errors", []))}
 check(out.returncode == 1 and body.get("error", {}).get("type") == "prompt_outputs_failed_validation",
-      "kiln run flux_dev_t2i: refused at validation")
+      "kiln run qwen_image_edit: refused at validation")
 check(not os.path.exists(os.path.join(WORK, "output")), "nothing ran")
 for i in sorted(unrunnable):
     e = next(e for e in node_errors[i]["errors"] if e["type"] == "missing_node_type")
     check(e["extra_info"]["node_id"] == i and e["extra_info"]["class_type"] == prompt[i]["class_type"]
           and "is not implemented by Kiln" in e["message"] and e["details"].startswith("Kiln runs: "),
           "node %s (%s) named as not implemented" % (i, prompt[i]["class_type"]))
-check("FluxGuidance" in {prompt[i]["class_type"] for i in unrunnable},
-      "the Flux-only classes are among them: %s" % sorted({prompt[i]["class_type"] for i in unrunnable}))
+check({"TextEncodeQwenImageEdit", "CFGNorm"} <= {prompt[i]["class_type"] for i in unrunnable},
+      "the Edit-only classes are among them: %s" % sorted({prompt[i]["class_type"] for i in unrunnable}))
 print("%d failure(s)" % len(failures))
 sys.exit(1 if failures else 0)

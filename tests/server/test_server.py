@@ -207,15 +207,15 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     st, bad = srv.post_json("/prompt", {"nope": 1})
     check(st == 400 and bad["error"]["type"] == "no_prompt", "400 no_prompt")
     # A class the registry knows (ComfyUI's schema) but Kiln cannot run: refused before queueing.
-    guided = with_inputs(t2i, "3", positive=["90", 0])
-    guided["90"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 3.5},
+    guided = with_inputs(t2i, "3", model=["90", 0])
+    guided["90"] = {"class_type": "CFGNorm", "inputs": {"model": ["66", 0], "strength": 1.0},
                     "_meta": {"title": "Guidance"}}
     st, bad = srv.post_json("/prompt", {"prompt": guided, "client_id": cid})
     ne = bad.get("node_errors", {}).get("90", {}) if st == 400 else {}
     err0 = (ne.get("errors") or [{}])[0]
     check(st == 400 and bad["error"]["type"] == "prompt_outputs_failed_validation"
-          and ne.get("class_type") == "FluxGuidance" and err0.get("type") == "missing_node_type"
-          and err0.get("message") == "Node 'Guidance' (FluxGuidance) is not implemented by Kiln."
+          and ne.get("class_type") == "CFGNorm" and err0.get("type") == "missing_node_type"
+          and err0.get("message") == "Node 'Guidance' (CFGNorm) is not implemented by Kiln."
           and "KSampler" in err0.get("details", ""), "unimplemented class: 400 naming node 90 and why")
     st, q = srv.get_json("/queue")
     check(q["queue_running"] == [] and q["queue_pending"] == [], "the refused prompt was not queued")
@@ -261,12 +261,12 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
           "/object_info lists the model files")
     ref = json.load(open(os.path.join(SRC, "tests", "fixtures", "workflows", "object_info.json")))
     runs = {"KSampler", "LoadImage", "SaveImage", "UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly"}
-    check(runs <= set(info) and "FluxGuidance" not in info
+    check(runs <= set(info) and "CFGNorm" not in info
           and set(info) <= set(ref) | {"ImageScale", "SaveLatent", "LoadLatent"},
           "/object_info lists the classes Kiln runs, no others")
     differ = [c for c in info if c in ref and without_files(info[c]) != without_files(ref[c])]
     check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)
-    check(srv.get_json("/object_info/FluxGuidance") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
+    check(srv.get_json("/object_info/CFGNorm") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
     st, m = srv.get_json("/models/diffusion_models")
     check(st == 200 and m == ["qwen_image_tiny.safetensors"], "/models/{folder}")
     check(srv.get("/models/nope")[0] == 404 and srv.get("/models/input")[0] == 404, "/models/unknown -> 404")

@@ -411,11 +411,11 @@ static void test_validation(kn_executor *ex, kn_models *m) {
     kn_validation_free(&v);
     json_decref(p);
 
-    /* An unimplemented class in the chain (FluxGuidance between 6 and 3). */
+    /* An unimplemented class in the chain (CFGNorm between 66 and 3). */
     p = json_deep_copy(t2i);
-    json_object_set_new(p, "90", json_pack("{s:s, s:{s:[s,i], s:f}, s:{s:s}}", "class_type", "FluxGuidance", "inputs",
-                                           "conditioning", "6", 0, "guidance", 3.5, "_meta", "title", "Guide me"));
-    json_object_set_new(json_object_get(json_object_get(p, "3"), "inputs"), "positive", json_pack("[s,i]", "90", 0));
+    json_object_set_new(p, "90", json_pack("{s:s, s:{s:[s,i], s:f}, s:{s:s}}", "class_type", "CFGNorm", "inputs",
+                                           "model", "66", 0, "strength", 1.0, "_meta", "title", "Guide me"));
+    json_object_set_new(json_object_get(json_object_get(p, "3"), "inputs"), "model", json_pack("[s,i]", "90", 0));
     body = validate_for_run(ex, m, p, &st);
     e = node_error(body, "90", "missing_node_type");
     const char *message = json_string_value(json_object_get(e, "message"));
@@ -424,21 +424,21 @@ static void test_validation(kn_executor *ex, kn_models *m) {
               strcmp(json_string_value(json_object_get(json_object_get(body, "error"), "type")),
                      "prompt_outputs_failed_validation") == 0,
           "refused with prompt_outputs_failed_validation");
-    CHECK(message && strcmp(message, "Node 'Guide me' (FluxGuidance) is not implemented by Kiln.") == 0,
+    CHECK(message && strcmp(message, "Node 'Guide me' (CFGNorm) is not implemented by Kiln.") == 0,
           "the node is named: %s", message ? message : "(none)");
     CHECK(details && strncmp(details, "Kiln runs: ", 11) == 0 && strstr(details, "KSampler") &&
-              strstr(details, "LoadImage") && !strstr(details, "FluxGuidance"),
+              strstr(details, "LoadImage") && !strstr(details, "CFGNorm"),
           "details list what runs: %s", details ? details : "(none)");
     CHECK(strcmp(json_string_value(json_object_get(json_object_get(json_object_get(body, "node_errors"), "90"),
                                                    "class_type")),
-                 "FluxGuidance") == 0 &&
+                 "CFGNorm") == 0 &&
               strcmp(json_string_value(json_object_get(json_object_get(e, "extra_info"), "node_id")), "90") == 0,
           "node_errors entry names the class and node");
     json_decref(body);
     json_decref(p);
 
-    /* Every class of a Flux fixture Kiln cannot run is named at once. */
-    p = load_prompt("tests/fixtures/workflows/flux_dev_t2i.api.json");
+    /* Every class of an Edit fixture Kiln cannot run is named at once. */
+    p = load_prompt("tests/fixtures/workflows/qwen_image_edit.api.json");
     body = p ? validate_for_run(ex, m, p, &st) : NULL;
     int named = 0, missing = 0;
     const char *id;
@@ -449,7 +449,7 @@ static void test_validation(kn_executor *ex, kn_models *m) {
         missing++;
         named += node_error(body, id, "missing_node_type") != NULL;
     }
-    CHECK(st == KN_ERR_INVALID && missing > 0 && named == missing, "flux_dev_t2i: %d of %d unimplemented nodes named",
+    CHECK(st == KN_ERR_INVALID && missing > 0 && named == missing, "qwen_image_edit: %d of %d unimplemented nodes named",
           named, missing);
     json_decref(body);
     json_decref(p);

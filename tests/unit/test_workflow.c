@@ -213,13 +213,13 @@ static void test_registry(const json_t *info) {
         absent++;
         CHECK(!json_object_get(served, name), "%s cannot run but is listed", name);
     }
-    CHECK(absent > 0 && !json_object_get(served, "FluxGuidance") && json_object_get(served, "KSampler") &&
+    CHECK(absent > 0 && !json_object_get(served, "CFGNorm") && json_object_get(served, "KSampler") &&
               json_object_get(served, "LoadImage"),
-          "the fixture's classes Kiln cannot run (%d, FluxGuidance among them) are left out", absent);
+          "the fixture's classes Kiln cannot run (%d, CFGNorm among them) are left out", absent);
     json_decref(served);
     json_decref(extra);
-    json_t *one = kn_node_object_info("FluxGuidance", &lister, &err);
-    CHECK(one && json_object_size(one) == 0, "object_info/FluxGuidance: {}");
+    json_t *one = kn_node_object_info("CFGNorm", &lister, &err);
+    CHECK(one && json_object_size(one) == 0, "object_info/CFGNorm: {}");
     json_decref(one);
     one = kn_node_object_info("KSampler", &lister, &err);
     CHECK(one && json_object_size(one) == 1 && same_json(json_object_get(one, "KSampler"), json_object_get(info, "KSampler"), 1),
