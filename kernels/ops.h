@@ -137,6 +137,7 @@ typedef enum kn_act {
     KN_ACT_GELU_TANH,  /* 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
     KN_ACT_GELU_ERF,   /* 0.5x(1 + erf(x / sqrt 2)) */
     KN_ACT_QUICK_GELU, /* x * sigmoid(1.702x) */
+    KN_ACT_TANH,       /* tanh(x): Z-Image's gates */
 } kn_act;
 /* Elementwise, in place allowed. */
 int kn_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);

@@ -1,5 +1,7 @@
 /* The diffusion-model fixture runner (components "qwen_image_dit", ...):
- * the family detected from the case's weights, loaded with the tiny config's
+ * the family meta.json names (tiny Z-Image files cannot be told from Lumina 2
+ * by ComfyUI's width rule), else the one detected from the case's weights,
+ * loaded with the tiny config's
  * constants, run once through the family interface on the case's inputs:
  * in.x, in.timestep, in.context, and where present in.attention_mask,
  * in.y (the pooled vector), in.guidance, in.ref_latent0.. (with the case's
@@ -58,16 +60,17 @@ static int run(const kn_fixture_case *c, const kn_dit *m, kn_fixture_results *re
 }
 
 int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err) {
-    char path[4096];
     kn_st_file *f = NULL;
     kn_dit *m = NULL;
-    const kn_dit_family *fam;
-    const char *prefix;
+    const kn_dit_family *fam = NULL;
+    const char *prefix = "";
     kn_dit_consts o;
     kn_fixture_dit_overrides(c, NULL, &o);
-    int rc = kn_fixture_weights_path(c, path, sizeof path, err);
-    if (!rc) rc = kn_st_open(&f, path, err);
-    if (!rc) rc = kn_dit_detect(f, &fam, &prefix, err);
+    int rc = kn_fixture_open_weights(c, &f, err);
+    if (!rc && (fam = kn_dit_family_named(json_string_value(json_object_get(c->meta, "family")))))
+        prefix = kn_dit_prefix(f);
+    else if (!rc)
+        rc = kn_dit_detect(f, &fam, &prefix, err);
     if (!rc) rc = fam->load(&m, f, prefix, &o, err);
     if (!rc) rc = run(c, m, res, err);
     kn_dit_free(m);

@@ -14,6 +14,7 @@
 #include "pipelines/qwen_image/text.h"
 #include "pipelines/vae/kl.h"
 #include "pipelines/vae/wan21.h"
+#include "pipelines/z_image/dit.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
 
@@ -61,7 +62,7 @@ static const dit_rule dit_rules[] = {
     {"Flux.1 Fill", "double_blocks.0.img_attn.norm.key_norm.scale", flux_fill, NULL},
     {"Flux.1 dev", "double_blocks.0.img_attn.norm.key_norm.scale", flux_guidance, &kn_flux_dev_dit},
     {"Flux.1 schnell", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, &kn_flux_schnell_dit},
-    {"Z-Image", "cap_embedder.1.weight", lumina_dim_3840, NULL},
+    {"Z-Image", "cap_embedder.1.weight", lumina_dim_3840, &kn_z_image_dit},
     {"Lumina 2", "cap_embedder.1.weight", NULL, NULL},
     {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL},
     {"Qwen-Image", "txt_norm.weight", NULL, &kn_qwen_image_dit},
@@ -78,8 +79,7 @@ const char *kn_dit_supported(void) {
 }
 
 int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char **prefix, kn_err *err) {
-    /* UNETLoader strips ComfyUI's checkpoint prefix when the file has it */
-    *prefix = kn_weights_has_prefix(f, "model.diffusion_model.") ? "model.diffusion_model." : "";
+    *prefix = kn_dit_prefix(f);
     for (size_t i = 0; i < N_DIT_RULES; i++) {
         const dit_rule *r = &dit_rules[i];
         if (!find(f, *prefix, r->key) || (r->also && !r->also(f, *prefix))) continue;
@@ -90,6 +90,16 @@ int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char 
         return KN_OK;
     }
     return kn_fail(err, KN_ERR_UNSUPPORTED, "not a diffusion model Kiln recognises; Kiln runs: %s", kn_dit_supported());
+}
+
+const kn_dit_family *kn_dit_family_named(const char *name) {
+    for (size_t i = 0; name && i < N_DIT_RULES; i++)
+        if (dit_rules[i].family && strcmp(dit_rules[i].family->name, name) == 0) return dit_rules[i].family;
+    return NULL;
+}
+
+const char *kn_dit_prefix(const kn_st_file *f) {
+    return kn_weights_has_prefix(f, "model.diffusion_model.") ? "model.diffusion_model." : "";
 }
 
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err) {

@@ -107,6 +107,12 @@ int kn_dit_ref_method(const kn_dit_family *f, const char *name);
  * ("model.diffusion_model." or ""). Unknown or unimplemented families fail
  * (KN_ERR_UNSUPPORTED) with a message naming what was detected. */
 int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char **prefix, kn_err *err);
+/* The prefix a diffusion-model file's keys carry: ComfyUI's checkpoint prefix
+ * "model.diffusion_model." when the file has it (UNETLoader strips it), else "". */
+const char *kn_dit_prefix(const kn_st_file *f);
+/* The family Kiln runs under `name` (kn_dit_family.name), or NULL: for tools
+ * and fixtures whose tiny files no size rule can detect. */
+const kn_dit_family *kn_dit_family_named(const char *name);
 /* Detect and load. */
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err);
 void kn_dit_free(kn_dit *m);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct result {
     char name[128];
@@ -44,18 +45,69 @@ int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out,
     return kn_st_get(c->data, full, out, err);
 }
 
-int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn_err *err) {
+/* A case whose weights are "<file> rounded to bfloat16 (RNE)" runs on a bf16 copy of <file>. */
+static const char bf16_suffix[] = " rounded to bfloat16 (RNE)";
+
+/* The case's weights entry: info["weights"], else the first key of meta["weights"]. */
+static const char *weights_entry(const kn_fixture_case *c) {
     const char *file = json_string_value(json_object_get(c->info, "weights"));
     if (!file) {
         const json_t *w = json_object_get(c->meta, "weights");
         void *it = json_is_object(w) ? json_object_iter((json_t *)w) : NULL;
         file = it ? json_object_iter_key(it) : NULL;
     }
-    if (!file || strchr(file, '/') || strstr(file, ".."))
+    return file;
+}
+
+static int folder_file(const kn_fixture_case *c, const char *file, size_t n, char *path, size_t len, kn_err *err) {
+    if (!file || memchr(file, '/', n) || (n >= 2 && strstr(file, "..") && (size_t)(strstr(file, "..") - file) < n))
         return kn_fail(err, KN_ERR_FORMAT, "%s/meta.json: no usable weights file name", c->dir);
-    if ((size_t)snprintf(path, len, "%s/%s", c->dir, file) >= len)
+    if ((size_t)snprintf(path, len, "%s/%.*s", c->dir, (int)n, file) >= len)
         return kn_fail(err, KN_ERR_INVALID, "%s: path too long", c->dir);
     return KN_OK;
+}
+
+int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn_err *err) {
+    const char *file = weights_entry(c);
+    return folder_file(c, file, file ? strlen(file) : 0, path, len, err);
+}
+
+/* A temporary file holding every float tensor of src rounded to bf16 (the rest as it is), opened. */
+static int bf16_copy(const kn_st_file *src, kn_st_file **out, kn_err *err) {
+    int n = kn_st_count(src), rc = KN_OK;
+    kn_tensor *t = calloc((size_t)(n ? n : 1), sizeof *t);
+    if (!t) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) {
+        const kn_tensor *s = kn_st_at(src, i);
+        kn_dtype dt = kn_dtype_is_float(s->dtype) ? KN_BF16 : s->dtype;
+        rc = kn_tensor_new(&t[i], dt, KN_DEV_CPU, s->ndim, s->ne, err);
+        if (!rc) rc = kn_tensor_copy(&t[i], s, err);
+        t[i].name = s->name;
+    }
+    char path[] = "/tmp/kiln-fixture-bf16-XXXXXX";
+    int fd = rc ? -1 : mkstemp(path);
+    if (!rc && fd < 0) rc = kn_fail(err, KN_ERR_IO, "cannot create a temporary file for the bf16 weights");
+    if (fd >= 0) close(fd);
+    if (!rc) rc = kn_st_write(path, t, n, err);
+    if (!rc) rc = kn_st_open(out, path, err);
+    if (fd >= 0) unlink(path); /* the mapping keeps the data */
+    for (int i = 0; i < n; i++) kn_tensor_free(&t[i]);
+    free(t);
+    return rc;
+}
+
+int kn_fixture_open_weights(const kn_fixture_case *c, kn_st_file **out, kn_err *err) {
+    char path[4096];
+    const char *file = weights_entry(c);
+    size_t n = file ? strlen(file) : 0, ns = sizeof bf16_suffix - 1;
+    int rounded = n > ns && strcmp(file + n - ns, bf16_suffix) == 0;
+    KN_TRY(folder_file(c, file, rounded ? n - ns : n, path, sizeof path, err));
+    if (!rounded) return kn_st_open(out, path, err);
+    kn_st_file *src = NULL;
+    KN_TRY(kn_st_open(&src, path, err));
+    int rc = bf16_copy(src, out, err);
+    kn_st_close(src);
+    return rc;
 }
 
 double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double dflt) {
@@ -80,6 +132,7 @@ void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn
     /* diffusers-style names (Qwen-Image) or BFL ones (Flux) */
     const json_t *axes = json_object_get(config, "axes_dims_rope");
     if (!axes) axes = json_object_get(config, "axes_dim");
+    if (!axes) axes = json_object_get(config, "axes_dims");
     if (json_array_size(axes) == 3)
         for (size_t i = 0; i < 3; i++) o->axes_dims[i] = (int)json_integer_value(json_array_get(axes, i));
     const json_t *theta = json_object_get(config, "rope_theta"), *patch = json_object_get(config, "patch_size");

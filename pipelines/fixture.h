@@ -49,6 +49,9 @@ int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *
 int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err); /* "in.<name>" */
 /* The weights file of the case: info["weights"], else the first key of meta["weights"]. */
 int kn_fixture_weights_path(const kn_fixture_case *c, char *path, size_t len, kn_err *err);
+/* The weights file of the case, opened: also "<file> rounded to bfloat16
+ * (RNE)" (a bf16 copy of <file>'s float tensors, in a temporary file). */
+int kn_fixture_open_weights(const kn_fixture_case *c, kn_st_file **out, kn_err *err);
 /* meta["config"][key] as a number/int list; 0 and a default when absent. */
 double kn_fixture_config_num(const kn_fixture_case *c, const char *key, double dflt);
 int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals, int max);

@@ -19,6 +19,7 @@ int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *e
 static const kn_fixture_runner runners[] = {
     {"qwen_image_dit", kn_dit_fixture},
     {"flux_dit", kn_dit_fixture},
+    {"zimage_dit", kn_dit_fixture},
     {"qwen_image_vae", kn_wan_vae_fixture},
     {"flux_vae", kn_kl_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},

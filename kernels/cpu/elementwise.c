@@ -29,6 +29,10 @@ int kn_cpu_activation(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act)
 #pragma omp parallel for simd schedule(static)
         for (int64_t i = 0; i < n; i++) yd[i] = xd[i] / (1.0f + kn_expf(-1.702f * xd[i]));
         break;
+    case KN_ACT_TANH:
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < n; i++) yd[i] = kn_tanhf(xd[i]);
+        break;
     }
     return KN_OK;
 }

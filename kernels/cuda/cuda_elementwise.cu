@@ -48,6 +48,7 @@ template <typename T> struct kn_cu_act_f {
         case KN_ACT_SILU: r = v / (1.0f + expf(-v)); break;
         case KN_ACT_GELU_TANH: r = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); break;
         case KN_ACT_GELU_ERF: r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f)); break;
+        case KN_ACT_TANH: r = tanhf(v); break;
         default: r = v / (1.0f + expf(-1.702f * v)); break; /* KN_ACT_QUICK_GELU */
         }
         y[i] = kn_cu_to<T>(r);

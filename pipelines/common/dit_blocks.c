@@ -2,6 +2,7 @@
 #include "pipelines/common/dit_blocks.h"
 
 #include <math.h>
+#include <string.h>
 
 void kn_dit_sinusoid(float *emb, int64_t ch, double t, double scale, double max_period) {
     int64_t half = ch / 2;
@@ -32,8 +33,15 @@ int kn_dit_time_embed(kn_ctx *ctx, const kn_weight_table *tab, const kn_lin *l1,
     return rc;
 }
 
-/* Chunk k of a [B, k*D] modulation tensor, optionally of one sample. */
+/* Chunk k of a [B, k*D] modulation tensor, optionally of one sample; k < 0:
+ * zeros (one zero row of scratch, read with a batch stride of 0). */
 static int chunk(kn_ctx *ctx, const kn_tensor *mod, int64_t b, int k, int64_t D, kn_tensor *out) {
+    if (k < 0) {
+        kn_tensor zero;
+        KN_TRY(kn_arena_tensor(ctx->scratch, &zero, KN_F32, 1, &D, &ctx->err));
+        memset(zero.data, 0, (size_t)D * sizeof(float));
+        return kn_tensor_view(out, &zero, 2, (int64_t[]){b >= 0 ? 1 : mod->ne[0], D}, (int64_t[]){0, 1}, 0, &ctx->err);
+    }
     kn_tensor rows = *mod;
     if (b >= 0) KN_TRY(kn_tensor_slice(&rows, mod, 0, b, 1, &ctx->err));
     return kn_tensor_slice(out, &rows, 1, (int64_t)k * D, D, &ctx->err);
@@ -76,7 +84,10 @@ static int apply_segments(kn_ctx *ctx, kn_tensor *x, const kn_tensor *delta, con
 }
 
 int kn_mod_modulate(kn_ctx *ctx, kn_tensor *x, const kn_mod *m, int shift, int scale) {
-    return apply_segments(ctx, x, NULL, m, shift, scale);
+    size_t mark = kn_arena_mark(ctx->scratch);
+    int rc = apply_segments(ctx, x, NULL, m, shift, scale);
+    kn_arena_reset(ctx->scratch, mark);
+    return rc;
 }
 
 int kn_mod_gate(kn_ctx *ctx, kn_tensor *x, const kn_tensor *delta, const kn_mod *m, int gate) {

@@ -28,7 +28,8 @@ typedef struct kn_mod {
     int64_t n_main;
 } kn_mod;
 
-/* x [B, L, D] = x * (1 + chunk(scale)) + chunk(shift), in place. */
+/* x [B, L, D] = x * (1 + chunk(scale)) + chunk(shift), in place; shift < 0:
+ * no shift (Z-Image modulates by scale alone). */
 int kn_mod_modulate(kn_ctx *ctx, kn_tensor *x, const kn_mod *m, int shift, int scale);
 /* x += chunk(gate) * delta. */
 int kn_mod_gate(kn_ctx *ctx, kn_tensor *x, const kn_tensor *delta, const kn_mod *m, int gate);

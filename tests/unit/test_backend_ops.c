@@ -261,12 +261,13 @@ static double act_ref(kn_act a, double v) {
     case KN_ACT_GELU_TANH: return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
     case KN_ACT_GELU_ERF: return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
     case KN_ACT_QUICK_GELU: return v / (1.0 + exp(-1.702 * v));
+    case KN_ACT_TANH: return tanh(v);
     }
     return NAN;
 }
 
 static void test_unary(int kind, int ndim, const int64_t *ne, kn_act act, int in_place, float amp) {
-    static const char *act_names[] = {"silu", "gelu_tanh", "gelu_erf", "quick_gelu"};
+    static const char *act_names[] = {"silu", "gelu_tanh", "gelu_erf", "quick_gelu", "tanh"};
     unary_case p = {ndim, in_place, kind, {0}, act, 1.5f, -0.25f, NULL};
     memcpy(p.ne, ne, (size_t)ndim * sizeof *ne);
     int64_t n = numel_of(ndim, ne), D = ne[ndim - 1];
@@ -294,7 +295,7 @@ static void test_unary(int kind, int ndim, const int64_t *ne, kn_act act, int in
 
 static void test_unary_all(void) {
     const int64_t a[] = {3, 37}, b[] = {1000}, c[] = {2, 3, 1000}, d[] = {5, 1};
-    for (int act = KN_ACT_SILU; act <= KN_ACT_QUICK_GELU; act++) {
+    for (int act = KN_ACT_SILU; act <= KN_ACT_TANH; act++) {
         test_unary(0, 2, a, (kn_act)act, 0, 6.0f);
         test_unary(0, 1, b, (kn_act)act, 1, 6.0f);
     }
