@@ -13,6 +13,7 @@
 
 #include "graph/pyconv.h"
 #include "kernels/json.h"
+#include "nodes/families.h"
 #include "nodes/node.h"
 
 enum { NODE_NEW, NODE_BUSY, NODE_DONE };
@@ -53,6 +54,7 @@ typedef struct vnode {
 } vnode;
 
 typedef struct vctx {
+    const json_t *prompt;
     const kn_folder_lister *lister;
     const kn_node_env *run; /* NULL: schema only */
     kn_err *err;
@@ -432,6 +434,18 @@ static int validate_hook(vctx *c, vnode *n, kn_node_validate_fn validate) {
     return res;
 }
 
+/* The model and conditioning meeting here come from families that fit (nodes/families.h). */
+static int check_families(vctx *c, vnode *n) {
+    const char *input = NULL;
+    kn_err e;
+    kn_err_clear(&e);
+    int rc = kn_check_families(c->prompt, n->id, c->run, &input, &e);
+    if (rc == KN_ERR_NOMEM) return nomem(c);
+    if (rc && input) return hook_error(c, n, input, e.msg);
+    /* a loader that cannot be read reports itself when validated */
+    return RES_OK;
+}
+
 /* validate_inputs for one node; memoised in the node's state. */
 static int validate_node(vctx *c, int i, int depth) {
     vnode *n = &c->nodes[i];
@@ -462,6 +476,7 @@ static int validate_node(vctx *c, int i, int depth) {
     }
     if (hooks && hooks->validate && json_array_size(n->errors) == 0 && validate_hook(c, n, hooks->validate) != RES_OK)
         return RES_FATAL;
+    if (c->run && valid && json_array_size(n->errors) == 0 && check_families(c, n) != RES_OK) return RES_FATAL;
     n->state = NODE_DONE;
     n->valid = valid && json_array_size(n->errors) == 0;
     return n->valid ? RES_OK : RES_INVALID;
@@ -593,6 +608,7 @@ static int reject(kn_validation *out, kn_err *err, const char *type, const char 
 static int index_nodes(vctx *c, json_t *prompt, kn_validation *out) {
     const char *id;
     json_t *node;
+    c->prompt = prompt;
     json_object_foreach(prompt, id, node) {
         char details[512];
         snprintf(details, sizeof details, "Node ID '#%s'", id);

@@ -176,6 +176,6 @@ const kn_node_def kn_nodes_image[] = {
 
 /* An upload overwritten with other pixels re-runs LoadImage (nodes/changed.h). */
 const kn_node_hooks kn_hooks_image[] = {
-    {"LoadImage", kn_changed_file_hashes, NULL},
+    {"LoadImage", kn_changed_file_hashes, NULL, NULL},
     {0},
 };

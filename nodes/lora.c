@@ -179,7 +179,7 @@ const kn_node_def kn_nodes_lora[] = {
 };
 
 const kn_node_hooks kn_hooks_lora[] = {
-    {"LoraLoader", kn_changed_file_stamps, NULL},
-    {"LoraLoaderModelOnly", kn_changed_file_stamps, NULL},
+    {"LoraLoader", kn_changed_file_stamps, NULL, NULL},
+    {"LoraLoaderModelOnly", kn_changed_file_stamps, NULL, NULL},
     {0},
 };

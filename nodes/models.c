@@ -97,34 +97,45 @@ static int check_weight_dtype(kn_node_call *c) {
  * mapping is only read where the tensor table is), so a prompt naming a model
  * Kiln does not run is refused before it queues, naming what was found. */
 
-/* Detects the file `input` names in `folder` with `detect` (an adapter over the family tables). */
+/* Detects the file `input` names in `folder` with `detect` (an adapter over
+ * the family tables), filling *ref when it is not NULL. */
 static int detect_file(kn_node_call *c, const char *input, const char *folder,
-                       int (*detect)(const kn_st_file *f, kn_err *err)) {
+                       int (*detect)(const kn_st_file *f, kn_family_ref *ref, kn_err *err), kn_family_ref *ref) {
     char *path = NULL;
     const char *name;
     kn_st_file *f = NULL;
+    kn_family_ref unused;
     int rc = kn_in_string(c, input, &name) ? c->err->code : resolve(c, input, folder, &path);
     if (!rc) rc = open_file(c, input, path, &f);
-    if (!rc && detect(f, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s: %s", name, c->err->msg);
+    if (!rc && detect(f, ref ? ref : &unused, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s: %s", name, c->err->msg);
     kn_st_close(f);
     free(path);
     return rc;
 }
 
-static int detect_dit(const kn_st_file *f, kn_err *err) {
+static int detect_dit(const kn_st_file *f, kn_family_ref *ref, kn_err *err) {
     const kn_dit_family *fam = NULL;
     const char *prefix;
-    return kn_dit_detect(f, &fam, &prefix, err);
+    KN_TRY(kn_dit_detect(f, &fam, &prefix, err));
+    *ref = (kn_family_ref){fam->name, fam->title, fam->text};
+    return KN_OK;
 }
 
-static int detect_vae(const kn_st_file *f, kn_err *err) {
+static int detect_vae(const kn_st_file *f, kn_family_ref *ref, kn_err *err) {
     const kn_vae_family *fam = NULL;
-    return kn_vae_detect(f, &fam, err);
+    KN_TRY(kn_vae_detect(f, &fam, err));
+    *ref = (kn_family_ref){fam->name, fam->title, NULL};
+    return KN_OK;
 }
 
 static int validate_unet(kn_node_call *c) {
     if (check_weight_dtype(c)) return c->err->code;
-    return detect_file(c, "unet_name", "diffusion_models", detect_dit);
+    return detect_file(c, "unet_name", "diffusion_models", detect_dit, NULL);
+}
+
+static int family_unet(kn_node_call *c, int output, kn_family_ref *out) {
+    (void)output;
+    return detect_file(c, "unet_name", "diffusion_models", detect_dit, out);
 }
 
 static int validate_vae(kn_node_call *c) {
@@ -132,11 +143,11 @@ static int validate_vae(kn_node_call *c) {
     if (kn_in_string(c, "vae_name", &name)) return c->err->code;
     if (strcmp(name, "pixel_space") == 0)
         return kn_node_fail(c, "vae_name", KN_ERR_UNSUPPORTED, "pixel_space is not supported");
-    return detect_file(c, "vae_name", "vae", detect_vae);
+    return detect_file(c, "vae_name", "vae", detect_vae, NULL);
 }
 
-/* The text-encoder files of inputs[0..n) with the loader's type. */
-static int validate_clip_files(kn_node_call *c, const char *const *inputs, int n) {
+/* The text-encoder files of inputs[0..n) with the loader's type; *ref (when not NULL) their family. */
+static int detect_clip_files(kn_node_call *c, const char *const *inputs, int n, kn_family_ref *ref) {
     const char *type;
     char *path[2] = {NULL, NULL};
     kn_st_file *f[2] = {NULL, NULL};
@@ -148,6 +159,7 @@ static int validate_clip_files(kn_node_call *c, const char *const *inputs, int n
     if (!rc && kn_clip_detect((const kn_st_file **)f, n, type, &fam, c->err))
         rc = kn_node_fail(c, inputs[0], c->err->code, "%s: %s",
                           kn_in_string(c, inputs[0], &name) ? inputs[0] : name, c->err->msg);
+    if (!rc && ref) *ref = (kn_family_ref){fam->name, fam->title, NULL};
     for (int i = 0; i < n; i++) {
         kn_st_close(f[i]);
         free(path[i]);
@@ -155,14 +167,19 @@ static int validate_clip_files(kn_node_call *c, const char *const *inputs, int n
     return rc;
 }
 
-static int validate_clip(kn_node_call *c) {
-    static const char *const inputs[] = {"clip_name"};
-    return validate_clip_files(c, inputs, 1);
+static const char *const clip_inputs[] = {"clip_name"}, *const dual_clip_inputs[] = {"clip_name1", "clip_name2"};
+
+static int validate_clip(kn_node_call *c) { return detect_clip_files(c, clip_inputs, 1, NULL); }
+static int validate_dual_clip(kn_node_call *c) { return detect_clip_files(c, dual_clip_inputs, 2, NULL); }
+
+static int family_clip(kn_node_call *c, int output, kn_family_ref *out) {
+    (void)output;
+    return detect_clip_files(c, clip_inputs, 1, out);
 }
 
-static int validate_dual_clip(kn_node_call *c) {
-    static const char *const inputs[] = {"clip_name1", "clip_name2"};
-    return validate_clip_files(c, inputs, 2);
+static int family_dual_clip(kn_node_call *c, int output, kn_family_ref *out) {
+    (void)output;
+    return detect_clip_files(c, dual_clip_inputs, 2, out);
 }
 
 static int unet_loader(kn_node_call *c) {
@@ -263,18 +280,16 @@ static int load_clip(kn_node_call *c, const char *const *inputs, int n, const ch
 
 static int clip_loader(kn_node_call *c) {
     const char *type;
-    static const char *const inputs[] = {"clip_name"};
     kn_clip_obj *cl = NULL;
-    if (kn_in_string(c, "type", &type) || load_clip(c, inputs, 1, type, &cl)) return c->err->code;
+    if (kn_in_string(c, "type", &type) || load_clip(c, clip_inputs, 1, type, &cl)) return c->err->code;
     kn_out_object(c, 0, &cl->base);
     return KN_OK;
 }
 
 static int dual_clip_loader(kn_node_call *c) {
     const char *type;
-    static const char *const inputs[] = {"clip_name1", "clip_name2"};
     kn_clip_obj *cl = NULL;
-    if (kn_in_string(c, "type", &type) || load_clip(c, inputs, 2, type, &cl)) return c->err->code;
+    if (kn_in_string(c, "type", &type) || load_clip(c, dual_clip_inputs, 2, type, &cl)) return c->err->code;
     kn_out_object(c, 0, &cl->base);
     return KN_OK;
 }
@@ -329,9 +344,9 @@ const kn_node_def kn_nodes_models[] = {
 
 /* A loaded file replaced on disk re-runs its loader (nodes/changed.h). */
 const kn_node_hooks kn_hooks_models[] = {
-    {"UNETLoader", kn_changed_file_stamps, validate_unet},
-    {"CLIPLoader", kn_changed_file_stamps, validate_clip},
-    {"DualCLIPLoader", kn_changed_file_stamps, validate_dual_clip},
-    {"VAELoader", kn_changed_file_stamps, validate_vae},
+    {"UNETLoader", kn_changed_file_stamps, validate_unet, family_unet},
+    {"CLIPLoader", kn_changed_file_stamps, validate_clip, family_clip},
+    {"DualCLIPLoader", kn_changed_file_stamps, validate_dual_clip, family_dual_clip},
+    {"VAELoader", kn_changed_file_stamps, validate_vae, NULL},
     {0},
 };

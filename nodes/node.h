@@ -259,10 +259,22 @@ typedef struct kn_node_def {
 
 /* Per-file hook tables beside them, listing only classes with a hook,
  * {0}-terminated (merged by kn_node_hooks_find). */
+/* What family a loader's output will be, read off the files its constant
+ * inputs name (headers only): for a MODEL the diffusion model's family and
+ * the text-encoder family it conditions on, for a CLIP its family. Same
+ * call rules as the validate hook. */
+typedef struct kn_family_ref {
+    const char *name;  /* kn_dit_family.name / kn_clip_family.name */
+    const char *title; /* for messages */
+    const char *takes; /* MODEL: the kn_clip_family.name its conditioning comes from; CLIP: NULL */
+} kn_family_ref;
+typedef int (*kn_node_family_fn)(kn_node_call *call, int output, kn_family_ref *out);
+
 typedef struct kn_node_hooks {
     const char *class_type;
     kn_node_changed_fn changed;   /* NULL: the node depends on its inputs only */
     kn_node_validate_fn validate; /* NULL: the schema's checks suffice */
+    kn_node_family_fn family;     /* loaders of MODEL / CLIP outputs, else NULL */
 } kn_node_hooks;
 
 /* The implementation of a class, NULL when Kiln has none (it cannot run,

@@ -98,6 +98,7 @@ struct kn_dit_family {
     int n_lora_keys;
     const char *const *ref_methods; /* ComfyUI's reference_latents_method names; index = ref_method */
     int n_ref_methods;
+    const char *text; /* the kn_clip_family.name whose conditioning it takes */
 };
 
 /* The ref_method of a ComfyUI method name, or -1. */

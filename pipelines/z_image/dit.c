@@ -363,5 +363,5 @@ static const kn_key_alias lora_keys[] = {{"diffusion_model.", 0, 1}, {"lora_unet
 /* ComfyUI supported_models.ZImage: Flux latents, ModelSamplingDiscreteFlow shift 3 */
 const kn_dit_family kn_z_image_dit = {
     "z_image", "Z-Image", family_load, family_free, forward, &kn_latent_flux, 4, KN_MS_DISCRETE_FLOW, 3.0, 1.0,
-    lora_keys, 2,         NULL,        0,
+    lora_keys, 2,         NULL,        0,    "z_image",
 };
