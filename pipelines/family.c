@@ -15,6 +15,7 @@
 #include "pipelines/vae/kl.h"
 #include "pipelines/vae/wan21.h"
 #include "pipelines/z_image/dit.h"
+#include "pipelines/z_image/text.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
 
@@ -52,7 +53,12 @@ typedef struct dit_rule {
 
 static int flux_guidance(const kn_st_file *f, const char *p) { return find(f, p, "guidance_in.in_layer.weight") != NULL; }
 static int flux_fill(const kn_st_file *f, const char *p) { return dim(f, p, "img_in.weight", 1) == 384; }
-static int lumina_dim_3840(const kn_st_file *f, const char *p) { return dim(f, p, "cap_embedder.1.weight", 0) == 3840; }
+/* ComfyUI keys Z-Image on a width of 3840; narrower files with Z-Image's 128-wide heads
+ * (Lumina 2's are 96 wide at 2304) are tiny Z-Images */
+static int z_image(const kn_st_file *f, const char *p) {
+    int64_t w = dim(f, p, "cap_embedder.1.weight", 0);
+    return w == 3840 || (w != 2304 && dim(f, p, "layers.0.attention.q_norm.weight", 0) == 128);
+}
 static int qwen_layered(const kn_st_file *f, const char *p) {
     return find(f, p, "time_text_embed.addition_t_embedding.weight") != NULL;
 }
@@ -62,7 +68,7 @@ static const dit_rule dit_rules[] = {
     {"Flux.1 Fill", "double_blocks.0.img_attn.norm.key_norm.scale", flux_fill, NULL},
     {"Flux.1 dev", "double_blocks.0.img_attn.norm.key_norm.scale", flux_guidance, &kn_flux_dev_dit},
     {"Flux.1 schnell", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, &kn_flux_schnell_dit},
-    {"Z-Image", "cap_embedder.1.weight", lumina_dim_3840, &kn_z_image_dit},
+    {"Z-Image", "cap_embedder.1.weight", z_image, &kn_z_image_dit},
     {"Lumina 2", "cap_embedder.1.weight", NULL, NULL},
     {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL},
     {"Qwen-Image", "txt_norm.weight", NULL, &kn_qwen_image_dit},
@@ -159,7 +165,15 @@ static te_kind te_detect(const kn_st_file *f) {
     if (kb == 256) return TE_QWEN25_3B;
     if (find(f, "", "model.layers.0.post_attention_layernorm.weight")) {
         if (!find(f, "", "model.layers.0.self_attn.q_norm.weight")) return TE_LLAMA;
-        return dim(f, "", "model.layers.0.post_attention_layernorm.weight", 0) == 2560 ? TE_QWEN3_4B : TE_QWEN3;
+        /* ComfyUI tells the Qwen3 sizes by width (2560: 4B; 1024, 2048, 4096: the others); a
+         * narrower file with 4B's heads (32 x 128 queries, 8 x 128 keys) is a tiny 4B */
+        int64_t w = dim(f, "", "model.layers.0.post_attention_layernorm.weight", 0);
+        if (w == 2560) return TE_QWEN3_4B;
+        if (w == 1024 || w == 2048 || w == 4096) return TE_QWEN3;
+        return dim(f, "", "model.layers.0.self_attn.q_proj.weight", 0) == 4096 &&
+                       dim(f, "", "model.layers.0.self_attn.k_proj.weight", 0) == 1024
+                   ? TE_QWEN3_4B
+                   : TE_QWEN3;
     }
     return TE_UNKNOWN;
 }
@@ -176,7 +190,7 @@ static const clip_rule clip_rules[] = {
     {"HunyuanImage", {TE_QWEN25_7B, TE_UNKNOWN}, "hunyuan_image", NULL},
     {"Qwen-Image (Qwen2.5-VL-7B)", {TE_QWEN25_7B, TE_UNKNOWN}, NULL, &kn_qwen_image_clip},
     {"Flux.2-Klein (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, "flux,flux2", NULL},
-    {"Z-Image (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, NULL, NULL},
+    {"Z-Image (Qwen3-4B)", {TE_QWEN3_4B, TE_UNKNOWN}, NULL, &kn_z_image_clip},
     {"Flux.1 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5}, "flux", &kn_flux_clip},
     {"SD3 (CLIP-L + T5-XXL)", {TE_CLIP_L, TE_T5}, NULL, NULL},
 };

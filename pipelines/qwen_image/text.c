@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipelines/tokenizers/bpe.h"
-#include "pipelines/tokenizers/prompt.h"
+#include "pipelines/common/llm_clip.h"
 
 const kn_llm_consts kn_qwen25vl_7b = {28, 128, 1e6, 1e-6f, 1, 0};
 
@@ -75,67 +74,19 @@ int kn_qwen_image_conditioning(kn_arena *arena, const kn_tensor *ids, const kn_t
 
 /* ---- the CLIP family --------------------------------------------------------- */
 
-typedef struct qwen_image_clip {
-    kn_clip base;
-    kn_llm te;
-    kn_bpe *bpe;
-} qwen_image_clip;
-
-static void clip_free(kn_clip *c) {
-    qwen_image_clip *q = (qwen_image_clip *)c;
-    if (!q) return;
-    kn_llm_free(&q->te);
-    kn_bpe_free(q->bpe);
-    free(q);
-}
-
-static int clip_load(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err) {
-    qwen_image_clip *q = calloc(1, sizeof *q);
-    if (!q) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    q->base.family = &kn_qwen_image_clip;
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/qwen25", tokenizer_dir);
-    int rc = kn_llm_load(&q->te, files[0], "model.", &kn_qwen25vl_7b, err);
-    if (!rc && kn_bpe_load(&q->bpe, dir, err)) rc = kn_err_wrap(err, "Qwen2 tokenizer");
-    if (rc) {
-        clip_free(&q->base);
-        return rc;
-    }
-    *out = &q->base;
-    return KN_OK;
+/* The template drop without a mask (ComfyUI encodes one prompt: its mask is all ones). */
+static int condition(kn_arena *arena, const kn_tensor *ids, const kn_tensor *hidden, kn_tensor *cond, kn_tensor *mask,
+                     kn_err *err) {
+    return kn_qwen_image_conditioning(arena, ids, hidden, NULL, cond, mask, err);
 }
 
 /* ComfyUI's Qwen-Image path: template tokens -> Qwen2.5-VL last hidden state
- * (final norm applied) -> template drop -> cond (+ the mask when not all ones). */
-static int clip_encode(kn_ctx *ctx, const kn_clip *c, const char *const *texts, int n_texts, kn_text_cond *out,
-                       kn_err *err) {
-    const qwen_image_clip *q = (const qwen_image_clip *)c;
-    const char *text = texts[0]; /* one encoder: the first text (n_texts >= 1) */
-    (void)n_texts;
-    kn_prompt_chunks chunks = {0};
-    kn_arena *arena = NULL;
-    kn_tensor ids = {0}, hidden, cond, mask;
-    memset(out, 0, sizeof *out);
-    int rc = kn_prompt_qwen(q->bpe, KN_QWEN_IMAGE, NULL, text, strlen(text), &chunks, err);
-    int64_t n = rc ? 0 : (int64_t)chunks.n_tokens;
-    if (!rc) rc = kn_tensor_new(&ids, KN_I64, KN_DEV_CPU, 2, (int64_t[]){1, n}, err);
-    for (int64_t i = 0; !rc && i < n; i++) ((int64_t *)ids.data)[i] = chunks.tokens[i].id;
-    if (!rc) rc = kn_arena_create(&arena, KN_DEV_CPU, err);
-    if (!rc && kn_llm_forward(ctx, &q->te, arena, &ids, NULL, &(kn_llm_outputs){&hidden, NULL, NULL, 0})) {
-        *err = ctx->err;
-        rc = err->code;
-    }
-    if (!rc) rc = kn_qwen_image_conditioning(arena, &ids, &hidden, NULL, &cond, &mask, err);
-    if (!rc) rc = kn_tensor_new(&out->cond, KN_F32, KN_DEV_CPU, cond.ndim, cond.ne, err);
-    if (!rc) rc = kn_tensor_copy(&out->cond, &cond, err);
-    if (!rc && mask.data) rc = kn_tensor_new(&out->mask, mask.dtype, KN_DEV_CPU, mask.ndim, mask.ne, err);
-    if (!rc && mask.data) rc = kn_tensor_copy(&out->mask, &mask, err);
-    if (rc) kn_text_cond_free(out);
-    kn_arena_destroy(arena);
-    kn_tensor_free(&ids);
-    kn_prompt_chunks_free(&chunks);
-    return rc;
+ * (final norm applied) -> template drop. */
+static const kn_llm_clip_spec spec = {&kn_qwen_image_clip, &kn_qwen25vl_7b, "qwen25", KN_QWEN_IMAGE, 0, condition};
+
+static int clip_load(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err) {
+    return kn_llm_clip_load(out, &spec, files[0], tokenizer_dir, err);
 }
 
-const kn_clip_family kn_qwen_image_clip = {"qwen_image", "Qwen-Image (Qwen2.5-VL-7B)", 1, clip_load, clip_free,
-                                           clip_encode};
+const kn_clip_family kn_qwen_image_clip = {"qwen_image", "Qwen-Image (Qwen2.5-VL-7B)", 1, clip_load, kn_llm_clip_free,
+                                           kn_llm_clip_encode};
