@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-bench"
 dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
 python=${KN_BENCH_PYTHON:-/usr/bin/python3}
-shared=${KN_SHARED:-/work/shared}
+shared=${KN_SHARED:-$root/../shared} # the shared folder beside the checkout
 # OpenBLAS picks its kernels by core type; keep the caller's choice, default Haswell (AVX2).
 export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}"
 
