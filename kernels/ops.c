@@ -128,6 +128,7 @@ int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
         return kn_fail(&ctx->err, KN_ERR_SHAPE, "linear: weight %s %s does not map input %s to output %s", tname(w),
                        kn_tensor_desc(w, a, sizeof a), kn_tensor_desc(x, b, sizeof b), kn_tensor_desc(y, c, sizeof c));
     KN_TRY(check_vec(ctx, "linear", y, bias, w->ne[0]));
+    ctx->flops += 2.0 * (double)kn_tensor_rows(x) * (double)w->ne[0] * (double)w->ne[1];
     return DISPATCH(y->device, linear, ctx, y, x, w, bias);
 }
 
@@ -249,6 +250,9 @@ int kn_attention_ex(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_te
         KN_TRY(check_f32_side(ctx, out, a->bias, "bias", 4, (int64_t[]){Bb, Hq, Lq, Lk}));
     }
     if (a->lse) KN_TRY(check_f32_side(ctx, out, a->lse, "lse", 3, (int64_t[]){B, Hq, Lq}));
+    /* q k^T and p v: 4 B Hq Lq Lk D, half of it under a causal mask */
+    ctx->flops += (a->causal ? 2.0 : 4.0) * (double)q->ne[0] * (double)q->ne[2] * (double)q->ne[1] * (double)k->ne[1] *
+                  (double)q->ne[3];
     return DISPATCH(out->device, attention, ctx, out, q, k, v, a);
 }
 

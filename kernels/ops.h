@@ -30,6 +30,7 @@ typedef struct kn_ctx {
     kn_precision precision;
     kn_arena *scratch; /* op temporaries; each op restores the mark it found */
     kn_err err;
+    double flops;      /* 2 x the multiply-adds of the GEMMs and attentions run so far (benchmarks read it) */
 } kn_ctx;
 
 int kn_ctx_init(kn_ctx *ctx, kn_device dev, kn_precision prec);

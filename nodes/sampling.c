@@ -112,6 +112,7 @@ typedef struct sample_job {
     bool add_noise;
     const kn_latent_obj *latent;
     const char *latent_input; /* the node's latent input name, for errors */
+    const char *cond_input[2]; /* the inputs positive and negative came from */
 } sample_job;
 
 /* fix_empty_latent_channels and the model's latent layout: [B, C, h, w], or
@@ -136,6 +137,18 @@ static int model_latent(kn_node_call *c, const kn_dit *dit, const kn_latent_obj 
     return KN_OK;
 }
 
+/* The conditioning is as wide as the model reads (another family's text
+ * encoder gives other widths: validation catches the graphs it can trace). */
+static int check_conditioning(kn_node_call *c, const kn_dit *dit, const kn_cond_obj *cond, const char *input) {
+    int64_t width = cond->t.cond.ne[cond->t.cond.ndim - 1];
+    if (width != dit->context_dim)
+        return kn_node_fail(c, input, KN_ERR_SHAPE,
+                            "the conditioning is %lld wide; the %s diffusion model reads %lld-wide conditioning "
+                            "(a text encoder of another family?)",
+                            (long long)width, dit->family->title, (long long)dit->context_dim);
+    return KN_OK;
+}
+
 /* Samples job into *out (and the last prediction, process_out'd, into
  * *denoised_out when it is not NULL). */
 static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **out, kn_latent_obj **denoised_out) {
@@ -149,6 +162,8 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     const kn_dit *dit = NULL;
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
+    if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);
+    if (!rc && j->negative) rc = check_conditioning(c, dit, j->negative, j->cond_input[1]);
     if (!rc) rc = kn_tensor_zeros(&noise, KN_F32, lat.ndim, lat.ne, err);
     if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, err);
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
@@ -241,7 +256,8 @@ static int common_ksampler(kn_node_call *c, const ksampler_args *a, double denoi
                     (uint64_t)a->seed,
                     add_noise,
                     (const kn_latent_obj *)a->latent,
-                    "latent_image"};
+                    "latent_image",
+                    {"positive", "negative"}};
     kn_latent_obj *out = NULL;
     int rc = run_sampling(c, &j, &out, NULL);
     free(sigmas);
@@ -281,7 +297,7 @@ static int sampler_custom_advanced(kn_node_call *c) {
     const kn_noise_obj *nz = (const kn_noise_obj *)noise;
     sample_job j = {g->model,   g->positive, g->negative, g->cfg, ((const kn_sampler_obj *)sampler)->name,
                     s->sigmas,  s->n,        nz->seed,    !nz->disabled, (const kn_latent_obj *)latent,
-                    "latent_image"};
+                    "latent_image", {"guider", "guider"}};
     kn_latent_obj *out = NULL, *den = NULL;
     if (run_sampling(c, &j, &out, &den)) return c->err->code;
     kn_out_object(c, 0, &out->base);

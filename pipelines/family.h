@@ -41,6 +41,8 @@ typedef struct kn_dit {
     kn_weight_table *weights; /* the model's (LoRA patches it, loras/lora.h) */
     int64_t channels;         /* latent channels the model takes and returns */
     int ref_method;           /* the file's default for reference latents (family-defined) */
+    int64_t context_dim;      /* width of the conditioning it reads */
+    int64_t pooled_dim;       /* width of the pooled vector it reads, 0: none */
 } kn_dit;
 
 typedef struct kn_dit_input {

@@ -127,8 +127,12 @@ int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, co
         kn_flux_dit_free(m);
         return rc;
     }
-    m->base = (kn_dit){m->cfg.guidance ? &kn_flux_dev_dit : &kn_flux_schnell_dit, &m->weights, m->cfg.out_channels,
-                       KN_FLUX_REF_OFFSET};
+    m->base = (kn_dit){m->cfg.guidance ? &kn_flux_dev_dit : &kn_flux_schnell_dit,
+                       &m->weights,
+                       m->cfg.out_channels,
+                       KN_FLUX_REF_OFFSET,
+                       m->cfg.context_dim,
+                       m->cfg.vec_dim};
     return KN_OK;
 }
 
