@@ -260,7 +260,7 @@ static void linear_lora_op(void) {
     kn_tensor tu1 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u1h, 2, (int64_t[]){N, R1});
     kn_tensor td2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, d2h, 2, (int64_t[]){R2, K});
     kn_tensor tu2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u2h, 2, (int64_t[]){N, R2});
-    kn_lora_adapter ad[2] = {{&td1, &tu1, 0.75f}, {&td2, &tu2, -1.5f}};
+    kn_lora_adapter ad[2] = {{&td1, &tu1, 0.75f, 0}, {&td2, &tu2, -1.5f, 0}};
     kn_ctx ctx;
     CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
     CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, ad, 2) == KN_OK, "%s", ctx.err.msg);
@@ -281,7 +281,7 @@ static void linear_lora_op(void) {
         }
     CHECK(worst < 1e-5, "linear_lora differs from the naive sum by %g", worst);
     /* an up factor of the wrong rank names the op and the weight */
-    kn_lora_adapter bad = {&td1, &tu2, 1.0f};
+    kn_lora_adapter bad = {&td1, &tu2, 1.0f, 0};
     tw.name = "w_test";
     CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, &bad, 1) == KN_ERR_SHAPE && strstr(ctx.err.msg, "w_test"),
           "bad rank: %s", ctx.err.msg);
