@@ -166,7 +166,8 @@ static int recompute(kn_lora_work *wk, kn_lora_model *m, int ti, const kn_lora_u
             const patch *p = &l->p[j];
             if (p->shape[0] < cur[0] || p->shape[1] < cur[1])
                 return kn_fail(err, KN_ERR_SHAPE,
-                               "lora '%s' patches '%s' as [%lld, %lld], but a LoRA before it widened it to [%lld, %lld]",
+                               "lora '%s' patches '%s' as [%lld, %lld], but a LoRA before it widened it to "
+                               "[%lld, %lld]",
                                l->name, t->key, (long long)p->shape[0], (long long)p->shape[1], (long long)cur[0],
                                (long long)cur[1]);
             if (p->shape[0] > cur[0] || p->shape[1] > cur[1]) {
@@ -232,7 +233,8 @@ static int attach(target *t, int ti, const kn_lora_use *stack, const int *which,
             const patch *p = &l->p[j];
             float scale = (float)(stack[which[k]].strength * p->scale);
             int ns = kn_lora_segments(&p->at, seg);
-            for (int s = 0; s < ns; s++) t->ad[t->n_ad++] = (kn_lora_adapter){p->f[1], &p->up_rows[s], scale, seg[s].dst};
+            for (int s = 0; s < ns; s++)
+                t->ad[t->n_ad++] = (kn_lora_adapter){p->f[1], &p->up_rows[s], scale, seg[s].dst};
         }
     }
     memcpy(t->rsig, sig, (size_t)n * sizeof *sig);
@@ -261,7 +263,7 @@ int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lo
     int rc = which && sig ? KN_OK : kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     for (int i = 0; !rc && i < m->n; i++) {
         target *t = &m->t[i];
-        int runtime = m->runtime && t->run, cut = -1, plain, reads;
+        int runtime = m->runtime && t->run, cut = -1, plain = 0, reads;
         for (int k = 0; runtime && k < n; k++) {
             if (stack[k].lora->first[i] < 0) continue;
             entry_kind(stack[k].lora, i, &plain, &reads);
@@ -271,7 +273,7 @@ int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lo
         for (int k = 0; k < n; k++) {
             if (stack[k].lora->first[i] < 0) continue;
             applied a = {stack[k].lora->serial, stack[k].strength};
-            entry_kind(stack[k].lora, i, &plain, &reads);
+            if (runtime && k > cut) entry_kind(stack[k].lora, i, &plain, &reads);
             if (runtime && k > cut && plain) {
                 rwhich[nr] = k;
                 rsig[nr++] = a;

@@ -99,10 +99,12 @@ static const char *role_suffix(int role) {
  * occurrence, as str.replace). `widen`, when set, gives the stem whose
  * target is zero-padded to [rows of widen[1], cols of widen[2]] first (the
  * reshape_weight ComfyUI adds for BFL control LoRAs' wider img_in). */
+#define MAX_REPS 9
+
 typedef struct conversion {
     const char *needs[2];
     const char *prefix;
-    const char *rep[9][2];
+    const char *rep[MAX_REPS][2];
     const char *widen[3];
 } conversion;
 
@@ -151,12 +153,13 @@ static const conversion *conversion_of(const kn_st_file *f) {
 /* l->renamed: every key of l's file under conversion c. */
 static int rename_keys(kn_lora *l, const conversion *c, kn_err *err) {
     int n = kn_st_count(l->file);
-    if (!(l->renamed = calloc((size_t)n + 1, sizeof *l->renamed))) return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
+    if (!(l->renamed = calloc((size_t)n + 1, sizeof *l->renamed)))
+        return kn_fail(err, KN_ERR_NOMEM, "lora: out of memory");
     for (int i = 0; i < n; i++) {
         const char *key = kn_st_at(l->file, i)->name;
         char *s = malloc(strlen(c->prefix) + strlen(key) + 1);
         if (s) strcat(strcpy(s, c->prefix), key);
-        for (int r = 0; s && r < 9 && c->rep[r][0]; r++) {
+        for (int r = 0; s && r < MAX_REPS && c->rep[r][0]; r++) {
             char *t = replace_all(s, c->rep[r][0], c->rep[r][1]);
             free(s);
             s = t;
@@ -201,8 +204,8 @@ static const char *dest(const loader *ld, const place *at, char *buf, size_t len
 static int check_float(const loader *ld, int i) {
     const kn_tensor *t = ftensor(ld, i);
     if (!kn_dtype_is_float(t->dtype))
-        return kn_fail(ld->err, KN_ERR_FORMAT, "%s: '%s' has dtype %s, LoRA factors must be float", path_of(ld), t->name,
-                       kn_dtype_name(t->dtype));
+        return kn_fail(ld->err, KN_ERR_FORMAT, "%s: '%s' has dtype %s, LoRA factors must be float", path_of(ld),
+                       t->name, kn_dtype_name(t->dtype));
     return KN_OK;
 }
 
@@ -212,8 +215,9 @@ static int factor2(const loader *ld, int i, int64_t r, int64_t c, const place *a
     const kn_tensor *t = ftensor(ld, i);
     if (t->ndim != 2 || (r >= 0 && t->ne[0] != r) || (c >= 0 && t->ne[1] != c)) {
         char a[96], b[600];
-        return kn_fail(ld->err, KN_ERR_SHAPE, "%s: '%s' is %s, expected [%lld, %lld] (-1: any) to patch %s", path_of(ld),
-                       t->name, kn_tensor_desc(t, a, sizeof a), (long long)r, (long long)c, dest(ld, at, b, sizeof b));
+        return kn_fail(ld->err, KN_ERR_SHAPE, "%s: '%s' is %s, expected [%lld, %lld] (-1: any) to patch %s",
+                       path_of(ld), t->name, kn_tensor_desc(t, a, sizeof a), (long long)r, (long long)c,
+                       dest(ld, at, b, sizeof b));
     }
     *out = t;
     return KN_OK;
@@ -238,12 +242,14 @@ static int read_reshape(const loader *ld, int i, int64_t out[2]) {
     const kn_tensor *t = ftensor(ld, i);
     if ((t->dtype != KN_I64 && t->dtype != KN_I32) || kn_tensor_numel(t) != 2)
         return kn_fail(ld->err, KN_ERR_FORMAT, "%s: '%s' must hold 2 integers (rows, cols)", path_of(ld), t->name);
-    for (int k = 0; k < 2; k++) out[k] = t->dtype == KN_I64 ? ((const int64_t *)t->data)[k] : ((const int32_t *)t->data)[k];
+    for (int k = 0; k < 2; k++)
+        out[k] = t->dtype == KN_I64 ? ((const int64_t *)t->data)[k] : ((const int32_t *)t->data)[k];
     return KN_OK;
 }
 
 static int unsupported(const loader *ld, int i, const char *what) {
-    return kn_fail(ld->err, KN_ERR_UNSUPPORTED, "%s: '%s': %s is not supported", path_of(ld), ftensor(ld, i)->name, what);
+    return kn_fail(ld->err, KN_ERR_UNSUPPORTED, "%s: '%s': %s is not supported", path_of(ld), ftensor(ld, i)->name,
+                   what);
 }
 
 /* Marks the present roles [from, to] of g consumed. */
@@ -306,8 +312,10 @@ static int adapter(loader *ld, const group *g, const place *at, int has_alpha, d
     }
     if (ix[R_W1A] >= 0 || ix[R_W1B] >= 0 || ix[R_W2A] >= 0 || ix[R_W2B] >= 0) {
         for (int r = R_W1A; r <= R_W2B; r++)
-            if (ix[r] < 0) return kn_fail(ld->err, KN_ERR_FORMAT, "%s: LoHa '%s' lacks %s", path_of(ld), stem, role_suffix(r));
-        if (ix[R_T1] >= 0 || ix[R_T2] >= 0) return unsupported(ld, ix[R_T1] >= 0 ? ix[R_T1] : ix[R_T2], "LoHa Tucker (hada_t*)");
+            if (ix[r] < 0)
+                return kn_fail(ld->err, KN_ERR_FORMAT, "%s: LoHa '%s' lacks %s", path_of(ld), stem, role_suffix(r));
+        if (ix[R_T1] >= 0 || ix[R_T2] >= 0)
+            return unsupported(ld, ix[R_T1] >= 0 ? ix[R_T1] : ix[R_T2], "LoHa Tucker (hada_t*)");
         KN_TRY(factor2(ld, ix[R_W1B], -1, I, at, &p->f[1]));
         KN_TRY(factor2(ld, ix[R_W1A], O, p->f[1]->ne[0], at, &p->f[0]));
         KN_TRY(factor2(ld, ix[R_W2B], -1, I, at, &p->f[3]));
@@ -336,13 +344,13 @@ static int adapter(loader *ld, const group *g, const place *at, int has_alpha, d
                 rank = f[2]->ne[0]; /* w2's split rank wins over w1's (ComfyUI's `dim`) */
             } else {
                 const char *s = k ? ".lokr_w2" : ".lokr_w1";
-                return kn_fail(ld->err, KN_ERR_FORMAT, "%s: LoKr '%s' lacks %s (or %s_a and %s_b)", path_of(ld), stem, s,
-                               s, s);
+                return kn_fail(ld->err, KN_ERR_FORMAT, "%s: LoKr '%s' lacks %s (or %s_a and %s_b)", path_of(ld),
+                               stem, s, s, s);
             }
         }
         if (dims[0][0] * dims[1][0] != O || dims[0][1] * dims[1][1] != I)
-            return kn_fail(ld->err, KN_ERR_SHAPE, "%s: LoKr '%s' gives kron([%lld, %lld], [%lld, %lld]), which does not fit %s",
-                           path_of(ld), stem, (long long)dims[0][0], (long long)dims[0][1], (long long)dims[1][0],
+            return kn_fail(ld->err, KN_ERR_SHAPE,
+                           "%s: LoKr '%s' gives kron([%lld, %lld], [%lld, %lld]), which does not fit %s", path_of(ld), stem, (long long)dims[0][0], (long long)dims[0][1], (long long)dims[1][0],
                            (long long)dims[1][1], dest(ld, at, b, sizeof b));
         p->kind = P_LOKR;
         p->scale = has_alpha && rank ? alpha / (double)rank : 1.0;
@@ -354,7 +362,8 @@ static int adapter(loader *ld, const group *g, const place *at, int has_alpha, d
         if (t->ndim != 3 || t->ne[1] != t->ne[2] || t->ne[0] * t->ne[1] != O || I < 0) {
             char x[96];
             return kn_fail(ld->err, KN_ERR_SHAPE, "%s: '%s' is %s, expected [k, b, b] with k*b = %lld rows of %s",
-                           path_of(ld), t->name, kn_tensor_desc(t, x, sizeof x), (long long)O, dest(ld, at, b, sizeof b));
+                           path_of(ld), t->name, kn_tensor_desc(t, x, sizeof x), (long long)O,
+                           dest(ld, at, b, sizeof b));
         }
         if (ix[R_DORA] >= 0) return unsupported(ld, ix[R_DORA], "OFT with dora_scale");
         /* its delta is formed and added in place block by block, with no room for a row swap */
@@ -477,7 +486,8 @@ static int index_patches(loader *ld) {
         patch *p = &l->p[i];
         segment seg[2];
         int ns = p->kind == P_LORA ? kn_lora_segments(&p->at, seg) : 0;
-        for (int k = 0; !rc && k < ns; k++) rc = kn_tensor_slice(&p->up_rows[k], p->f[0], 0, seg[k].src, seg[k].n, ld->err);
+        for (int k = 0; !rc && k < ns; k++)
+            rc = kn_tensor_slice(&p->up_rows[k], p->f[0], 0, seg[k].src, seg[k].n, ld->err);
     }
     return rc;
 }
@@ -522,7 +532,8 @@ static int map_file(loader *ld, const conversion *conv) {
     }
     /* per group at most: its adapter and its whole-weight entry (one place,
      * so one replaces the other, unless a reshape widened the adapter's), a bias */
-    if (!rc && !(l->p = calloc((size_t)ng * 3 + 1, sizeof *l->p))) rc = kn_fail(ld->err, KN_ERR_NOMEM, "lora: out of memory");
+    if (!rc && !(l->p = calloc((size_t)ng * 3 + 1, sizeof *l->p)))
+        rc = kn_fail(ld->err, KN_ERR_NOMEM, "lora: out of memory");
     for (int g = 0; !rc && g < ng; g++) rc = load_group(ld, &gs[g]);
     if (!rc) rc = index_patches(ld);
     for (int i = 0; !rc && i < n; i++)

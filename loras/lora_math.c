@@ -268,7 +268,8 @@ static int add_delta(kn_lora_work *wk, const patch *p, prep *q, float *w, int64_
                      kn_err *err) {
     segment seg[2];
     int ns = kn_lora_segments(&p->at, seg);
-    if (p->kind != P_LORA) KN_TRY(kn_lora_grow((void **)&wk->panel, &wk->panel_n, (size_t)(panel_rows * I), sizeof(float), err));
+    if (p->kind != P_LORA)
+        KN_TRY(kn_lora_grow((void **)&wk->panel, &wk->panel_n, (size_t)(panel_rows * I), sizeof(float), err));
     for (int k = 0; k < ns; k++) {
         /* offsets within the patch's rows: the segment's dst counts from the tensor's row 0 */
         float *dst = w + (seg[k].dst - p->at.row0) * I;

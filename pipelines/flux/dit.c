@@ -408,54 +408,59 @@ static void family_free(kn_dit *d) {
  * hidden_size. ComfyUI's attn.norm_q/norm_k rows name "...query_norm.weight",
  * a key Flux lacks (its norms are ".scale"), so they patch nothing and are
  * left out. */
-#define DB(d, c) {"transformer_blocks.#." d, "double_blocks.#." c ".weight", 0, 0, 0}
-#define SB(d, c) {"single_transformer_blocks.#." d, "single_blocks.#." c ".weight", 0, 0, 0}
+/* rows [start*H, (start+size)*H) of a double / single block's weight (size 0: all) */
+#define DB(d, c, start, size) {"transformer_blocks.#." d, "double_blocks.#." c ".weight", start, size, 0}
+#define SB(d, c, start, size) {"single_transformer_blocks.#." d, "single_blocks.#." c ".weight", start, size, 0}
+#define GL(d, c) {d, c ".weight", 0, 0, 0}
 static const kn_key_rename diffusers_rows[] = {
-    {"transformer_blocks.#.attn.to_q", "double_blocks.#.img_attn.qkv.weight", 0, 1, 0},
-    {"transformer_blocks.#.attn.to_k", "double_blocks.#.img_attn.qkv.weight", 1, 1, 0},
-    {"transformer_blocks.#.attn.to_v", "double_blocks.#.img_attn.qkv.weight", 2, 1, 0},
-    {"transformer_blocks.#.attn.add_q_proj", "double_blocks.#.txt_attn.qkv.weight", 0, 1, 0},
-    {"transformer_blocks.#.attn.add_k_proj", "double_blocks.#.txt_attn.qkv.weight", 1, 1, 0},
-    {"transformer_blocks.#.attn.add_v_proj", "double_blocks.#.txt_attn.qkv.weight", 2, 1, 0},
-    DB("attn.to_out.0", "img_attn.proj"),
-    DB("attn.to_add_out", "txt_attn.proj"),
-    DB("norm1.linear", "img_mod.lin"),
-    DB("norm1_context.linear", "txt_mod.lin"),
-    DB("ff.net.0.proj", "img_mlp.0"),
-    DB("ff.net.2", "img_mlp.2"),
-    DB("ff_context.net.0.proj", "txt_mlp.0"),
-    DB("ff_context.net.2", "txt_mlp.2"),
-    DB("ff.linear_in", "img_mlp.0"), /* LyCORIS */
-    DB("ff.linear_out", "img_mlp.2"),
-    DB("ff_context.linear_in", "txt_mlp.0"),
-    DB("ff_context.linear_out", "txt_mlp.2"),
-    {"single_transformer_blocks.#.attn.to_q", "single_blocks.#.linear1.weight", 0, 1, 0},
-    {"single_transformer_blocks.#.attn.to_k", "single_blocks.#.linear1.weight", 1, 1, 0},
-    {"single_transformer_blocks.#.attn.to_v", "single_blocks.#.linear1.weight", 2, 1, 0},
-    /* ComfyUI hard-codes the MLP as 4 * hidden_size rows (Flux.1's mlp_ratio) */
-    {"single_transformer_blocks.#.proj_mlp", "single_blocks.#.linear1.weight", 3, 4, 0},
-    SB("norm.linear", "modulation.lin"),
-    SB("proj_out", "linear2"),
-    SB("attn.to_qkv_mlp_proj", "linear1"), /* Flux.2 names, mapped for Flux.1 too */
-    SB("attn.to_out", "linear2"),
-    {"proj_out", "final_layer.linear.weight", 0, 0, 0},
-    {"x_embedder", "img_in.weight", 0, 0, 0},
-    {"time_text_embed.timestep_embedder.linear_1", "time_in.in_layer.weight", 0, 0, 0},
-    {"time_text_embed.timestep_embedder.linear_2", "time_in.out_layer.weight", 0, 0, 0},
-    {"time_text_embed.text_embedder.linear_1", "vector_in.in_layer.weight", 0, 0, 0},
-    {"time_text_embed.text_embedder.linear_2", "vector_in.out_layer.weight", 0, 0, 0},
-    {"time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer.weight", 0, 0, 0},
-    {"time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer.weight", 0, 0, 0},
-    {"context_embedder", "txt_in.weight", 0, 0, 0},
+    DB("attn.to_q", "img_attn.qkv", 0, 1),
+    DB("attn.to_k", "img_attn.qkv", 1, 1),
+    DB("attn.to_v", "img_attn.qkv", 2, 1),
+    DB("attn.add_q_proj", "txt_attn.qkv", 0, 1),
+    DB("attn.add_k_proj", "txt_attn.qkv", 1, 1),
+    DB("attn.add_v_proj", "txt_attn.qkv", 2, 1),
+    DB("attn.to_out.0", "img_attn.proj", 0, 0),
+    DB("attn.to_add_out", "txt_attn.proj", 0, 0),
+    DB("norm1.linear", "img_mod.lin", 0, 0),
+    DB("norm1_context.linear", "txt_mod.lin", 0, 0),
+    DB("ff.net.0.proj", "img_mlp.0", 0, 0),
+    DB("ff.net.2", "img_mlp.2", 0, 0),
+    DB("ff_context.net.0.proj", "txt_mlp.0", 0, 0),
+    DB("ff_context.net.2", "txt_mlp.2", 0, 0),
+    DB("ff.linear_in", "img_mlp.0", 0, 0), /* LyCORIS */
+    DB("ff.linear_out", "img_mlp.2", 0, 0),
+    DB("ff_context.linear_in", "txt_mlp.0", 0, 0),
+    DB("ff_context.linear_out", "txt_mlp.2", 0, 0),
+    SB("attn.to_q", "linear1", 0, 1),
+    SB("attn.to_k", "linear1", 1, 1),
+    SB("attn.to_v", "linear1", 2, 1),
+    SB("proj_mlp", "linear1", 3, 4), /* ComfyUI hard-codes the MLP as 4 H rows (Flux.1's mlp_ratio) */
+    SB("norm.linear", "modulation.lin", 0, 0),
+    SB("proj_out", "linear2", 0, 0),
+    SB("attn.to_qkv_mlp_proj", "linear1", 0, 0), /* Flux.2 names, mapped for Flux.1 too */
+    SB("attn.to_out", "linear2", 0, 0),
+    GL("proj_out", "final_layer.linear"),
+    GL("x_embedder", "img_in"),
+    GL("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+    GL("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+    GL("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+    GL("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+    GL("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+    GL("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+    GL("context_embedder", "txt_in"),
+    GL("controlnet_x_embedder", "pos_embed_input"),
+    /* diffusers orders AdaLN (scale, shift), BFL (shift, scale): swap_scale_shift */
     {"norm_out.linear", "final_layer.adaLN_modulation.1.weight", 0, 0, 1},
-    {"controlnet_x_embedder", "pos_embed_input.weight", 0, 0, 0},
 };
 #undef DB
 #undef SB
+#undef GL
 static const kn_key_renames diffusers = {"img_in.weight", diffusers_rows,
                                          (int)(sizeof diffusers_rows / sizeof diffusers_rows[0])};
 /* model_lora_keys_unet's USO-style fused-qkv name for the first 3 H rows of linear1 */
-static const kn_key_rename linear1_qkv_rows[] = {{"single_blocks.#.linear1_qkv", "single_blocks.#.linear1.weight", 0, 3, 0}};
+static const kn_key_rename linear1_qkv_rows[] = {
+    {"single_blocks.#.linear1_qkv", "single_blocks.#.linear1.weight", 0, 3, 0},
+};
 static const kn_key_renames linear1_qkv = {"img_in.weight", linear1_qkv_rows, 1};
 
 /* comfy.lora.model_lora_keys_unet for model_base.Flux: the checkpoint's own

@@ -414,7 +414,8 @@ static void flux_runtime(void) {
     CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
     snapshot s;
     take(&s, m, f);
-    const char *names[] = {"lora_diffusers_attn", "lora_diffusers_other", "lora_kohya", "lora_lokr", "lora_bfl_control"};
+    const char *names[] = {"lora_diffusers_attn", "lora_diffusers_other", "lora_kohya", "lora_lokr",
+                           "lora_bfl_control"};
     kn_lora *l[5] = {NULL};
     for (int i = 0; i < 5; i++) {
         char path[512];
@@ -453,7 +454,8 @@ static void flux_runtime(void) {
         kn_lora_model_set_runtime(m, 0);
         CHECK(kn_lora_model_apply(m, uses[i], 1, NULL, &err) == KN_OK, "%s", err.msg);
         CHECK(kn_lora_model_weight(m, keys[i], &wm, &err) == KN_OK, "%s", err.msg);
-        CHECK(wr.data && wm.data && memcmp(wr.data, wm.data, kn_tensor_nbytes(&wm)) == 0, "%s: runtime != merged", keys[i]);
+        CHECK(wr.data && wm.data && memcmp(wr.data, wm.data, kn_tensor_nbytes(&wm)) == 0, "%s: runtime != merged",
+              keys[i]);
         kn_tensor_free(&wr), kn_tensor_free(&wm);
         kn_lora_model_set_runtime(m, 1);
     }
