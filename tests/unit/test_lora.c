@@ -22,7 +22,8 @@
  *    img_in is merged and its removal gives back the file's view and shape;
  *  - kn_linear_lora with an adapter on a row slice of the output;
  *  - bad LoRA files fail with messages naming the file and the key (for a
- *    slice: the rows it patches); unmapped keys are listed, not fatal.
+ *    slice: the rows it patches); unmapped keys are listed, not fatal;
+ *  - a ByteDance USO LoRA is renamed as ComfyUI converts it.
  * Bad files are written into $KN_TEST_TMP. */
 #include <math.h>
 #include <stdio.h>
@@ -579,9 +580,13 @@ static void bad_files(const char *tmp) {
     close_base(f, dit, m);
 }
 
-/* A diffusers to_k whose up factor has the whole qkv's rows: the error names
- * the file, the key and the slice it patches. */
-static void flux_bad_files(const char *tmp) {
+/* Flux files written here: a diffusers to_k whose up factor has the whole
+ * qkv's rows fails naming the file, the key and the slice it patches; a
+ * ByteDance USO LoRA is renamed as ComfyUI's convert_uso_lora does (its
+ * fused-qkv LoRA lands on linear1's first 3 H rows, its trigger keys for
+ * blocks the tiny model lacks stay unloaded, under their converted names). */
+static void flux_files(const char *tmp) {
+    kn_err err;
     kn_st_file *f = NULL;
     kn_dit *dit;
     kn_lora_model *m;
@@ -590,14 +595,48 @@ static void flux_bad_files(const char *tmp) {
         return;
     }
     static float down[4 * 64], up[192 * 4];
-    kn_tensor t[2] = {kn_tensor_make(KN_F32, KN_DEV_CPU, down, 2, (int64_t[]){4, 64}),
-                      kn_tensor_make(KN_F32, KN_DEV_CPU, up, 2, (int64_t[]){192, 4})};
+    for (int i = 0; i < 4 * 64; i++) down[i] = 0.01f * (float)(i % 5);
+    for (int i = 0; i < 192 * 4; i++) up[i] = 0.02f * (float)(i % 3);
+    kn_tensor t[6];
+    t[0] = kn_tensor_make(KN_F32, KN_DEV_CPU, down, 2, (int64_t[]){4, 64});
+    t[1] = kn_tensor_make(KN_F32, KN_DEV_CPU, up, 2, (int64_t[]){192, 4});
     t[0].name = "transformer.transformer_blocks.0.attn.to_k.lora_A.weight";
     t[1].name = "transformer.transformer_blocks.0.attn.to_k.lora_B.weight";
     char path[4096];
     write_lora(tmp, "bad_slice.safetensors", t, 2, path, sizeof path);
     expect_error(m, path, KN_ERR_SHAPE, "'transformer.transformer_blocks.0.attn.to_k.lora_B.weight' is [192, 4]");
     expect_error(m, path, KN_ERR_SHAPE, "rows [64, 128) of 'double_blocks.0.img_attn.qkv.weight'");
+
+    const char *uso[] = {"single_blocks.0.processor.qkv_lora.down.weight", "single_blocks.0.processor.qkv_lora.up.weight",
+                         "double_blocks.0.processor.proj_lora1.down.weight",
+                         "double_blocks.0.processor.proj_lora1.up.weight",
+                         "single_blocks.37.processor.qkv_lora.up.weight",
+                         "double_blocks.18.processor.qkv_lora2.up.weight"};
+    const int64_t rows[] = {4, 192, 4, 64, 192, 192}, cols[] = {64, 4, 64, 4, 4, 4};
+    for (int i = 0; i < 6; i++) {
+        t[i] = kn_tensor_make(KN_F32, KN_DEV_CPU, rows[i] == 4 ? down : up, 2, (int64_t[]){rows[i], cols[i]});
+        t[i].name = uso[i];
+    }
+    write_lora(tmp, "uso.safetensors", t, 6, path, sizeof path);
+    kn_lora *l = NULL;
+    CHECK(kn_lora_load(&l, path, m, &err) == KN_OK, "%s", err.msg);
+    if (l) {
+        int seen = 0;
+        for (int i = 0; i < kn_lora_unloaded_count(l); i++)
+            seen += strcmp(kn_lora_unloaded(l, i), "diffusion_model.single_blocks.37.linear1_qkv.lora_up.weight") == 0 ||
+                    strcmp(kn_lora_unloaded(l, i), "diffusion_model.double_blocks.18.txt_attn.qkv.lora_up.weight") == 0;
+        CHECK(kn_lora_patch_count(l) == 2 && kn_lora_unloaded_count(l) == 2 && seen == 2,
+              "USO: %d tensors patched, %d unloaded (%d as converted)", kn_lora_patch_count(l),
+              kn_lora_unloaded_count(l), seen);
+        kn_lora_use u = {l, 1.0};
+        const int64_t first[] = {0};
+        CHECK(kn_lora_model_apply(m, &u, 1, NULL, &err) == KN_OK, "%s", err.msg);
+        const kn_weight_slot *sl = kn_weight_table_find(dit->weights, "single_blocks.0.linear1.weight");
+        CHECK(adapter_rows(dit, "single_blocks.0.linear1.weight", first, 1) && sl->run.ad[0].up->ne[0] == 192,
+              "USO linear1_qkv: not one adapter on rows [0, 3H)");
+        CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+        kn_lora_free(l);
+    }
     close_base(f, dit, m);
 }
 
@@ -608,7 +647,7 @@ int main(void) {
     runtime_swap();
     flux_runtime();
     bad_files(tmp);
-    flux_bad_files(tmp);
+    flux_files(tmp);
     printf("test_lora: %d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
