@@ -607,7 +607,8 @@ static void flux_files(const char *tmp) {
     expect_error(m, path, KN_ERR_SHAPE, "'transformer.transformer_blocks.0.attn.to_k.lora_B.weight' is [192, 4]");
     expect_error(m, path, KN_ERR_SHAPE, "rows [64, 128) of 'double_blocks.0.img_attn.qkv.weight'");
 
-    const char *uso[] = {"single_blocks.0.processor.qkv_lora.down.weight", "single_blocks.0.processor.qkv_lora.up.weight",
+    const char *uso[] = {"single_blocks.0.processor.qkv_lora.down.weight",
+                         "single_blocks.0.processor.qkv_lora.up.weight",
                          "double_blocks.0.processor.proj_lora1.down.weight",
                          "double_blocks.0.processor.proj_lora1.up.weight",
                          "single_blocks.37.processor.qkv_lora.up.weight",
@@ -622,9 +623,11 @@ static void flux_files(const char *tmp) {
     CHECK(kn_lora_load(&l, path, m, &err) == KN_OK, "%s", err.msg);
     if (l) {
         int seen = 0;
-        for (int i = 0; i < kn_lora_unloaded_count(l); i++)
-            seen += strcmp(kn_lora_unloaded(l, i), "diffusion_model.single_blocks.37.linear1_qkv.lora_up.weight") == 0 ||
-                    strcmp(kn_lora_unloaded(l, i), "diffusion_model.double_blocks.18.txt_attn.qkv.lora_up.weight") == 0;
+        for (int i = 0; i < kn_lora_unloaded_count(l); i++) {
+            const char *k = kn_lora_unloaded(l, i);
+            seen += strcmp(k, "diffusion_model.single_blocks.37.linear1_qkv.lora_up.weight") == 0 ||
+                    strcmp(k, "diffusion_model.double_blocks.18.txt_attn.qkv.lora_up.weight") == 0;
+        }
         CHECK(kn_lora_patch_count(l) == 2 && kn_lora_unloaded_count(l) == 2 && seen == 2,
               "USO: %d tensors patched, %d unloaded (%d as converted)", kn_lora_patch_count(l),
               kn_lora_unloaded_count(l), seen);
