@@ -147,13 +147,15 @@ int kn_linear_lora(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
         if (!d || !u || !isfinite(ad[i].scale))
             return kn_fail(&ctx->err, KN_ERR_INVALID, "linear_lora: %s: adapter %d lacks a factor or has scale %g",
                            tname(w), i, (double)ad[i].scale);
-        if (d->ndim != 2 || u->ndim != 2 || d->ne[0] < 1 || d->ne[1] != w->ne[1] || u->ne[0] != w->ne[0] ||
-            u->ne[1] != d->ne[0] || d->device != KN_DEV_CPU || u->device != KN_DEV_CPU || !kn_dtype_is_float(d->dtype) ||
-            !kn_dtype_is_float(u->dtype) || !kn_tensor_is_contiguous(d) || !kn_tensor_is_contiguous(u))
+        if (d->ndim != 2 || u->ndim != 2 || d->ne[0] < 1 || d->ne[1] != w->ne[1] || u->ne[0] < 1 ||
+            ad[i].row0 < 0 || ad[i].row0 > w->ne[0] - u->ne[0] || u->ne[1] != d->ne[0] || d->device != KN_DEV_CPU ||
+            u->device != KN_DEV_CPU || !kn_dtype_is_float(d->dtype) || !kn_dtype_is_float(u->dtype) ||
+            !kn_tensor_is_contiguous(d) || !kn_tensor_is_contiguous(u))
             return kn_fail(&ctx->err, KN_ERR_SHAPE,
-                           "linear_lora: adapter %d of %s: down %s and up %s must be contiguous CPU floats [r, %lld], [%lld, r]",
+                           "linear_lora: adapter %d of %s: down %s and up %s at row %lld must be contiguous CPU floats "
+                           "[r, %lld], [n, r] with row + n <= %lld",
                            i, tname(w), kn_tensor_desc(d, a, sizeof a), kn_tensor_desc(u, b, sizeof b),
-                           (long long)w->ne[1], (long long)w->ne[0]);
+                           (long long)ad[i].row0, (long long)w->ne[1], (long long)w->ne[0]);
     }
     KN_TRY(kn_linear(ctx, y, x, w, bias));
     return kn_cpu_lora_accumulate(ctx, y, x, ad, n);

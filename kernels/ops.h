@@ -41,14 +41,17 @@ int kn_precision_parse(const char *s, kn_precision *out); /* "fp32" | "bf16" | "
 int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
 
 /* One low-rank adapter of a linear layer (a plain LoRA kept unmerged):
- * y += scale * (x @ down^T) @ up^T. The factors are contiguous CPU weights of
- * any float dtype (views into a LoRA file's mapping: loras/lora.c), widened
- * per call like every weight here, owned by whoever built the adapter, and
- * must outlive every call that reads them. */
+ * y[..., row0 : row0 + n] += scale * (x @ down^T) @ up^T, up having n <= N
+ * rows: all of y, or the slice of a fused weight a LoRA of one projection
+ * patches (Flux's q, k, v in qkv). The factors are contiguous CPU weights of
+ * any float dtype (views into a LoRA file's mapping: loras/), widened per
+ * call like every weight here, owned by whoever built the adapter, and must
+ * outlive every call that reads them. */
 typedef struct kn_lora_adapter {
     const kn_tensor *down; /* [rank, K] */
-    const kn_tensor *up;   /* [N, rank] */
+    const kn_tensor *up;   /* [n, rank] */
     float scale;           /* strength * alpha / rank */
+    int64_t row0;          /* first output feature it adds to */
 } kn_lora_adapter;
 
 /* The adapters a model keeps beside one weight slot (n == 0: none). */
@@ -57,8 +60,8 @@ typedef struct kn_adapter_list {
     int n;
 } kn_adapter_list;
 
-/* kn_linear plus n low-rank adapters: y = x @ w^T + bias + sum_i scale_i (x @ down_i^T) @ up_i^T,
- * without touching w. The adapter terms are computed in F32 whatever
+/* kn_linear plus n low-rank adapters: y = x @ w^T + bias + sum_i (adapter i's term on its
+ * output rows), without touching w. The adapter terms are computed in F32 whatever
  * ctx->precision says (r(K+N)/(KN) of the linear's FLOPs, ~1 % at rank 16
  * on Qwen-Image). n == 0 is kn_linear.
  * CPU only: adapters on a CUDA output fail with KN_ERR_UNSUPPORTED. */

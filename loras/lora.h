@@ -24,33 +24,52 @@
  *    (10-45x a model load for a LoRA on every linear; README).
  *  - So plain LoRAs (up/down[/alpha], no DoRA) take the runtime low-rank
  *    path instead wherever the model keeps an adapter list beside the slot
- *    (kn_lora_model_add's `run`; every Qwen-Image DiT linear): the weight
- *    stays the file view, and applying a stack only points the slot's list
- *    at (down, up, strength * alpha / rank) entries, the factors being views
- *    into the LoRA file's mapping, that kn_linear_lora adds as
- *    scale * (x down^T) up^T (widening them per call into scratch). A swap
- *    is then a LoRA file open plus pointer updates, and removal is emptying
- *    the list. Per tensor a stack splits in stack order: entries up
- *    to the last one that reads the weight (DoRA, OFT, set) and every other
- *    non-plain kind merge into the buffer; the plain LoRAs after it are
- *    adapters (additive terms commute, so the result is the merge's up to
- *    one rounding of the merged part).
+ *    (kn_lora_model_add's `run`; every DiT linear): the weight stays the
+ *    file view, and applying a stack only points the slot's list at
+ *    (down, up, strength * alpha / rank, first output row) entries, the
+ *    factors being views into the LoRA file's mapping, that kn_linear_lora
+ *    adds as scale * (x down^T) up^T on the rows up covers (widening them
+ *    per call into scratch). A swap is then a LoRA file open plus pointer
+ *    updates, and removal is emptying the list. Per tensor a stack splits in
+ *    stack order: entries up to the last one that reads the weight (DoRA,
+ *    OFT, set) and every entry with a non-plain patch merge into the
+ *    buffer; the plain LoRAs after it are adapters (additive terms commute,
+ *    so the result is the merge's up to one rounding of the merged part).
  *
  * Formats and key mapping follow ComfyUI (shared/notes/comfyui-lora.md and
- * the lora_qwen_image fixture's key_mapping_rules / patch_math):
+ * the lora_* fixtures' key_mapping_rules / patch_math):
+ *  - A file of a layout ComfyUI converts first (comfy/lora_convert.py: BFL
+ *    Flux control LoRAs, ByteDance USO) has its keys renamed the same way;
+ *    a control LoRA's img_in LoRA widens img_in (reshape_weight, also read
+ *    from files as <stem>.reshape_weight): merged, and removal gives the
+ *    file's view, shape included, back.
  *  - Every file tensor is split into a stem and a known suffix (.lora_up /
  *    .lora_down / .lora_A / .lora_B and their variants, .alpha, .dora_scale,
  *    .hada_*, .lokr_*, .oft_blocks, .diff, .diff_b, .w_norm, .b_norm,
- *    .set_weight); the stem is looked up in the family's key map
- *    (Qwen-Image: for each checkpoint key <k>.weight the stems
- *    diffusion_model.<k>, lora_unet_<k with . -> _>, <k>, transformer.<k>,
- *    lycoris_<k with . -> _>; any other tensor by diffusion_model.<key>).
+ *    .set_weight, .reshape_weight); the stem is looked up in the key map
+ *    the family's kn_key_alias rules build (pipelines/family.h): checkpoint
+ *    keys under prefixes (Qwen-Image: diffusion_model.<k>, lora_unet_<k
+ *    with . -> _>, <k>, transformer.<k>, lycoris_<k with . -> _>; any other
+ *    tensor by diffusion_model.<key>), and for Flux also the diffusers
+ *    module names of comfy.utils.flux_to_diffusers under transformer.,
+ *    lycoris_, lora_transformer_ and bare.
+ *  - A stem maps to a place: a tensor, or a row slice of a fused one
+ *    (diffusers' to_q / to_k / to_v are thirds of Flux's qkv, proj_mlp the
+ *    rows after them in linear1), optionally with the delta's two row halves
+ *    swapped (norm_out.linear). One LoRA may patch several slices of one
+ *    tensor; both paths apply a patch only to its rows (the merge adds into
+ *    them, an adapter writes only those outputs).
  *  - Tensors no rule consumes are not an error: they are listed (file order)
- *    by kn_lora_unloaded, and the rest of the file applies.
- *  - Errors name the file and the key: unreadable or truncated files, factor
- *    shapes that do not fit the mapped weight, up/down rank mismatch,
- *    non-finite alpha, non-float factors, incomplete LoHa/LoKr factor sets,
- *    and the conv-only Tucker factors (lora_mid, hada_t*, lokr_t2).
+ *    by kn_lora_unloaded, and the rest of the file applies. Bias deltas
+ *    (.diff_b, .b_norm) of a slice or swapped stem are among them: ComfyUI
+ *    derives no bias key for those and patches nothing.
+ *  - Errors name the file and the key (and for a slice the rows it patches):
+ *    unreadable or truncated files, factor shapes that do not fit the mapped
+ *    weight, up/down rank mismatch, non-finite alpha, non-float factors,
+ *    incomplete LoHa/LoKr factor sets, the conv-only Tucker factors
+ *    (lora_mid, hada_t*, lokr_t2), OFT on swapped halves, a reshape of
+ *    anything but a whole 2-D weight, and a stack patching a weight an
+ *    earlier LoRA widened at its old shape (when applied).
  *
  * Ownership: a kn_lora_model borrows its slots and adapter lists (the
  * model's fields) and must be freed before the model; kn_lora_model_free
@@ -74,7 +93,8 @@ typedef struct kn_lora kn_lora;
 /* ---- the model's weight table ------------------------------------------------ */
 
 /* An empty table whose keys LoRA files may also spell as `aliases` (the
- * model family's kn_key_alias rules, static data borrowed for the table's life). */
+ * model family's kn_key_alias rules and rename tables, static data borrowed
+ * for the table's life). */
 int kn_lora_model_new(kn_lora_model **out, const kn_key_alias *aliases, int n_aliases, kn_err *err);
 /* Register a patchable tensor: `key` is the checkpoint key without the
  * "diffusion_model." prefix ("transformer_blocks.0.attn.to_q.weight"),
@@ -90,7 +110,8 @@ int kn_lora_model_from_table(kn_lora_model **out, const kn_key_alias *aliases, i
 void kn_lora_model_free(kn_lora_model *m); /* NULL-safe; restores every slot */
 
 /* The registered slot for `key`, or NULL. With runtime adapters this is the
- * (untouched) weight the linear reads, not base + LoRA. */
+ * (untouched) weight the linear reads, not base + LoRA; a weight a
+ * reshape_weight widened has the wider shape until the LoRA is removed. */
 const kn_tensor *kn_lora_model_slot(const kn_lora_model *m, const char *key);
 
 /* The effective weight for `key`: the slot plus its runtime adapters summed
@@ -113,7 +134,7 @@ int kn_lora_load(kn_lora **out, const char *path, kn_lora_model *m, kn_err *err)
 void kn_lora_free(kn_lora *l); /* NULL-safe */
 
 const char *kn_lora_name(const kn_lora *l);  /* the file's base name */
-int kn_lora_patch_count(const kn_lora *l);   /* model tensors it patches */
+int kn_lora_patch_count(const kn_lora *l);   /* model tensors it patches (a fused one once) */
 int kn_lora_tensor_count(const kn_lora *l);  /* tensors in the file */
 /* Tensors of the file no rule consumed, in file order (the ComfyUI warning
  * "[name] lora keys not loaded (n / total): [...]"). */

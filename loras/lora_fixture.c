@@ -1,11 +1,12 @@
-/* Fixture runner for LoRA patching (components "lora_qwen_image", ...: the
- * base model's family is detected from its weights).
+/* Fixture runner for LoRA patching (components "lora_qwen_image",
+ * "lora_flux": the base model's family is detected from its weights).
  *
  * patched_weights cases: the base DiT with one LoRA at a strength; emits
  * every tensor the case lists ("out.weight.<key>") from the patched weight
  * table, and fails when the set of patched tensors or the file's unloaded keys
  * differ from ComfyUI's. dit_output cases: the DiT forward with a LoRA
- * stack; an "after_unpatch_of" case applies that stack, removes it, and
+ * stack (inputs in.x, in.timestep, in.context, and in.y, in.guidance where
+ * the family takes them); an "after_unpatch_of" case applies that stack, removes it, and
  * requires the output to be bit-identical to the unpatched model's. */
 #include <stdio.h>
 #include <string.h>
@@ -118,7 +119,9 @@ static int forward(const kn_fixture_case *c, base *b, kn_tensor *out, kn_err *er
     if (kn_fixture_input(c, "x", &x, err) || kn_fixture_input(c, "timestep", &sigma, err) ||
         kn_fixture_input(c, "context", &context, err))
         return err->code;
-    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, b->dit->ref_method};
+    /* Flux conditions on the pooled vector and the guidance too */
+    kn_dit_input in = {&x, &sigma, &context, NULL, kn_st_find(c->data, "in.y"), kn_st_find(c->data, "in.guidance"),
+                       NULL, 0, b->dit->ref_method};
     int64_t ne[KN_MAX_DIMS];
     memcpy(ne, x.ne, sizeof ne);
     ne[1] = b->dit->channels;

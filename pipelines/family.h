@@ -60,13 +60,36 @@ typedef struct kn_dit_input {
 /* Intermediates for debugging (names as in the fixtures: "img_in", "block0_img", ...). */
 typedef int (*kn_debug_fn)(void *user, const char *name, const kn_tensor *t);
 
-/* Another name a LoRA file may use for weight key k (ComfyUI's
- * model_lora_keys_unet): prefix + (k without ".weight", '.' -> '_' when
- * underscored); any_key also maps tensors that are not ".weight" (biases and
- * norm scales, for .diff / .set_weight patches) by their full key. */
+/* A module name LoRA files use for (a row slice of) checkpoint weight `to`
+ * when it is not the checkpoint's own name (ComfyUI's flux_to_diffusers and
+ * the like): '#' in both stands for a block index, so one row covers every
+ * block the model has. The patch lands on rows [start*H, (start+size)*H) of
+ * `to` (size 0: all rows), H being the row count of the set's unit_key
+ * (ComfyUI's hidden_size): diffusers' separate to_q/to_k/to_v are thirds of
+ * a fused qkv. swap_halves: the delta's two row halves are exchanged first
+ * (ComfyUI's swap_scale_shift: diffusers orders AdaLN (scale, shift)). */
+typedef struct kn_key_rename {
+    const char *from, *to;
+    int start, size;
+    int swap_halves;
+} kn_key_rename;
+
+typedef struct kn_key_renames {
+    const char *unit_key; /* a weight whose dim 0 is H ("img_in.weight") */
+    const kn_key_rename *r;
+    int n;
+} kn_key_renames;
+
+/* Another name a LoRA file may use for a weight (ComfyUI's
+ * model_lora_keys_unet): prefix + name, '.' -> '_' in name when underscored.
+ * Without renames, name is the checkpoint key k without ".weight", and
+ * any_key also maps tensors that are not ".weight" (biases and norm scales,
+ * for .diff / .set_weight patches) by their full key. With renames, name is
+ * each rename's `from`, for the weight (slice) it stands for. */
 typedef struct kn_key_alias {
     const char *prefix;
     int underscored, any_key;
+    const kn_key_renames *renames; /* NULL: the checkpoint's own keys */
 } kn_key_alias;
 
 /* What no weight of a DiT records: its 3-axis RoPE split (frame, row, col;

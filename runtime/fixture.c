@@ -28,6 +28,7 @@ static const kn_fixture_runner runners[] = {
     {"t5_xxl", kn_t5_fixture},
     {"sampling", kn_sampling_fixture},
     {"lora_qwen_image", kn_lora_fixture},
+    {"lora_flux", kn_lora_fixture},
     {NULL, NULL},
 };
 

@@ -23,8 +23,8 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 int kn_cpu_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w);
 
 int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias);
-/* y[M, N] += sum_i scale_i (x[M, K] @ down_i^T) @ up_i^T: the adapter terms of
- * kn_linear_lora (y already holds x @ w^T + bias). */
+/* y[M, row0_i : row0_i + n_i] += scale_i (x[M, K] @ down_i^T) @ up_i^T: the
+ * adapter terms of kn_linear_lora (y already holds x @ w^T + bias). */
 int kn_cpu_lora_accumulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_lora_adapter *ad, int n);
 int kn_cpu_rmsnorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
 int kn_cpu_layernorm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b,

@@ -24,7 +24,9 @@ int kn_cpu_lora_accumulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const 
         if (!rc) {
             /* the scale goes on the thin [M, r] product, not on y */
             for (int64_t k = 0; k < M * r; k++) t[k] *= ad[i].scale;
-            rc = kn_cpu_gemm_f32(M, N, r, t, r, 1, up.data, r, 1.0f, y->data, N, &ctx->err);
+            /* a slice adapter writes its rows of y in place: the same GEMM on a column offset */
+            rc = kn_cpu_gemm_f32(M, up.ne[0], r, t, r, 1, up.data, r, 1.0f, (float *)y->data + ad[i].row0, N,
+                                 &ctx->err);
         }
         kn_arena_reset(ctx->scratch, mark);
     }

@@ -407,17 +407,85 @@ static void family_free(kn_dit *d) {
     free(d);
 }
 
-/* comfy.lora.model_lora_keys_unet for Flux: the checkpoint's own names */
-static const kn_key_alias lora_keys[] = {{"diffusion_model.", 0, 1}, {"lora_unet_", 1, 0}};
+/* comfy.utils.flux_to_diffusers: diffusers module names, q/k/v (and the
+ * single blocks' MLP input) as row slices of the fused weights, in units of
+ * hidden_size. ComfyUI's attn.norm_q/norm_k rows name "...query_norm.weight",
+ * a key Flux lacks (its norms are ".scale"), so they patch nothing and are
+ * left out. */
+/* rows [start*H, (start+size)*H) of a double / single block's weight (size 0: all) */
+#define DB(d, c, start, size) {"transformer_blocks.#." d, "double_blocks.#." c ".weight", start, size, 0}
+#define SB(d, c, start, size) {"single_transformer_blocks.#." d, "single_blocks.#." c ".weight", start, size, 0}
+#define GL(d, c) {d, c ".weight", 0, 0, 0}
+static const kn_key_rename diffusers_rows[] = {
+    DB("attn.to_q", "img_attn.qkv", 0, 1),
+    DB("attn.to_k", "img_attn.qkv", 1, 1),
+    DB("attn.to_v", "img_attn.qkv", 2, 1),
+    DB("attn.add_q_proj", "txt_attn.qkv", 0, 1),
+    DB("attn.add_k_proj", "txt_attn.qkv", 1, 1),
+    DB("attn.add_v_proj", "txt_attn.qkv", 2, 1),
+    DB("attn.to_out.0", "img_attn.proj", 0, 0),
+    DB("attn.to_add_out", "txt_attn.proj", 0, 0),
+    DB("norm1.linear", "img_mod.lin", 0, 0),
+    DB("norm1_context.linear", "txt_mod.lin", 0, 0),
+    DB("ff.net.0.proj", "img_mlp.0", 0, 0),
+    DB("ff.net.2", "img_mlp.2", 0, 0),
+    DB("ff_context.net.0.proj", "txt_mlp.0", 0, 0),
+    DB("ff_context.net.2", "txt_mlp.2", 0, 0),
+    DB("ff.linear_in", "img_mlp.0", 0, 0), /* LyCORIS */
+    DB("ff.linear_out", "img_mlp.2", 0, 0),
+    DB("ff_context.linear_in", "txt_mlp.0", 0, 0),
+    DB("ff_context.linear_out", "txt_mlp.2", 0, 0),
+    SB("attn.to_q", "linear1", 0, 1),
+    SB("attn.to_k", "linear1", 1, 1),
+    SB("attn.to_v", "linear1", 2, 1),
+    SB("proj_mlp", "linear1", 3, 4), /* ComfyUI hard-codes the MLP as 4 H rows (Flux.1's mlp_ratio) */
+    SB("norm.linear", "modulation.lin", 0, 0),
+    SB("proj_out", "linear2", 0, 0),
+    SB("attn.to_qkv_mlp_proj", "linear1", 0, 0), /* Flux.2 names, mapped for Flux.1 too */
+    SB("attn.to_out", "linear2", 0, 0),
+    GL("proj_out", "final_layer.linear"),
+    GL("x_embedder", "img_in"),
+    GL("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+    GL("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+    GL("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+    GL("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+    GL("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+    GL("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+    GL("context_embedder", "txt_in"),
+    GL("controlnet_x_embedder", "pos_embed_input"),
+    /* diffusers orders AdaLN (scale, shift), BFL (shift, scale): swap_scale_shift */
+    {"norm_out.linear", "final_layer.adaLN_modulation.1.weight", 0, 0, 1},
+};
+#undef DB
+#undef SB
+#undef GL
+static const kn_key_renames diffusers = {"img_in.weight", diffusers_rows,
+                                         (int)(sizeof diffusers_rows / sizeof diffusers_rows[0])};
+/* model_lora_keys_unet's USO-style fused-qkv name for the first 3 H rows of linear1 */
+static const kn_key_rename linear1_qkv_rows[] = {
+    {"single_blocks.#.linear1_qkv", "single_blocks.#.linear1.weight", 0, 3, 0},
+};
+static const kn_key_renames linear1_qkv = {"img_in.weight", linear1_qkv_rows, 1};
+
+/* comfy.lora.model_lora_keys_unet for model_base.Flux: the checkpoint's own
+ * names (ComfyUI-saved, kohya), then the diffusers names under
+ * transformer. (diffusers, ai-toolkit), lycoris_ (SimpleTuner),
+ * lora_transformer_ (OneTrainer) and bare (DiffSynth). */
+static const kn_key_alias lora_keys[] = {
+    {"diffusion_model.", 0, 1, NULL}, {"lora_unet_", 1, 0, NULL},      {"transformer.", 0, 0, &diffusers},
+    {"lycoris_", 1, 0, &diffusers},   {"lora_transformer_", 1, 0, &diffusers}, {"", 0, 0, &diffusers},
+    {"diffusion_model.", 0, 0, &linear1_qkv},
+};
+#define N_LORA_KEYS ((int)(sizeof lora_keys / sizeof lora_keys[0]))
 static const char *const ref_methods[] = {[KN_FLUX_REF_OFFSET] = "offset", [KN_FLUX_REF_INDEX] = "index"};
 
 /* ComfyUI supported_models: Flux (guidance_embed) samples with ModelSamplingFlux
  * mu 1.15, FluxSchnell with ModelSamplingDiscreteFlow shift 1; both Flux latents. */
 const kn_dit_family kn_flux_dev_dit = {
     "flux", "Flux.1 dev", family_load, family_free, family_forward, &kn_latent_flux, 4, KN_MS_FLUX, 1.15, 1.0,
-    lora_keys, 2, ref_methods, 2, "flux",
+    lora_keys, N_LORA_KEYS, ref_methods, 2, "flux",
 };
 const kn_dit_family kn_flux_schnell_dit = {
     "flux_schnell", "Flux.1 schnell", family_load, family_free, family_forward, &kn_latent_flux, 4,
-    KN_MS_DISCRETE_FLOW, 1.0, 1.0, lora_keys, 2, ref_methods, 2, "flux",
+    KN_MS_DISCRETE_FLOW, 1.0, 1.0, lora_keys, N_LORA_KEYS, ref_methods, 2, "flux",
 };

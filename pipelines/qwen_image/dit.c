@@ -329,7 +329,8 @@ static void family_free(kn_dit *d) {
 
 /* comfy.lora.model_lora_keys_unet for model_base.QwenImage */
 static const kn_key_alias lora_keys[] = {
-    {"diffusion_model.", 0, 1}, {"lora_unet_", 1, 0}, {"", 0, 0}, {"transformer.", 0, 0}, {"lycoris_", 1, 0},
+    {"diffusion_model.", 0, 1, NULL}, {"lora_unet_", 1, 0, NULL},    {"", 0, 0, NULL},
+    {"transformer.", 0, 0, NULL},     {"lycoris_", 1, 0, NULL},
 };
 static const char *const ref_methods[] = {[KN_QWEN_REF_INDEX] = "index",
                                           [KN_QWEN_REF_INDEX_TIMESTEP_ZERO] = "index_timestep_zero"};

@@ -358,7 +358,7 @@ static void family_free(kn_dit *d) {
 }
 
 /* comfy.lora.model_lora_keys_unet for Lumina2/Z-Image: the checkpoint's own names */
-static const kn_key_alias lora_keys[] = {{"diffusion_model.", 0, 1}, {"lora_unet_", 1, 0}};
+static const kn_key_alias lora_keys[] = {{"diffusion_model.", 0, 1, NULL}, {"lora_unet_", 1, 0, NULL}};
 
 /* ComfyUI supported_models.ZImage: Flux latents, ModelSamplingDiscreteFlow shift 3 */
 const kn_dit_family kn_z_image_dit = {

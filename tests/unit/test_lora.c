@@ -14,8 +14,16 @@
  *    path's DiT outputs (1e-5 rel L2, also for stacks mixing DoRA with plain
  *    LoRAs in both orders) and its materialised weights bit for bit, and
  *    the output after removal is the base output bit for bit;
- *  - bad LoRA files fail with messages naming the file and the key;
- *    unmapped keys are listed, not fatal.
+ *  - Flux (tiny f32 DiT, lora_flux's files): diffusers LoRAs whose stems
+ *    are row slices of the fused qkv / linear1 and the swapped-halves
+ *    norm_out.linear run as runtime adapters with output-row offsets (no
+ *    base weight written), give the merge path's outputs and weights, and
+ *    removal restores the base bit for bit; a BFL control LoRA that widens
+ *    img_in is merged and its removal gives back the file's view and shape;
+ *  - kn_linear_lora with an adapter on a row slice of the output;
+ *  - bad LoRA files fail with messages naming the file and the key (for a
+ *    slice: the rows it patches); unmapped keys are listed, not fatal;
+ *  - a ByteDance USO LoRA is renamed as ComfyUI converts it.
  * Bad files are written into $KN_TEST_TMP. */
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +33,7 @@
 
 #include "check.h"
 #include "loras/lora.h"
+#include "pipelines/flux/dit.h"
 #include "pipelines/qwen_image/dit.h"
 
 #ifndef KN_SOURCE_DIR
@@ -83,7 +92,7 @@ static void drop(snapshot *s) {
 }
 
 /* One tensor's current bytes, copied (free()). */
-/* The tiny DiT of `path` (the fixture's RoPE split: head_dim 16) through its
+/* The tiny DiT of `path` (the fixtures' RoPE split: head_dim 16) through its
  * family, and the LoRA table over its weights. */
 static int open_base(const char *path, kn_st_file **f, kn_dit **dit, kn_lora_model **m) {
     kn_err err;
@@ -188,31 +197,45 @@ static double rel_l2(const kn_tensor *a, const kn_tensor *b) {
     return sqrt(num / (den > 0.0 ? den : 1.0));
 }
 
-/* The tiny DiT's output for fixed pseudo-random inputs into out (allocated on first use). */
+/* n pseudo-random values in [-1, 1). */
+static void fill(float *v, int64_t n, uint32_t *seed) {
+    for (int64_t i = 0; i < n; i++) {
+        *seed = *seed * 1664525u + 1013904223u;
+        v[i] = (float)(*seed >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+    }
+}
+
+/* The tiny DiT's output for fixed pseudo-random inputs into out (allocated
+ * on first use): Qwen-Image's 5-D latent and context, Flux's 4-D latent,
+ * context, pooled vector and guidance. */
 static void dit_out(kn_ctx *ctx, const kn_dit *dit, kn_tensor *out) {
     kn_err err;
-    const kn_qwen_dit *q = (const kn_qwen_dit *)dit;
-    int64_t C = q->cfg.in_channels / 4, Lt = 6;
-    kn_tensor x, sigma, context;
-    CHECK(kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, C, 1, 4, 4}, &err) == KN_OK, "%s", err.msg);
+    int flux = dit->family->latent_ndim == 4;
+    const kn_flux_dit *fd = (const kn_flux_dit *)dit;
+    int64_t C = dit->channels, Lt = 6, ctx_dim = flux ? fd->cfg.context_dim : ((const kn_qwen_dit *)dit)->cfg.joint_dim;
+    int64_t xne[5] = {1, C, 1, 4, 4}, fne[4] = {1, C, 8, 8};
+    int xnd = flux ? 4 : 5;
+    kn_tensor x, sigma, context, pooled = {0}, guidance = {0};
+    CHECK(kn_tensor_new(&x, KN_F32, KN_DEV_CPU, xnd, flux ? fne : xne, &err) == KN_OK, "%s", err.msg);
     CHECK(kn_tensor_new(&sigma, KN_F32, KN_DEV_CPU, 1, (int64_t[]){1}, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, Lt, q->cfg.joint_dim}, &err) == KN_OK,
-          "%s", err.msg);
+    CHECK(kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, Lt, ctx_dim}, &err) == KN_OK, "%s", err.msg);
     uint32_t seed = 12345;
-    float *xs[2] = {x.data, context.data};
-    int64_t ns[2] = {kn_tensor_numel(&x), kn_tensor_numel(&context)};
-    for (int k = 0; k < 2; k++)
-        for (int64_t i = 0; i < ns[k]; i++) {
-            seed = seed * 1664525u + 1013904223u;
-            xs[k][i] = (float)(seed >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
-        }
+    fill(x.data, kn_tensor_numel(&x), &seed);
+    fill(context.data, kn_tensor_numel(&context), &seed);
     ((float *)sigma.data)[0] = 0.6f;
-    if (!out->data)
-        CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, 5, (int64_t[]){1, dit->channels, 1, 4, 4}, &err) == KN_OK,
-              "%s", err.msg);
-    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, dit->ref_method};
+    if (flux) {
+        CHECK(kn_tensor_new(&pooled, KN_F32, KN_DEV_CPU, 2, (int64_t[]){1, fd->cfg.vec_dim}, &err) == KN_OK, "%s",
+              err.msg);
+        CHECK(kn_tensor_new(&guidance, KN_F32, KN_DEV_CPU, 1, (int64_t[]){1}, &err) == KN_OK, "%s", err.msg);
+        fill(pooled.data, kn_tensor_numel(&pooled), &seed);
+        ((float *)guidance.data)[0] = 3.5f;
+    }
+    if (!out->data) CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, xnd, x.ne, &err) == KN_OK, "%s", err.msg);
+    kn_dit_input in = {&x,  &sigma, &context, NULL, flux ? &pooled : NULL, flux ? &guidance : NULL,
+                       NULL, 0,      dit->ref_method};
     CHECK(kn_dit_forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
     kn_tensor_free(&x), kn_tensor_free(&sigma), kn_tensor_free(&context);
+    kn_tensor_free(&pooled), kn_tensor_free(&guidance);
 }
 
 /* The stack's output through the runtime path must be the merge path's. */
@@ -232,7 +255,9 @@ static void same_as_merge(kn_ctx *ctx, kn_lora_model *m, const kn_dit *dit, cons
     kn_tensor_free(&rt), kn_tensor_free(&mg);
 }
 
-/* The op on odd sizes: y = x W^T + b + sum_i s_i (x D_i^T) U_i^T, factors bf16 (widened per call). */
+/* The op on odd sizes: y = x W^T + b + sum_i s_i (x D_i^T) U_i^T, factors bf16
+ * (widened per call); the third adapter adds to output rows [5, 9) only
+ * (a slice of a fused weight: its up holds 4 rows). */
 static void linear_lora_op(void) {
     enum { M = 5, K = 7, N = 9, R1 = 2, R2 = 3 };
     static float x[M * K], w[N * K], b[N], d1[R1 * K], u1[N * R1], d2[R2 * K], u2[N * R2], y[M * N];
@@ -260,28 +285,36 @@ static void linear_lora_op(void) {
     kn_tensor tu1 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u1h, 2, (int64_t[]){N, R1});
     kn_tensor td2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, d2h, 2, (int64_t[]){R2, K});
     kn_tensor tu2 = kn_tensor_make(KN_BF16, KN_DEV_CPU, u2h, 2, (int64_t[]){N, R2});
-    kn_lora_adapter ad[2] = {{&td1, &tu1, 0.75f}, {&td2, &tu2, -1.5f}};
+    kn_tensor tu2s = kn_tensor_make(KN_BF16, KN_DEV_CPU, u2h, 2, (int64_t[]){4, R2});
+    kn_lora_adapter ad[3] = {{&td1, &tu1, 0.75f, 0}, {&td2, &tu2, -1.5f, 0}, {&td2, &tu2s, 0.5f, 5}};
     kn_ctx ctx;
     CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
-    CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, ad, 2) == KN_OK, "%s", ctx.err.msg);
+    CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, ad, 3) == KN_OK, "%s", ctx.err.msg);
     double worst = 0.0;
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double acc = b[n];
             for (int k = 0; k < K; k++) acc += (double)x[m * K + k] * w[n * K + k];
-            const float *ds[2] = {d1, d2}, *us[2] = {u1, u2};
-            int rs[2] = {R1, R2};
-            for (int a = 0; a < 2; a++)
+            const float *ds[3] = {d1, d2, d2}, *us[3] = {u1, u2, u2};
+            int rs[3] = {R1, R2, R2};
+            for (int a = 0; a < 3; a++) {
+                int64_t row = n - ad[a].row0; /* the adapter's up row for output n */
+                if (row < 0 || row >= ad[a].up->ne[0]) continue;
                 for (int r = 0; r < rs[a]; r++) {
                     double t = 0.0;
                     for (int k = 0; k < K; k++) t += (double)x[m * K + k] * ds[a][r * K + k];
-                    acc += ad[a].scale * t * us[a][n * rs[a] + r];
+                    acc += ad[a].scale * t * us[a][row * rs[a] + r];
                 }
+            }
             worst = fmax(worst, fabs(acc - y[m * N + n]));
         }
     CHECK(worst < 1e-5, "linear_lora differs from the naive sum by %g", worst);
+    /* a slice that runs past the output */
+    kn_lora_adapter past = {&td2, &tu2s, 1.0f, 6};
+    CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, &past, 1) == KN_ERR_SHAPE && strstr(ctx.err.msg, "row 6"),
+          "slice past the output: %s", ctx.err.msg);
     /* an up factor of the wrong rank names the op and the weight */
-    kn_lora_adapter bad = {&td1, &tu2, 1.0f};
+    kn_lora_adapter bad = {&td1, &tu2, 1.0f, 0};
     tw.name = "w_test";
     CHECK(kn_linear_lora(&ctx, &ty, &tx, &tw, &tb, &bad, 1) == KN_ERR_SHAPE && strstr(ctx.err.msg, "w_test"),
           "bad rank: %s", ctx.err.msg);
@@ -351,6 +384,110 @@ static void runtime_swap(void) {
 
     kn_tensor_free(&base), kn_tensor_free(&out);
     kn_lora_free(a), kn_lora_free(b), kn_lora_free(d);
+    drop(&s);
+    close_base(f, dit, m);
+    kn_ctx_free(&ctx);
+}
+
+/* The runtime adapters beside `key`'s slot are n and start at the (distinct)
+ * output rows want[0..n), in any order. */
+static int adapter_rows(const kn_dit *dit, const char *key, const int64_t *want, int n) {
+    const kn_weight_slot *sl = kn_weight_table_find(dit->weights, key);
+    if (!sl || sl->run.n != n) return 0;
+    for (int i = 0; i < n; i++) {
+        int found = 0;
+        for (int k = 0; k < n; k++) found |= sl->run.ad[k].row0 == want[i];
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+static void flux_runtime(void) {
+    kn_err err;
+    kn_st_file *f = NULL;
+    kn_dit *dit;
+    kn_lora_model *m;
+    if (open_base(FIX "flux_dit/model.safetensors", &f, &dit, &m)) {
+        close_base(f, dit, m);
+        return;
+    }
+    kn_ctx ctx;
+    CHECK(kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32) == KN_OK, "ctx");
+    snapshot s;
+    take(&s, m, f);
+    const char *names[] = {"lora_diffusers_attn", "lora_diffusers_other", "lora_kohya", "lora_lokr",
+                           "lora_bfl_control"};
+    kn_lora *l[5] = {NULL};
+    for (int i = 0; i < 5; i++) {
+        char path[512];
+        snprintf(path, sizeof path, FIX "lora_flux/%s.safetensors", names[i]);
+        CHECK(kn_lora_load(&l[i], path, m, &err) == KN_OK, "%s", err.msg);
+        if (!l[i]) return;
+    }
+    kn_lora *attn = l[0], *other = l[1], *kohya = l[2], *lokr = l[3], *control = l[4];
+    CHECK(kn_lora_patch_count(attn) == 5 && kn_lora_unloaded_count(attn) == 0, "diffusers: %d tensors, %d unloaded",
+          kn_lora_patch_count(attn), kn_lora_unloaded_count(attn));
+    kn_tensor base = {0}, out = {0};
+    dit_out(&ctx, dit, &base);
+    kn_lora_apply_stats st;
+    kn_lora_use ua = {attn, 0.8}, uo = {other, 0.8};
+
+    /* to_q, to_k, to_v as thirds of the fused qkv; proj_mlp as linear1's rows [3H, 7H) */
+    CHECK(kn_lora_model_apply(m, &ua, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.attached == 5 && st.recomputed == 0, "diffusers: %d attached, %d recomputed", st.attached, st.recomputed);
+    CHECK(drifted(&s, m) == 0, "diffusers LoRA moved %d base tensors", drifted(&s, m));
+    const int64_t thirds[] = {0, 64, 128}, linear1[] = {0, 64, 128, 192}, halves[] = {0, 64};
+    CHECK(adapter_rows(dit, "double_blocks.0.img_attn.qkv.weight", thirds, 3), "qkv: not 3 adapters at rows 0, H, 2H");
+    CHECK(adapter_rows(dit, "single_blocks.1.linear1.weight", linear1, 4), "linear1: not 4 adapters at 0, H, 2H, 3H");
+    dit_out(&ctx, dit, &out);
+    CHECK(rel_l2(&out, &base) > 1e-4, "the diffusers LoRA does not change the output (%.3g)", rel_l2(&out, &base));
+    /* norm_out.linear: diffusers' (scale, shift) halves land swapped, one adapter per half */
+    CHECK(kn_lora_model_apply(m, &uo, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(adapter_rows(dit, "final_layer.adaLN_modulation.1.weight", halves, 2), "norm_out: not one adapter per half");
+    CHECK(drifted(&s, m) == 0, "%d base tensors moved", drifted(&s, m));
+    /* materialised slices and halves are the merge's, bit for bit */
+    const char *keys[] = {"final_layer.adaLN_modulation.1.weight", "double_blocks.0.img_attn.qkv.weight"};
+    kn_lora_use *uses[] = {&uo, &ua};
+    for (int i = 0; i < 2; i++) {
+        kn_tensor wr = {0}, wm = {0};
+        CHECK(kn_lora_model_apply(m, uses[i], 1, NULL, &err) == KN_OK, "%s", err.msg);
+        CHECK(kn_lora_model_weight(m, keys[i], &wr, &err) == KN_OK, "%s", err.msg);
+        kn_lora_model_set_runtime(m, 0);
+        CHECK(kn_lora_model_apply(m, uses[i], 1, NULL, &err) == KN_OK, "%s", err.msg);
+        CHECK(kn_lora_model_weight(m, keys[i], &wm, &err) == KN_OK, "%s", err.msg);
+        CHECK(wr.data && wm.data && memcmp(wr.data, wm.data, kn_tensor_nbytes(&wm)) == 0, "%s: runtime != merged",
+              keys[i]);
+        kn_tensor_free(&wr), kn_tensor_free(&wm);
+        kn_lora_model_set_runtime(m, 1);
+    }
+
+    kn_lora_use stack[2] = {{attn, 0.7}, {kohya, 0.4}}, mixed[2] = {{lokr, 0.8}, {attn, 0.7}};
+    same_as_merge(&ctx, m, dit, &ua, 1, "diffusers slices");
+    same_as_merge(&ctx, m, dit, &uo, 1, "swapped halves");
+    same_as_merge(&ctx, m, dit, stack, 2, "slices + fused kohya");
+    /* a LoKr merged into qkv's to_v rows, the diffusers slices as adapters beside it */
+    same_as_merge(&ctx, m, dit, mixed, 2, "LoKr slice + adapters");
+    CHECK(kn_lora_model_apply(m, mixed, 2, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(st.recomputed > 0 && adapter_rows(dit, "double_blocks.0.img_attn.qkv.weight", thirds, 3),
+          "LoKr + slices: %d recomputed", st.recomputed);
+    CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(drifted(&s, m) == 0, "%d base tensors differ after removal", drifted(&s, m));
+    dit_out(&ctx, dit, &out);
+    CHECK(memcmp(out.data, base.data, kn_tensor_nbytes(&out)) == 0, "output after removal differs from the base");
+
+    /* a BFL control LoRA widens img_in to twice the input channels; removal gives back the file's view */
+    kn_lora_use uc = {control, 1.0};
+    const kn_tensor *img_in = kn_lora_model_slot(m, "img_in.weight");
+    int64_t cols = img_in->ne[1];
+    CHECK(kn_lora_model_apply(m, &uc, 1, &st, &err) == KN_OK, "%s", err.msg);
+    CHECK(img_in->ne[0] == 64 && img_in->ne[1] == 2 * cols, "control: img_in is [%lld, %lld]", (long long)img_in->ne[0],
+          (long long)img_in->ne[1]);
+    CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(img_in->ne[1] == cols && drifted(&s, m) == 0, "after the control LoRA: img_in [.., %lld], %d drifted",
+          (long long)img_in->ne[1], drifted(&s, m));
+
+    kn_tensor_free(&base), kn_tensor_free(&out);
+    for (int i = 0; i < 5; i++) kn_lora_free(l[i]);
     drop(&s);
     close_base(f, dit, m);
     kn_ctx_free(&ctx);
@@ -443,12 +580,77 @@ static void bad_files(const char *tmp) {
     close_base(f, dit, m);
 }
 
+/* Flux files written here: a diffusers to_k whose up factor has the whole
+ * qkv's rows fails naming the file, the key and the slice it patches; a
+ * ByteDance USO LoRA is renamed as ComfyUI's convert_uso_lora does (its
+ * fused-qkv LoRA lands on linear1's first 3 H rows, its trigger keys for
+ * blocks the tiny model lacks stay unloaded, under their converted names). */
+static void flux_files(const char *tmp) {
+    kn_err err;
+    kn_st_file *f = NULL;
+    kn_dit *dit;
+    kn_lora_model *m;
+    if (open_base(FIX "flux_dit/model.safetensors", &f, &dit, &m)) {
+        close_base(f, dit, m);
+        return;
+    }
+    static float down[4 * 64], up[192 * 4];
+    for (int i = 0; i < 4 * 64; i++) down[i] = 0.01f * (float)(i % 5);
+    for (int i = 0; i < 192 * 4; i++) up[i] = 0.02f * (float)(i % 3);
+    kn_tensor t[6];
+    t[0] = kn_tensor_make(KN_F32, KN_DEV_CPU, down, 2, (int64_t[]){4, 64});
+    t[1] = kn_tensor_make(KN_F32, KN_DEV_CPU, up, 2, (int64_t[]){192, 4});
+    t[0].name = "transformer.transformer_blocks.0.attn.to_k.lora_A.weight";
+    t[1].name = "transformer.transformer_blocks.0.attn.to_k.lora_B.weight";
+    char path[4096];
+    write_lora(tmp, "bad_slice.safetensors", t, 2, path, sizeof path);
+    expect_error(m, path, KN_ERR_SHAPE, "'transformer.transformer_blocks.0.attn.to_k.lora_B.weight' is [192, 4]");
+    expect_error(m, path, KN_ERR_SHAPE, "rows [64, 128) of 'double_blocks.0.img_attn.qkv.weight'");
+
+    const char *uso[] = {"single_blocks.0.processor.qkv_lora.down.weight",
+                         "single_blocks.0.processor.qkv_lora.up.weight",
+                         "double_blocks.0.processor.proj_lora1.down.weight",
+                         "double_blocks.0.processor.proj_lora1.up.weight",
+                         "single_blocks.37.processor.qkv_lora.up.weight",
+                         "double_blocks.18.processor.qkv_lora2.up.weight"};
+    const int64_t rows[] = {4, 192, 4, 64, 192, 192}, cols[] = {64, 4, 64, 4, 4, 4};
+    for (int i = 0; i < 6; i++) {
+        t[i] = kn_tensor_make(KN_F32, KN_DEV_CPU, rows[i] == 4 ? down : up, 2, (int64_t[]){rows[i], cols[i]});
+        t[i].name = uso[i];
+    }
+    write_lora(tmp, "uso.safetensors", t, 6, path, sizeof path);
+    kn_lora *l = NULL;
+    CHECK(kn_lora_load(&l, path, m, &err) == KN_OK, "%s", err.msg);
+    if (l) {
+        int seen = 0;
+        for (int i = 0; i < kn_lora_unloaded_count(l); i++) {
+            const char *k = kn_lora_unloaded(l, i);
+            seen += strcmp(k, "diffusion_model.single_blocks.37.linear1_qkv.lora_up.weight") == 0 ||
+                    strcmp(k, "diffusion_model.double_blocks.18.txt_attn.qkv.lora_up.weight") == 0;
+        }
+        CHECK(kn_lora_patch_count(l) == 2 && kn_lora_unloaded_count(l) == 2 && seen == 2,
+              "USO: %d tensors patched, %d unloaded (%d as converted)", kn_lora_patch_count(l),
+              kn_lora_unloaded_count(l), seen);
+        kn_lora_use u = {l, 1.0};
+        const int64_t first[] = {0};
+        CHECK(kn_lora_model_apply(m, &u, 1, NULL, &err) == KN_OK, "%s", err.msg);
+        const kn_weight_slot *sl = kn_weight_table_find(dit->weights, "single_blocks.0.linear1.weight");
+        CHECK(adapter_rows(dit, "single_blocks.0.linear1.weight", first, 1) && sl->run.ad[0].up->ne[0] == 192,
+              "USO linear1_qkv: not one adapter on rows [0, 3H)");
+        CHECK(kn_lora_model_apply(m, NULL, 0, NULL, &err) == KN_OK, "%s", err.msg);
+        kn_lora_free(l);
+    }
+    close_base(f, dit, m);
+}
+
 int main(void) {
     const char *tmp = getenv("KN_TEST_TMP") ? getenv("KN_TEST_TMP") : "/tmp";
     hot_swap(tmp);
     linear_lora_op();
     runtime_swap();
+    flux_runtime();
     bad_files(tmp);
+    flux_files(tmp);
     printf("test_lora: %d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
