@@ -1,23 +1,36 @@
 #!/usr/bin/env python3
-"""Write a tiny random-weight Qwen-Image model set (stdlib only, deterministic).
+"""Write the tiny random-weight model sets (stdlib only, deterministic).
 
     make_tiny_models.py OUT_DIR VAE_SRC
 
-OUT_DIR gets ComfyUI's model folders:
+OUT_DIR gets ComfyUI's model folders.
+
+Qwen-Image (file names of their own: the real ones are fp8 files):
   diffusion_models/qwen_image_tiny.safetensors   the DiT, real key names, bf16
   text_encoders/qwen_2.5_vl_tiny.safetensors     Qwen2.5-VL text model, "model." keys, bf16
   vae/qwen_image_vae.safetensors                 VAE_SRC copied as is (real keys)
 
+Flux.1 (the real files' names, so ComfyUI's own Flux workflows run on them):
+  diffusion_models/flux1-dev.safetensors         the DiT with guidance_in.*, bf16
+  diffusion_models/flux1-schnell.safetensors     the same without guidance_in.*, bf16
+  text_encoders/clip_l.safetensors               CLIP-L text model + text_projection, f16
+  text_encoders/t5xxl_fp16.safetensors           T5 encoder, f16
+  vae/ae.safetensors                             the Flux AutoencoderKL, encoder + decoder, bf16
+
 Sizes keep the family constants the runtime assumes because no weight records
-them: DiT head_dim 128 (RoPE axes 16+56+56), patch 2, 16 latent channels,
-256 timestep channels; text encoder vocab 152064 (the real tokenizer's ids
-must index it), 28 query heads x 128 and 4 kv heads (ComfyUI detects
-Qwen2.5-VL-7B by the 512-wide k_proj bias). Only the widths the runtime reads
-from the weights are small (text hidden 32, DiT width 256, 2 layers each).
-Weights are pseudo-random bf16 seeded by tensor name, so every build writes
-identical files.
+them (shared/README.md, the constants rule). Qwen-Image: DiT head_dim 128 (RoPE
+axes 16+56+56), patch 2, 16 latent channels, 256 timestep channels; text
+encoder vocab 152064, 28 query heads x 128 and 4 kv heads (ComfyUI detects
+Qwen2.5-VL-7B by the 512-wide k_proj bias). Flux: DiT head_dim 128, patch 2,
+16 latent channels, 256 timestep channels; CLIP-L head_dim 64, vocab 49408,
+77 positions; T5 d_kv 64, 32 relative-attention buckets, vocab 32128; VAE
+ch 32 (the smallest width with the real 32 GroupNorm groups), ch_mult 1,2,4,4,
+2 res blocks. Only the widths the runtime reads from the weights are small
+(shared/e2e/e2e_flux_dev's tiny_sizes for Flux). Weights are pseudo-random,
+seeded by tensor name, so every build writes identical files.
 """
 import json
+import math
 import os
 import random
 import shutil
@@ -29,14 +42,29 @@ TE_VOCAB, TE_HIDDEN, TE_INTER, TE_LAYERS = 152064, 32, 64, 2
 TE_HEADS, TE_KV_HEADS, HEAD_DIM = 28, 4, 128
 DIT_DIM, DIT_MLP, DIT_LAYERS, DIT_IN, DIT_OUT, TIME_CH = 2 * HEAD_DIM, 512, 2, 16 * 4, 16 * 4, 256
 
+FLUX_DIM, FLUX_MLP, FLUX_DOUBLE, FLUX_SINGLE = HEAD_DIM, HEAD_DIM, 2, 2
+CLIP_VOCAB, CLIP_POSITIONS, CLIP_HIDDEN, CLIP_INTER, CLIP_LAYERS = 49408, 77, 64, 128, 2
+T5_VOCAB, T5_BUCKETS, T5_D_KV, T5_DIM, T5_HEADS, T5_FF, T5_LAYERS = 32128, 32, 64, 16, 1, 32, 2
+VAE_CH, VAE_MULT, VAE_RES_BLOCKS, LATENT_CH = 32, (1, 2, 4, 4), 2, 16
 
-def bf16_random(name, n, fan_in):
-    """n bf16 values of random sign and mantissa, magnitude near 1/sqrt(fan_in)."""
+BIAS_FAN_IN = 1024  # biases: the magnitude of a linear layer's weights with this fan-in
+
+
+# The byte holding the sign and the top of the exponent, from a random byte b, for values of
+# random sign and mantissa with |x| in [2^e, 2^(e+2)): bf16 needs e odd (its low byte holds the
+# exponent's last bit), f16 takes that bit and 2 mantissa bits from b.
+HIGH_BYTE = {
+    "BF16": lambda e, b: (b & 0x80) | ((e + 127) >> 1),
+    "F16": lambda e, b: (b & 0x80) | ((e + 15 + ((b >> 2) & 1)) << 2) | (b & 3),
+}
+PACK = {"BF16": lambda v: struct.pack("<f", v)[2:], "F16": lambda v: struct.pack("<e", v)}
+
+
+def random_values(name, n, dtype, e):
+    """n 16-bit values of random sign and mantissa, |x| in [2^e, 2^(e+2))."""
     rng = random.Random(zlib.crc32(name.encode()))
     low = rng.randbytes(n)
-    # high byte = sign | top 7 exponent bits: 0x3C gives |x| in [2^-7, 2^-5), 0x3D in [2^-5, 2^-3)
-    hi = 0x3D if fan_in <= 64 else 0x3C
-    table = bytes(hi | (b & 0x80) for b in range(256))
+    table = bytes(HIGH_BYTE[dtype](e, b) for b in range(256))
     high = rng.randbytes(n).translate(table)
     out = bytearray(2 * n)
     out[0::2] = low
@@ -44,17 +72,22 @@ def bf16_random(name, n, fan_in):
     return bytes(out)
 
 
-def bf16_const(value, n):
-    bits = struct.unpack("<I", struct.pack("<f", value))[0] >> 16
-    return struct.pack("<H", bits) * n
+def qwen_exponent(fan_in):
+    """The Qwen-Image set's magnitudes: [2^-5, 2^-3) for fan-in <= 64, else [2^-7, 2^-5)."""
+    return -5 if fan_in <= 64 else -7
+
+
+def torch_like_exponent(fan_in):
+    """The odd e whose [2^e, 2^(e+2)) is centred nearest 1/sqrt(fan_in), torch's init scale."""
+    return 2 * round((-0.5 * math.log2(fan_in) - 2) / 2) + 1
 
 
 def write_safetensors(path, tensors):
-    """tensors: name -> (shape, bf16 bytes)."""
+    """tensors: name -> (dtype, shape, bytes)."""
     header, offset = {}, 0
     for name in sorted(tensors):
-        shape, data = tensors[name]
-        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        dtype, shape, data = tensors[name]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     header["__metadata__"] = {"format": "pt", "kiln": "tiny random test model"}
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -65,27 +98,44 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for name in sorted(tensors):
-            f.write(tensors[name][1])
+            f.write(tensors[name][2])
     os.replace(tmp, path)
 
 
 class Builder:
-    def __init__(self):
-        self.t = {}
+    """One file's tensors, all of one dtype; exponent(fan_in) sets the magnitudes."""
 
-    def weight(self, name, rows, cols):
-        self.t[name] = ([rows, cols], bf16_random(name, rows * cols, cols))
+    def __init__(self, dtype="BF16", exponent=qwen_exponent):
+        self.t, self.dtype, self.exponent = {}, dtype, exponent
+
+    def random(self, name, shape, fan_in):
+        n = math.prod(shape)
+        self.t[name] = (self.dtype, list(shape), random_values(name, n, self.dtype, self.exponent(fan_in)))
+
+    def weight(self, name, rows, cols, fan_in=None):
+        self.random(name, [rows, cols], fan_in or cols)
 
     def linear(self, name, rows, cols, bias=True):
         self.weight(name + ".weight", rows, cols)
         if bias:
-            self.t[name + ".bias"] = ([rows], bf16_random(name + ".bias", rows, 1024))
+            self.random(name + ".bias", [rows], BIAS_FAN_IN)
+
+    def conv(self, name, out_ch, in_ch, k):
+        self.random(name + ".weight", [out_ch, in_ch, k, k], in_ch * k * k)
+        self.random(name + ".bias", [out_ch], BIAS_FAN_IN)
 
     def ones(self, name, n):
-        self.t[name] = ([n], bf16_const(1.0, n))
+        self.t[name] = (self.dtype, [n], PACK[self.dtype](1.0) * n)
+
+    def norm(self, name, n):
+        """A LayerNorm/GroupNorm: weight ones, small random bias."""
+        self.ones(name + ".weight", n)
+        self.random(name + ".bias", [n], BIAS_FAN_IN)
 
 
-def text_encoder():
+# ---- Qwen-Image ---------------------------------------------------------------------------
+
+def qwen_text_encoder():
     b = Builder()
     q, kv = TE_HEADS * HEAD_DIM, TE_KV_HEADS * HEAD_DIM
     b.weight("model.embed_tokens.weight", TE_VOCAB, TE_HIDDEN)
@@ -104,7 +154,7 @@ def text_encoder():
     return b.t
 
 
-def dit():
+def qwen_dit():
     b = Builder()
     d = DIT_DIM
     b.linear("img_in", d, DIT_IN)
@@ -129,12 +179,139 @@ def dit():
     return b.t
 
 
+# ---- Flux.1 -------------------------------------------------------------------------------
+
+def flux_dit(guidance):
+    """comfy/ldm/flux/model.py's keys; dev has guidance_in, schnell has not."""
+    b = Builder(exponent=torch_like_exponent)
+    d = FLUX_DIM
+    b.linear("img_in", d, DIT_IN)
+    b.linear("txt_in", d, T5_DIM)
+    for embedder, width in (("time_in", TIME_CH), ("vector_in", CLIP_HIDDEN)) + ((("guidance_in", TIME_CH),) if guidance else ()):
+        b.linear(embedder + ".in_layer", d, width)
+        b.linear(embedder + ".out_layer", d, d)
+    for i in range(FLUX_DOUBLE):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}_"
+            b.linear(p + "mod.lin", 6 * d, d)
+            b.linear(p + "attn.qkv", 3 * d, d)
+            b.linear(p + "attn.proj", d, d)
+            b.ones(p + "attn.norm.query_norm.scale", HEAD_DIM)
+            b.ones(p + "attn.norm.key_norm.scale", HEAD_DIM)
+            b.linear(p + "mlp.0", FLUX_MLP, d)
+            b.linear(p + "mlp.2", d, FLUX_MLP)
+    for i in range(FLUX_SINGLE):
+        p = f"single_blocks.{i}."
+        b.linear(p + "modulation.lin", 3 * d, d)
+        b.linear(p + "linear1", 3 * d + FLUX_MLP, d)
+        b.linear(p + "linear2", d, d + FLUX_MLP)
+        b.ones(p + "norm.query_norm.scale", HEAD_DIM)
+        b.ones(p + "norm.key_norm.scale", HEAD_DIM)
+    b.linear("final_layer.adaLN_modulation.1", 2 * d, d)
+    b.linear("final_layer.linear", DIT_OUT, d)
+    return b.t
+
+
+def clip_l():
+    """transformers' CLIPTextModel keys as in ComfyUI's clip_l.safetensors."""
+    b = Builder("F16", torch_like_exponent)
+    h, p = CLIP_HIDDEN, "text_model."
+    b.weight(p + "embeddings.token_embedding.weight", CLIP_VOCAB, h, fan_in=1)
+    b.weight(p + "embeddings.position_embedding.weight", CLIP_POSITIONS, h, fan_in=4)
+    for i in range(CLIP_LAYERS):
+        layer = f"{p}encoder.layers.{i}."
+        b.norm(layer + "layer_norm1", h)
+        b.norm(layer + "layer_norm2", h)
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            b.linear(layer + "self_attn." + proj, h, h)
+        b.linear(layer + "mlp.fc1", CLIP_INTER, h)
+        b.linear(layer + "mlp.fc2", h, CLIP_INTER)
+    b.norm(p + "final_layer_norm", h)
+    b.weight("text_projection.weight", h, h)
+    return b.t
+
+
+def t5_xxl():
+    """transformers' T5EncoderModel keys; heads = relative_attention_bias columns."""
+    b = Builder("F16", torch_like_exponent)
+    inner = T5_HEADS * T5_D_KV
+    b.weight("shared.weight", T5_VOCAB, T5_DIM, fan_in=1)
+    for i in range(T5_LAYERS):
+        p = f"encoder.block.{i}.layer."
+        for proj in ("q", "k", "v"):
+            b.linear(p + "0.SelfAttention." + proj, inner, T5_DIM, bias=False)
+        b.linear(p + "0.SelfAttention.o", T5_DIM, inner, bias=False)
+        if i == 0:
+            b.weight(p + "0.SelfAttention.relative_attention_bias.weight", T5_BUCKETS, T5_HEADS, fan_in=1)
+        b.ones(p + "0.layer_norm.weight", T5_DIM)
+        b.linear(p + "1.DenseReluDense.wi_0", T5_FF, T5_DIM, bias=False)
+        b.linear(p + "1.DenseReluDense.wi_1", T5_FF, T5_DIM, bias=False)
+        b.linear(p + "1.DenseReluDense.wo", T5_DIM, T5_FF, bias=False)
+        b.ones(p + "1.layer_norm.weight", T5_DIM)
+    b.ones("encoder.final_layer_norm.weight", T5_DIM)
+    return b.t
+
+
+def flux_vae():
+    """comfy/ldm/modules/diffusionmodules/model.py Encoder + Decoder (ae.safetensors keys)."""
+    b = Builder(exponent=torch_like_exponent)
+
+    def resnet(p, cin, cout):
+        b.norm(p + "norm1", cin)
+        b.conv(p + "conv1", cout, cin, 3)
+        b.norm(p + "norm2", cout)
+        b.conv(p + "conv2", cout, cout, 3)
+        if cin != cout:
+            b.conv(p + "nin_shortcut", cout, cin, 1)
+
+    def mid(p, c):
+        resnet(p + "mid.block_1.", c, c)
+        b.norm(p + "mid.attn_1.norm", c)
+        for proj in ("q", "k", "v", "proj_out"):
+            b.conv(p + "mid.attn_1." + proj, c, c, 1)
+        resnet(p + "mid.block_2.", c, c)
+
+    widths = [VAE_CH * m for m in VAE_MULT]
+    levels = len(widths)
+    c = VAE_CH
+    b.conv("encoder.conv_in", c, 3, 3)
+    for i, w in enumerate(widths):
+        for j in range(VAE_RES_BLOCKS):
+            resnet(f"encoder.down.{i}.block.{j}.", c, w)
+            c = w
+        if i < levels - 1:
+            b.conv(f"encoder.down.{i}.downsample.conv", c, c, 3)
+    mid("encoder.", c)
+    b.norm("encoder.norm_out", c)
+    b.conv("encoder.conv_out", 2 * LATENT_CH, c, 3)
+    b.conv("decoder.conv_in", c, LATENT_CH, 3)
+    mid("decoder.", c)
+    for i in reversed(range(levels)):
+        for j in range(VAE_RES_BLOCKS + 1):
+            resnet(f"decoder.up.{i}.block.{j}.", c, widths[i])
+            c = widths[i]
+        if i > 0:
+            b.conv(f"decoder.up.{i}.upsample.conv", c, c, 3)
+    b.norm("decoder.norm_out", c)
+    b.conv("decoder.conv_out", 3, c, 3)
+    return b.t
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     out, vae_src = sys.argv[1], sys.argv[2]
-    write_safetensors(os.path.join(out, "diffusion_models", "qwen_image_tiny.safetensors"), dit())
-    write_safetensors(os.path.join(out, "text_encoders", "qwen_2.5_vl_tiny.safetensors"), text_encoder())
+    files = {
+        "diffusion_models/qwen_image_tiny.safetensors": qwen_dit,
+        "text_encoders/qwen_2.5_vl_tiny.safetensors": qwen_text_encoder,
+        "diffusion_models/flux1-dev.safetensors": lambda: flux_dit(guidance=True),
+        "diffusion_models/flux1-schnell.safetensors": lambda: flux_dit(guidance=False),
+        "text_encoders/clip_l.safetensors": clip_l,
+        "text_encoders/t5xxl_fp16.safetensors": t5_xxl,
+        "vae/ae.safetensors": flux_vae,
+    }
+    for name, build in files.items():
+        write_safetensors(os.path.join(out, name), build())
     os.makedirs(os.path.join(out, "vae"), exist_ok=True)
     shutil.copyfile(vae_src, os.path.join(out, "vae", "qwen_image_vae.safetensors"))
 

@@ -6,8 +6,9 @@ ctest finds may have no numpy).
 - safetensors: read_header, read_safetensors (F32, F16, BF16, U8, I64 and
   the other integer types) and write_safetensors (F32).
 - PNG: png_chunks, png_texts, png_pixels (8-bit, non-interlaced, every
-  filter type undone) and pixel_problems (the artefacts a broken pipeline
-  leaves: a constant channel, most pixels stuck at black or white).
+  filter type undone), pixel_problems (the artefacts a broken pipeline
+  leaves: a constant channel, most pixels stuck at black or white),
+  render_pixels (decode + that check) and changed_fraction.
 """
 import array
 import json
@@ -187,3 +188,16 @@ def pixel_problems(channels, px):
     if extreme * 2 > len(pixels):
         problems.append("%d of %d pixels are pure black or white" % (extreme, len(pixels)))
     return problems
+
+
+def render_pixels(check, path, what):
+    """The decoded pixels of a render, checked for a broken pipeline's artefacts."""
+    w, h, c, px = png_pixels(path)
+    problems = pixel_problems(c, px)
+    check(not problems, "%s: plausible %dx%d render %s" % (what, w, h, problems or ""))
+    return px
+
+
+def changed_fraction(a, b):
+    """The fraction of the byte values that differ between two renders of one size."""
+    return sum(1 for x, y in zip(a, b) if x != y) / max(len(a), 1)

@@ -21,7 +21,7 @@ import shutil
 import struct
 import sys
 
-from kiln_e2e import Checks, of_type, pixel_problems, png_pixels, png_texts, read_safetensors, run_kiln, \
+from kiln_e2e import Checks, changed_fraction, of_type, png_texts, read_safetensors, render_pixels, run_kiln, \
     write_safetensors
 
 KILN, SRC, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -42,11 +42,7 @@ def write(name, doc):
 
 
 def pixels(path, what):
-    """The decoded pixels of a render, checked for a broken pipeline's artefacts."""
-    w, h, c, px = png_pixels(path)
-    problems = pixel_problems(c, px)
-    check(not problems, "%s: plausible %dx%d render %s" % (what, w, h, problems or ""))
-    return px
+    return render_pixels(check, path, what)
 
 
 def f32(x):
@@ -89,7 +85,7 @@ if len(done) == 3:
     first = pixels(png, "workflow's seed")
     seed42 = pixels(os.path.join(WORK, "output", f2), "seed 42")
     # random tiny weights: another noise changes nearly every value, not a few
-    changed = sum(1 for x, y in zip(first, seed42) if x != y) / max(len(first), 1)
+    changed = changed_fraction(first, seed42)
     check(changed > 0.5, "seed 42 changes %.0f%% of the pixel values" % (100 * changed))
 
     # the same prompt in a new process: the same file; then SaveLatent added: only it runs

@@ -4,7 +4,8 @@
     test_server.py KILN SOURCE_DIR WORK_DIR MODELS_DIR
 
 1. The bundled workflow over POST /prompt + /ws: ComfyUI's message sequence,
-   /history, and the /view bytes equal `kiln run`'s PNG for the same prompt.
+   /history, and the /view bytes equal `kiln run`'s PNG for the same prompt;
+   the same for the bundled Flux.1 dev workflow (workflows/flux_dev_t2i.api.json).
 2. Upload (dedup, rename, overwrite) and the image-to-image workflow
    (workflows/qwen_image_i2i.api.json) on the uploaded image; re-queued
    unchanged it is served from the cache, re-queued after the upload is
@@ -36,6 +37,7 @@ from kiln_client import SKIP, Server, follow, wait_for, websocket  # noqa: E402
 KILN, SRC, WORK, MODELS = (os.path.abspath(a) for a in sys.argv[1:5])
 T2I = os.path.join(SRC, "workflows", "qwen_image_t2i.api.json")
 I2I = os.path.join(SRC, "workflows", "qwen_image_i2i.api.json")
+FLUX = os.path.join(SRC, "workflows", "flux_dev_t2i.api.json")
 failures = []
 
 
@@ -99,7 +101,8 @@ def main():
     os.makedirs(WORK)
     t2i = json.load(open(T2I))
     final_prompt = with_inputs(t2i, "3", seed=777)
-    ref_first, ref_final = cli_render([t2i, final_prompt])
+    flux = json.load(open(FLUX))
+    ref_first, ref_final, ref_flux = cli_render([t2i, final_prompt, flux])
 
     # Files the server must never touch, and symlinks planted to reach them.
     outside = os.path.join(WORK, "outside")
@@ -113,7 +116,7 @@ def main():
     srv_root = os.path.join(WORK, "srv")
     before_root = tree(srv_root, skip=("input", "output", "temp"))
     try:
-        run_tests(srv, t2i, ref_first, final_prompt, ref_final)
+        run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux)
     finally:
         rc, log = srv.stop()
     check(rc == 0, "server stops cleanly on SIGTERM (exit %s)" % rc)
@@ -127,7 +130,7 @@ def main():
     return 1 if failures else 0
 
 
-def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
+def run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux):
     cid = uuid.uuid4().hex
     ws = srv.ws(cid)
     hello = json.loads(ws.recv())
@@ -165,6 +168,7 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     check(st == 200 and png == ref_first, "/view bytes equal `kiln run`'s PNG for the same prompt")
     st, png2 = srv.get("/api/view?filename=%s&type=output" % image["filename"])
     check(st == 200 and png2 == png, "/api alias and default subfolder")
+    flux_over_ws(srv, ws, cid, flux, ref_flux)
 
     # ---- 2. upload + image to image ----
     st, up = srv.upload("example.png", png)
@@ -268,7 +272,8 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)
     check(srv.get_json("/object_info/CFGNorm") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
     st, m = srv.get_json("/models/diffusion_models")
-    check(st == 200 and m == ["qwen_image_tiny.safetensors"], "/models/{folder}")
+    check(st == 200 and m == ["flux1-dev.safetensors", "flux1-schnell.safetensors", "qwen_image_tiny.safetensors"],
+          "/models/{folder}: %s" % m)
     check(srv.get("/models/nope")[0] == 404 and srv.get("/models/input")[0] == 404, "/models/unknown -> 404")
     for path in ("/embeddings", "/extensions", "/system_stats", "/prompt", "/features", "/", "/app.js", "/style.css"):
         check(srv.get(path)[0] == 200 and srv.get("/api" + path if path != "/" else "/api/prompt")[0] == 200,
@@ -287,6 +292,27 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final):
     st, png = srv.view(img)
     check(st == 200 and png == ref_final, "after the hostile phase the next prompt renders exactly as `kiln run`")
     ws.close()
+
+
+def flux_over_ws(srv, ws, cid, flux, ref_flux):
+    """The Flux.1 dev workflow (DualCLIPLoader flux, FluxGuidance, SamplerCustomAdvanced) queued
+    as a ComfyUI client queues it: progress and executed on the socket, /view bytes as `kiln run`."""
+    st, served = srv.get_json("/workflows/flux_dev_t2i.api.json")
+    check(st == 200 and served == flux, "GET /workflows/flux_dev_t2i.api.json: the bundled file the UI offers")
+    st, r = srv.post_json("/prompt", {"prompt": flux, "client_id": cid})
+    check(st == 200 and r.get("node_errors") == {}, "Flux dev: POST /prompt accepted (%s)" % st)
+    if st != 200:
+        return
+    pid = r["prompt_id"]
+    msgs = follow(ws, pid)
+    steps = [m["data"]["value"] for m in msgs if m["type"] == "progress" and m["data"]["node"] == "13"
+             and m["data"]["max"] == 4 and m["data"]["prompt_id"] == pid]
+    check(steps == [1, 2, 3, 4], "Flux dev ws: progress 1..4 from SamplerCustomAdvanced: %s" % steps)
+    executed = [m["data"] for m in msgs if m["type"] == "executed"]
+    check(len(executed) == 1 and executed[0]["node"] == "9" and executed[0]["prompt_id"] == pid
+          and any(m["type"] == "execution_success" for m in msgs), "Flux dev ws: executed for SaveImage, success")
+    st, png = srv.view(executed[0]["output"]["images"][0]) if executed else (0, b"")
+    check(st == 200 and png == ref_flux, "Flux dev: /view bytes equal `kiln run`'s PNG for the same prompt")
 
 
 def without_files(entry):

@@ -2,7 +2,8 @@
 // /api/view images). No build step, no dependencies.
 "use strict";
 
-const BUNDLED = ["qwen_image_t2i.api.json", "qwen_image_i2i.api.json", "qwen_image_t2i.ui.json"];
+const BUNDLED = ["qwen_image_t2i.api.json", "qwen_image_i2i.api.json", "qwen_image_t2i.ui.json",
+  "flux_dev_t2i.api.json", "flux_schnell_t2i.api.json", "flux_dev_t2i.ui.json", "flux_schnell_t2i.ui.json"];
 const $ = (id) => document.getElementById(id);
 const clientId = sessionStorage.getItem("kiln.clientId") || crypto.randomUUID().replace(/-/g, "");
 sessionStorage.setItem("kiln.clientId", clientId);
@@ -36,6 +37,8 @@ async function loadBundled(name) {
 // the prompt JSON, which stays the one source of truth (and editable by hand).
 const WIDGETS = {
   CLIPTextEncode: ["text"],
+  CLIPTextEncodeFlux: ["clip_l", "t5xxl", "guidance"],
+  FluxGuidance: ["guidance"],
   KSampler: ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
   KSamplerAdvanced: ["noise_seed", "steps", "cfg"],
   RandomNoise: ["noise_seed"],
@@ -46,6 +49,7 @@ const WIDGETS = {
   LoraLoader: ["lora_name", "strength_model", "strength_clip"],
   LoraLoaderModelOnly: ["lora_name", "strength_model"],
 };
+const PROMPT_WIDGETS = new Set(["text", "clip_l", "t5xxl"]); // shown as wide text areas
 
 function renderWidgets() {
   const box = $("widgets");
@@ -67,7 +71,7 @@ function renderWidgets() {
     set.append(legend);
     for (const key of keys) {
       const isNumber = typeof inputs[key] === "number";
-      const field = document.createElement(key === "text" ? "textarea" : "input");
+      const field = document.createElement(PROMPT_WIDGETS.has(key) ? "textarea" : "input");
       if (isNumber) Object.assign(field, {type: "number", step: "any"});
       if (key === "lora_name") field.setAttribute("list", "loras");
       field.value = inputs[key];
@@ -77,7 +81,7 @@ function renderWidgets() {
         $("prompt").value = JSON.stringify(p, null, 2);
       };
       const label = document.createElement("label");
-      if (key === "text") label.className = "wide";
+      if (PROMPT_WIDGETS.has(key)) label.className = "wide";
       label.append(key + " ", field);
       set.append(label);
     }
