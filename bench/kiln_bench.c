@@ -59,11 +59,6 @@ static void *xmalloc(size_t bytes) {
     return p;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* One timed run: returns KN_OK and its seconds, or an error code. */
 typedef int (*run_fn)(void *user, double *seconds);
 
@@ -82,9 +77,8 @@ static int time_runs(run_fn run, void *user, timing *out) {
     for (int i = 0; rc == KN_OK && i < n; i++) rc = run(user, &t[i]);
     if (rc) return rc;
     out->cpu_share = (bench_cpu_seconds() - c0) / ((bench_now() - w0) * kn_cpu_threads());
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
-    out->median = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-    out->best = t[0];
+    out->median = bench_median(t, n);
+    out->best = t[0]; /* sorted */
     return KN_OK;
 }
 

@@ -51,11 +51,6 @@ static int reps = 3;
 /* Image tokens of the per-step measurement (a 512x512 image is 1024). */
 #define STEP_TOKENS 256
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static int exists(const char *path) {
     struct stat s;
     return stat(path, &s) == 0;
@@ -185,11 +180,6 @@ static int swap_sequence(kn_lora_model *m, char lpath[2][4300], double t_load, d
     return KN_OK;
 }
 
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return t[n / 2];
-}
-
 /* Median seconds of the fc1 linear of block 0 with its adapter list (attached: n > 0) or without. */
 static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_list *run, const kn_tensor *x,
                        kn_tensor *y, double *out) {
@@ -200,7 +190,7 @@ static int time_linear(kn_ctx *ctx, const kn_qwen_dit *dit, const kn_adapter_lis
         if (kn_linear_lora(ctx, y, x, &w->img.mlp.up.w, &w->img.mlp.up.b, run->ad, run->n)) return ctx->err.code;
         t[i] = bench_now() - t0;
     }
-    *out = median(t, reps);
+    *out = bench_median(t, reps);
     return KN_OK;
 }
 
@@ -270,7 +260,7 @@ int main(int argc, char **argv) {
         load[i] = bench_now() - t0;
         if (i + 1 < reps) free_base(&b);
     }
-    double t_load = median(load, reps);
+    double t_load = bench_median(load, reps);
     size_t bytes = 0;
     for (int i = 0; i < kn_st_count(b.f); i++) bytes += kn_tensor_nbytes(kn_st_at(b.f, i));
     printf("base: %s, %lld blocks, dim %lld, %.2f GB (checksum %016llx)\n", path, (long long)b.dit->cfg.layers,

@@ -32,16 +32,6 @@ static const char prompt[] =
     "Children chase a scruffy dog across the market square, an old woman feeds pigeons by the fountain, and "
     "somewhere a bell tolls seven times (soft focus:1.2), [bokeh], 35mm film grain, f/1.8, ISO 200.";
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : KN_SOURCE_DIR "/pipelines/tokenizers/data/qwen25";
     const char *env = getenv("KN_BENCH_REPS");
@@ -82,9 +72,9 @@ int main(int argc, char **argv) {
     if (!rc) {
         printf("qwen2 bpe (%s), median of %d runs:\n", dir, reps);
         printf("  load:                 %8.1f ms CPU  %8.1f ms wall   (target < 300 ms)\n",
-               1e3 * median(load_cpu, reps), 1e3 * median(load_wall, reps));
+               1e3 * bench_median(load_cpu, reps), 1e3 * bench_median(load_wall, reps));
         printf("  encode %3zu tokens:    %8.3f ms CPU  %8.3f ms wall   (target < 1 ms)\n", tokens,
-               1e3 * median(enc_cpu, reps), 1e3 * median(enc_wall, reps));
+               1e3 * bench_median(enc_cpu, reps), 1e3 * bench_median(enc_wall, reps));
     }
     free(load_cpu);
     free(load_wall);

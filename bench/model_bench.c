@@ -1,0 +1,232 @@
+/* model_bench: any model Kiln runs, timed through the family interface on a
+ * full-width (usually reduced-depth) random-weight file from shared/bench.
+ *
+ *   model_bench dit FILE [SIZE [TEXT_TOKENS]]      one DiT forward at SIZE x SIZE pixels (default 1024, 256)
+ *   model_bench text TYPE FILE [FILE2]             one CLIPTextEncode of a fixed prompt (TYPE as CLIPLoader's)
+ *   model_bench vae FILE [SIZE]                    one VAE decode of a SIZE x SIZE image (default 1024)
+ *
+ * Prints the median and best of KN_BENCH_REPS runs (default 3) after one
+ * warm-up, the GEMM and attention work the ops counted (ctx->flops), its
+ * rate, and that rate as a fraction of this machine's fp32 FMA peak measured
+ * in the same run (bench/peak.c). Per-block figures come from two files of
+ * different depths: time(N2) - time(N1) over N2 - N1 (bench/run.sh). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/peak.h"
+#include "bench/timer.h"
+#include "kernels/device.h"
+#include "pipelines/family.h"
+
+#define PROMPT "a red fox sitting in fresh snow, watercolor, soft morning light, pine trees in the background"
+
+static int reps = 3;
+
+typedef int (*run_fn)(void *job, kn_ctx *ctx);
+
+/* Median and best seconds of `reps` runs after a warm-up, and the flops of one run. */
+static int timed(run_fn run, void *job, kn_ctx *ctx, double *median, double *best, double *flops) {
+    double t[32];
+    for (int i = -1; i < reps; i++) {
+        ctx->flops = 0.0;
+        double t0 = bench_now();
+        if (run(job, ctx)) return 1;
+        if (i >= 0) t[i] = bench_now() - t0;
+    }
+    *flops = ctx->flops;
+    *median = bench_median(t, reps);
+    *best = t[0]; /* sorted */
+    return 0;
+}
+
+static double machine_peak(void) {
+    peak_kind k = peak_supported(PEAK_FMA_AVX512) ? PEAK_FMA_AVX512 : PEAK_FMA_AVX2;
+    double p = peak_gflops(k, kn_cpu_threads());
+    printf("peak-fp32 (%s, %d threads) = %.1f GFLOP/s\n", peak_name(k), kn_cpu_threads(), p);
+    return p;
+}
+
+static void report(const char *what, double median, double best, double flops, double peak) {
+    double rate = flops / median * 1e-9;
+    printf("%s: %.3f s (best %.3f), %.1f GFLOP, %.1f GFLOP/s = %.1f%% of peak-fp32\n", what, median, best,
+           flops * 1e-9, rate, 100.0 * rate / peak);
+}
+
+static void fill(kn_tensor *t, float amp, uint64_t *seed) {
+    float *d = t->data;
+    for (int64_t i = 0; i < kn_tensor_numel(t); i++) {
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        d[i] = amp * ((float)(*seed >> 40) / (float)(1 << 24) * 2.0f - 1.0f);
+    }
+}
+
+/* ---- DiT ------------------------------------------------------------------------ */
+
+typedef struct dit_job {
+    const kn_dit *m;
+    kn_dit_input in;
+    kn_tensor out;
+} dit_job;
+
+static int run_dit(void *user, kn_ctx *ctx) {
+    dit_job *j = user;
+    return kn_dit_forward(ctx, j->m, &j->in, &j->out, NULL, NULL);
+}
+
+static int bench_dit(const char *path, int size, int64_t text, double peak, kn_err *err) {
+    kn_st_file *f = NULL;
+    kn_dit *m = NULL;
+    kn_ctx ctx;
+    dit_job j = {0};
+    kn_tensor x = {0}, t = {0}, context = {0}, pooled = {0};
+    uint64_t seed = 1;
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    if (!rc) rc = kn_st_open(&f, path, err);
+    if (!rc) rc = kn_dit_load(&m, f, err);
+    if (rc) goto out;
+    int64_t h = size / 8, five[5] = {1, m->channels, 1, h, h}, four[4] = {1, m->channels, h, h};
+    int nd = m->family->latent_ndim;
+    rc = kn_tensor_new(&x, KN_F32, KN_DEV_CPU, nd, nd == 5 ? five : four, err);
+    if (!rc) rc = kn_tensor_new(&j.out, KN_F32, KN_DEV_CPU, nd, x.ne, err);
+    if (!rc) rc = kn_tensor_new(&t, KN_F32, KN_DEV_CPU, 1, (int64_t[]){1}, err);
+    if (!rc) rc = kn_tensor_new(&context, KN_F32, KN_DEV_CPU, 3, (int64_t[]){1, text, m->context_dim}, err);
+    if (!rc && m->pooled_dim) rc = kn_tensor_new(&pooled, KN_F32, KN_DEV_CPU, 2, (int64_t[]){1, m->pooled_dim}, err);
+    if (rc) goto out;
+    fill(&x, 1.0f, &seed);
+    fill(&context, 1.0f, &seed);
+    if (pooled.data) fill(&pooled, 1.0f, &seed);
+    ((float *)t.data)[0] = 0.6f;
+    j.m = m;
+    j.in = (kn_dit_input){&x, &t, &context, NULL, pooled.data ? &pooled : NULL, NULL, NULL, 0, m->ref_method};
+    printf("%s: %s, %lld weights in its table\n", path, m->family->title, (long long)m->weights->n);
+    double med, best, flops;
+    if (timed(run_dit, &j, &ctx, &med, &best, &flops)) {
+        *err = ctx.err;
+        rc = err->code;
+        goto out;
+    }
+    char what[128];
+    snprintf(what, sizeof what, "dit step %dx%d (%lld text tokens)", size, size, (long long)text);
+    report(what, med, best, flops, peak);
+out:
+    kn_tensor *all[] = {&x, &t, &context, &pooled, &j.out};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
+    kn_dit_free(m);
+    kn_st_close(f);
+    kn_ctx_free(&ctx);
+    return rc;
+}
+
+/* ---- text encoders ------------------------------------------------------------- */
+
+typedef struct text_job {
+    const kn_clip *c;
+    kn_err *err;
+} text_job;
+
+static int run_text(void *user, kn_ctx *ctx) {
+    text_job *j = user;
+    const char *texts[1] = {PROMPT};
+    kn_text_cond out;
+    int rc = j->c->family->encode(ctx, j->c, texts, 1, &out, j->err);
+    kn_text_cond_free(&out);
+    return rc;
+}
+
+static int bench_text(const char *type, const char *const *paths, int n, const char *tokenizers, double peak,
+                      kn_err *err) {
+    kn_st_file *f[2] = {NULL, NULL};
+    kn_clip *c = NULL;
+    kn_ctx ctx;
+    const kn_clip_family *fam = NULL;
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    for (int i = 0; !rc && i < n; i++) rc = kn_st_open(&f[i], paths[i], err);
+    if (!rc) rc = kn_clip_detect((const kn_st_file **)f, n, type, &fam, err);
+    if (!rc) rc = fam->load(&c, (const kn_st_file *const *)f, tokenizers, err);
+    if (!rc) {
+        text_job j = {c, err};
+        double med, best, flops;
+        printf("%s: %s\n", paths[0], fam->title);
+        if (!(rc = timed(run_text, &j, &ctx, &med, &best, &flops))) report("text encode", med, best, flops, peak);
+    }
+    kn_clip_free(c);
+    for (int i = 0; i < n; i++) kn_st_close(f[i]);
+    kn_ctx_free(&ctx);
+    return rc;
+}
+
+/* ---- VAE decode ------------------------------------------------------------------ */
+
+typedef struct vae_job {
+    const kn_vae *v;
+    kn_tensor z, y;
+} vae_job;
+
+static int run_vae(void *user, kn_ctx *ctx) {
+    vae_job *j = user;
+    return j->v->family->decode(ctx, j->v, &j->y, &j->z);
+}
+
+static int bench_vae(const char *path, int size, double peak, kn_err *err) {
+    kn_st_file *f = NULL;
+    kn_vae *v = NULL;
+    kn_ctx ctx;
+    vae_job j = {0};
+    uint64_t seed = 2;
+    int64_t ne[4];
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    if (!rc) rc = kn_st_open(&f, path, err);
+    if (!rc) rc = kn_vae_load(&v, f, err);
+    if (!rc) rc = kn_tensor_new(&j.z, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, v->latent_channels, size / 8, size / 8}, err);
+    if (!rc) rc = v->family->image_shape(v, &j.z, ne, err);
+    if (!rc) rc = kn_tensor_new(&j.y, KN_F32, KN_DEV_CPU, 4, ne, err);
+    if (!rc) {
+        fill(&j.z, 1.0f, &seed);
+        j.v = v;
+        double med, best, flops;
+        printf("%s: %s\n", path, v->family->title);
+        char what[64];
+        snprintf(what, sizeof what, "vae decode %dx%d", size, size);
+        if (timed(run_vae, &j, &ctx, &med, &best, &flops)) {
+            *err = ctx.err;
+            rc = err->code;
+        } else {
+            report(what, med, best, flops, peak);
+        }
+    }
+    kn_tensor_free(&j.z);
+    kn_tensor_free(&j.y);
+    kn_vae_free(v);
+    kn_st_close(f);
+    kn_ctx_free(&ctx);
+    return rc;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: model_bench dit FILE [SIZE [TEXT_TOKENS]]\n"
+                    "       model_bench text TYPE FILE [FILE2]\n"
+                    "       model_bench vae FILE [SIZE]\n");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) return usage();
+    const char *r = getenv("KN_BENCH_REPS");
+    if (r && atoi(r) > 0 && atoi(r) <= 32) reps = atoi(r);
+    kn_err err;
+    kn_err_clear(&err);
+    int rc;
+    if (strcmp(argv[1], "dit") == 0) {
+        rc = bench_dit(argv[2], argc > 3 ? atoi(argv[3]) : 1024, argc > 4 ? atoll(argv[4]) : 256, machine_peak(), &err);
+    } else if (strcmp(argv[1], "text") == 0 && argc >= 4) {
+        const char *tok = getenv("KILN_TOKENIZERS") ? getenv("KILN_TOKENIZERS") : KN_TOKENIZER_DIR;
+        rc = bench_text(argv[2], (const char *const *)argv + 3, argc > 4 ? 2 : 1, tok, machine_peak(), &err);
+    } else if (strcmp(argv[1], "vae") == 0) {
+        rc = bench_vae(argv[2], argc > 3 ? atoi(argv[3]) : 1024, machine_peak(), &err);
+    } else {
+        return usage();
+    }
+    if (rc) fprintf(stderr, "model_bench: %s\n", err.msg);
+    return rc ? 1 : 0;
+}
