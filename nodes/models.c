@@ -442,35 +442,15 @@ static int load_ckpt_clip(kn_node_call *c, const char *path, const kn_ckpt_layou
     return rc;
 }
 
-/* Whether a node of the running prompt takes output `slot` of this one. */
-static int output_linked(const kn_node_call *c, int slot) {
-    const char *id, *name;
-    json_t *node, *v;
-    if (!c->env->prompt || !c->node_id) return 0;
-    json_object_foreach((json_t *)c->env->prompt, id, node) {
-        json_object_foreach(json_object_get(node, "inputs"), name, v) {
-            const char *from = json_string_value(json_array_get(v, 0));
-            if (json_is_array(v) && from && strcmp(from, c->node_id) == 0 && json_integer_value(json_array_get(v, 1)) == slot)
-                return 1;
-        }
-    }
-    return 0;
-}
-
-/* A part the checkpoint lacks (no tensor under any of prefixes[0..n)): ComfyUI
- * returns None and warns, and the node taking it fails; here a prompt that
- * takes it fails at the loader, saying why. */
-static int missing_part(kn_node_call *c, const char *name, int slot, const char *part, const char *const *prefixes,
-                        int n, const char *instead) {
+/* A part the checkpoint lacks (no tensor under any of prefixes[0..n)): its
+ * output is None, with ComfyUI's warning; a node taking it fails saying so. */
+static void missing_part(kn_node_call *c, const char *name, int slot, const char *part, const char *const *prefixes,
+                         int n) {
     char where[256] = "";
     for (int i = 0, k = 0; i < n && k < (int)sizeof where; i++)
         k += snprintf(where + k, sizeof where - (size_t)k, "%s%s*", i ? " or " : "", prefixes[i]);
-    const char *type = c->cls->outputs[slot].type;
-    if (output_linked(c, slot))
-        return kn_node_fail(c, "ckpt_name", KN_ERR_INVALID, "%s holds no %s (no %s weights), so output %s is None; load one with %s",
-                            name, part, where, type, instead);
-    fprintf(stderr, "checkpoint %s holds no %s (no %s weights): output %s is None\n", name, part, where, type);
-    return KN_OK;
+    fprintf(stderr, "checkpoint %s holds no %s (no %s weights): output %s is None\n", name, part, where,
+            c->cls->outputs[slot].type);
 }
 
 static int checkpoint_loader(kn_node_call *c) {
@@ -484,10 +464,9 @@ static int checkpoint_loader(kn_node_call *c) {
     int rc = load_model(c, "ckpt_name", path, AS_STORED, &m);
     if (!rc) rc = ckpt_layout(c, name, m->weights->file, &layout);
     if (!rc) rc = load_ckpt_clip(c, path, layout, &cl);
-    if (!rc && !cl)
-        rc = missing_part(c, name, 1, "text encoder", layout->te_prefix, layout->n_te, "CLIPLoader or DualCLIPLoader");
+    if (!rc && !cl) missing_part(c, name, 1, "text encoder", layout->te_prefix, layout->n_te);
     if (!rc) rc = load_vae(c, "ckpt_name", path, layout->vae_prefix, &v);
-    if (!rc && !v) rc = missing_part(c, name, 2, "VAE", &layout->vae_prefix, 1, "VAELoader");
+    if (!rc && !v) missing_part(c, name, 2, "VAE", &layout->vae_prefix, 1);
     if (!rc) {
         kn_out_object(c, 0, &m->base);
         if (cl) kn_out_object(c, 1, &cl->base);
@@ -516,11 +495,11 @@ static int validate_checkpoint(kn_node_call *c) {
     if (!rc) rc = ckpt_layout(c, name, f, &layout);
     if (!rc) rc = te_views(c, f, layout, te, &n);
     if (!rc && n && kn_clip_detect((const kn_st_file **)te, n, layout->clip_type, &clip, c->err))
-        rc = kn_node_fail(c, "ckpt_name", c->err->code, "%s: %s", name, c->err->msg);
+        rc = kn_node_fail(c, "ckpt_name", c->err->code, "%s: its text encoders: %s", name, c->err->msg);
     kn_err_clear(&e);
     if (!rc && kn_st_view(&vae, f, layout->vae_prefix, &e)) rc = kn_node_fail(c, "ckpt_name", e.code, "%s", e.msg);
     if (!rc && kn_st_count(vae) && kn_vae_detect(vae, &vfam, c->err))
-        rc = kn_node_fail(c, "ckpt_name", c->err->code, "%s: %s", name, c->err->msg);
+        rc = kn_node_fail(c, "ckpt_name", c->err->code, "%s: its VAE: %s", name, c->err->msg);
     for (int i = 0; i < n; i++) kn_st_close(te[i]);
     kn_st_close(vae);
     kn_st_close(f);

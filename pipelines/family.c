@@ -2,7 +2,9 @@
  * and shapes, in ComfyUI's order (comfy/model_detection.py detect_unet_config,
  * comfy/sd.py detect_te_model and VAE.__init__). A row whose family is NULL
  * is a model Kiln recognises but does not run: loading it fails with a
- * message naming it. See family.h; adding a family is one row here. */
+ * message naming it. A DiT row also says where a single-file checkpoint of
+ * its family keeps the text encoders and VAE (kn_ckpt_layout). See family.h;
+ * adding a family is one row here. */
 #include "pipelines/family.h"
 
 #include <stdio.h>
