@@ -15,7 +15,7 @@ void kn_weight_table_free(kn_weight_table *t) {
 #define CONVERT_ALIGN 64   /* each copy starts on a cache line, as the GEMM's panels expect */
 #define CONVERT_CHUNK 4096 /* elements widened at a time, per thread */
 
-/* Slot i's copy is needed: its tensor is of another dtype and not empty. */
+/* A slot needs a copy: its tensor is of another dtype and not empty. */
 static int needs_copy(const kn_weight_slot *s, kn_dtype dtype) {
     return s->t->dtype != dtype && kn_tensor_numel(s->t) > 0;
 }
@@ -48,15 +48,15 @@ int kn_weight_table_convert(kn_weight_table *t, kn_dtype dtype, kn_err *err) {
         const char *src = w->data;
         char *dst = buf + off;
 #pragma omp parallel for schedule(static)
-        for (size_t c = 0; c < (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK; c++) {
-            float tmp[CONVERT_CHUNK];
-            size_t at = c * CONVERT_CHUNK, len = n - at < CONVERT_CHUNK ? n - at : CONVERT_CHUNK;
-            kn_to_f32(tmp, src + at * src_size, w->dtype, len, w->scale);
-            kn_from_f32(dst + at * esize, dtype, tmp, len);
+        for (size_t chunk = 0; chunk < (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK; chunk++) {
+            float wide[CONVERT_CHUNK];
+            size_t at = chunk * CONVERT_CHUNK, len = n - at < CONVERT_CHUNK ? n - at : CONVERT_CHUNK;
+            kn_to_f32(wide, src + at * src_size, w->dtype, len, w->scale);
+            kn_from_f32(dst + at * esize, dtype, wide, len);
         }
-        kn_tensor c = kn_tensor_make(dtype, KN_DEV_CPU, dst, w->ndim, w->ne);
-        c.name = w->name;
-        *w = c;
+        kn_tensor copy = kn_tensor_make(dtype, KN_DEV_CPU, dst, w->ndim, w->ne);
+        copy.name = w->name;
+        *w = copy;
         off += (n * esize + CONVERT_ALIGN - 1) & ~(size_t)(CONVERT_ALIGN - 1);
     }
     t->converted = buf;

@@ -7,6 +7,7 @@
  * tensor's name up to its first '.') must hold exactly the file's tensors
  * under that prefix, each the same data, and outlive the file's close. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -10,9 +10,10 @@
  *  - weight_dtype fp8_e4m3fn / _fast / fp8_e5m2 render exactly what the
  *    model whose file stores every tensor rounded to that dtype renders (and
  *    not the default's pixels: the store keys the dtype);
- *  - on the converted weight table: every slot holds its rounded value, a
- *    second conversion is refused, and a LoRA (runtime adapter + merged
- *    .diff) applies from the fp8 copies and removes bit-exactly.
+ *  - on the converted weight table (Flux and Qwen-Image): every slot holds
+ *    its rounded value, a second conversion is refused, and a LoRA (runtime
+ *    adapter + merged .diff) applies from the fp8 copies and removes
+ *    bit-exactly.
  * Model files are written into $KN_TEST_TMP. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,7 +196,7 @@ static json_t *unet_prompt(const char *unet, const char *weight_dtype) {
     return p;
 }
 
-/* Validates prompt p (consumed); returns the validation error body, NULL when it passed (*v filled). */
+/* Validates prompt p; returns the validation error body, NULL when it passed (*v filled). */
 static json_t *validate(kn_executor *ex, kn_models *m, json_t *p, kn_validation *v) {
     kn_folder_lister lister = kn_models_lister(m);
     kn_node_env env = kn_executor_env(ex);
@@ -281,7 +282,8 @@ static void test_checkpoint(kn_executor *ex, kn_models *m, const kn_tensor *spli
                    {"flux1-dev-sd-vae.safetensors", "its VAE: detected a Stable Diffusion VAE"}};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         kn_validation v;
-        json_t *body = validate(ex, m, ckpt_prompt(refused[i].ckpt, 1), &v);
+        json_t *p = ckpt_prompt(refused[i].ckpt, 1), *body = validate(ex, m, p, &v);
+        json_decref(p);
         const json_t *e = json_array_get(json_object_get(json_object_get(json_object_get(body, "node_errors"), "4"),
                                                          "errors"), 0);
         const char *details = json_string_value(json_object_get(e, "details"));
@@ -425,6 +427,40 @@ done:
     kn_st_close(r);
 }
 
+/* Any family's table: every slot of the Qwen-Image fixture DiT (f32 and
+ * bf16 files) holds its file value rounded to e5m2, in the table's copy. */
+static void test_convert_qwen(void) {
+    static const char *const files[] = {KN_SOURCE_DIR "/tests/fixtures/qwen_image_dit/model.safetensors",
+                                        KN_SOURCE_DIR "/tests/fixtures/qwen_image_dit/model.bf16.safetensors"};
+    const kn_dit_consts rope = {{4, 6, 6}, 0.0, 0}; /* the fixture's RoPE split */
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
+        kn_st_file *f = NULL;
+        kn_dit *dit = NULL;
+        const kn_dit_family *fam;
+        const char *prefix;
+        kn_err err;
+        CHECK(kn_st_open(&f, files[k], &err) == KN_OK && kn_dit_detect(f, &fam, &prefix, &err) == KN_OK &&
+                  fam->load(&dit, f, prefix, &rope, &err) == KN_OK && kn_weight_table_convert(dit->weights, KN_F8_E5M2,
+                                                                                              &err) == KN_OK,
+              "%s: %s", files[k], err.msg);
+        int bad = 0, n = dit ? dit->weights->n : 0;
+        for (int i = 0; i < n; i++) {
+            const kn_weight_slot *s = &dit->weights->slot[i];
+            const kn_tensor *src = kn_st_find(f, s->key);
+            size_t len = (size_t)kn_tensor_numel(src);
+            float *wide = malloc(len * sizeof *wide + 1);
+            uint8_t *want = malloc(len + 1);
+            kn_to_f32(wide, src->data, src->dtype, len, 1.0f);
+            kn_from_f32(want, KN_F8_E5M2, wide, len);
+            bad += s->t->dtype != KN_F8_E5M2 || memcmp(s->t->data, want, len) != 0;
+            free(wide), free(want);
+        }
+        CHECK(n > 0 && bad == 0, "%s: %d of %d slots are not their rounded values", files[k], bad, n);
+        kn_dit_free(dit);
+        kn_st_close(f);
+    }
+}
+
 int main(void) {
     kn_models *m = NULL;
     kn_executor *ex = NULL;
@@ -451,6 +487,7 @@ int main(void) {
         kn_tensor_free(&split);
     }
     test_fp8_lora();
+    test_convert_qwen();
     kn_executor_free(ex);
     kn_models_free(m);
     printf("test_loaders: %d checks, %d failed\n", checks, failures);
