@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 struct kn_st_file {
+    int refs;               /* this handle and its views (kn_st_view) */
+    kn_st_file *parent;     /* a view's file: map, data, header and metadata are its */
     char *path;
     const uint8_t *map;     /* whole file (or caller's buffer) */
     size_t map_len;
@@ -195,13 +197,21 @@ static int st_open(kn_st_file **out, kn_st_file *f, kn_err *err) {
     return KN_OK;
 }
 
+/* A file object holding its first reference, named `path` (copied); NULL when out of memory. */
+static kn_st_file *st_new(const char *path) {
+    kn_st_file *f = calloc(1, sizeof *f);
+    if (f) f->refs = 1;
+    if (f && !(f->path = strdup(path))) {
+        free(f);
+        f = NULL;
+    }
+    return f;
+}
+
 int kn_st_open(kn_st_file **out, const char *path, kn_err *err) {
     *out = NULL;
-    kn_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(path))) {
-        free(f);
-        return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", path);
-    }
+    kn_st_file *f = st_new(path);
+    if (!f) return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -232,25 +242,67 @@ int kn_st_open(kn_st_file **out, const char *path, kn_err *err) {
 
 int kn_st_open_memory(kn_st_file **out, const void *buf, size_t len, const char *label, kn_err *err) {
     *out = NULL;
-    kn_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(label ? label : "<memory>"))) {
-        free(f);
-        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    }
+    kn_st_file *f = st_new(label ? label : "<memory>");
+    if (!f) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
     f->map = buf;
     f->map_len = len;
     return st_open(out, f, err);
 }
 
+int kn_st_view(kn_st_file **out, kn_st_file *f, const char *prefix, kn_err *err) {
+    *out = NULL;
+    size_t plen = strlen(prefix);
+    char label[4096];
+    if (plen) snprintf(label, sizeof label, "%s (%s*)", f->path, prefix);
+    kn_st_file *v = st_new(plen ? label : f->path);
+    size_t cap = (size_t)(f->count ? f->count : 1); /* a view has at most f's tensors */
+    int *pos = malloc(cap * sizeof *pos);           /* f's index -> the view's, -1: not in it */
+    if (v) {
+        v->tensors = calloc(cap, sizeof *v->tensors);
+        v->names = calloc(cap, sizeof *v->names);
+        v->by_name = calloc(cap, sizeof *v->by_name);
+    }
+    if (!v || !pos || !v->tensors || !v->names || !v->by_name) {
+        free(pos);
+        kn_st_close(v);
+        return kn_fail(err, KN_ERR_NOMEM, "%s: out of memory for a view of %d tensors", f->path, f->count);
+    }
+    for (int i = 0; i < f->count; i++) {
+        pos[i] = -1;
+        if (strncmp(f->names[i], prefix, plen) != 0) continue;
+        pos[i] = v->count;
+        v->names[v->count] = f->names[i] + plen; /* in f's header, which the view keeps alive */
+        v->tensors[v->count] = f->tensors[i];
+        v->tensors[v->count].name = v->names[v->count];
+        v->count++;
+    }
+    /* f's name order restricted to the view is the view's: stripping a common prefix keeps it */
+    for (int i = 0, k = 0; i < f->count; i++)
+        if (pos[f->by_name[i]] >= 0) v->by_name[k++] = pos[f->by_name[i]];
+    free(pos);
+    v->parent = f;
+    f->refs++;
+    v->map = f->map;
+    v->map_len = f->map_len;
+    v->data = f->data;
+    v->data_len = f->data_len;
+    v->metadata = f->metadata;
+    *out = v;
+    return KN_OK;
+}
+
 void kn_st_close(kn_st_file *f) {
-    if (!f) return;
-    if (f->owns_map && f->map) munmap((void *)f->map, f->map_len);
-    json_decref(f->header);
-    free(f->aligned_copy);
+    if (!f || --f->refs > 0) return;
+    if (!f->parent) { /* a view borrows these from its file */
+        if (f->owns_map && f->map) munmap((void *)f->map, f->map_len);
+        json_decref(f->header);
+        free(f->aligned_copy);
+    }
     free(f->tensors);
     free(f->names);
     free(f->by_name);
     free(f->path);
+    kn_st_close(f->parent);
     free(f);
 }
 

@@ -10,7 +10,14 @@
  * UTF-8 or has duplicate names, unknown dtypes, shapes whose byte count
  * overflows or differs from the offsets, offsets outside the data region,
  * overlapping tensors. Tensors point into the mapping (no copy) and stay valid
- * until kn_st_close. */
+ * until kn_st_close.
+ *
+ * A view (kn_st_view) is a kn_st_file of the tensors whose names start with a
+ * prefix, named without it: one part of a single-file checkpoint
+ * ("vae.", "text_encoders.t5xxl.transformer."), so a loader that takes a
+ * file takes that part unchanged. It shares its file's mapping and holds a
+ * reference to it: the mapping goes when the file and all its views are
+ * closed, in any order. A file and its views are used from one thread. */
 #ifndef KN_SAFETENSORS_H
 #define KN_SAFETENSORS_H
 
@@ -26,7 +33,14 @@ typedef struct kn_st_file kn_st_file;
 int kn_st_open(kn_st_file **out, const char *path, kn_err *err);
 /* Parse from memory (the buffer must outlive the file object; used by fuzzing). */
 int kn_st_open_memory(kn_st_file **out, const void *buf, size_t len, const char *label, kn_err *err);
+/* Releases f; the mapping goes with the last of f and its views (NULL-safe). */
 void kn_st_close(kn_st_file *f);
+/* A view of f (see above): its tensors are f's whose names start with `prefix`
+ * (none is a valid, empty view), in f's order, the prefix stripped from their
+ * names, pointing at f's data; kn_st_get finds a weight's scale_weight within
+ * the view; metadata and data region are f's. Its path, which messages name,
+ * is "<f's path> (<prefix>*)" (f's for ""). Close it with kn_st_close. */
+int kn_st_view(kn_st_file **out, kn_st_file *f, const char *prefix, kn_err *err);
 
 const char *kn_st_path(const kn_st_file *f);
 int kn_st_count(const kn_st_file *f);

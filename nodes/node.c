@@ -208,8 +208,13 @@ int kn_in_string(kn_node_call *c, const char *name, const char **v) {
 }
 
 static int get_object(kn_node_call *c, const char *name, const char *type, kn_object **obj, bool optional) {
-    const kn_value *x = input(c, name, KN_VALUE_OBJECT, optional);
+    const kn_value *x = input(c, name, KN_VALUE_OBJECT, true);
     if (!x) return c->err->code;
+    /* validation saw the link, so the node it comes from returned None (ComfyUI's
+     * CheckpointLoaderSimple does for a part its file lacks) */
+    if (x->kind != KN_VALUE_OBJECT && !optional)
+        return kn_node_fail(c, name, KN_ERR_INVALID, "expected %s, got None: the output linked here holds no %s "
+                            "(a checkpoint without one gives None)", type, type);
     *obj = x->kind == KN_VALUE_OBJECT ? x->obj : NULL;
     if (*obj && strcmp((*obj)->type, type) != 0)
         return kn_node_fail(c, name, KN_ERR_INVALID, "expected %s, got %s", type, (*obj)->type);

@@ -2,7 +2,9 @@
  * and shapes, in ComfyUI's order (comfy/model_detection.py detect_unet_config,
  * comfy/sd.py detect_te_model and VAE.__init__). A row whose family is NULL
  * is a model Kiln recognises but does not run: loading it fails with a
- * message naming it. See family.h; adding a family is one row here. */
+ * message naming it. A DiT row also says where a single-file checkpoint of
+ * its family keeps the text encoders and VAE (kn_ckpt_layout). See family.h;
+ * adding a family is one row here. */
 #include "pipelines/family.h"
 
 #include <stdio.h>
@@ -49,7 +51,14 @@ typedef struct dit_rule {
     const char *key;                                          /* present under the prefix */
     int (*also)(const kn_st_file *f, const char *prefix);     /* NULL or a further test */
     const kn_dit_family *family;                              /* NULL: recognised, not implemented */
+    const kn_ckpt_layout *ckpt;                               /* its checkpoints (supported_models.py) */
 } dit_rule;
+
+/* clip_target of supported_models.Flux, QwenImage, ZImage; vae_key_prefix "vae." for all three */
+static const kn_ckpt_layout flux_ckpt = {{"text_encoders.clip_l.transformer.", "text_encoders.t5xxl.transformer."},
+                                         2, "flux", "vae."};
+static const kn_ckpt_layout qwen_image_ckpt = {{"text_encoders.qwen25_7b.transformer."}, 1, "qwen_image", "vae."};
+static const kn_ckpt_layout z_image_ckpt = {{"text_encoders.qwen3_4b.transformer."}, 1, "lumina2", "vae."};
 
 static int flux_guidance(const kn_st_file *f, const char *p) { return find(f, p, "guidance_in.in_layer.weight") != NULL; }
 static int flux_fill(const kn_st_file *f, const char *p) { return dim(f, p, "img_in.weight", 1) == 384; }
@@ -64,17 +73,17 @@ static int qwen_layered(const kn_st_file *f, const char *p) {
 }
 
 static const dit_rule dit_rules[] = {
-    {"Flux.2", "double_stream_modulation_img.lin.weight", NULL, NULL},
-    {"Flux.1 Fill", "double_blocks.0.img_attn.norm.key_norm.scale", flux_fill, NULL},
-    {"Flux.1 dev", "double_blocks.0.img_attn.norm.key_norm.scale", flux_guidance, &kn_flux_dev_dit},
-    {"Flux.1 schnell", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, &kn_flux_schnell_dit},
-    {"Z-Image", "cap_embedder.1.weight", z_image, &kn_z_image_dit},
-    {"Lumina 2", "cap_embedder.1.weight", NULL, NULL},
-    {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL},
-    {"Qwen-Image", "txt_norm.weight", NULL, &kn_qwen_image_dit},
-    {"SD3", "joint_blocks.0.context_block.attn.qkv.weight", NULL, NULL},
-    {"Wan", "blocks.0.self_attn.norm_q.weight", NULL, NULL},
-    {"Stable Diffusion (UNet)", "input_blocks.0.0.weight", NULL, NULL},
+    {"Flux.2", "double_stream_modulation_img.lin.weight", NULL, NULL, NULL},
+    {"Flux.1 Fill", "double_blocks.0.img_attn.norm.key_norm.scale", flux_fill, NULL, &flux_ckpt},
+    {"Flux.1 dev", "double_blocks.0.img_attn.norm.key_norm.scale", flux_guidance, &kn_flux_dev_dit, &flux_ckpt},
+    {"Flux.1 schnell", "double_blocks.0.img_attn.norm.key_norm.scale", NULL, &kn_flux_schnell_dit, &flux_ckpt},
+    {"Z-Image", "cap_embedder.1.weight", z_image, &kn_z_image_dit, &z_image_ckpt},
+    {"Lumina 2", "cap_embedder.1.weight", NULL, NULL, NULL},
+    {"Qwen-Image-Layered", "txt_norm.weight", qwen_layered, NULL, &qwen_image_ckpt},
+    {"Qwen-Image", "txt_norm.weight", NULL, &kn_qwen_image_dit, &qwen_image_ckpt},
+    {"SD3", "joint_blocks.0.context_block.attn.qkv.weight", NULL, NULL, NULL},
+    {"Wan", "blocks.0.self_attn.norm_q.weight", NULL, NULL, NULL},
+    {"Stable Diffusion (UNet)", "input_blocks.0.0.weight", NULL, NULL, NULL},
 };
 #define N_DIT_RULES (sizeof dit_rules / sizeof dit_rules[0])
 
@@ -106,6 +115,16 @@ const kn_dit_family *kn_dit_family_named(const char *name) {
 
 const char *kn_dit_prefix(const kn_st_file *f) {
     return kn_weights_has_prefix(f, "model.diffusion_model.") ? "model.diffusion_model." : "";
+}
+
+int kn_dit_ckpt_layout(const kn_dit_family *f, const kn_ckpt_layout **out, kn_err *err) {
+    for (size_t i = 0; i < N_DIT_RULES; i++)
+        if (dit_rules[i].family == f && dit_rules[i].ckpt) {
+            *out = dit_rules[i].ckpt;
+            return KN_OK;
+        }
+    return kn_fail(err, KN_ERR_UNSUPPORTED, "Kiln does not know how a %s checkpoint stores its text encoders and VAE",
+                   f->title);
 }
 
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err) {

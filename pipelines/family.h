@@ -150,6 +150,24 @@ int kn_dit_forward(kn_ctx *ctx, const kn_dit *m, const kn_dit_input *in, kn_tens
 /* "Qwen-Image, ..." of the families Kiln runs, for messages. */
 const char *kn_dit_supported(void);
 
+/* Where a single-file checkpoint (CheckpointLoaderSimple) holding a DiT of a
+ * family keeps the rest, as ComfyUI's supported_models config of the family
+ * says: the diffusion model under "model.diffusion_model." (kn_dit_detect
+ * strips it), the text encoders under te_prefix[] (text_encoder_key_prefix
+ * "text_encoders." + clip_target's "<name>.transformer."), in load order, for
+ * the CLIP family kn_clip_detect picks with clip_type, and the VAE under
+ * vae_prefix (vae_key_prefix). */
+#define KN_CKPT_MAX_TE 2
+typedef struct kn_ckpt_layout {
+    const char *te_prefix[KN_CKPT_MAX_TE];
+    int n_te;
+    const char *clip_type;
+    const char *vae_prefix;
+} kn_ckpt_layout;
+
+/* The layout of family f's checkpoints; KN_ERR_UNSUPPORTED naming f when Kiln knows none. */
+int kn_dit_ckpt_layout(const kn_dit_family *f, const kn_ckpt_layout **out, kn_err *err);
+
 /* ---- text encoders ----------------------------------------------------------------- */
 
 typedef struct kn_clip_family kn_clip_family;

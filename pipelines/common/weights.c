@@ -8,7 +8,59 @@
 void kn_weight_table_free(kn_weight_table *t) {
     for (int i = 0; i < t->n; i++) free(t->slot[i].key);
     free(t->slot);
+    free(t->converted);
     memset(t, 0, sizeof *t);
+}
+
+#define CONVERT_ALIGN 64   /* each copy starts on a cache line, as the GEMM's panels expect */
+#define CONVERT_CHUNK 4096 /* elements widened at a time, per thread */
+
+/* A slot needs a copy: its tensor is of another dtype and not empty. */
+static int needs_copy(const kn_weight_slot *s, kn_dtype dtype) {
+    return s->t->dtype != dtype && kn_tensor_numel(s->t) > 0;
+}
+
+int kn_weight_table_convert(kn_weight_table *t, kn_dtype dtype, kn_err *err) {
+    if (!kn_dtype_is_float(dtype) || t->converted)
+        return kn_fail(err, KN_ERR_INVALID, "weights can be stored anew once, in a float dtype (asked: %s)",
+                       kn_dtype_name(dtype));
+    size_t total = 0;
+    for (int i = 0; i < t->n; i++) {
+        const kn_tensor *w = t->slot[i].t;
+        if (!needs_copy(&t->slot[i], dtype)) continue;
+        if (w->device != KN_DEV_CPU || !kn_tensor_is_contiguous(w) || !kn_dtype_is_float(w->dtype))
+            return kn_fail(err, KN_ERR_INVALID, "weight %s: only contiguous float CPU weights can be stored as %s",
+                           t->slot[i].key, kn_dtype_name(dtype));
+        size_t bytes;
+        if (kn_mul_size((size_t)kn_tensor_numel(w), kn_dtype_size(dtype), &bytes) ||
+            kn_add_size(bytes, CONVERT_ALIGN - 1, &bytes) || kn_add_size(total, bytes & ~(size_t)(CONVERT_ALIGN - 1), &total))
+            return kn_fail(err, KN_ERR_NOMEM, "weights stored as %s overflow the address space", kn_dtype_name(dtype));
+    }
+    if (!total) return KN_OK;
+    char *buf = aligned_alloc(CONVERT_ALIGN, total);
+    if (!buf) return kn_fail(err, KN_ERR_NOMEM, "out of memory storing %zu bytes of weights as %s", total,
+                             kn_dtype_name(dtype));
+    size_t off = 0, esize = kn_dtype_size(dtype);
+    for (int i = 0; i < t->n; i++) {
+        kn_tensor *w = t->slot[i].t;
+        if (!needs_copy(&t->slot[i], dtype)) continue;
+        size_t n = (size_t)kn_tensor_numel(w), src_size = kn_dtype_size(w->dtype);
+        const char *src = w->data;
+        char *dst = buf + off;
+#pragma omp parallel for schedule(static)
+        for (size_t chunk = 0; chunk < (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK; chunk++) {
+            float wide[CONVERT_CHUNK];
+            size_t at = chunk * CONVERT_CHUNK, len = n - at < CONVERT_CHUNK ? n - at : CONVERT_CHUNK;
+            kn_to_f32(wide, src + at * src_size, w->dtype, len, w->scale);
+            kn_from_f32(dst + at * esize, dtype, wide, len);
+        }
+        kn_tensor copy = kn_tensor_make(dtype, KN_DEV_CPU, dst, w->ndim, w->ne);
+        copy.name = w->name;
+        *w = copy;
+        off += (n * esize + CONVERT_ALIGN - 1) & ~(size_t)(CONVERT_ALIGN - 1);
+    }
+    t->converted = buf;
+    return KN_OK;
 }
 
 kn_weight_slot *kn_weight_table_find(const kn_weight_table *t, const char *key) {

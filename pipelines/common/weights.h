@@ -39,9 +39,24 @@ typedef struct kn_weight_slot {
 typedef struct kn_weight_table {
     kn_weight_slot *slot;
     int n, cap;
+    void *converted; /* the weights kn_weight_table_convert stored anew (owned) */
 } kn_weight_table;
 
 void kn_weight_table_free(kn_weight_table *t); /* keeps nothing; the struct is zeroed */
+/* Stores the model's weights in `dtype` (UNETLoader's fp8 weight_dtype): every
+ * slot not already of that dtype gets a copy whose elements are its values
+ * (stored * scale, widened exactly) rounded to nearest-even by kn_from_f32,
+ * scale 1, and the model's field points at it. As ComfyUI does: it builds the
+ * model with dtype=fp8 on every layer and load_state_dict copies each
+ * parameter (linear weights and biases, norm scales, embeddings) into it.
+ * The copies live in one buffer the table owns, filled one tensor at a time
+ * from the file views (never a second full-width copy); the file is not
+ * written. Call it once, right after the model's load and before a LoRA
+ * table is made over t (loras/lora.h keeps the slots' tensors then as the
+ * originals its merges start from and removal returns to). On failure
+ * (dtype not a float type, a slot not a contiguous CPU tensor, out of memory)
+ * t is unchanged. */
+int kn_weight_table_convert(kn_weight_table *t, kn_dtype dtype, kn_err *err);
 /* The slot of `key` (no file prefix), or NULL. Linear search: for tools and LoRA loading, not per step. */
 kn_weight_slot *kn_weight_table_find(const kn_weight_table *t, const char *key);
 

@@ -3,8 +3,11 @@
  * Any input must either be rejected with a message or yield tensors whose
  * bytes all lie inside the data region (the input or its aligned copy) and that can be looked up by name. The data
  * is touched at both ends so ASan sees any tensor reaching past the buffer
- * (libFuzzer hands us an exactly sized heap copy). */
+ * (libFuzzer hands us an exactly sized heap copy). A prefix view (the first
+ * tensor's name up to its first '.') must hold exactly the file's tensors
+ * under that prefix, each the same data, and outlive the file's close. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +45,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     const char *v = kn_st_metadata(f, "format");
     if (v) sink ^= (uint8_t)v[0];
-    kn_st_close(f);
+    char prefix[64] = "";
+    if (kn_st_count(f)) {
+        const char *name = kn_st_at(f, 0)->name, *dot = strchr(name, '.');
+        size_t len = dot ? (size_t)(dot - name) + 1 : strlen(name);
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(len < sizeof prefix ? len : sizeof prefix - 1), name);
+    }
+    kn_st_file *view = NULL;
+    if (kn_st_view(&view, f, prefix, &err) != KN_OK) abort(); /* only fails when out of memory */
+    int under = 0;
+    for (int i = 0; i < kn_st_count(f); i++) under += strncmp(kn_st_at(f, i)->name, prefix, strlen(prefix)) == 0;
+    if (kn_st_count(view) != under) abort();
+    for (int i = 0; i < kn_st_count(view); i++) {
+        const kn_tensor *t = kn_st_at(view, i);
+        char full[4096];
+        snprintf(full, sizeof full, "%s%s", prefix, t->name);
+        const kn_tensor *in_file = strlen(full) < sizeof full - 1 ? kn_st_find(f, full) : NULL;
+        if (kn_st_find(view, t->name) != t || (in_file && in_file->data != t->data)) abort();
+    }
+    kn_st_close(f); /* the view keeps the data */
+    for (int i = 0; i < kn_st_count(view); i++) {
+        const kn_tensor *t = kn_st_at(view, i);
+        if (kn_tensor_nbytes(t)) sink ^= ((const uint8_t *)t->data)[0];
+    }
+    kn_st_close(view);
     return 0;
 }

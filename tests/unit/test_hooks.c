@@ -394,16 +394,15 @@ static void test_validation(kn_executor *ex, kn_models *m) {
     int st;
     json_t *p = json_deep_copy(t2i), *body;
 
-    /* The validate hook: UNETLoader refuses a weight_dtype it cannot load. */
-    json_object_set_new(json_object_get(json_object_get(p, "37"), "inputs"), "weight_dtype", json_string("fp8_e4m3fn"));
+    /* The validate hook: VAELoader refuses pixel_space, which Kiln does not run. */
+    json_object_set_new(json_object_get(json_object_get(p, "39"), "inputs"), "vae_name", json_string("pixel_space"));
     body = validate_for_run(ex, m, p, &st);
-    const json_t *e = node_error(body, "37", "custom_validation_failed");
+    const json_t *e = node_error(body, "39", "custom_validation_failed");
     const char *details = json_string_value(json_object_get(e, "details"));
-    CHECK(st == KN_ERR_INVALID && e && details &&
-              strcmp(details, "weight_dtype - 'fp8_e4m3fn' is not supported; use 'default'") == 0 &&
+    CHECK(st == KN_ERR_INVALID && e && details && strcmp(details, "vae_name - pixel_space is not supported") == 0 &&
               strcmp(json_string_value(json_object_get(json_object_get(e, "extra_info"), "input_name")),
-                     "weight_dtype") == 0,
-          "validate hook failure names node 37 and weight_dtype: %s", details ? details : "(none)");
+                     "vae_name") == 0,
+          "validate hook failure names node 39 and vae_name: %s", details ? details : "(none)");
     json_decref(body);
     kn_validation v;
     kn_err err;

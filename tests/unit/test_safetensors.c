@@ -5,7 +5,8 @@
  * from disk and from memory: each must fail with an error, never a crash, and
  * the message must name the file and, where one is to blame, the tensor.
  * Conversions are checked against a double-precision reference that knows
- * nothing of the kernels' bit tricks. */
+ * nothing of the kernels' bit tricks. Prefix views (kn_st_view) are checked
+ * on a small checkpoint-shaped file. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <float.h>
@@ -540,6 +541,92 @@ static void test_fp8_scale(void) {
     unlink(path);
 }
 
+/* ---- prefix views ---------------------------------------------------------- */
+
+/* A checkpoint's parts as views: names stripped, lookups (incl. an fp8
+ * weight's scale_weight) within the view, data shared, messages naming the
+ * part, and the mapping alive until the file and every view are closed, in
+ * any order (each read below after the file's own close would fault on an
+ * unmapped page). */
+static void test_views(void) {
+    static float a[2] = {1.5f, -2.0f}, b = 7.0f, z = 3.0f, quarter = 0.25f;
+    static uint8_t w8[4] = {0x38, 0x40, 0xb8, 0x30};
+    const int64_t two = 2, four = 4;
+    const struct {
+        const char *name;
+        kn_dtype dtype;
+        void *data;
+        int ndim;
+        const int64_t *ne;
+    } specs[] = {
+        {"model.diffusion_model.z", KN_F32, &z, 0, NULL},
+        {"vae.decoder.a", KN_F32, a, 1, &two},
+        {"text_encoders.t5xxl.transformer.x.weight", KN_F8_E4M3, w8, 1, &four},
+        {"vaex.c", KN_F32, &b, 0, NULL}, /* shares "vae" but not "vae." */
+        {"text_encoders.t5xxl.transformer.x.scale_weight", KN_F32, &quarter, 0, NULL},
+        {"vae.b", KN_F32, &b, 0, NULL},
+    };
+    enum { N = sizeof specs / sizeof specs[0] };
+    kn_tensor t[N];
+    for (int i = 0; i < N; i++) {
+        t[i] = kn_tensor_make(specs[i].dtype, KN_DEV_CPU, specs[i].data, specs[i].ndim, specs[i].ne);
+        t[i].name = specs[i].name;
+    }
+    char path[600];
+    tmp_path(path, sizeof path, "ckpt.safetensors");
+    const kn_st_meta meta[] = {{"format", "pt"}};
+    kn_err err;
+    kn_st_file *f = NULL, *vae = NULL, *te = NULL, *x = NULL, *all = NULL, *none = NULL;
+    int rc = kn_st_write_meta(path, t, N, meta, 1, &err);
+    if (!rc) rc = kn_st_open(&f, path, &err);
+    CHECK(rc == KN_OK, "checkpoint file: %s", err.msg);
+    if (rc) return;
+    CHECK(kn_st_view(&vae, f, "vae.", &err) == KN_OK && kn_st_view(&te, f, "text_encoders.t5xxl.transformer.", &err) ==
+              KN_OK && kn_st_view(&all, f, "", &err) == KN_OK && kn_st_view(&none, f, "nope.", &err) == KN_OK,
+          "views: %s", err.msg);
+    if (!vae || !te || !all || !none) return;
+    CHECK(kn_st_view(&x, te, "x.", &err) == KN_OK, "a view of a view: %s", err.msg);
+
+    CHECK(kn_st_count(vae) == 2 && strcmp(kn_st_at(vae, 0)->name, "decoder.a") == 0 &&
+              strcmp(kn_st_at(vae, 1)->name, "b") == 0,
+          "vae. holds decoder.a and b in file order, prefix stripped");
+    CHECK(kn_st_find(vae, "decoder.a") == kn_st_at(vae, 0) && kn_st_find(vae, "b") == kn_st_at(vae, 1) &&
+              !kn_st_find(vae, "vae.b") && !kn_st_find(vae, "c") && !kn_st_find(vae, "z"),
+          "lookups find the view's names only");
+    CHECK(kn_st_find(vae, "decoder.a")->data == kn_st_find(f, "vae.decoder.a")->data, "the view shares the data");
+    CHECK(strstr(kn_st_path(vae), path) && strstr(kn_st_path(vae), "vae.") && strcmp(kn_st_path(all), path) == 0,
+          "paths: '%s', '%s'", kn_st_path(vae), kn_st_path(all));
+    const char *fmt = kn_st_metadata(vae, "format");
+    CHECK(fmt && strcmp(fmt, "pt") == 0, "metadata is the file's");
+    size_t la, lb;
+    CHECK(kn_st_data(vae, &la) == kn_st_data(f, &lb) && la == lb, "one data region");
+    CHECK(kn_st_count(all) == N && kn_st_count(none) == 0 && !kn_st_find(none, "b"), "\"\" holds all, nope. none");
+    for (int i = 0; i < kn_st_count(all); i++)
+        CHECK(kn_st_find(all, kn_st_at(f, i)->name) && kn_st_find(all, kn_st_at(f, i)->name)->data == kn_st_at(f, i)->data,
+              "\"\" finds %s", kn_st_at(f, i)->name);
+
+    kn_tensor g;
+    CHECK(kn_st_get(te, "x.weight", &g, &err) == KN_OK && g.scale == 0.25f && g.dtype == KN_F8_E4M3,
+          "the fp8 weight's scale_weight is found within the view (%g)", g.scale);
+    CHECK(kn_st_count(x) == 2 && kn_st_find(x, "weight") && kn_st_find(x, "scale_weight"), "x. of the t5 view");
+    kn_err_clear(&err);
+    CHECK(kn_st_get(vae, "encoder.q", &g, &err) == KN_ERR_NOT_FOUND && strstr(err.msg, path) &&
+              strstr(err.msg, "vae.") && strstr(err.msg, "encoder.q"),
+          "a missing tensor names the file, the part and the name: %s", err.msg);
+
+    kn_st_close(f); /* the views keep the mapping */
+    const float *pa = kn_st_find(vae, "decoder.a")->data;
+    CHECK(pa[0] == 1.5f && pa[1] == -2.0f, "data readable after the file's close");
+    kn_st_close(te); /* x keeps te, which keeps the mapping */
+    CHECK(((const uint8_t *)kn_st_find(x, "weight")->data)[1] == 0x40, "a view of a closed view still reads");
+    kn_st_close(vae);
+    kn_st_close(all);
+    kn_st_close(none);
+    kn_st_close(x);
+    kn_st_close(NULL);
+    unlink(path);
+}
+
 /* ---- ComfyUI fixtures ----------------------------------------------------- */
 
 static void test_fixtures(void) {
@@ -738,6 +825,7 @@ int main(void) {
     test_write_errors();
     test_write_metadata();
     test_fp8_scale();
+    test_views();
     test_fixtures();
     for (size_t i = 0; i < sizeof fmts / sizeof fmts[0]; i++) test_dtype(&fmts[i]);
     rmdir(tmp_dir);
