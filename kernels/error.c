@@ -51,6 +51,7 @@ const char *kn_status_name(int code) {
     case KN_ERR_BACKEND: return "backend";
     case KN_ERR_NOT_FOUND: return "not_found";
     case KN_ERR_CANCELLED: return "cancelled";
+    case KN_ERR_COMM: return "comm";
     }
     return "unknown";
 }

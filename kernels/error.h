@@ -27,6 +27,7 @@ enum {
     KN_ERR_BACKEND,     /* a device or library call failed */
     KN_ERR_NOT_FOUND,   /* a named tensor, file or key is missing */
     KN_ERR_CANCELLED,   /* the caller asked the work to stop */
+    KN_ERR_COMM,        /* another rank failed or did not answer in time */
 };
 
 typedef struct kn_err {

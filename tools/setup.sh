@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake make gcc libc6-dev pkg-config clang libclang-rt-14-dev libomp-14-dev llvm
           libjansson-dev libdnnl-dev libopenblas-dev libpng-dev libstb-dev python3-numpy
-          libcivetweb-dev python3-websocket chromium)
+          libcivetweb-dev python3-websocket chromium
+          libopenmpi-dev openmpi-bin iproute2)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -98,8 +98,14 @@ int kn_attn_joint(kn_ctx *ctx, const kn_attn_shape *s, kn_tensor *q, kn_tensor *
         KN_TRY(kn_rope(ctx, &q4, a->cos, a->sin, a->rope));
         KN_TRY(kn_rope(ctx, &k4, a->cos, a->sin, a->rope));
     }
-    const kn_attention_args args = {a->key_mask, a->bias, a->causal,
-                                    a->scale ? a->scale : (float)(1.0 / sqrt((double)s->head_dim)), NULL};
+    float scale = a->scale ? a->scale : (float)(1.0 / sqrt((double)s->head_dim));
+    if (kn_sp_size(a->sp) > 1) {
+        if (a->bias || a->causal || s->kv_heads != s->heads || !a->seq)
+            return kn_fail(e, KN_ERR_UNSUPPORTED, "sequence parallel attention: no bias, causal mask or grouped "
+                                                  "kv heads, and the streams must be given");
+        return kn_sp_attention(ctx, a->sp, a->seq, &o4, &q4, &k4, &v4, a->key_mask, scale);
+    }
+    const kn_attention_args args = {a->key_mask, a->bias, a->causal, scale, NULL};
     return kn_attention_ex(ctx, &o4, &q4, &k4, &v4, &args);
 }
 

@@ -16,6 +16,7 @@
 #ifndef KN_PIPELINES_ATTENTION_H
 #define KN_PIPELINES_ATTENTION_H
 
+#include "pipelines/common/seqpar.h"
 #include "pipelines/common/weights.h"
 
 typedef struct kn_attn {
@@ -48,9 +49,14 @@ typedef struct kn_attn_args {
     int causal;
     const kn_tensor *bias;      /* F32 [B or 1, heads, Lq, Lk] added to the scores (T5), or NULL */
     float scale;                /* 0: 1 / sqrt(head_dim) */
+    /* sequence parallel: q, k, v, o and key_mask hold this rank's rows of
+     * seq's streams (seqpar.h); sp NULL or of one rank: the whole sequence */
+    const kn_sp *sp;
+    const kn_sp_seq *seq;
 } kn_attn_args;
 
-/* o = attention over the joint sequence, q and k rotated in place. */
+/* o = attention over the joint sequence, q and k rotated in place (the
+ * tables hold the rows' global positions under sequence parallelism). */
 int kn_attn_joint(kn_ctx *ctx, const kn_attn_shape *s, kn_tensor *q, kn_tensor *k, const kn_tensor *v, kn_tensor *o,
                   const kn_attn_args *a);
 
