@@ -305,7 +305,7 @@ static int run_block(void *user, double *seconds) {
     memcpy(j->txt.data, j->txt0, kn_tensor_nbytes(&j->txt));
     double t0 = bench_now();
     int rc = kn_qwen_dit_block_forward(j->ctx, j->m, 0, &j->img, &j->txt, &j->tvec, NULL, IMG_TOKENS, &j->cos,
-                                       &j->sin, NULL);
+                                       &j->sin, NULL, NULL, NULL);
     *seconds = bench_now() - t0;
     return rc;
 }

@@ -98,7 +98,7 @@ static int bench_dit(const char *path, int size, int64_t text, double peak, kn_e
     if (pooled.data) fill(&pooled, 1.0f, &seed);
     ((float *)t.data)[0] = 0.6f;
     j.m = m;
-    j.in = (kn_dit_input){&x, &t, &context, NULL, pooled.data ? &pooled : NULL, NULL, NULL, 0, m->ref_method};
+    j.in = (kn_dit_input){&x, &t, &context, NULL, pooled.data ? &pooled : NULL, NULL, NULL, 0, m->ref_method, NULL};
     printf("%s: %s, %lld weights in its table\n", path, m->family->title, (long long)m->weights->n);
     double med, best, flops;
     if (timed(run_dit, &j, &ctx, &med, &best, &flops)) {

@@ -121,7 +121,7 @@ static int forward(const kn_fixture_case *c, base *b, kn_tensor *out, kn_err *er
         return err->code;
     /* Flux conditions on the pooled vector and the guidance too */
     kn_dit_input in = {&x, &sigma, &context, NULL, kn_st_find(c->data, "in.y"), kn_st_find(c->data, "in.guidance"),
-                       NULL, 0, b->dit->ref_method};
+                       NULL, 0, b->dit->ref_method, NULL};
     int64_t ne[KN_MAX_DIMS];
     memcpy(ne, x.ne, sizeof ne);
     ne[1] = b->dit->channels;

@@ -76,7 +76,7 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     const kn_dit *dit;
     if (kn_model_dit(g->model, &dit, err)) return err->code;
     kn_dit_input in = {x,    &g->t, context, co->t.mask.data ? &co->t.mask : NULL, pooled, ci->guidance.data ? &ci->guidance : NULL,
-                       NULL, 0,     dit->ref_method};
+                       NULL, 0,     dit->ref_method, NULL};
     kn_ctx *ctx = g->env->ctx;
     if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;

@@ -29,6 +29,7 @@
 
 #include "kernels/ops.h"
 #include "kernels/safetensors.h"
+#include "pipelines/common/seqpar.h"
 #include "pipelines/common/weights.h"
 #include "pipelines/sampling/samplers.h"
 
@@ -55,6 +56,9 @@ typedef struct kn_dit_input {
     const kn_tensor *const *refs;  /* model-space reference latents (edit models), or NULL */
     int n_refs;
     int ref_method;
+    /* sequence parallel group: every rank of it calls with the same inputs
+     * and gets the whole output (NULL: this process alone) */
+    const kn_sp *sp;
 } kn_dit_input;
 
 /* Intermediates for debugging (names as in the fixtures: "img_in", "block0_img", ...). */

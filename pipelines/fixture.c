@@ -281,8 +281,8 @@ static kn_fixture_fn find_runner(const kn_fixture_runner *runners, const char *c
 }
 
 /* A folder whose meta.json lists "folders" (and has no "cases") runs each sub-folder in turn. */
-static int run_folders(const char *dir, const json_t *folders, const kn_fixture_runner *runners, int *failed,
-                       kn_err *err) {
+static int run_folders(const char *dir, const json_t *folders, const kn_fixture_runner *runners, const kn_sp *sp,
+                       int *failed, kn_err *err) {
     const char *name;
     const json_t *what;
     json_object_foreach((json_t *)folders, name, what) {
@@ -294,7 +294,7 @@ static int run_folders(const char *dir, const json_t *folders, const kn_fixture_
             (size_t)snprintf(sub, sizeof sub, "%s/%s", dir, name) >= sizeof sub) {
             printf("%s: ERROR folder name '%s' is not a plain name\n", dir, name);
             f = 1;
-        } else if (kn_fixture_run_dir(sub, runners, &f, &serr) != KN_OK && f == 0) {
+        } else if (kn_fixture_run_dir(sub, runners, sp, &f, &serr) != KN_OK && f == 0) {
             printf("%s: ERROR %s\n", sub, serr.msg); /* the folder could not run at all */
             f = 1;
         }
@@ -304,7 +304,8 @@ static int run_folders(const char *dir, const json_t *folders, const kn_fixture_
     return *failed ? kn_fail(err, KN_ERR_INVALID, "%s: %d case(s) failed", dir, *failed) : KN_OK;
 }
 
-int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, int *failed, kn_err *err) {
+int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, const kn_sp *sp, int *failed,
+                       kn_err *err) {
     char path[4096];
     *failed = 0;
     snprintf(path, sizeof path, "%s/meta.json", dir);
@@ -315,7 +316,7 @@ int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, int *f
     const json_t *cases = json_object_get(meta, "cases");
     const json_t *folders = json_object_get(meta, "folders");
     if (!cases && json_is_object(folders)) {
-        int rc = run_folders(dir, folders, runners, failed, err);
+        int rc = run_folders(dir, folders, runners, sp, failed, err);
         json_decref(meta);
         return rc;
     }
@@ -353,7 +354,7 @@ int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, int *f
             crc = kn_st_open(&data, path, &cerr);
         }
         if (crc == KN_OK) {
-            kn_fixture_case c = {dir, meta, info, data, &ctx};
+            kn_fixture_case c = {dir, meta, info, data, &ctx, sp};
             kn_err_clear(&ctx.err);
             crc = run(&c, res, &cerr);
             if (crc == KN_OK) {

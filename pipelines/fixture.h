@@ -36,6 +36,7 @@ typedef struct kn_fixture_case {
     const json_t *info;     /* this case's object in meta["cases"] */
     const kn_st_file *data; /* the case's safetensors (in.*, out.*, debug.*) */
     kn_ctx *ctx;            /* CPU context with FP32 precision */
+    const kn_sp *sp;        /* NULL, or the ranks a DiT runner shards its forward over */
 } kn_fixture_case;
 
 typedef struct kn_fixture_results kn_fixture_results;
@@ -67,7 +68,9 @@ typedef struct kn_fixture_runner {
 
 /* Run every case of a folder with the runner `runners` has for its
  * component; prints one line per compared tensor. Returns KN_OK when all
- * cases pass; *failed counts failing cases. */
-int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, int *failed, kn_err *err);
+ * cases pass; *failed counts failing cases. sp (NULL: one process): every
+ * rank of it runs the same folders; DiT runners shard their forward. */
+int kn_fixture_run_dir(const char *dir, const kn_fixture_runner *runners, const kn_sp *sp, int *failed,
+                       kn_err *err);
 
 #endif

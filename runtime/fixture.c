@@ -2,6 +2,10 @@
 #include "runtime/fixture.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/comm.h"
 
 #include "pipelines/fixture.h"
 
@@ -32,20 +36,49 @@ static const kn_fixture_runner runners[] = {
     {NULL, NULL},
 };
 
+/* Under mpirun every rank runs the same folders (DiT forwards sharded across
+ * them, --sp choosing how); rank 0 prints. */
 int kn_cmd_fixture(int argc, char **argv) {
+    kn_sp_mode mode = KN_SP_AUTO;
+    int ulysses = 0;
+    while (argc >= 2 && strncmp(argv[0], "--sp", 4) == 0) {
+        if (strcmp(argv[0], "--sp") == 0 && kn_sp_mode_parse(argv[1], &mode) == KN_OK) {
+        } else if (strcmp(argv[0], "--sp-ulysses") == 0 && atoi(argv[1]) > 0) {
+            ulysses = atoi(argv[1]);
+        } else {
+            fprintf(stderr, "kiln fixture: bad option %s %s\n", argv[0], argv[1]);
+            return 2;
+        }
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 1) {
-        fprintf(stderr, "usage: kiln fixture DIR...\n");
+        fprintf(stderr, "usage: kiln fixture [--sp auto|ulysses|ring] [--sp-ulysses U] DIR...\n");
         return 2;
+    }
+    kn_err err;
+    kn_err_clear(&err);
+    kn_comm *world = NULL;
+    kn_sp *sp = NULL;
+    if (kn_comm_world(&world, &err) || kn_sp_new(&sp, world, mode, ulysses, &err)) {
+        fprintf(stderr, "kiln fixture: %s\n", err.msg);
+        kn_comm_free(world);
+        return 1;
+    }
+    if (kn_comm_rank(world) > 0 && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "kiln fixture: rank %d: cannot silence stdout\n", kn_comm_rank(world));
     }
     int status = 0;
     for (int i = 0; i < argc; i++) {
-        kn_err err;
         kn_err_clear(&err);
         int failed = 0;
-        if (kn_fixture_run_dir(argv[i], runners, &failed, &err) != KN_OK) {
+        if (kn_fixture_run_dir(argv[i], runners, kn_sp_size(sp) > 1 ? sp : NULL, &failed, &err) != KN_OK) {
             fprintf(stderr, "kiln fixture: %s\n", err.msg);
             status = 1;
         }
     }
+    kn_sp_free(sp);
+    if (kn_comm_broken(world)) kn_comm_abort(world, 1); /* the other ranks may be waiting in a collective */
+    kn_comm_free(world);
     return status;
 }

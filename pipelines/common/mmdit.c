@@ -46,7 +46,12 @@ static int block(kn_ctx *ctx, const kn_weight_table *tab, const kn_mmdit_block *
         KN_TRY(kn_tensor_slice(&vs, &v, 1, t0_of[s], n, e));
         KN_TRY(kn_attn_project(ctx, tab, &st[s]->attn, &a->shape, &xs, &qs, &ks, &vs));
     }
-    const kn_attn_args args = {.cos = a->cos, .sin = a->sin, .rope = KN_ROPE_INTERLEAVED, .key_mask = a->key_mask};
+    const kn_attn_args args = {.cos = a->cos,
+                               .sin = a->sin,
+                               .rope = KN_ROPE_INTERLEAVED,
+                               .key_mask = a->key_mask,
+                               .sp = a->sp,
+                               .seq = a->seq};
     KN_TRY(kn_attn_joint(ctx, &a->shape, &q, &k, &v, &o, &args));
     for (int s = 0; s < 2; s++) {
         kn_tensor os = view(&out, B, xs_of[s]->ne[1], D);

@@ -8,7 +8,8 @@
  * x += gate2 * s.mlp(LN(x) * (1 + scale2) + shift2).
  * Image tokens from n_main on (reference latents of edit models) may be
  * modulated with a second vector (timestep 0: Qwen-Image-Edit-2511, Flux
- * Kontext's index_timestep_zero). */
+ * Kontext's index_timestep_zero). Under sequence parallelism every length
+ * above is this rank's (n_main too: its rows before the references). */
 #ifndef KN_PIPELINES_MMDIT_H
 #define KN_PIPELINES_MMDIT_H
 
@@ -34,6 +35,8 @@ typedef struct kn_mmdit_args {
     int64_t n_main;
     const kn_tensor *cos, *sin; /* [Lt + Li, head_dim / 2] */
     const kn_tensor *key_mask;  /* [B, Lt + Li] additive, or NULL */
+    const kn_sp *sp;            /* sequence parallel: img and txt are this rank's rows of seq */
+    const kn_sp_seq *seq;       /* {Lt, Li} globally */
 } kn_mmdit_args;
 
 /* img [B, Li, D] and txt [B, Lt, D] updated in place. */

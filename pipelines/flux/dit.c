@@ -146,22 +146,20 @@ void kn_flux_dit_free(kn_flux_dit *m) {
 
 /* ---- single block -------------------------------------------------------- */
 
+/* x [B, L, D] in place; attn: the RoPE tables and (under sequence
+ * parallelism) the rows' streams. */
 static int single_block(kn_ctx *ctx, const kn_flux_dit *m, const kn_flux_single *w, kn_tensor *x, const kn_tensor *vec,
-                        const kn_tensor *vec0, int64_t n_main, const kn_tensor *cos, const kn_tensor *sin) {
+                        const kn_attn_args *attn) {
     const kn_flux_config *c = &m->cfg;
     const kn_weight_table *tab = &m->weights;
     kn_arena *a = ctx->scratch;
     kn_err *e = &ctx->err;
     int64_t B = x->ne[0], L = x->ne[1], D = c->dim, F = c->mlp_hidden;
     const kn_attn_shape shape = {c->heads, c->heads, c->head_dim, QK_NORM_EPS};
-    kn_tensor mod, mod0, h, y, q, k, v, o, cat, out, part, dst;
+    kn_tensor mod, h, y, q, k, v, o, cat, out, part, dst;
     KN_TRY(kn_arena_tensor(a, &mod, KN_F32, 2, (int64_t[]){B, 3 * D}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &mod, vec, &w->mod));
-    if (vec0) {
-        KN_TRY(kn_arena_tensor(a, &mod0, KN_F32, 2, (int64_t[]){B, 3 * D}, e));
-        KN_TRY(kn_lin_forward(ctx, tab, &mod0, vec0, &w->mod));
-    }
-    const kn_mod md = {&mod, vec0 ? &mod0 : NULL, n_main};
+    const kn_mod md = {&mod, NULL, L};
     KN_TRY(kn_arena_tensor(a, &h, KN_F32, 3, (int64_t[]){B, L, D}, e));
     KN_TRY(kn_layernorm(ctx, &h, x, NULL, NULL, LN_EPS));
     KN_TRY(kn_mod_modulate(ctx, &h, &md, 0, 1));
@@ -176,8 +174,7 @@ static int single_block(kn_ctx *ctx, const kn_flux_dit *m, const kn_flux_single 
     }
     KN_TRY(kn_attn_qk_norm(ctx, &w->attn, &shape, &q, &k));
     KN_TRY(kn_arena_tensor(a, &o, KN_F32, 3, (int64_t[]){B, L, D}, e));
-    const kn_attn_args args = {.cos = cos, .sin = sin, .rope = KN_ROPE_INTERLEAVED};
-    KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, &args));
+    KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, attn));
     /* linear2 reads [attn, gelu_tanh(mlp)] */
     KN_TRY(kn_arena_tensor(a, &cat, KN_F32, 3, (int64_t[]){B, L, D + F}, e));
     KN_TRY(kn_tensor_slice(&dst, &cat, 2, 0, D, e));
@@ -300,10 +297,14 @@ static int vector(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn_
     return kn_activation(ctx, svec, &vec, KN_ACT_SILU);
 }
 
+/* Under sequence parallelism each rank holds its rows of the text and of the
+ * image tokens (seqpar.h), laid out [txt; img] like the whole sequence; the
+ * output tokens are gathered before unpatchify. */
 static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
                    void *user) {
     const kn_flux_config *c = &m->cfg;
     const kn_weight_table *tab = &m->weights;
+    const kn_sp *sp = in->sp;
     kn_arena *a = ctx->scratch;
     kn_err *e = &ctx->err;
     int p = c->consts.patch;
@@ -314,20 +315,25 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
         kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
         Ni += gr.hl * gr.wl;
     }
-    int64_t L = Lt + Ni;
-    kn_tensor cos_t, sin_t, tokens, x, svec;
-    KN_TRY(rope_tables(ctx, m, in, Lt, L, &cos_t, &sin_t));
+    const kn_sp_seq seq = {2, {Lt, Ni}}, seq_t = {1, {Lt}}, seq_i = {1, {Ni}};
+    int64_t Ltl = kn_sp_local(sp, Lt), Li = kn_sp_local(sp, Ni), L = Ltl + Li;
+    kn_tensor cos_f, sin_f, cos_t, sin_t, tokens_f, tokens, context, x, svec;
+    KN_TRY(rope_tables(ctx, m, in, Lt, Lt + Ni, &cos_f, &sin_f));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &cos_f, 0, &cos_t));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &sin_f, 0, &sin_t));
     KN_TRY(kn_arena_tensor(a, &svec, KN_F32, 2, (int64_t[]){B, D}, e));
     KN_TRY(vector(ctx, m, in, &svec, debug, user));
 
     /* the joint stream [txt, img]: the double blocks see its two row ranges */
     KN_TRY(kn_arena_tensor(a, &x, KN_F32, 3, (int64_t[]){B, L, D}, e));
     kn_tensor txt, img;
-    KN_TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Lt, D}, e));
-    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
-    KN_TRY(kn_lin_forward(ctx, tab, &txt, in->context, &m->txt_in));
-    KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
-    KN_TRY(kn_dit_patchify(ctx, &tokens, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
+    KN_TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Ltl, D}, e));
+    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Li, D}, e));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_t, in->context, 1, &context));
+    KN_TRY(kn_lin_forward(ctx, tab, &txt, &context, &m->txt_in));
+    KN_TRY(kn_arena_tensor(a, &tokens_f, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
+    KN_TRY(kn_dit_patchify(ctx, &tokens_f, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_i, &tokens_f, 1, &tokens));
     KN_TRY(kn_lin_forward(ctx, tab, &img, &tokens, &m->img_in));
     if (debug) {
         KN_TRY(debug(user, "img_in", &img));
@@ -340,10 +346,12 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
                                 LN_EPS,
                                 &svec,
                                 NULL,
-                                Ni,
+                                Li,
                                 &cos_t,
                                 &sin_t,
-                                NULL};
+                                NULL,
+                                sp,
+                                &seq};
     char name[64];
     for (int64_t l = 0; l < c->depth; l++) {
         KN_TRY(kn_mmdit_block_forward(ctx, tab, &m->dbl[l], &img, &txt, &args));
@@ -355,13 +363,15 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
         }
     }
     kn_tensor part;
-    KN_TRY(kn_tensor_slice(&part, &x, 1, 0, Lt, e));
+    KN_TRY(kn_tensor_slice(&part, &x, 1, 0, Ltl, e));
     KN_TRY(kn_tensor_copy(&part, &txt, e));
-    KN_TRY(kn_tensor_slice(&part, &x, 1, Lt, Ni, e));
+    KN_TRY(kn_tensor_slice(&part, &x, 1, Ltl, Li, e));
     KN_TRY(kn_tensor_copy(&part, &img, e));
+    const kn_attn_args single_args = {
+        .cos = &cos_t, .sin = &sin_t, .rope = KN_ROPE_INTERLEAVED, .sp = sp, .seq = &seq};
     for (int64_t l = 0; l < c->depth_single; l++) {
         size_t mark = kn_arena_mark(a);
-        int rc = single_block(ctx, m, &m->single[l], &x, &svec, NULL, L, &cos_t, &sin_t);
+        int rc = single_block(ctx, m, &m->single[l], &x, &svec, &single_args);
         kn_arena_reset(a, mark);
         KN_TRY(rc);
         if (debug) {
@@ -370,14 +380,17 @@ static int forward(kn_ctx *ctx, const kn_flux_dit *m, const kn_dit_input *in, kn
         }
     }
     /* the final layer on the image tokens (refs included; only the first n_main come out) */
-    KN_TRY(kn_tensor_slice(&part, &x, 1, Lt, Ni, e));
+    KN_TRY(kn_tensor_slice(&part, &x, 1, Ltl, Li, e));
     KN_TRY(kn_tensor_copy(&img, &part, e));
     KN_TRY(kn_dit_final_norm(ctx, tab, &m->final_mod, &svec, &img, 1, LN_EPS));
-    kn_tensor proj;
-    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->final_linear.w.ne[0]}, e));
+    int64_t F = m->final_linear.w.ne[0];
+    kn_tensor proj, proj_f;
+    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Li, F}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->final_linear));
     if (debug) KN_TRY(debug(user, "final_layer", &proj));
-    return kn_dit_unpatchify(ctx, out, &proj, p, KN_PATCH_C_PY_PX);
+    KN_TRY(kn_arena_tensor(a, &proj_f, KN_F32, 3, (int64_t[]){B, Ni, F}, e));
+    KN_TRY(kn_sp_gather(ctx, sp, Ni, &proj, 1, &proj_f));
+    return kn_dit_unpatchify(ctx, out, &proj_f, p, KN_PATCH_C_PY_PX);
 }
 
 static int family_forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,

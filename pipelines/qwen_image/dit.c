@@ -131,7 +131,8 @@ void kn_qwen_dit_free(kn_qwen_dit *m) {
 
 int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, kn_tensor *img, kn_tensor *txt,
                               const kn_tensor *tvec, const kn_tensor *tvec0, int64_t n_main, const kn_tensor *cos,
-                              const kn_tensor *sin, const kn_tensor *key_mask) {
+                              const kn_tensor *sin, const kn_tensor *key_mask, const kn_sp *sp,
+                              const kn_sp_seq *seq) {
     const kn_qwen_dit_config *c = &m->cfg;
     if (layer < 0 || layer >= c->layers)
         return kn_fail(&ctx->err, KN_ERR_INVALID, "qwen_image_dit: block %lld of %lld", (long long)layer,
@@ -148,7 +149,9 @@ int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, 
                                 n_main,
                                 cos,
                                 sin,
-                                key_mask};
+                                key_mask,
+                                sp,
+                                seq};
     return kn_mmdit_block_forward(ctx, &m->weights, &m->block[layer], img, txt, &args);
 }
 
@@ -228,10 +231,14 @@ static int key_mask_of(kn_ctx *ctx, const kn_tensor *mask, int64_t L, kn_tensor 
     return KN_OK;
 }
 
+/* Under sequence parallelism each rank runs the blocks on its rows of the
+ * text and of the image tokens (seqpar.h); the RoPE table and key mask are
+ * sharded with them, the output tokens gathered before unpatchify. */
 static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,
                    void *user) {
     const kn_qwen_dit_config *c = &m->cfg;
     const kn_weight_table *tab = &m->weights;
+    const kn_sp *sp = in->sp;
     kn_arena *a = ctx->scratch;
     kn_err *e = &ctx->err;
     int p = c->consts.patch;
@@ -242,22 +249,30 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
         kn_dit_grid gr = kn_dit_grid_of(in->refs[r], p);
         Ni += gr.hl * gr.wl;
     }
-    int64_t L = Lt + Ni;
-    kn_tensor cos_t, sin_t, mask_t, *key_mask = NULL;
-    KN_TRY(rope_tables(ctx, m, in, Lt, L, &cos_t, &sin_t));
+    int64_t L = Lt + Ni, Li = kn_sp_local(sp, Ni), Ltl = kn_sp_local(sp, Lt);
+    const kn_sp_seq seq = {2, {Lt, Ni}}, seq_t = {1, {Lt}}, seq_i = {1, {Ni}};
+    /* my image rows start at global token i0: the main image's rows before the references */
+    int64_t i0 = kn_sp_rank(sp) * Li, main_l = n_main - i0 < 0 ? 0 : n_main - i0 > Li ? Li : n_main - i0;
+    kn_tensor cos_f, sin_f, cos_t, sin_t, mask_f, mask_t, *key_mask = NULL;
+    KN_TRY(rope_tables(ctx, m, in, Lt, L, &cos_f, &sin_f));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &cos_f, 0, &cos_t));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &sin_f, 0, &sin_t));
     if (in->context_mask) {
-        KN_TRY(key_mask_of(ctx, in->context_mask, L, &mask_t));
+        KN_TRY(key_mask_of(ctx, in->context_mask, L, &mask_f));
+        KN_TRY(kn_sp_shard(ctx, sp, &seq, &mask_f, 1, &mask_t));
         key_mask = &mask_t;
     }
 
-    kn_tensor tokens, img, txt_n, txt, tvec, temb, tvec0;
-    KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
-    KN_TRY(kn_dit_patchify(ctx, &tokens, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
-    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
+    kn_tensor tokens_f, tokens, img, context, txt_n, txt, tvec, temb, tvec0;
+    KN_TRY(kn_arena_tensor(a, &tokens_f, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
+    KN_TRY(kn_dit_patchify(ctx, &tokens_f, in->x, in->refs, in->n_refs, p, KN_PATCH_C_PY_PX));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_i, &tokens_f, 1, &tokens));
+    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Li, D}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &img, &tokens, &m->img_in));
-    KN_TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Lt, c->joint_dim}, e));
-    KN_TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Lt, D}, e));
-    KN_TRY(kn_rmsnorm(ctx, &txt_n, in->context, &m->txt_norm, TXT_NORM_EPS));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_t, in->context, 1, &context));
+    KN_TRY(kn_arena_tensor(a, &txt_n, KN_F32, 3, (int64_t[]){B, Ltl, c->joint_dim}, e));
+    KN_TRY(kn_arena_tensor(a, &txt, KN_F32, 3, (int64_t[]){B, Ltl, D}, e));
+    KN_TRY(kn_rmsnorm(ctx, &txt_n, &context, &m->txt_norm, TXT_NORM_EPS));
     KN_TRY(kn_lin_forward(ctx, tab, &txt, &txt_n, &m->txt_in));
     /* every modulation reads silu(temb) */
     KN_TRY(kn_arena_tensor(a, &temb, KN_F32, 2, (int64_t[]){B, D}, e));
@@ -283,7 +298,8 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
         KN_TRY(debug(user, "temb", &temb));
     }
     for (int64_t l = 0; l < c->layers; l++) {
-        KN_TRY(kn_qwen_dit_block_forward(ctx, m, l, &img, &txt, &tvec, tv0, n_main, &cos_t, &sin_t, key_mask));
+        KN_TRY(kn_qwen_dit_block_forward(ctx, m, l, &img, &txt, &tvec, tv0, main_l, &cos_t, &sin_t, key_mask, sp,
+                                         &seq));
         if (debug) {
             char name[64];
             snprintf(name, sizeof name, "block%lld_txt", (long long)l);
@@ -294,10 +310,13 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
     }
     KN_TRY(kn_dit_final_norm(ctx, tab, &m->norm_out, &tvec, &img, 0, LN_EPS));
     if (debug) KN_TRY(debug(user, "norm_out", &img));
-    kn_tensor proj;
-    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Ni, m->proj_out.w.ne[0]}, e));
+    int64_t F = m->proj_out.w.ne[0];
+    kn_tensor proj, proj_f;
+    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Li, F}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->proj_out));
-    return kn_dit_unpatchify(ctx, out, &proj, p, KN_PATCH_C_PY_PX);
+    KN_TRY(kn_arena_tensor(a, &proj_f, KN_F32, 3, (int64_t[]){B, Ni, F}, e));
+    KN_TRY(kn_sp_gather(ctx, sp, Ni, &proj, 1, &proj_f));
+    return kn_dit_unpatchify(ctx, out, &proj_f, p, KN_PATCH_C_PY_PX);
 }
 
 static int family_forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,

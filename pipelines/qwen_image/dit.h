@@ -54,9 +54,11 @@ void kn_qwen_dit_free(kn_qwen_dit *m);
 /* One block on prepared streams, for benchmarks and block-level tests.
  *   img [B, Li, dim], txt [B, Lt, dim] updated in place; tvec = silu(temb) [B, dim];
  *   tvec0: silu(temb(0)) for ref tokens from token n_main on, or NULL;
- *   cos/sin [Lt + Li, head_dim/2]; key_mask [B, Lt + Li] or NULL. */
+ *   cos/sin [Lt + Li, head_dim/2]; key_mask [B, Lt + Li] or NULL;
+ *   sp (NULL: one rank) and seq: the rows are this rank's of seq's {text, image}. */
 int kn_qwen_dit_block_forward(kn_ctx *ctx, const kn_qwen_dit *m, int64_t layer, kn_tensor *img, kn_tensor *txt,
                               const kn_tensor *tvec, const kn_tensor *tvec0, int64_t n_main, const kn_tensor *cos,
-                              const kn_tensor *sin, const kn_tensor *key_mask);
+                              const kn_tensor *sin, const kn_tensor *key_mask, const kn_sp *sp,
+                              const kn_sp_seq *seq);
 
 #endif

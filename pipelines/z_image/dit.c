@@ -128,9 +128,10 @@ static void zimage_free(kn_zimage_dit *m) {
 
 /* ---- block -------------------------------------------------------------- */
 
-/* x [B, L, D] through one block; t_emb NULL for the unmodulated context refiner. */
+/* x [B, L, D] through one block; t_emb NULL for the unmodulated context
+ * refiner; args: the rows' RoPE tables and (sequence parallel) streams. */
 static int block(kn_ctx *ctx, const kn_zimage_dit *m, const kn_zimage_block *w, kn_tensor *x, const kn_tensor *t_emb,
-                 const kn_tensor *cos, const kn_tensor *sin) {
+                 const kn_attn_args *args) {
     const kn_zimage_config *c = &m->cfg;
     const kn_weight_table *tab = &m->weights;
     kn_arena *a = ctx->scratch;
@@ -148,11 +149,10 @@ static int block(kn_ctx *ctx, const kn_zimage_dit *m, const kn_zimage_block *w, 
         KN_TRY(kn_lin_forward(ctx, tab, &mod, t_emb, &w->mod));
         KN_TRY(kn_activation(ctx, &gates, &mod, KN_ACT_TANH));
     }
-    const kn_attn_args args = {.cos = cos, .sin = sin, .rope = KN_ROPE_INTERLEAVED};
     KN_TRY(kn_rmsnorm(ctx, &h, x, &w->attn_norm1, NORM_EPS));
     if (t_emb) KN_TRY(kn_mod_modulate(ctx, &h, &scales, -1, 0));
     KN_TRY(kn_attn_project(ctx, tab, &w->attn, &shape, &h, &q, &k, &v));
-    KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, &args));
+    KN_TRY(kn_attn_joint(ctx, &shape, &q, &k, &v, &o, args));
     KN_TRY(kn_attn_output(ctx, tab, &w->attn, &o, 0, &h));
     KN_TRY(kn_rmsnorm(ctx, &n, &h, &w->attn_norm2, NORM_EPS));
     KN_TRY(t_emb ? kn_mod_gate(ctx, x, &n, &tanh_gates, 1) : kn_binary(ctx, x, x, &n, KN_ADD));
@@ -163,12 +163,14 @@ static int block(kn_ctx *ctx, const kn_zimage_dit *m, const kn_zimage_block *w, 
     return t_emb ? kn_mod_gate(ctx, x, &n, &tanh_gates, 3) : kn_binary(ctx, x, x, &n, KN_ADD);
 }
 
+/* args.cos/sin: the rows' RoPE tables; seq: their streams (sequence parallel). */
 static int blocks(kn_ctx *ctx, const kn_zimage_dit *m, const kn_zimage_block *w, int64_t n, kn_tensor *x,
-                  const kn_tensor *t_emb, const kn_tensor *cos, const kn_tensor *sin, const char *name,
-                  kn_debug_fn debug, void *user) {
+                  const kn_tensor *t_emb, const kn_tensor *cos, const kn_tensor *sin, const kn_sp *sp,
+                  const kn_sp_seq *seq, const char *name, kn_debug_fn debug, void *user) {
+    const kn_attn_args args = {.cos = cos, .sin = sin, .rope = KN_ROPE_INTERLEAVED, .sp = sp, .seq = seq};
     for (int64_t l = 0; l < n; l++) {
         size_t mark = kn_arena_mark(ctx->scratch);
-        int rc = block(ctx, m, &w[l], x, t_emb, cos, sin);
+        int rc = block(ctx, m, &w[l], x, t_emb, &args);
         kn_arena_reset(ctx->scratch, mark);
         KN_TRY(rc);
         if (debug) {
@@ -214,9 +216,12 @@ static int rope_tables(kn_ctx *ctx, const kn_zimage_dit *m, kn_dit_grid g, int64
     return kn_rope_tables(ctx, cos_t, sin_t, pos, 3, m->cfg.consts.axes_dims, m->cfg.consts.rope_theta);
 }
 
-/* One forward of samples that share their caption length. */
+/* One forward of samples that share their caption length. Under sequence
+ * parallelism each rank runs the blocks on its rows of the (model-padded)
+ * caption and image tokens, laid out [cap; img] like the whole sequence;
+ * the output tokens are gathered before unpatchify. */
 static int forward_batch(kn_ctx *ctx, const kn_zimage_dit *m, const kn_tensor *x, const kn_tensor *sigma,
-                         const kn_tensor *context, kn_tensor *out, kn_debug_fn debug, void *user) {
+                         const kn_tensor *context, const kn_sp *sp, kn_tensor *out, kn_debug_fn debug, void *user) {
     const kn_zimage_config *c = &m->cfg;
     const kn_weight_table *tab = &m->weights;
     kn_arena *a = ctx->scratch;
@@ -224,9 +229,13 @@ static int forward_batch(kn_ctx *ctx, const kn_zimage_dit *m, const kn_tensor *x
     int p = c->consts.patch;
     int64_t B = x->ne[0], D = c->dim, Lc = context->ne[1], Lcp = padded(Lc);
     kn_dit_grid g = kn_dit_grid_of(x, p);
-    int64_t Ni = g.hl * g.wl, Nip = padded(Ni), L = Lcp + Nip;
-    kn_tensor cos_t, sin_t, t_emb, cn, ce, cap, tokens, xe, img, joint, part;
-    KN_TRY(rope_tables(ctx, m, g, Lcp, Nip, &cos_t, &sin_t));
+    int64_t Ni = g.hl * g.wl, Nip = padded(Ni);
+    const kn_sp_seq seq = {2, {Lcp, Nip}}, seq_c = {1, {Lcp}}, seq_i = {1, {Nip}};
+    int64_t Lcl = kn_sp_local(sp, Lcp), Nil = kn_sp_local(sp, Nip), L = Lcl + Nil;
+    kn_tensor cos_f, sin_f, cos_t, sin_t, t_emb, cn, ce, cap_f, cap, tokens, xe, img_f, img, joint, part;
+    KN_TRY(rope_tables(ctx, m, g, Lcp, Nip, &cos_f, &sin_f));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &cos_f, 0, &cos_t));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq, &sin_f, 0, &sin_t));
     /* the model's time runs the other way: t = 1 - sigma */
     float *t = kn_arena_alloc(a, (size_t)B * sizeof(float), e);
     if (!t) return e->code;
@@ -234,55 +243,63 @@ static int forward_batch(kn_ctx *ctx, const kn_zimage_dit *m, const kn_tensor *x
     KN_TRY(kn_arena_tensor(a, &t_emb, KN_F32, 2, (int64_t[]){B, c->t_dim}, e));
     KN_TRY(kn_dit_time_embed(ctx, tab, &m->t_lin1, &m->t_lin2, t, TIME_SCALE, TIME_MAX_PERIOD, &t_emb));
 
+    /* both embeddings run on every token (cheap: narrow inputs), then each rank keeps its rows */
     KN_TRY(kn_arena_tensor(a, &cn, KN_F32, 3, context->ne, e));
     KN_TRY(kn_arena_tensor(a, &ce, KN_F32, 3, (int64_t[]){B, Lc, D}, e));
-    KN_TRY(kn_arena_tensor(a, &cap, KN_F32, 3, (int64_t[]){B, Lcp, D}, e));
+    KN_TRY(kn_arena_tensor(a, &cap_f, KN_F32, 3, (int64_t[]){B, Lcp, D}, e));
     KN_TRY(kn_rmsnorm(ctx, &cn, context, &m->cap_norm, NORM_EPS));
     KN_TRY(kn_lin_forward(ctx, tab, &ce, &cn, &m->cap_embed));
-    KN_TRY(pad_rows(ctx, &cap, &ce, &m->cap_pad));
+    KN_TRY(pad_rows(ctx, &cap_f, &ce, &m->cap_pad));
 
     KN_TRY(kn_arena_tensor(a, &tokens, KN_F32, 3, (int64_t[]){B, Ni, c->in_channels}, e));
     KN_TRY(kn_arena_tensor(a, &xe, KN_F32, 3, (int64_t[]){B, Ni, D}, e));
-    KN_TRY(kn_arena_tensor(a, &img, KN_F32, 3, (int64_t[]){B, Nip, D}, e));
+    KN_TRY(kn_arena_tensor(a, &img_f, KN_F32, 3, (int64_t[]){B, Nip, D}, e));
     KN_TRY(kn_dit_patchify(ctx, &tokens, x, NULL, 0, p, KN_PATCH_PY_PX_C));
     KN_TRY(kn_lin_forward(ctx, tab, &xe, &tokens, &m->x_embed));
-    KN_TRY(pad_rows(ctx, &img, &xe, &m->x_pad));
+    KN_TRY(pad_rows(ctx, &img_f, &xe, &m->x_pad));
     if (debug) {
         KN_TRY(debug(user, "t_emb", &t_emb));
         KN_TRY(debug(user, "cap_embed", &ce));
         KN_TRY(debug(user, "x_embed", &xe));
     }
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_c, &cap_f, 1, &cap));
+    KN_TRY(kn_sp_shard(ctx, sp, &seq_i, &img_f, 1, &img));
 
     /* the refiners see their own tokens with their rows of the joint RoPE tables */
     kn_tensor cos_c, sin_c, cos_i, sin_i;
-    KN_TRY(kn_tensor_slice(&cos_c, &cos_t, 0, 0, Lcp, e));
-    KN_TRY(kn_tensor_slice(&sin_c, &sin_t, 0, 0, Lcp, e));
-    KN_TRY(kn_tensor_slice(&cos_i, &cos_t, 0, Lcp, Nip, e));
-    KN_TRY(kn_tensor_slice(&sin_i, &sin_t, 0, Lcp, Nip, e));
-    KN_TRY(blocks(ctx, m, m->context_refiner, c->context_refiners, &cap, NULL, &cos_c, &sin_c, "context_refiner", debug,
-                  user));
-    KN_TRY(blocks(ctx, m, m->noise_refiner, c->noise_refiners, &img, &t_emb, &cos_i, &sin_i, "noise_refiner", debug,
-                  user));
+    KN_TRY(kn_tensor_slice(&cos_c, &cos_t, 0, 0, Lcl, e));
+    KN_TRY(kn_tensor_slice(&sin_c, &sin_t, 0, 0, Lcl, e));
+    KN_TRY(kn_tensor_slice(&cos_i, &cos_t, 0, Lcl, Nil, e));
+    KN_TRY(kn_tensor_slice(&sin_i, &sin_t, 0, Lcl, Nil, e));
+    KN_TRY(blocks(ctx, m, m->context_refiner, c->context_refiners, &cap, NULL, &cos_c, &sin_c, sp, &seq_c,
+                  "context_refiner", debug, user));
+    KN_TRY(blocks(ctx, m, m->noise_refiner, c->noise_refiners, &img, &t_emb, &cos_i, &sin_i, sp, &seq_i,
+                  "noise_refiner", debug, user));
     KN_TRY(kn_arena_tensor(a, &joint, KN_F32, 3, (int64_t[]){B, L, D}, e));
-    KN_TRY(kn_tensor_slice(&part, &joint, 1, 0, Lcp, e));
+    KN_TRY(kn_tensor_slice(&part, &joint, 1, 0, Lcl, e));
     KN_TRY(kn_tensor_copy(&part, &cap, e));
-    KN_TRY(kn_tensor_slice(&part, &joint, 1, Lcp, Nip, e));
+    KN_TRY(kn_tensor_slice(&part, &joint, 1, Lcl, Nil, e));
     KN_TRY(kn_tensor_copy(&part, &img, e));
-    KN_TRY(blocks(ctx, m, m->layer, c->layers, &joint, &t_emb, &cos_t, &sin_t, "layer", debug, user));
+    KN_TRY(blocks(ctx, m, m->layer, c->layers, &joint, &t_emb, &cos_t, &sin_t, sp, &seq, "layer", debug, user));
 
     /* final layer: LN(x) * (1 + scale), scale = linear(silu(t_emb)); then linear, image rows, negated */
-    kn_tensor st, scale, proj;
+    int64_t F = m->final_linear.w.ne[0];
+    kn_tensor st, scale, proj, proj_i, proj_f;
     KN_TRY(kn_arena_tensor(a, &st, KN_F32, 2, (int64_t[]){B, c->t_dim}, e));
     KN_TRY(kn_arena_tensor(a, &scale, KN_F32, 2, (int64_t[]){B, D}, e));
     KN_TRY(kn_activation(ctx, &st, &t_emb, KN_ACT_SILU));
     KN_TRY(kn_lin_forward(ctx, tab, &scale, &st, &m->final_mod));
     KN_TRY(kn_layernorm(ctx, &joint, &joint, NULL, NULL, FINAL_LN_EPS));
     KN_TRY(kn_mod_modulate(ctx, &joint, &(kn_mod){&scale, NULL, 0}, -1, 0));
-    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, L, m->final_linear.w.ne[0]}, e));
+    KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, L, F}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &joint, &m->final_linear));
     if (debug) KN_TRY(debug(user, "final_layer", &proj));
-    KN_TRY(kn_tensor_slice(&part, &proj, 1, Lcp, Nip, e));
-    KN_TRY(kn_dit_unpatchify(ctx, out, &part, p, KN_PATCH_PY_PX_C));
+    KN_TRY(kn_tensor_slice(&part, &proj, 1, Lcl, Nil, e));
+    KN_TRY(kn_arena_tensor(a, &proj_i, KN_F32, 3, (int64_t[]){B, Nil, F}, e));
+    KN_TRY(kn_tensor_copy(&proj_i, &part, e));
+    KN_TRY(kn_arena_tensor(a, &proj_f, KN_F32, 3, (int64_t[]){B, Nip, F}, e));
+    KN_TRY(kn_sp_gather(ctx, sp, Nip, &proj_i, 1, &proj_f));
+    KN_TRY(kn_dit_unpatchify(ctx, out, &proj_f, p, KN_PATCH_PY_PX_C));
     return kn_affine(ctx, out, out, -1.0f, 0.0f);
 }
 
@@ -315,7 +332,7 @@ static int forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tens
                    void *user) {
     const kn_zimage_dit *m = (const kn_zimage_dit *)d;
     KN_TRY(check_inputs(ctx, m, in, out));
-    if (!in->context_mask) return forward_batch(ctx, m, in->x, in->timestep, in->context, out, debug, user);
+    if (!in->context_mask) return forward_batch(ctx, m, in->x, in->timestep, in->context, in->sp, out, debug, user);
     int64_t B = in->x->ne[0], Lc = in->context->ne[1];
     float *mv = kn_arena_alloc(ctx->scratch, (size_t)(B * Lc) * sizeof(float), &ctx->err);
     if (!mv) return ctx->err.code;
@@ -331,7 +348,7 @@ static int forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tens
         KN_TRY(kn_tensor_slice(&cb, &row, 1, 0, n, &ctx->err));
         KN_TRY(kn_tensor_slice(&ob, out, 0, b, 1, &ctx->err));
         size_t mark = kn_arena_mark(ctx->scratch);
-        int rc = forward_batch(ctx, m, &xb, &tb, &cb, &ob, debug, user);
+        int rc = forward_batch(ctx, m, &xb, &tb, &cb, in->sp, &ob, debug, user);
         kn_arena_reset(ctx->scratch, mark);
         KN_TRY(rc);
     }

@@ -232,7 +232,7 @@ static void dit_out(kn_ctx *ctx, const kn_dit *dit, kn_tensor *out) {
     }
     if (!out->data) CHECK(kn_tensor_new(out, KN_F32, KN_DEV_CPU, xnd, x.ne, &err) == KN_OK, "%s", err.msg);
     kn_dit_input in = {&x,  &sigma, &context, NULL, flux ? &pooled : NULL, flux ? &guidance : NULL,
-                       NULL, 0,      dit->ref_method};
+                       NULL, 0,      dit->ref_method, NULL};
     CHECK(kn_dit_forward(ctx, dit, &in, out, NULL, NULL) == KN_OK, "forward: %s", ctx->err.msg);
     kn_tensor_free(&x), kn_tensor_free(&sigma), kn_tensor_free(&context);
     kn_tensor_free(&pooled), kn_tensor_free(&guidance);

@@ -104,7 +104,7 @@ static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     kn_st_get(c, "in.x", &x, &err);
     kn_st_get(c, "in.timestep", &sigma, &err);
     kn_st_get(c, "in.context", &context, &err);
-    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, m->ref_method};
+    kn_dit_input in = {&x, &sigma, &context, NULL, NULL, NULL, NULL, 0, m->ref_method, NULL};
     kn_ctx_init(&ctx, KN_DEV_CPU, prec);
     int rc = kn_dit_forward(&ctx, m, &in, out, NULL, NULL);
     if (rc) printf("forward failed: %s\n", ctx.err.msg);
