@@ -49,6 +49,7 @@ typedef struct kn_executor_config {
     const char *temp_dir;   /* PreviewImage */
     const char *input_dir;  /* LoadImage */
     kn_precision precision;
+    kn_ranks *ranks;        /* borrowed: the launch's other ranks DiT forwards run across (nodes/ranks.h), or NULL */
 } kn_executor_config;
 
 typedef enum kn_exec_event_kind {

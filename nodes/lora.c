@@ -28,6 +28,7 @@ typedef struct lora_file {
     kn_object base;          /* "LORA" */
     kn_dit_weights *weights; /* retained: its table must outlive the mapping */
     kn_lora *lora;
+    char *path;              /* owned */
 } lora_file;
 
 /* The patch list a MODEL carries, in graph order (immutable). */
@@ -42,6 +43,7 @@ static void free_lora_file(kn_object *o) {
     lora_file *f = (lora_file *)o;
     kn_lora_free(f->lora);
     kn_object_release(&f->weights->base);
+    free(f->path);
     free(f);
 }
 
@@ -69,6 +71,14 @@ int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err) {
     return kn_lora_model_apply(w->lora_table, s ? s->use : NULL, s ? s->n : 0, NULL, err);
 }
 
+int kn_model_lora_count(const kn_model_obj *m) { return m->loras ? ((const lora_stack *)m->loras)->n : 0; }
+
+void kn_model_lora_at(const kn_model_obj *m, int i, const char **path, double *strength) {
+    const lora_stack *s = (const lora_stack *)m->loras;
+    *path = s->files[i]->path;
+    *strength = s->use[i].strength;
+}
+
 /* The mapped LoRA `path` for these weights, from the store or loaded now. */
 static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_file **out) {
     char kind[64]; /* mapped onto these weights' table */
@@ -82,7 +92,7 @@ static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_f
     if (!f) return kn_node_fail(c, "lora_name", KN_ERR_NOMEM, "out of memory");
     kn_object_init(&f->base, "LORA", free_lora_file);
     f->weights = (kn_dit_weights *)kn_object_retain(&w->base);
-    int rc = weight_table(w, &e);
+    int rc = (f->path = strdup(path)) ? weight_table(w, &e) : kn_fail(&e, KN_ERR_NOMEM, "out of memory");
     if (!rc) rc = kn_lora_load(&f->lora, path, w->lora_table, &e);
     if (!rc) {
         char warn[4096];

@@ -103,6 +103,7 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dty
     kn_dit_weights *w = calloc(1, sizeof *w);
     if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
+    w->dtype = dtype;
     int rc = open_file(c, input, path, &w->file);
     if (!rc && kn_dit_load(&w->dit, w->file, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
     /* before any LoRA table exists over the weights, so LoRAs patch the stored copies */

@@ -63,6 +63,7 @@ typedef struct kn_dit_weights {
     kn_object base; /* "DIT_WEIGHTS" */
     kn_st_file *file;
     kn_dit *dit;
+    kn_dtype dtype;            /* the dtype its weights were converted to, KN_DTYPE_COUNT: as stored */
     kn_lora_model *lora_table; /* owned; made by the first LoRA node, NULL until then (nodes/lora.c) */
 } kn_dit_weights;
 
@@ -78,6 +79,10 @@ typedef struct kn_model_obj {
  * (only tensors whose list changed are recomputed) and returns them. Call it
  * before each forward; the result is valid until another MODEL's call. */
 int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err);
+/* m's LoRA patch list, in order: the files' paths and strengths (to load the
+ * same model elsewhere: nodes/ranks.h). */
+int kn_model_lora_count(const kn_model_obj *m);
+void kn_model_lora_at(const kn_model_obj *m, int i, const char **path, double *strength);
 
 /* CLIP: a text encoder of some family (its files stay open while it lives). */
 typedef struct kn_clip_obj {
@@ -185,6 +190,7 @@ void kn_value_clear(kn_value *v);
 
 typedef struct kn_models kn_models;
 typedef struct kn_node_env kn_node_env;
+typedef struct kn_ranks kn_ranks;
 
 /* What a run offers every node. */
 struct kn_node_env {
@@ -195,6 +201,7 @@ struct kn_node_env {
     const json_t *prompt;         /* the API prompt (PNG "prompt" chunk) */
     const json_t *extra_pnginfo;  /* object of further PNG chunks ("workflow"), or NULL */
     kn_ctx *ctx;                  /* compute context */
+    kn_ranks *ranks;              /* the launch's other ranks the DiT runs across (nodes/ranks.h), NULL: none */
     const atomic_int *cancel;     /* interrupt flag, checked between sampler steps */
     /* Reports sampler step `step` of `total` for the running node; a non-zero
      * return (err set) stops sampling. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "nodes/node.h"
+#include "nodes/ranks.h"
 #include "pipelines/sampling/noise.h"
 #include "pipelines/sampling/samplers.h"
 
@@ -78,7 +79,8 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     kn_dit_input in = {x,    &g->t, context, co->t.mask.data ? &co->t.mask : NULL, pooled, ci->guidance.data ? &ci->guidance : NULL,
                        NULL, 0,     dit->ref_method, NULL};
     kn_ctx *ctx = g->env->ctx;
-    if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
+    if (g->env->ranks) KN_TRY(kn_ranks_forward(g->env->ranks, ctx, g->model, dit, &in, &g->v, err));
+    else if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
         return err->code;
     }

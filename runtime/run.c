@@ -10,7 +10,9 @@
 #include "kernels/json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
+#include "kernels/sha256.h"
 #include "nodes/model_store.h"
+#include "runtime/launch.h"
 
 #ifndef KN_DEFAULT_MODELS
 #define KN_DEFAULT_MODELS "models"
@@ -41,7 +43,9 @@ static void on_sigint(int sig) {
 static int usage(void) {
     fprintf(stderr, "usage: kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]\n"
                     "                [--set NODE.INPUT=VALUE]... [--seed N] [--precision fp32|bf16|fp16]\n"
-                    "                [--json] FILE...\n");
+                    "                [--json] [--sp auto|ulysses|ring] [--sp-ulysses U] [--sp-timeout S]\n"
+                    "                FILE...\n"
+                    "       under mpirun -np N, every DiT forward is split across the N ranks\n");
     return 2;
 }
 
@@ -222,6 +226,37 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
     return status;
 }
 
+/* What this rank was asked to do, for kn_launch_start to compare across
+ * ranks: the options that change a render and each workflow file's digest. */
+static char *launch_description(const run_opts *o, const char **files, int n) {
+    char *models = realpath(o->models, NULL);
+    json_t *j = json_pack("{s:s, s:s, s:s?, s:[]}", "command", "run", "models", models ? models : o->models, "seed",
+                          o->seed, "files");
+    free(models);
+    json_t *sets = json_array();
+    for (int i = 0; j && sets && i < o->n_sets; i++) json_array_append_new(sets, json_string(o->sets[i]));
+    if (j) json_object_set_new(j, "sets", sets ? sets : json_null());
+    if (j) json_object_set_new(j, "precision", json_string(o->precision));
+    for (int i = 0; j && i < n; i++) {
+        char hex[KN_SHA256_HEX] = "unreadable";
+        FILE *f = fopen(files[i], "rb");
+        if (f) {
+            kn_sha256 h;
+            unsigned char buf[65536], digest[32];
+            size_t got;
+            kn_sha256_init(&h);
+            while ((got = fread(buf, 1, sizeof buf, f)) > 0) kn_sha256_update(&h, buf, got);
+            fclose(f);
+            kn_sha256_final(&h, digest);
+            kn_sha256_hex(digest, hex);
+        }
+        json_array_append_new(json_object_get(j, "files"), json_pack("{s:s, s:s}", "file", files[i], "sha256", hex));
+    }
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    return s;
+}
+
 int kn_cmd_run(int argc, char **argv) {
     run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", 0};
     const char **files = calloc((size_t)argc + 1, sizeof *files);
@@ -234,8 +269,15 @@ int kn_cmd_run(int argc, char **argv) {
         return 1;
     }
     int bad = 0;
+    kn_launch launch;
+    kn_launch_init(&launch);
     for (int i = 0; i < argc && !bad; i++) {
         const char *a = argv[i];
+        int sp_opt = kn_launch_option(&launch, argc, argv, &i);
+        if (sp_opt) {
+            bad = sp_opt < 0;
+            continue;
+        }
         const char **dst = strcmp(a, "--models") == 0  ? &o.models
                            : strcmp(a, "--output") == 0 ? &o.output
                            : strcmp(a, "--input") == 0  ? &o.input
@@ -266,10 +308,24 @@ int kn_cmd_run(int argc, char **argv) {
 
     kn_err err;
     kn_err_clear(&err);
+    char *what = launch_description(&o, files, n_files);
+    if (!what || kn_launch_start(&launch, what, &err)) {
+        fprintf(stderr, "kiln run: %s\n", what ? err.msg : "out of memory");
+        free(what);
+        free(files);
+        free(o.sets);
+        return kn_launch_end(&launch, 1);
+    }
+    free(what);
+    if (launch.rank > 0) { /* the DiT of rank 0's renders */
+        free(files);
+        free(o.sets);
+        return kn_launch_follow(&launch, precision);
+    }
     kn_models *models = NULL;
     kn_executor *ex = NULL;
     int status = 0;
-    kn_executor_config cfg = {NULL, o.output, o.temp, o.input, precision};
+    kn_executor_config cfg = {NULL, o.output, o.temp, o.input, precision, launch.ranks};
     if (kn_models_new(&models, o.models, o.input, &err) || (cfg.models = models, kn_executor_new(&ex, &cfg, &err))) {
         fprintf(stderr, "kiln run: %s\n", err.msg);
         status = 1;
@@ -285,5 +341,5 @@ int kn_cmd_run(int argc, char **argv) {
     kn_models_free(models);
     free(files);
     free(o.sets);
-    return status;
+    return kn_launch_end(&launch, status);
 }

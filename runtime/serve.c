@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/error.h"
+#include "runtime/launch.h"
 #include "web/server.h"
 
 #ifndef KN_DEFAULT_MODELS
@@ -23,7 +24,9 @@ static int usage(void) {
     fprintf(stderr, "usage: kiln serve [--listen [ADDR[,ADDR]]] [--port N] [--models DIR]\n"
                     "                  [--output-directory DIR] [--input-directory DIR] [--temp-directory DIR]\n"
                     "                  [--extra-model-paths-config FILE] [--max-upload-size MB]\n"
-                    "                  [--front-end-root DIR]\n");
+                    "                  [--front-end-root DIR] [--sp auto|ulysses|ring] [--sp-ulysses U]\n"
+                    "                  [--sp-timeout S]\n"
+                    "       under mpirun -np N, rank 0 serves and every DiT forward is split across the N ranks\n");
     return 2;
 }
 
@@ -131,10 +134,15 @@ static int extra_paths_root(const char *file, char **root, kn_err *err) {
 
 int kn_cmd_serve(int argc, char **argv) {
     kn_server_config cfg = {"127.0.0.1", 8188, NULL, "output", "input", "temp", KN_WEB_UI_DIR, KN_WORKFLOWS_DIR,
-                            (size_t)100 << 20};
+                            (size_t)100 << 20, KN_PREC_FP32, NULL};
     const char *yaml = NULL, *port = NULL, *upload = NULL;
+    kn_launch launch;
+    kn_launch_init(&launch);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        int sp_opt = kn_launch_option(&launch, argc, argv, &i);
+        if (sp_opt < 0) return usage();
+        if (sp_opt) continue;
         if (strcmp(a, "--listen") == 0) { /* ComfyUI: a bare --listen means every interface */
             cfg.listen = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : "0.0.0.0";
             continue;
@@ -172,6 +180,21 @@ int kn_cmd_serve(int argc, char **argv) {
     const char *env = getenv("KILN_MODELS");
     if (!cfg.models_root) cfg.models_root = yaml_root ? yaml_root : env && *env ? env : KN_DEFAULT_MODELS;
 
+    /* under mpirun: rank 0 serves, the others run its DiT forwards */
+    char *models = realpath(cfg.models_root, NULL), launch_what[8192];
+    snprintf(launch_what, sizeof launch_what, "serve models=%s", models ? models : cfg.models_root);
+    free(models);
+    if (kn_launch_start(&launch, launch_what, &err)) {
+        fprintf(stderr, "kiln serve: %s\n", err.msg);
+        free(yaml_root);
+        return kn_launch_end(&launch, 1);
+    }
+    if (launch.rank > 0) {
+        free(yaml_root);
+        return kn_launch_follow(&launch, cfg.precision);
+    }
+    cfg.ranks = launch.ranks;
+
     /* Blocked before any thread starts, so every thread inherits the mask
      * and the signals wait for sigwait below. */
     sigset_t stop;
@@ -197,5 +220,5 @@ int kn_cmd_serve(int argc, char **argv) {
         kn_server_stop(s);
     }
     free(yaml_root);
-    return status;
+    return kn_launch_end(&launch, status);
 }

@@ -26,6 +26,9 @@
 #include <stddef.h>
 
 #include "kernels/error.h"
+#include "kernels/ops.h"
+
+typedef struct kn_ranks kn_ranks;
 
 typedef struct kn_server_config {
     const char *listen;        /* addresses, comma-separated */
@@ -35,6 +38,8 @@ typedef struct kn_server_config {
     const char *ui_dir;        /* web/ui: index.html, app.js, style.css */
     const char *workflows_dir; /* served read-only at /workflows/<name>; NULL = none */
     size_t max_body;           /* bytes; ComfyUI's --max-upload-size */
+    kn_precision precision;    /* of the GEMMs */
+    kn_ranks *ranks;           /* borrowed: the launch's other ranks (nodes/ranks.h), or NULL */
 } kn_server_config;
 
 typedef struct kn_server kn_server;

@@ -12,6 +12,7 @@
  *    go through the f32 GEMM. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -61,39 +62,71 @@ typedef float vec;
 #endif
 
 /* The MR = 6 rows, spelled out so every accumulator is its own register
- * variable (GCC spills arrays of vectors to the stack every iteration). */
+ * variable (GCC spills arrays of vectors to the stack every iteration); the
+ * kernel of fewer rows (few-row linears) is the same code on a shorter list,
+ * so each of its outputs is the same chain of FMAs. */
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define ROWS1(X) X(0)
+#define ROWS2(X) X(0) X(1)
+#define ROWS3(X) X(0) X(1) X(2)
+#define ROWS4(X) X(0) X(1) X(2) X(3)
 _Static_assert(MR == 6, "ROWS() lists MR rows");
 
-static inline void micro_full(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
-                              int64_t ldc, int acc, const float *cscale, const float *bias) {
+/* c[i, 0:NR] for the rows i of R: acc ? c * cscale + sum : sum + bias, sum
+ * the products of a's row i and b over kc (packed panels). */
+#define MICRO_KERNEL(name, R)                                                                                 \
+    static inline void name(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c, \
+                            int64_t ldc, int acc, const float *cscale, const float *bias) {                  \
+        R(DECL)                                                                                               \
+        _Pragma("GCC unroll 4") for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {                          \
+            vec b0 = VLOAD(b), b1 = VLOAD(b + VL), ai;                                                        \
+            R(STEP)                                                                                           \
+        }                                                                                                     \
+        vec add0 = bias ? VLOAD(bias) : VZERO(), add1 = bias ? VLOAD(bias + VL) : VZERO();                    \
+        vec one = VBCAST(&(const float){1.0f});                                                               \
+        vec mul0 = cscale ? VLOAD(cscale) : one, mul1 = cscale ? VLOAD(cscale + VL) : one;                    \
+        R(STORE)                                                                                              \
+    }
 #define DECL(i)                                                                                             \
     vec c##i##0 = VZERO(), c##i##1 = VZERO();                                                               \
     __builtin_prefetch(c + i * ldc, 1);                                                                      \
     __builtin_prefetch(c + i * ldc + NR - 1, 1);
-    ROWS(DECL)
-#pragma GCC unroll 4
-    for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
-        vec b0 = VLOAD(b), b1 = VLOAD(b + VL), ai;
 #define STEP(i)                                                                                             \
     ai = VBCAST(a + i);                                                                                     \
     c##i##0 = VFMA(ai, b0, c##i##0);                                                                        \
     c##i##1 = VFMA(ai, b1, c##i##1);
-        ROWS(STEP)
-    }
-    vec add0 = bias ? VLOAD(bias) : VZERO(), add1 = bias ? VLOAD(bias + VL) : VZERO();
-    vec one = VBCAST(&(const float){1.0f});
-    vec mul0 = cscale ? VLOAD(cscale) : one, mul1 = cscale ? VLOAD(cscale + VL) : one;
 #define STORE(i)                                                                                            \
     {                                                                                                       \
         float *r = c + i * ldc;                                                                             \
         VSTORE(r, acc ? VFMA(VLOAD(r), mul0, c##i##0) : VADD(c##i##0, add0));                               \
         VSTORE(r + VL, acc ? VFMA(VLOAD(r + VL), mul1, c##i##1) : VADD(c##i##1, add1));                     \
     }
-    ROWS(STORE)
+MICRO_KERNEL(micro_full, ROWS)
+MICRO_KERNEL(micro_rows1, ROWS1)
+MICRO_KERNEL(micro_rows2, ROWS2)
+MICRO_KERNEL(micro_rows3, ROWS3)
+MICRO_KERNEL(micro_rows4, ROWS4)
 #undef DECL
 #undef STEP
 #undef STORE
+
+/* kn_gemm_micro without cscale for mr <= 4 rows: the products the full
+ * kernel would give those rows, without computing the padding rows. */
+static void micro_few(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *bias,
+                      int mr, int nr) {
+    float t[4 * NR];
+    float *dst = nr == NR ? c : t;
+    int64_t ld = nr == NR ? ldc : NR;
+    int direct = nr == NR;
+    switch (mr) {
+    case 1: micro_rows1(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
+    case 2: micro_rows2(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
+    case 3: micro_rows3(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
+    default: micro_rows4(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
+    }
+    if (direct) return;
+    for (int i = 0; i < mr; i++) /* as kn_gemm_micro's edge tiles */
+        for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * NR + j] + (acc ? c[i * ldc + j] : bias ? bias[j] : 0.0f);
 }
 
 void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *cscale,
@@ -143,6 +176,57 @@ void kn_gemm_pack_a(float *dst, const float *a, int64_t lda, int trans, int64_t 
     }
 }
 
+/* dst[j][i] = src[i][j] for a VL x VL block (row strides lds, ldd): the
+ * in-register transposes of 16x16 (AVX-512) and 8x8 (AVX2) floats. */
+static inline void transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd) {
+#if VL == 16
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) { /* interleave row pairs */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* then pairs of pairs: r[i + c] = rows i..i+3 of column 4l + c */
+        for (int h = 0; h < 2; h++) {
+            __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + h + 2]);
+            r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    }
+    /* r[4q + c] now holds, in 128-bit lane l, row group q's column 4l + c:
+     * gather the lanes across the four groups */
+    for (int c = 0; c < 4; c++) {
+        __m512 a0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), a1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 b0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), b1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_f32x4(a0, b0, 0x88);      /* column c */
+        t[4 + c] = _mm512_shuffle_f32x4(a1, b1, 0x88);  /* column 4 + c */
+        t[8 + c] = _mm512_shuffle_f32x4(a0, b0, 0xdd);  /* column 8 + c */
+        t[12 + c] = _mm512_shuffle_f32x4(a1, b1, 0xdd); /* column 12 + c */
+    }
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ldd, t[i]);
+#elif VL == 8
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int c = 0; c < 4; c++) {
+        _mm256_storeu_ps(dst + c * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x20));
+        _mm256_storeu_ps(dst + (4 + c) * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x31));
+    }
+#else
+    for (int i = 0; i < VL; i++)
+        for (int j = 0; j < VL; j++) dst[j * ldd + i] = src[i * lds + j];
+#endif
+}
+
 #define PACK_CHUNK 256 /* k values widened at a time per weight row */
 
 /* Row k of a row-major B into every panel: B is read in its own order (im2col
@@ -168,20 +252,29 @@ void kn_gemm_pack_b(float *dst, const void *b, kn_dtype dtype, float scale, int6
             pack_b_row(dst + k * NR, src + (size_t)k * (size_t)ldb * esz, dtype, scale, kc, cols);
         return;
     }
-    for (int64_t p = 0; p < cols; p += NR, dst += NR * kc) { /* column j of a panel: row p + j of a [N, K] weight */
+    /* column j of a panel is row p + j of a [N, K] weight: TB values of each
+     * row are widened into a small tile, which is then written out k-major
+     * with contiguous stores (writing each row down the panel's columns, a
+     * cache line per value, was the whole cost of a few-row linear) */
+    enum { TB = 128 };
+    float tile[NR][TB];
+    for (int64_t p = 0; p < cols; p += NR, dst += NR * kc) {
         int64_t nc = cols - p < NR ? cols - p : NR;
-        float tmp[PACK_CHUNK];
-        for (int64_t j = 0; j < nc; j++) {
-            if (p + j + PREFETCH_ROWS < cols)
-                prefetch_span(src + (size_t)(p + j + PREFETCH_ROWS) * (size_t)ldb * esz, (size_t)kc * esz);
-            for (int64_t k0 = 0; k0 < kc; k0 += PACK_CHUNK) {
-                int64_t n = kc - k0 < PACK_CHUNK ? kc - k0 : PACK_CHUNK;
-                kn_to_f32(tmp, src + ((size_t)(p + j) * (size_t)ldb + (size_t)k0) * esz, dtype, (size_t)n, scale);
-                for (int64_t k = 0; k < n; k++) dst[(k0 + k) * NR + j] = tmp[k];
+        for (int64_t k0 = 0; k0 < kc; k0 += TB) {
+            int64_t n = kc - k0 < TB ? kc - k0 : TB;
+            for (int64_t j = 0; j < nc; j++) {
+                const char *row = src + ((size_t)(p + j) * (size_t)ldb + (size_t)k0) * esz;
+                if (k0 == 0 && p + j + PREFETCH_ROWS < cols)
+                    prefetch_span(src + (size_t)(p + j + PREFETCH_ROWS) * (size_t)ldb * esz, (size_t)kc * esz);
+                kn_to_f32(tile[j], row, dtype, (size_t)n, scale);
             }
+            for (int64_t j = nc; j < NR; j++) memset(tile[j], 0, sizeof tile[j]);
+            int64_t k = 0;
+            for (; k + VL <= n; k += VL)
+                for (int j = 0; j < NR; j += VL) transpose_block(&tile[j][k], TB, dst + (k0 + k) * NR + j, NR);
+            for (; k < n; k++)
+                for (int64_t j = 0; j < NR; j++) dst[(k0 + k) * NR + j] = tile[j][k];
         }
-        for (int64_t k = 0; nc < NR && k < kc; k++)
-            for (int64_t j = nc; j < NR; j++) dst[k * NR + j] = 0.0f;
     }
 }
 
@@ -315,28 +408,32 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 
 #define FEW_ROWS 4 /* up to this many rows, a linear reads the weight once instead of packing it */
 
+/* Floats of the buffer linear_few_rows needs: x packed, one B panel per thread. */
+static size_t few_rows_floats(int64_t K) {
+    return (size_t)kn_gemm_packed_a_size(MR, K) + (size_t)gemm_threads() * (size_t)(KC * NR);
+}
+
 /* y = x . w^T + bias for at most FEW_ROWS rows of x (modulation, time
- * embeddings): bound by reading the weight, so each weight row is widened
- * once, a piece at a time, and dotted with every row of x. */
-static void linear_few_rows(const gemm_job *g) {
-    size_t esz = kn_dtype_size(g->b_type);
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < g->N; n++) {
-        float acc[FEW_ROWS] = {0.0f}, tmp[PACK_CHUNK];
-        const char *row = (const char *)g->b + (size_t)n * (size_t)g->ldb * esz;
-        for (int64_t k0 = 0; k0 < g->K; k0 += PACK_CHUNK) {
-            int64_t len = min64(PACK_CHUNK, g->K - k0);
-            kn_to_f32(tmp, row + (size_t)k0 * esz, g->b_type, (size_t)len, g->b_scale);
-            if (g->round_b) round_to_bf16(tmp, tmp, len);
-            for (int64_t m = 0; m < g->M; m++) {
-                const float *x = g->a + m * g->lda + k0;
-                float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                for (int64_t k = 0; k < len; k++) s += x[k] * tmp[k];
-                acc[m] += s;
-            }
+ * embeddings): bound by reading the weight, so threads take whole NR-column
+ * panels, each widened one KC block at a time into an L1-sized buffer and
+ * met by the packed x at once. The products are the micro-kernel's, block
+ * for block, as in gemm_run: a row's result does not depend on how many
+ * rows came with it (sequence-parallel shards match one rank bit for bit). */
+static void linear_few_rows(const gemm_job *g, float *buf) {
+    float *apack = buf, *panels = buf + kn_gemm_packed_a_size(MR, g->K);
+    for (int64_t pc = 0; pc < g->K; pc += KC) kn_gemm_pack_a(apack + pc * MR, g->a + pc, g->lda, 0, g->M, min64(KC, g->K - pc));
+    int64_t npan = (g->N + NR - 1) / NR;
+#pragma omp parallel for schedule(static) num_threads(gemm_threads())
+    for (int64_t q = 0; q < npan; q++) {
+        float *bp = panels + (size_t)omp_get_thread_num() * (size_t)(KC * NR);
+        int64_t n0 = q * NR, nr = min64(NR, g->N - n0);
+        for (int64_t pc = 0; pc < g->K; pc += KC) {
+            int64_t kc = min64(KC, g->K - pc);
+            kn_gemm_pack_b(bp, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nr);
+            if (g->round_b) round_to_bf16(bp, bp, kc * NR);
+            micro_few(kc, apack + pc * MR, bp, g->c + n0, g->ldc, pc > 0, pc == 0 && g->bias ? g->bias + n0 : NULL,
+                      (int)g->M, (int)nr);
         }
-        for (int64_t m = 0; m < g->M; m++) g->c[m * g->ldc + n] = acc[m] + (g->bias ? g->bias[n] : 0.0f);
     }
 }
 
@@ -486,7 +583,9 @@ int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
         int round_b = emulate && !(w->dtype == KN_BF16 && w->scale == 1.0f);
         gemm_job g = {M, N, K, xd, K, w->data, w->dtype, w->scale, K, 1, round_b, 0.0f, bd, yd, N, NULL, NULL};
         if (rc == KN_OK && M <= FEW_ROWS) {
-            linear_few_rows(&g);
+            float *buf = kn_arena_alloc(ctx->scratch, few_rows_floats(K) * 4, &ctx->err);
+            if (buf) linear_few_rows(&g, buf);
+            else rc = ctx->err.code;
         } else if (rc == KN_OK) {
             float *buf = kn_arena_alloc(ctx->scratch, gemm_buffer_floats(M, N, K) * 4, &ctx->err);
             if (buf) gemm_run(&g, buf);

@@ -473,7 +473,7 @@ int main(void) {
     kn_err err;
     kn_err_clear(&err);
     CHECK(kn_models_new(&m, root, input_dir, &err) == KN_OK, "%s", err.msg);
-    kn_executor_config cfg = {m, out_dir, out_dir, input_dir, KN_PREC_FP32};
+    kn_executor_config cfg = {m, out_dir, out_dir, input_dir, KN_PREC_FP32, NULL};
     CHECK(m && kn_executor_new(&ex, &cfg, &err) == KN_OK, "%s", err.msg);
     if (ex) {
         test_store(m);

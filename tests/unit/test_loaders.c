@@ -470,7 +470,7 @@ int main(void) {
         return 1;
     }
     CHECK(kn_models_new(&m, root, work, &err) == KN_OK, "%s", err.msg);
-    kn_executor_config cfg = {m, out_dir, out_dir, work, KN_PREC_FP32};
+    kn_executor_config cfg = {m, out_dir, out_dir, work, KN_PREC_FP32, NULL};
     CHECK(m && kn_executor_new(&ex, &cfg, &err) == KN_OK, "%s", err.msg);
     if (ex) {
         kn_tensor split;

@@ -75,7 +75,7 @@ static void test_interrupt(const char *root, const char *workflow, const char *o
         CHECK(0, "%s", err.msg);
         return;
     }
-    kn_executor_config cfg = {m, out_dir, out_dir, out_dir, KN_PREC_FP32};
+    kn_executor_config cfg = {m, out_dir, out_dir, out_dir, KN_PREC_FP32, NULL};
     CHECK(kn_executor_new(&ex, &cfg, &err) == KN_OK, "%s", err.msg);
     kn_folder_lister lister = kn_models_lister(m);
     json_t *prompt = NULL, *error = NULL;

@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "kernels/comm.h"
+#include "kernels/dtype.h"
 #include "pipelines/common/seqpar.h"
 
 static kn_ctx ctx;
@@ -150,6 +151,40 @@ static void run_case(kn_comm *world, const sp_case *c, kn_sp_mode mode, int ulys
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
 }
 
+/* A linear's row does not depend on how many rows come with it (few-row and
+ * blocked paths, edge tiles, K blocks): what lets a Ulysses shard match one
+ * rank bit for bit. */
+static void test_linear_rows(void) {
+    const int64_t K = 600, N = 70; /* K crosses a KC block, N ends in an edge panel */
+    const kn_dtype types[] = {KN_F32, KN_BF16};
+    for (size_t t = 0; t < 2; t++) {
+        kn_tensor w, wf, b, x, y_all, y_part;
+        kn_tensor_new(&wf, KN_F32, KN_DEV_CPU, 2, (int64_t[]){N, K}, &ctx.err);
+        kn_tensor_new(&w, types[t], KN_DEV_CPU, 2, (int64_t[]){N, K}, &ctx.err);
+        kn_tensor_new(&b, KN_F32, KN_DEV_CPU, 1, (int64_t[]){N}, &ctx.err);
+        kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, K}, &ctx.err);
+        kn_tensor_new(&y_all, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, N}, &ctx.err);
+        kn_tensor_new(&y_part, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, N}, &ctx.err);
+        fill(&wf, 0.1f);
+        fill(&b, 1.0f);
+        fill(&x, 1.0f);
+        kn_from_f32(w.data, types[t], wf.data, (size_t)(N * K));
+        CHECK(kn_linear(&ctx, &y_all, &x, &w, &b) == KN_OK, "%s", ctx.err.msg);
+        for (int64_t m0 = 0; m0 < 13; m0++)
+            for (int64_t m = 1; m0 + m <= 13; m++) {
+                kn_tensor xs, ys;
+                kn_tensor_slice(&xs, &x, 0, m0, m, &ctx.err);
+                kn_tensor_slice(&ys, &y_part, 0, m0, m, &ctx.err);
+                int rc = kn_linear(&ctx, &ys, &xs, &w, &b);
+                CHECK(rc == KN_OK && memcmp(ys.data, (float *)y_all.data + m0 * N, (size_t)(m * N) * 4) == 0,
+                      "%s linear: rows %lld..%lld alone differ from the same rows among 13", kn_dtype_name(types[t]),
+                      (long long)m0, (long long)(m0 + m));
+            }
+        kn_tensor *all[] = {&w, &wf, &b, &x, &y_all, &y_part};
+        for (size_t i = 0; i < 6; i++) kn_tensor_free(all[i]);
+    }
+}
+
 /* Shard then gather is the identity; pads are zero on entry. */
 static void test_plan(kn_comm *world) {
     kn_sp *sp = NULL;
@@ -192,6 +227,7 @@ int main(void) {
     kn_comm_set_timeout(world, 60);
     if (kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32)) return 1;
     test_plan(world);
+    if (rank == 0) test_linear_rows();
     const sp_case cases[] = {
         {"joint", 1, 6, 16, {2, {13, 50}}, 0},     /* text + image, neither divisible by 2, 3, 4 */
         {"masked", 2, 6, 16, {2, {9, 37}}, 1},     /* batch 2, text key mask */
