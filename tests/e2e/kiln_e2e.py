@@ -62,12 +62,15 @@ def of_type(events, kind):
     return [e["data"] for e in events if e.get("type") == kind]
 
 
-def render(check, kiln, work, files, output, args=()):
+def render(check, kiln, work, files, output, args=(), log=None):
     """Runs the prompt files in one `kiln run` (shared models and cache) with
     --output WORK/OUTPUT and further args; returns each prompt's PNG path
-    (exits with the failures when one does not render)."""
+    (exits with the failures when one does not render). The run's stderr is
+    appended to the list `log` when one is given."""
     out = os.path.join(work, output)
     rc, ev, err = run_kiln(check, kiln, ["--output", out] + list(args) + list(files), work)
+    if log is not None:
+        log.append(err)
     done = of_type(ev, "execution_success")
     check(rc == 0 and len(done) == len(files), "%s: %d prompts render (exit %d) %s" %
           (output, len(files), rc, err.strip()[-300:] if rc else ""))
