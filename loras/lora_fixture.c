@@ -1,5 +1,6 @@
 /* Fixture runner for LoRA patching (components "lora_qwen_image",
- * "lora_flux": the base model's family is detected from its weights).
+ * "lora_flux", "lora_zimage": the base model's family is the one meta.json
+ * names, else detected from its weights).
  *
  * patched_weights cases: the base DiT with one LoRA at a strength; emits
  * every tensor the case lists ("out.weight.<key>") from the patched weight
@@ -44,7 +45,7 @@ static int base_open(const kn_fixture_case *c, base *b, kn_err *err) {
     const char *prefix;
     kn_fixture_dit_overrides(c, json_object_get(bm, "config"), &o);
     int rc = kn_st_open(&b->file, path, err);
-    if (!rc) rc = kn_dit_detect(b->file, &fam, &prefix, err);
+    if (!rc) rc = kn_fixture_dit_family(c, b->file, &fam, &prefix, err);
     if (!rc) rc = fam->load(&b->dit, b->file, prefix, &o, err);
     if (!rc) rc = kn_lora_model_from_table(&b->table, fam->lora_keys, fam->n_lora_keys, b->dit->weights, err);
     if (rc) base_free(b);

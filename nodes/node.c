@@ -27,7 +27,8 @@ static void free_plain(kn_object *o) { free(o); }
 
 static void free_cond(kn_object *o) {
     kn_cond_obj *c = (kn_cond_obj *)o;
-    kn_text_cond_free(&c->t);
+    for (int i = 0; i < c->n; i++) kn_text_cond_free(&c->e[i].t);
+    free(c->e);
     free(c);
 }
 
@@ -70,7 +71,15 @@ static void *object_new(size_t size, const char *type, void (*destroy)(kn_object
     return o;
 }
 
-kn_cond_obj *kn_cond_new(void) { return object_new(sizeof(kn_cond_obj), "CONDITIONING", free_cond); }
+kn_cond_obj *kn_cond_new(int n) {
+    kn_cond_obj *c = object_new(sizeof(kn_cond_obj), "CONDITIONING", free_cond);
+    if (c && !(c->e = calloc((size_t)n, sizeof *c->e))) {
+        free(c);
+        return NULL;
+    }
+    if (c) c->n = n;
+    return c;
+}
 kn_latent_obj *kn_latent_new(void) { return object_new(sizeof(kn_latent_obj), "LATENT", free_latent); }
 kn_image_obj *kn_image_new(const char *type) { return object_new(sizeof(kn_image_obj), type, free_image); }
 

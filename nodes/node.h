@@ -98,15 +98,23 @@ typedef struct kn_vae_obj {
     kn_vae *vae;
 } kn_vae_obj;
 
-/* CONDITIONING with one entry: cond [B, L, D] F32, its attention mask and
+/* One entry of a CONDITIONING: cond [B, L, D] F32, its attention mask and
  * pooled vector (data NULL when ComfyUI would carry none), and the
  * "guidance" value FluxGuidance / CLIPTextEncodeFlux set (has_guidance 0:
  * absent, the model's default applies). */
-typedef struct kn_cond_obj {
-    kn_object base;
+typedef struct kn_cond_entry {
     kn_text_cond t;
     double guidance;
     int has_guidance;
+} kn_cond_entry;
+
+/* CONDITIONING: ComfyUI's list of entries. Text encoders make one,
+ * ConditioningCombine concatenates lists; the sampler runs the model on
+ * every entry and averages the predictions. */
+typedef struct kn_cond_obj {
+    kn_object base;
+    kn_cond_entry *e;
+    int n;
 } kn_cond_obj;
 
 /* LATENT {"samples": [B, C, (T,) h, w], "downscale_ratio_spacial": r (0 = absent)}. */
@@ -149,7 +157,7 @@ typedef struct kn_guider_obj {
 
 /* New objects with one reference, tensors zeroed (the creator fills them).
  * NULL when out of memory. */
-kn_cond_obj *kn_cond_new(void);
+kn_cond_obj *kn_cond_new(int n); /* n >= 1 zeroed entries */
 kn_latent_obj *kn_latent_new(void);
 kn_image_obj *kn_image_new(const char *type); /* "IMAGE" or "MASK" */
 kn_model_obj *kn_model_new(kn_dit_weights *weights);  /* retains weights; ms zeroed */

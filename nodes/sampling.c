@@ -12,28 +12,40 @@
 
 /* ---- the model as the sampler sees it ----------------------------------------------- */
 
-/* What the model reads of one conditioning, at the latent's batch size. */
+/* What the model reads of one conditioning entry, at the latent's batch size. */
 typedef struct cond_input {
     kn_tensor context, pooled, guidance; /* owned copies, made on first use */
 } cond_input;
 
-/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma. */
+/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma,
+ * averaged over its entries. */
 typedef struct dit_guide {
     const kn_node_env *env;
     const kn_model_obj *model;
     const kn_cond_obj *cond[2]; /* positive, negative */
-    cond_input in[2];
-    kn_tensor t, v;             /* timestep [B], model output */
+    cond_input *in[2];          /* one per entry of cond[i] */
+    kn_tensor t, v, d;          /* timestep [B], model output, a further entry's prediction */
 } dit_guide;
+
+static int dit_guide_init(dit_guide *g, kn_err *err) {
+    for (int i = 0; i < 2; i++)
+        if (g->cond[i] && !(g->in[i] = calloc((size_t)g->cond[i]->n, sizeof *g->in[i])))
+            return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    return KN_OK;
+}
 
 static void dit_guide_free(dit_guide *g) {
     for (int i = 0; i < 2; i++) {
-        kn_tensor_free(&g->in[i].context);
-        kn_tensor_free(&g->in[i].pooled);
-        kn_tensor_free(&g->in[i].guidance);
+        for (int e = 0; g->in[i] && e < g->cond[i]->n; e++) {
+            kn_tensor_free(&g->in[i][e].context);
+            kn_tensor_free(&g->in[i][e].pooled);
+            kn_tensor_free(&g->in[i][e].guidance);
+        }
+        free(g->in[i]);
     }
     kn_tensor_free(&g->t);
     kn_tensor_free(&g->v);
+    kn_tensor_free(&g->d);
 }
 
 /* src at the latent's batch: as it is, or a batch-1 tensor repeated (ComfyUI
@@ -57,12 +69,10 @@ static int batched(const kn_tensor *src, int64_t batch, const char *what, kn_ten
     return KN_OK;
 }
 
-static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative, kn_tensor *denoised, kn_err *err) {
-    dit_guide *g = user;
-    if (!g->cond[negative]) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
+/* One entry's prediction into out (x's shape). */
+static int entry_denoise(dit_guide *g, const kn_dit *dit, const kn_cond_entry *co, cond_input *ci, const kn_tensor *x,
+                         float sigma, float *out, kn_err *err) {
     int64_t b = x->ne[0];
-    const kn_cond_obj *co = g->cond[negative];
-    cond_input *ci = &g->in[negative];
     const kn_tensor *context, *pooled = NULL;
     KN_TRY(batched(&co->t.cond, b, "conditioning", &ci->context, &context, err));
     if (co->t.pooled.data) KN_TRY(batched(&co->t.pooled, b, "pooled output", &ci->pooled, &pooled, err));
@@ -70,21 +80,49 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
         KN_TRY(kn_tensor_new(&ci->guidance, KN_F32, KN_DEV_CPU, 1, &b, err));
         for (int64_t i = 0; i < b; i++) ((float *)ci->guidance.data)[i] = (float)co->guidance;
     }
-    if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
-    if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
-    float t = (float)kn_ms_timestep(&g->model->ms, sigma);
-    for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
-    const kn_dit *dit;
-    if (kn_model_dit(g->model, &dit, err)) return err->code;
-    kn_dit_input in = {x,    &g->t, context, co->t.mask.data ? &co->t.mask : NULL, pooled, ci->guidance.data ? &ci->guidance : NULL,
-                       NULL, 0,     dit->ref_method, NULL};
+    kn_dit_input in = {x,
+                       &g->t,
+                       context,
+                       co->t.mask.data ? &co->t.mask : NULL,
+                       pooled,
+                       ci->guidance.data ? &ci->guidance : NULL,
+                       NULL,
+                       0,
+                       dit->ref_method,
+                       NULL};
     kn_ctx *ctx = g->env->ctx;
     if (g->env->ranks) KN_TRY(kn_ranks_forward(g->env->ranks, ctx, g->model, dit, &in, &g->v, err));
     else if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
         return err->code;
     }
-    kn_ms_calculate_denoised(sigma, g->v.data, x->data, denoised->data, kn_tensor_numel(x));
+    kn_ms_calculate_denoised(sigma, g->v.data, x->data, out, kn_tensor_numel(x));
+    return KN_OK;
+}
+
+/* ComfyUI's calc_cond_batch without areas: every entry's prediction at
+ * weight 1, summed in entry order and divided by the count (exactly the one
+ * prediction for a single entry). */
+static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative, kn_tensor *denoised, kn_err *err) {
+    dit_guide *g = user;
+    const kn_cond_obj *co = g->cond[negative];
+    if (!co) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
+    int64_t b = x->ne[0], n = kn_tensor_numel(x);
+    if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
+    if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
+    if (co->n > 1 && !g->d.data && kn_tensor_new(&g->d, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
+    float t = (float)kn_ms_timestep(&g->model->ms, sigma);
+    for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
+    const kn_dit *dit;
+    if (kn_model_dit(g->model, &dit, err)) return err->code;
+    float *sum = denoised->data, *d = g->d.data;
+    KN_TRY(entry_denoise(g, dit, &co->e[0], &g->in[negative][0], x, sigma, sum, err));
+    for (int e = 1; e < co->n; e++) {
+        KN_TRY(entry_denoise(g, dit, &co->e[e], &g->in[negative][e], x, sigma, d, err));
+        for (int64_t i = 0; i < n; i++) sum[i] += d[i];
+    }
+    if (co->n > 1)
+        for (int64_t i = 0; i < n; i++) sum[i] /= (float)co->n;
     return KN_OK;
 }
 
@@ -139,15 +177,19 @@ static int model_latent(kn_node_call *c, const kn_dit *dit, const kn_latent_obj 
     return KN_OK;
 }
 
-/* The conditioning is as wide as the model reads (another family's text
- * encoder gives other widths: validation catches the graphs it can trace). */
+/* Every entry of the conditioning is as wide as the model reads (another
+ * family's text encoder gives other widths: validation catches the graphs it
+ * can trace). */
 static int check_conditioning(kn_node_call *c, const kn_dit *dit, const kn_cond_obj *cond, const char *input) {
-    int64_t width = cond->t.cond.ne[cond->t.cond.ndim - 1];
-    if (width != dit->context_dim)
-        return kn_node_fail(c, input, KN_ERR_SHAPE,
-                            "the conditioning is %lld wide; the %s diffusion model reads %lld-wide conditioning "
-                            "(a text encoder of another family?)",
-                            (long long)width, dit->family->title, (long long)dit->context_dim);
+    for (int i = 0; i < cond->n; i++) {
+        const kn_tensor *t = &cond->e[i].t.cond;
+        int64_t width = t->ne[t->ndim - 1];
+        if (width != dit->context_dim)
+            return kn_node_fail(c, input, KN_ERR_SHAPE,
+                                "the conditioning is %lld wide; the %s diffusion model reads %lld-wide conditioning "
+                                "(a text encoder of another family?)",
+                                (long long)width, dit->family->title, (long long)dit->context_dim);
+    }
     return KN_OK;
 }
 
@@ -163,6 +205,7 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
+    if (!rc) rc = dit_guide_init(&guide, err);
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
     if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);
     if (!rc && j->negative) rc = check_conditioning(c, dit, j->negative, j->cond_input[1]);

@@ -1,10 +1,9 @@
 /* The diffusion-model fixture runner (components "qwen_image_dit", ...):
- * the family meta.json names (tiny Z-Image files cannot be told from Lumina 2
- * by ComfyUI's width rule), else the one detected from the case's weights,
- * loaded with the tiny config's
- * constants, run once through the family interface on the case's inputs:
- * in.x, in.timestep, in.context, and where present in.attention_mask,
- * in.y (the pooled vector), in.guidance, in.ref_latent0.. (with the case's
+ * the family meta.json names, else the one detected from the case's weights
+ * (kn_fixture_dit_family), loaded with the tiny config's constants, run
+ * once through the family interface on the case's inputs: in.x,
+ * in.timestep, in.context, and where present in.attention_mask, in.y (the
+ * pooled vector), in.guidance, in.ref_latent0.. (with the case's
  * "ref_latents_method"). Given ranks (kiln fixture under mpirun), the
  * forward also runs sharded across them and must match the one-process
  * output within 1e-5 relative L2. */
@@ -106,10 +105,7 @@ int kn_dit_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *er
     kn_dit_consts o;
     kn_fixture_dit_overrides(c, NULL, &o);
     int rc = kn_fixture_open_weights(c, &f, err);
-    if (!rc && (fam = kn_dit_family_named(json_string_value(json_object_get(c->meta, "family")))))
-        prefix = kn_dit_prefix(f);
-    else if (!rc)
-        rc = kn_dit_detect(f, &fam, &prefix, err);
+    if (!rc) rc = kn_fixture_dit_family(c, f, &fam, &prefix, err);
     if (!rc) rc = fam->load(&m, f, prefix, &o, err);
     if (!rc) rc = run(c, m, res, err);
     kn_dit_free(m);

@@ -107,9 +107,16 @@ int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char 
     return kn_fail(err, KN_ERR_UNSUPPORTED, "not a diffusion model Kiln recognises; Kiln runs: %s", kn_dit_supported());
 }
 
+static int dit_named(const kn_dit_family *f, const char *name) {
+    if (strcmp(f->name, name) == 0) return 1;
+    for (const char *const *a = f->aliases; a && *a; a++)
+        if (strcmp(*a, name) == 0) return 1;
+    return 0;
+}
+
 const kn_dit_family *kn_dit_family_named(const char *name) {
     for (size_t i = 0; name && i < N_DIT_RULES; i++)
-        if (dit_rules[i].family && strcmp(dit_rules[i].family->name, name) == 0) return dit_rules[i].family;
+        if (dit_rules[i].family && dit_named(dit_rules[i].family, name)) return dit_rules[i].family;
     return NULL;
 }
 

@@ -128,6 +128,7 @@ struct kn_dit_family {
     const char *const *ref_methods; /* ComfyUI's reference_latents_method names; index = ref_method */
     int n_ref_methods;
     const char *text; /* the kn_clip_family.name whose conditioning it takes */
+    const char *const *aliases; /* NULL-terminated other spellings of name (fixtures' "zimage"), or NULL */
 };
 
 /* The ref_method of a ComfyUI method name, or -1. */
@@ -140,8 +141,9 @@ int kn_dit_detect(const kn_st_file *f, const kn_dit_family **family, const char 
 /* The prefix a diffusion-model file's keys carry: ComfyUI's checkpoint prefix
  * "model.diffusion_model." when the file has it (UNETLoader strips it), else "". */
 const char *kn_dit_prefix(const kn_st_file *f);
-/* The family Kiln runs under `name` (kn_dit_family.name), or NULL: for tools
- * and fixtures whose tiny files no size rule can detect. */
+/* The family Kiln runs under `name` (kn_dit_family.name or one of its
+ * aliases), or NULL: for tools and fixtures whose tiny files no size rule can
+ * detect. */
 const kn_dit_family *kn_dit_family_named(const char *name);
 /* Detect and load. */
 int kn_dit_load(kn_dit **out, const kn_st_file *f, kn_err *err);

@@ -141,6 +141,15 @@ void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn
     if (json_is_integer(patch)) o->patch = (int)json_integer_value(patch);
 }
 
+int kn_fixture_dit_family(const kn_fixture_case *c, const kn_st_file *f, const kn_dit_family **fam,
+                          const char **prefix, kn_err *err) {
+    if ((*fam = kn_dit_family_named(json_string_value(json_object_get(c->meta, "family"))))) {
+        *prefix = kn_dit_prefix(f);
+        return KN_OK;
+    }
+    return kn_dit_detect(f, fam, prefix, err);
+}
+
 /* How one expected tensor is compared (the lookup order is in fixture.h).
  * NaN in the reference must be matched by NaN (ComfyUI returns NaN for some
  * degenerate schedules). */

@@ -59,6 +59,11 @@ int kn_fixture_config_ints(const kn_fixture_case *c, const char *key, int *vals,
 /* The DiT constants a tiny config changes: axes_dims_rope (or axes_dim),
  * rope_theta (or theta) and patch_size of `config` (meta["config"] when NULL). */
 void kn_fixture_dit_overrides(const kn_fixture_case *c, const json_t *config, kn_dit_consts *o);
+/* The DiT family of a case's weights f and the prefix its keys carry: the
+ * family meta["family"] names (tiny files no width rule tells apart, such as
+ * a Z-Image narrower than 3840), else the one detected from f. */
+int kn_fixture_dit_family(const kn_fixture_case *c, const kn_st_file *f, const kn_dit_family **fam,
+                          const char **prefix, kn_err *err);
 
 /* A component name and its runner; tables end with {NULL, NULL}. */
 typedef struct kn_fixture_runner {

@@ -33,6 +33,7 @@ static const kn_fixture_runner runners[] = {
     {"sampling", kn_sampling_fixture},
     {"lora_qwen_image", kn_lora_fixture},
     {"lora_flux", kn_lora_fixture},
+    {"lora_zimage", kn_lora_fixture},
     {NULL, NULL},
 };
 

@@ -17,6 +17,10 @@ Flux.1 (the real files' names, so ComfyUI's own Flux workflows run on them):
   text_encoders/t5xxl_fp16.safetensors           T5 encoder, f16
   vae/ae.safetensors                             the Flux AutoencoderKL, encoder + decoder, bf16
 
+Z-Image Turbo (the real files' names; its VAE is Flux's ae.safetensors above):
+  diffusion_models/z_image_turbo_bf16.safetensors  the NextDiT, ComfyUI/Lumina2 keys, bf16
+  text_encoders/qwen_3_4b.safetensors              Qwen3-4B text model, "model." keys, bf16
+
 Sizes keep the family constants the runtime assumes because no weight records
 them (shared/README.md, the constants rule). Qwen-Image: DiT head_dim 128 (RoPE
 axes 16+56+56), patch 2, 16 latent channels, 256 timestep channels; text
@@ -25,7 +29,13 @@ Qwen2.5-VL-7B by the 512-wide k_proj bias). Flux: DiT head_dim 128, patch 2,
 16 latent channels, 256 timestep channels; CLIP-L head_dim 64, vocab 49408,
 77 positions; T5 d_kv 64, 32 relative-attention buckets, vocab 32128; VAE
 ch 32 (the smallest width with the real 32 GroupNorm groups), ch_mult 1,2,4,4,
-2 res blocks. Only the widths the runtime reads from the weights are small
+2 res blocks. Z-Image: DiT head_dim 128 (q_norm/k_norm 128 wide, dim 2 heads),
+RoPE axes 32+48+48, patch 2, 16 latent channels, 256 timestep channels, the
+t_embedder / adaLN widths min(dim, 1024) / min(dim, 256) (so dim >= 256 keeps
+them real), 2 noise and 2 context refiners, pad tokens; text encoder vocab
+151936, 32 query heads x 128 and 8 kv heads x 128 with q/k norms and no
+biases (ComfyUI tells Qwen3-4B by its width, Kiln a narrower file by these
+heads). Only the widths the runtime reads from the weights are small
 (shared/e2e/e2e_flux_dev's tiny_sizes for Flux). Weights are pseudo-random,
 seeded by tensor name, so every build writes identical files.
 """
@@ -46,6 +56,9 @@ FLUX_DIM, FLUX_MLP, FLUX_DOUBLE, FLUX_SINGLE = HEAD_DIM, HEAD_DIM, 2, 2
 CLIP_VOCAB, CLIP_POSITIONS, CLIP_HIDDEN, CLIP_INTER, CLIP_LAYERS = 49408, 77, 64, 128, 2
 T5_VOCAB, T5_BUCKETS, T5_D_KV, T5_DIM, T5_HEADS, T5_FF, T5_LAYERS = 32128, 32, 64, 16, 1, 32, 2
 VAE_CH, VAE_MULT, VAE_RES_BLOCKS, LATENT_CH = 32, (1, 2, 4, 4), 2, 16
+
+Q3_VOCAB, Q3_HIDDEN, Q3_INTER, Q3_LAYERS, Q3_HEADS, Q3_KV_HEADS = 151936, 16, 32, 3, 32, 8
+ZI_DIM, ZI_FFN, ZI_LAYERS, ZI_REFINERS = 2 * HEAD_DIM, 256, 2, 2
 
 BIAS_FAN_IN = 1024  # biases: the magnitude of a linear layer's weights with this fan-in
 
@@ -297,6 +310,65 @@ def flux_vae():
     return b.t
 
 
+# ---- Z-Image Turbo -----------------------------------------------------------------------
+
+def qwen3_4b():
+    """transformers' Qwen3 keys as in ComfyUI's qwen_3_4b.safetensors: no biases, q/k norms."""
+    b = Builder(exponent=torch_like_exponent)
+    h, q, kv = Q3_HIDDEN, Q3_HEADS * HEAD_DIM, Q3_KV_HEADS * HEAD_DIM
+    b.weight("model.embed_tokens.weight", Q3_VOCAB, h, fan_in=1)
+    for i in range(Q3_LAYERS):
+        p = f"model.layers.{i}."
+        b.ones(p + "input_layernorm.weight", h)
+        b.ones(p + "post_attention_layernorm.weight", h)
+        b.linear(p + "self_attn.q_proj", q, h, bias=False)
+        b.linear(p + "self_attn.k_proj", kv, h, bias=False)
+        b.linear(p + "self_attn.v_proj", kv, h, bias=False)
+        b.linear(p + "self_attn.o_proj", h, q, bias=False)
+        b.ones(p + "self_attn.q_norm.weight", HEAD_DIM)
+        b.ones(p + "self_attn.k_norm.weight", HEAD_DIM)
+        b.linear(p + "mlp.gate_proj", Q3_INTER, h, bias=False)
+        b.linear(p + "mlp.up_proj", Q3_INTER, h, bias=False)
+        b.linear(p + "mlp.down_proj", h, Q3_INTER, bias=False)
+    b.ones("model.norm.weight", h)
+    return b.t
+
+
+def z_image_dit():
+    """comfy/ldm/lumina/model.py NextDiT keys (z_image_turbo_bf16.safetensors)."""
+    b = Builder(exponent=torch_like_exponent)
+    d, t_hidden, t_emb = ZI_DIM, min(ZI_DIM, 1024), min(ZI_DIM, TIME_CH)
+    b.linear("x_embedder", d, DIT_IN)
+    b.weight("x_pad_token", 1, d, fan_in=1)
+    b.weight("cap_pad_token", 1, d, fan_in=1)
+    b.ones("cap_embedder.0.weight", Q3_HIDDEN)
+    b.linear("cap_embedder.1", d, Q3_HIDDEN)
+    b.linear("t_embedder.mlp.0", t_hidden, TIME_CH)
+    b.linear("t_embedder.mlp.2", t_emb, t_hidden)
+
+    def block(p, modulated):
+        b.linear(p + "attention.qkv", 3 * d, d, bias=False)
+        b.linear(p + "attention.out", d, d, bias=False)
+        b.ones(p + "attention.q_norm.weight", HEAD_DIM)
+        b.ones(p + "attention.k_norm.weight", HEAD_DIM)
+        for norm in ("attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2"):
+            b.ones(p + norm + ".weight", d)
+        b.linear(p + "feed_forward.w1", ZI_FFN, d, bias=False)
+        b.linear(p + "feed_forward.w2", d, ZI_FFN, bias=False)
+        b.linear(p + "feed_forward.w3", ZI_FFN, d, bias=False)
+        if modulated:
+            b.linear(p + "adaLN_modulation.0", 4 * d, t_emb)
+
+    for i in range(ZI_LAYERS):
+        block(f"layers.{i}.", True)
+    for i in range(ZI_REFINERS):
+        block(f"noise_refiner.{i}.", True)
+        block(f"context_refiner.{i}.", False)
+    b.linear("final_layer.adaLN_modulation.1", d, t_emb)
+    b.linear("final_layer.linear", DIT_OUT, d)
+    return b.t
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -309,6 +381,8 @@ def main():
         "text_encoders/clip_l.safetensors": clip_l,
         "text_encoders/t5xxl_fp16.safetensors": t5_xxl,
         "vae/ae.safetensors": flux_vae,
+        "diffusion_models/z_image_turbo_bf16.safetensors": z_image_dit,
+        "text_encoders/qwen_3_4b.safetensors": qwen3_4b,
     }
     for name, build in files.items():
         write_safetensors(os.path.join(out, name), build())

@@ -496,9 +496,9 @@ static const char *const ref_methods[] = {[KN_FLUX_REF_OFFSET] = "offset", [KN_F
  * mu 1.15, FluxSchnell with ModelSamplingDiscreteFlow shift 1; both Flux latents. */
 const kn_dit_family kn_flux_dev_dit = {
     "flux", "Flux.1 dev", family_load, family_free, family_forward, &kn_latent_flux, 4, KN_MS_FLUX, 1.15, 1.0,
-    lora_keys, N_LORA_KEYS, ref_methods, 2, "flux",
+    lora_keys, N_LORA_KEYS, ref_methods, 2, "flux", NULL,
 };
 const kn_dit_family kn_flux_schnell_dit = {
     "flux_schnell", "Flux.1 schnell", family_load, family_free, family_forward, &kn_latent_flux, 4,
-    KN_MS_DISCRETE_FLOW, 1.0, 1.0, lora_keys, N_LORA_KEYS, ref_methods, 2, "flux",
+    KN_MS_DISCRETE_FLOW, 1.0, 1.0, lora_keys, N_LORA_KEYS, ref_methods, 2, "flux", NULL,
 };

@@ -357,5 +357,5 @@ static const char *const ref_methods[] = {[KN_QWEN_REF_INDEX] = "index",
 /* ComfyUI: latent format Wan21 (5-D), ModelSamplingFlux with mu 1.15 */
 const kn_dit_family kn_qwen_image_dit = {
     "qwen_image", "Qwen-Image", family_load, family_free, family_forward, &kn_latent_wan21, 5, KN_MS_FLUX, 1.15, 1.0,
-    lora_keys,    5,            ref_methods, 2, "qwen_image",
+    lora_keys,    5,            ref_methods, 2, "qwen_image", NULL,
 };

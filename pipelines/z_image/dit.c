@@ -374,11 +374,58 @@ static void family_free(kn_dit *d) {
     if (d) zimage_free((kn_zimage_dit *)d);
 }
 
-/* comfy.lora.model_lora_keys_unet for Lumina2/Z-Image: the checkpoint's own names */
-static const kn_key_alias lora_keys[] = {{"diffusion_model.", 0, 1, NULL}, {"lora_unet_", 1, 0, NULL}};
+/* comfy.utils.z_image_to_diffusers: diffusers module names, to_q/to_k/to_v as
+ * row thirds (units of dim) of the fused attention.qkv. Every block kind gets
+ * the same rows (ComfyUI gives the context refiner adaLN names too; they
+ * match no tensor of it). */
+#define BLOCK_ROWS(stem)                                                                                       \
+    {stem ".#.attention.to_q", stem ".#.attention.qkv.weight", 0, 1, 0},                                      \
+    {stem ".#.attention.to_k", stem ".#.attention.qkv.weight", 1, 1, 0},                                      \
+    {stem ".#.attention.to_v", stem ".#.attention.qkv.weight", 2, 1, 0},                                      \
+    {stem ".#.attention.to_out.0", stem ".#.attention.out.weight", 0, 0, 0},                                  \
+    {stem ".#.attention.norm_q", stem ".#.attention.q_norm.weight", 0, 0, 0},                                 \
+    {stem ".#.attention.norm_k", stem ".#.attention.k_norm.weight", 0, 0, 0},                                 \
+    {stem ".#.attention_norm1", stem ".#.attention_norm1.weight", 0, 0, 0},                                   \
+    {stem ".#.attention_norm2", stem ".#.attention_norm2.weight", 0, 0, 0},                                   \
+    {stem ".#.feed_forward.w1", stem ".#.feed_forward.w1.weight", 0, 0, 0},                                   \
+    {stem ".#.feed_forward.w2", stem ".#.feed_forward.w2.weight", 0, 0, 0},                                   \
+    {stem ".#.feed_forward.w3", stem ".#.feed_forward.w3.weight", 0, 0, 0},                                   \
+    {stem ".#.ffn_norm1", stem ".#.ffn_norm1.weight", 0, 0, 0},                                               \
+    {stem ".#.ffn_norm2", stem ".#.ffn_norm2.weight", 0, 0, 0},                                               \
+    {stem ".#.adaLN_modulation.0", stem ".#.adaLN_modulation.0.weight", 0, 0, 0}
+#define GL(d, c) {d, c ".weight", 0, 0, 0}
+static const kn_key_rename diffusers_rows[] = {
+    BLOCK_ROWS("layers"),
+    BLOCK_ROWS("context_refiner"),
+    BLOCK_ROWS("noise_refiner"),
+    /* the diffusers model's per-patch-size module lists, of which Z-Image has the 2x2 ("2-1") */
+    GL("all_final_layer.2-1.linear", "final_layer.linear"),
+    GL("all_final_layer.2-1.adaLN_modulation.1", "final_layer.adaLN_modulation.1"), /* no swap, unlike Flux */
+    GL("all_x_embedder.2-1", "x_embedder"),
+    GL("cap_embedder.0", "cap_embedder.0"),
+    GL("cap_embedder.1", "cap_embedder.1"),
+    GL("t_embedder.mlp.0", "t_embedder.mlp.0"),
+    GL("t_embedder.mlp.2", "t_embedder.mlp.2"),
+};
+#undef BLOCK_ROWS
+#undef GL
+static const kn_key_renames diffusers = {"x_embedder.weight", diffusers_rows,
+                                         (int)(sizeof diffusers_rows / sizeof diffusers_rows[0])};
+
+/* comfy.lora.model_lora_keys_unet for model_base.Lumina2: the checkpoint's own
+ * names (ComfyUI-saved, kohya), then the diffusers names under diffusion_model.
+ * (ai-toolkit), transformer. (diffusers/PEFT), lycoris_ (LyCORIS) and bare
+ * (DiffSynth). Bare and transformer. ComfyUI names such as attention.qkv map
+ * nothing, as in ComfyUI. */
+static const kn_key_alias lora_keys[] = {
+    {"diffusion_model.", 0, 1, NULL},      {"lora_unet_", 1, 0, NULL}, {"diffusion_model.", 0, 0, &diffusers},
+    {"transformer.", 0, 0, &diffusers}, {"lycoris_", 1, 0, &diffusers}, {"", 0, 0, &diffusers},
+};
+/* meta.json of the LoRA fixtures spells the family "zimage" */
+static const char *const aliases[] = {"zimage", NULL};
 
 /* ComfyUI supported_models.ZImage: Flux latents, ModelSamplingDiscreteFlow shift 3 */
 const kn_dit_family kn_z_image_dit = {
     "z_image", "Z-Image", family_load, family_free, forward, &kn_latent_flux, 4, KN_MS_DISCRETE_FLOW, 3.0, 1.0,
-    lora_keys, 2,         NULL,        0,    "z_image",
+    lora_keys, (int)(sizeof lora_keys / sizeof lora_keys[0]), NULL, 0, "z_image", aliases,
 };

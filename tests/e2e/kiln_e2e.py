@@ -2,16 +2,23 @@
 ctest finds may have no numpy).
 
 - Checks: "ok"/"FAIL" lines and a failure count.
-- run_kiln: `kiln run --json ...` with its events parsed and crashes caught.
+- run_kiln: `kiln run --json ...` with its events parsed and crashes caught;
+  render: several prompts in one `kiln run`, their PNG paths; edited: a copy
+  of an API prompt with one node's inputs changed.
+- check_bundled: the checks every bundled text-to-image workflow pair gets
+  (workflows/<name>.api.json and .ui.json) on a tiny model set.
 - safetensors: read_header, read_safetensors (F32, F16, BF16, U8, I64 and
   the other integer types) and write_safetensors (F32).
 - PNG: png_chunks, png_texts, png_pixels (8-bit, non-interlaced, every
   filter type undone), pixel_problems (the artefacts a broken pipeline
   leaves: a constant channel, most pixels stuck at black or white),
-  render_pixels (decode + that check) and changed_fraction.
+  render_pixels (decode + that check), changed_fraction and image_data (the
+  chunks that hold the image, to compare renders whose text chunks differ).
 """
 import array
 import json
+import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -53,6 +60,35 @@ def run_kiln(check, kiln, args, cwd, json_mode=True, timeout=600):
 
 def of_type(events, kind):
     return [e["data"] for e in events if e.get("type") == kind]
+
+
+def render(check, kiln, work, files, output, args=(), log=None):
+    """Runs the prompt files in one `kiln run` (shared models and cache) with
+    --output WORK/OUTPUT and further args; returns each prompt's PNG path
+    (exits with the failures when one does not render). The run's stderr is
+    appended to the list `log` when one is given."""
+    out = os.path.join(work, output)
+    rc, ev, err = run_kiln(check, kiln, ["--output", out] + list(args) + list(files), work)
+    if log is not None:
+        log.append(err)
+    done = of_type(ev, "execution_success")
+    check(rc == 0 and len(done) == len(files), "%s: %d prompts render (exit %d) %s" %
+          (output, len(files), rc, err.strip()[-300:] if rc else ""))
+    if len(done) != len(files):
+        check.exit()
+    paths = []
+    for d in done:
+        (image,) = [o["images"][0] for o in d["outputs"].values()]
+        paths.append(os.path.join(out, image["subfolder"], image["filename"]))
+    return paths
+
+
+def edited(prompt, class_type, inputs):
+    """A copy of an API prompt with inputs set on its one node of class_type."""
+    p = json.loads(json.dumps(prompt))
+    (node,) = [n for n in p.values() if n["class_type"] == class_type]
+    node["inputs"].update(inputs)
+    return p
 
 
 # ---- safetensors --------------------------------------------------------------------
@@ -198,6 +234,79 @@ def render_pixels(check, path, what):
     return px
 
 
+def image_data(path):
+    """The IHDR and IDAT chunks of a PNG file: equal for equal images whatever the text chunks."""
+    with open(path, "rb") as f:
+        return [c for c in png_chunks(f.read()) if c[0] in (b"IHDR", b"IDAT")]
+
+
 def changed_fraction(a, b):
     """The fraction of the byte values that differ between two renders of one size."""
     return sum(1 for x, y in zip(a, b) if x != y) / max(len(a), 1)
+
+
+# ---- bundled workflows ----------------------------------------------------------------
+
+def check_bundled(check, kiln, src, work, variants, size=256):
+    """For each bundled workflow name -> [(variant, class_type, inputs, "other" | "same")]
+    (workflows/<name>.{api,ui}.json rendered with `kiln run` on its default models):
+    - the API file renders a plausible size x size PNG whose "prompt" chunk is the prompt;
+    - each variant (the prompt with inputs set on its one node of class_type) moves
+      most pixel values ("other") or none ("same");
+    - the same prompt in another process writes the same bytes;
+    - the UI file converts to its API twin and renders the same image data, its PNG
+      carrying the UI graph as "workflow".
+    WORK is emptied first. Returns name -> the API file's PNG path."""
+    def workflow(name, fmt):
+        return os.path.join(src, "workflows", "%s.%s.json" % (name, fmt))
+
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    apis = {name: json.load(open(workflow(name, "api"))) for name in variants}
+
+    # 1. each API file and its variants, all in one process
+    files, labels = [], []
+    for name, edits in variants.items():
+        files.append(workflow(name, "api"))
+        labels.append((name, None))
+        for i, (_, class_type, inputs, _) in enumerate(edits):
+            path = os.path.join(work, "%s_%d.json" % (name, i))
+            with open(path, "w") as f:
+                json.dump(edited(apis[name], class_type, inputs), f)
+            files.append(path)
+            labels.append((name, i))
+    pngs = dict(zip(labels, render(check, kiln, work, files, "output")))
+    for name, edits in variants.items():
+        png = pngs[(name, None)]
+        base = render_pixels(check, png, name)
+        check(len(base) == size * size * 3, "%s: %dx%d RGB" % (name, size, size))
+        check(json.loads(png_texts(png).get("prompt", "null")) == apis[name], "%s: 'prompt' chunk is the prompt" % name)
+        for i, (what, _, _, effect) in enumerate(edits):
+            px = render_pixels(check, pngs[(name, i)], "%s, %s" % (name, what))
+            changed = changed_fraction(base, px)
+            if effect == "same":
+                check(px == base, "%s, %s: the same pixels" % (name, what))
+            else:  # random tiny weights: a change that reaches the DiT moves nearly every value
+                check(changed > 0.5, "%s, %s: %.0f%% of the pixel values change" % (name, what, 100 * changed))
+
+    # 2. the same API prompts in a new process: the same files byte for byte
+    again = render(check, kiln, work, [workflow(name, "api") for name in variants], "again")
+    for name, png in zip(variants, again):
+        with open(pngs[(name, None)], "rb") as a, open(png, "rb") as b:
+            check(a.read() == b.read(), "%s: same prompt, another process: the same PNG byte for byte" % name)
+
+    # 3. the UI files: converted to their API twins, rendered to the same pixels
+    for name in variants:
+        p = subprocess.run([kiln, "convert", "--compact", workflow(name, "ui")], capture_output=True, text=True,
+                           timeout=60)
+        check(p.returncode == 0 and json.loads(p.stdout or "null") == apis[name],
+              "kiln convert %s.ui.json gives its API twin" % name)
+    ui = render(check, kiln, work, [workflow(name, "ui") for name in variants], "ui")
+    for name, png in zip(variants, ui):
+        texts = png_texts(png)
+        check(json.loads(texts.get("workflow", "null")) == json.load(open(workflow(name, "ui"))),
+              "%s.ui.json: PNG 'workflow' chunk is the UI graph" % name)
+        check(json.loads(texts.get("prompt", "null")) == apis[name],
+              "%s.ui.json: 'prompt' chunk is the API twin" % name)
+        check(image_data(png) == image_data(pngs[(name, None)]), "%s.ui.json: the API file's image data exactly" % name)
+    return {name: pngs[(name, None)] for name in variants}

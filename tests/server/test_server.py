@@ -272,8 +272,8 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux):
     check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)
     check(srv.get_json("/object_info/CFGNorm") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
     st, m = srv.get_json("/models/diffusion_models")
-    check(st == 200 and m == ["flux1-dev.safetensors", "flux1-schnell.safetensors", "qwen_image_tiny.safetensors"],
-          "/models/{folder}: %s" % m)
+    check(st == 200 and m == ["flux1-dev.safetensors", "flux1-schnell.safetensors", "qwen_image_tiny.safetensors",
+                              "z_image_turbo_bf16.safetensors"], "/models/{folder}: %s" % m)
     check(srv.get("/models/nope")[0] == 404 and srv.get("/models/input")[0] == 404, "/models/unknown -> 404")
     for path in ("/embeddings", "/extensions", "/system_stats", "/prompt", "/features", "/", "/app.js", "/style.css"):
         check(srv.get(path)[0] == 200 and srv.get("/api" + path if path != "/" else "/api/prompt")[0] == 200,

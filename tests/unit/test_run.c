@@ -42,10 +42,10 @@ static void test_resolve(const char *root) {
     CHECK(kn_models_resolve(m, "vae", "qwen_image_vae.safetensors", &path, &err) == KN_OK && path, "%s", err.msg);
     free(path);
     static const char *const encoders[] = {"clip_l.safetensors", "qwen_2.5_vl_tiny.safetensors",
-                                           "t5xxl_fp16.safetensors"};
+                                           "qwen_3_4b.safetensors", "t5xxl_fp16.safetensors"};
     json_t *names = json_array();
-    int listed = kn_models_list(m, "text_encoders", names, &err) == KN_OK && json_array_size(names) == 3;
-    for (size_t i = 0; listed && i < 3; i++)
+    int listed = kn_models_list(m, "text_encoders", names, &err) == KN_OK && json_array_size(names) == 4;
+    for (size_t i = 0; listed && i < 4; i++)
         listed = strcmp(json_string_value(json_array_get(names, i)), encoders[i]) == 0;
     CHECK(listed, "text_encoders lists the tiny encoders, sorted");
     json_decref(names);

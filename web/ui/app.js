@@ -3,7 +3,8 @@
 "use strict";
 
 const BUNDLED = ["qwen_image_t2i.api.json", "qwen_image_i2i.api.json", "qwen_image_t2i.ui.json",
-  "flux_dev_t2i.api.json", "flux_schnell_t2i.api.json", "flux_dev_t2i.ui.json", "flux_schnell_t2i.ui.json"];
+  "flux_dev_t2i.api.json", "flux_schnell_t2i.api.json", "flux_dev_t2i.ui.json", "flux_schnell_t2i.ui.json",
+  "z_image_turbo_t2i.api.json", "z_image_turbo_t2i.ui.json"];
 const $ = (id) => document.getElementById(id);
 const clientId = sessionStorage.getItem("kiln.clientId") || crypto.randomUUID().replace(/-/g, "");
 sessionStorage.setItem("kiln.clientId", clientId);
@@ -39,6 +40,7 @@ const WIDGETS = {
   CLIPTextEncode: ["text"],
   CLIPTextEncodeFlux: ["clip_l", "t5xxl", "guidance"],
   FluxGuidance: ["guidance"],
+  ModelSamplingAuraFlow: ["shift"],
   KSampler: ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
   KSamplerAdvanced: ["noise_seed", "steps", "cfg"],
   RandomNoise: ["noise_seed"],
