@@ -5,6 +5,10 @@
  *   model_bench text TYPE FILE [FILE2]             one CLIPTextEncode of a fixed prompt (TYPE as CLIPLoader's)
  *   model_bench vae FILE [SIZE]                    one VAE decode of a SIZE x SIZE image (default 1024)
  *
+ * Under mpirun the DiT forward runs split across the ranks (KN_BENCH_SP:
+ * auto, ulysses or ring; bench/sp.sh) and rank 0 also prints the bytes each
+ * rank sent per step.
+ *
  * Prints the median and best of KN_BENCH_REPS runs (default 3) after one
  * warm-up, the GEMM and attention work the ops counted (ctx->flops), its
  * rate, and that rate as a fraction of this machine's fp32 FMA peak measured
@@ -16,6 +20,7 @@
 
 #include "bench/peak.h"
 #include "bench/timer.h"
+#include "kernels/comm.h"
 #include "kernels/device.h"
 #include "pipelines/family.h"
 
@@ -74,7 +79,7 @@ static int run_dit(void *user, kn_ctx *ctx) {
     return kn_dit_forward(ctx, j->m, &j->in, &j->out, NULL, NULL);
 }
 
-static int bench_dit(const char *path, int size, int64_t text, double peak, kn_err *err) {
+static int bench_dit(const char *path, int size, int64_t text, const kn_sp *sp, double peak, kn_err *err) {
     kn_st_file *f = NULL;
     kn_dit *m = NULL;
     kn_ctx ctx;
@@ -98,17 +103,26 @@ static int bench_dit(const char *path, int size, int64_t text, double peak, kn_e
     if (pooled.data) fill(&pooled, 1.0f, &seed);
     ((float *)t.data)[0] = 0.6f;
     j.m = m;
-    j.in = (kn_dit_input){&x, &t, &context, NULL, pooled.data ? &pooled : NULL, NULL, NULL, 0, m->ref_method, NULL};
+    j.in = (kn_dit_input){&x, &t, &context, NULL, pooled.data ? &pooled : NULL, NULL, NULL, 0, m->ref_method, sp};
     printf("%s: %s, %lld weights in its table\n", path, m->family->title, (long long)m->weights->n);
     double med, best, flops;
+    kn_comm *comm = kn_sp_comm(sp);
+    if (comm) kn_comm_reset_stats(comm);
     if (timed(run_dit, &j, &ctx, &med, &best, &flops)) {
         *err = ctx.err;
         rc = err->code;
         goto out;
     }
-    char what[128];
-    snprintf(what, sizeof what, "dit step %dx%d (%lld text tokens)", size, size, (long long)text);
+    char what[160];
+    snprintf(what, sizeof what, "dit step %dx%d (%lld text tokens)%s", size, size, (long long)text,
+             kn_sp_size(sp) > 1 ? " on this rank's rows" : "");
     report(what, med, best, flops, peak);
+    if (comm) {
+        const kn_comm_stats *st = kn_comm_get_stats(comm);
+        printf("sequence parallel over %d ranks: %.3f MB sent per rank per step (%.1f collectives, %.3f s in them)\n",
+               kn_sp_size(sp), (double)st->bytes_sent / (reps + 1) * 1e-6, (double)st->calls / (reps + 1),
+               st->wait_s / (reps + 1));
+    }
 out:
     kn_tensor *all[] = {&x, &t, &context, &pooled, &j.out};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
@@ -218,7 +232,19 @@ int main(int argc, char **argv) {
     kn_err_clear(&err);
     int rc;
     if (strcmp(argv[1], "dit") == 0) {
-        rc = bench_dit(argv[2], argc > 3 ? atoi(argv[3]) : 1024, argc > 4 ? atoll(argv[4]) : 256, machine_peak(), &err);
+        kn_comm *world = NULL;
+        kn_sp *sp = NULL;
+        kn_sp_mode mode = KN_SP_AUTO;
+        const char *m = getenv("KN_BENCH_SP");
+        if (m && kn_sp_mode_parse(m, &mode)) return usage();
+        rc = kn_comm_world(&world, &err);
+        if (!rc && kn_comm_size(world) > 1) rc = kn_sp_new(&sp, world, mode, 0, &err);
+        if (!rc && kn_comm_rank(world) > 0 && !freopen("/dev/null", "w", stdout)) rc = KN_ERR_IO;
+        if (!rc)
+            rc = bench_dit(argv[2], argc > 3 ? atoi(argv[3]) : 1024, argc > 4 ? atoll(argv[4]) : 256, sp,
+                           machine_peak(), &err);
+        kn_sp_free(sp);
+        kn_comm_free(world);
     } else if (strcmp(argv[1], "text") == 0 && argc >= 4) {
         const char *tok = getenv("KILN_TOKENIZERS") ? getenv("KILN_TOKENIZERS") : KN_TOKENIZER_DIR;
         rc = bench_text(argv[2], (const char *const *)argv + 3, argc > 4 ? 2 : 1, tok, machine_peak(), &err);
