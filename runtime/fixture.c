@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/comm.h"
+#include "runtime/launch.h"
 
 #include "pipelines/fixture.h"
 
@@ -40,32 +41,29 @@ static const kn_fixture_runner runners[] = {
 /* Under mpirun every rank runs the same folders (DiT forwards sharded across
  * them, --sp choosing how); rank 0 prints. */
 int kn_cmd_fixture(int argc, char **argv) {
-    kn_sp_mode mode = KN_SP_AUTO;
-    int ulysses = 0;
-    while (argc >= 2 && strncmp(argv[0], "--sp", 4) == 0) {
-        if (strcmp(argv[0], "--sp") == 0 && kn_sp_mode_parse(argv[1], &mode) == KN_OK) {
-        } else if (strcmp(argv[0], "--sp-ulysses") == 0 && atoi(argv[1]) > 0) {
-            ulysses = atoi(argv[1]);
-        } else {
-            fprintf(stderr, "kiln fixture: bad option %s %s\n", argv[0], argv[1]);
-            return 2;
-        }
-        argc -= 2;
-        argv += 2;
+    kn_launch launch;
+    kn_launch_init(&launch);
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        int sp_opt = kn_launch_option(&launch, argc, argv, &i);
+        if (sp_opt < 0) return 2;
+        if (!sp_opt) argv[n++] = argv[i];
     }
+    argc = n;
     if (argc < 1) {
-        fprintf(stderr, "usage: kiln fixture [--sp auto|ulysses|ring] [--sp-ulysses U] DIR...\n");
+        fprintf(stderr, "usage: kiln fixture [--sp auto|ulysses|ring] [--sp-ulysses U] [--sp-timeout S] DIR...\n");
         return 2;
     }
     kn_err err;
     kn_err_clear(&err);
     kn_comm *world = NULL;
     kn_sp *sp = NULL;
-    if (kn_comm_world(&world, &err) || kn_sp_new(&sp, world, mode, ulysses, &err)) {
+    if (kn_comm_world(&world, &err) || kn_sp_new(&sp, world, launch.mode, launch.ulysses, &err)) {
         fprintf(stderr, "kiln fixture: %s\n", err.msg);
         kn_comm_free(world);
         return 1;
     }
+    kn_comm_set_timeout(world, launch.timeout_s);
     if (kn_comm_rank(world) > 0 && !freopen("/dev/null", "w", stdout)) {
         fprintf(stderr, "kiln fixture: rank %d: cannot silence stdout\n", kn_comm_rank(world));
     }

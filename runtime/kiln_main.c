@@ -15,7 +15,9 @@
 static int usage(FILE *out) {
     fprintf(out,
             "usage: kiln <command> [args]\n"
-            "  fixture DIR...   run every case of fixture folders; exit 1 on any miss\n"
+            "  fixture [--sp MODE] DIR...\n"
+            "                   run every case of fixture folders; exit 1 on any miss (under mpirun:\n"
+            "                   DiT forwards also sharded across the ranks and checked against one)\n"
             "  convert [--no-validate] [--compact] FILE|-\n"
             "                   print the API-format prompt for a workflow file (either format),\n"
             "                   or ComfyUI's error JSON and exit 1\n"
@@ -24,7 +26,9 @@ static int usage(FILE *out) {
             "                   render workflow files headlessly (see runtime/run.h)\n"
             "  serve [--listen [ADDR]] [--port N] [--models DIR] [--output-directory DIR] ...\n"
             "                   ComfyUI-compatible HTTP/WebSocket server and browser UI (runtime/serve.h)\n"
-            "  version          print build information\n");
+            "  version          print build information\n"
+            "under `mpirun -np N`, run and serve split every DiT forward across the N ranks\n"
+            "(--sp auto|ulysses|ring, --sp-ulysses U, --sp-timeout S; README: mpirun)\n");
     return out == stderr ? 2 : 0;
 }
 
