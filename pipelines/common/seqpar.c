@@ -260,15 +260,21 @@ static void pack_heads(const sp_call *c, const kn_tensor *t, int64_t h0, float *
                        src + b * t->st[0] + l * t->st[1] + (h0 + h) * t->st[2], (size_t)c->D * sizeof(float));
 }
 
-/* Zeroes the keys and values of masked rows of group grp's kv [2][B][Lg][Hu*D]:
- * pad rows hold garbage, which must not reach 0 * v. */
-static void zero_masked(const sp_call *c, int grp, float *kv) {
-    int64_t row = c->Hu * c->D;
-    for (int i = 0; i < 2; i++)
-        for (int64_t b = 0; b < c->B; b++)
-            for (int64_t j = 0; j < c->Lg; j++)
-                if (isinf(c->pad_mask[((int64_t)grp * c->B + b) * c->Lg + j]))
-                    memset(kv + ((i * c->B + b) * c->Lg + j) * row, 0, (size_t)row * sizeof(float));
+/* Zeroes the pad rows of my group's q (qg [B][Lg][Hu*D]) and kv
+ * ([2][B][Lg][Hu*D]): they hold whatever the blocks made of zero rows, and
+ * a pad key's value must not reach 0 * v, nor a pad query make NaNs. */
+static void zero_pads(const sp_call *c, float *qg, float *kv) {
+    size_t row = (size_t)(c->Hu * c->D), half = (size_t)(c->B * c->Lg) * row;
+    for (int u = 0; u < c->U; u++)
+        for (int64_t l = 0; l < c->Lloc; l++) {
+            if (!is_pad(c, c->g * c->U + u, l)) continue;
+            for (int64_t b = 0; b < c->B; b++) {
+                size_t at = (size_t)(b * c->Lg + c->row_of[u * c->Lloc + l]) * row;
+                memset(qg + at, 0, row * sizeof(float));
+                memset(kv + at, 0, row * sizeof(float));
+                memset(kv + half + at, 0, row * sizeof(float));
+            }
+        }
 }
 
 /* acc (o [B, Lg, Hu, D], lse [B, Hu, Lg]) merged with a partial result over other keys, in fp32. */
@@ -431,7 +437,7 @@ int kn_sp_attention(kn_ctx *ctx, const kn_sp *sp, const kn_sp_seq *seq, kn_tenso
         rc = ulysses_in(ctx, &c, q, k, v, qg, kv);
     }
     if (!rc) {
-        zero_masked(&c, c.g, kv);
+        zero_pads(&c, qg, kv);
         if (c.R > 1) rc = ring(ctx, &c, qg, kv, og, scale);
         else {
             kn_tensor q4 = view4(qg, c.B, c.Lg, c.Hu, c.D), k4 = view4(kv, c.B, c.Lg, c.Hu, c.D),

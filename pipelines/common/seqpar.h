@@ -6,7 +6,7 @@
  * into P equal contiguous chunks: with local = ceil(N / P), rank r holds
  * global rows [r*local, (r+1)*local) of every stream, in stream order, and
  * rows past N are padding (zero on entry, garbage later, never read by a
- * real token: their keys are masked with -inf and their values zeroed before
+ * real token: their keys are masked with -inf and their q, k and v zeroed before
  * every attention, and kn_sp_gather drops them). Positions stay global: a
  * family shards its RoPE table and key mask with the same plan.
  *
