@@ -18,9 +18,9 @@
  * call fails at once (its ranks' state is unknown), and the owner decides
  * whether to go on alone or end the launch (kn_comm_abort).
  *
- * Ownership: a communicator from kn_comm_world / kn_comm_split is freed by
- * kn_comm_free (the world last: it finalises MPI). Communicators are used
- * from one thread. */
+ * Ownership: a communicator from kn_comm_world / kn_comm_split /
+ * kn_comm_nccl is freed by kn_comm_free (the world last: it finalises MPI).
+ * Communicators are used from one thread. */
 #ifndef KN_COMM_H
 #define KN_COMM_H
 
