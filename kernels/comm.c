@@ -62,6 +62,28 @@ int kn_comm_world(kn_comm **out, kn_err *err) {
 #endif
 }
 
+int kn_comm_nccl(kn_comm **out, kn_comm *bootstrap, int device, kn_err *err) {
+    *out = NULL;
+#ifdef KN_HAVE_NCCL
+    if (!bootstrap) return kn_fail(err, KN_ERR_INVALID, "NCCL communicator: no bootstrap communicator");
+    if (bootstrap->broken)
+        return kn_fail(err, KN_ERR_COMM, "NCCL communicator: the bootstrap communicator is broken (rank %d of %d)",
+                       bootstrap->rank, bootstrap->size);
+    /* the unique id travels in host memory */
+    if (strcmp(bootstrap->ops->kind, "nccl") == 0)
+        return kn_fail(err, KN_ERR_INVALID, "NCCL communicator: the bootstrap must be an MPI or single-rank one");
+    return kn_comm_nccl_create(out, bootstrap, device, err);
+#elif defined(KN_HAVE_CUDA)
+    return kn_fail(err, KN_ERR_UNSUPPORTED,
+                   "NCCL communicator: this kiln was built without NCCL (install NCCL's nccl.h and libnccl.so, e.g. "
+                   "the libnccl-dev package from NVIDIA's CUDA repository, and rebuild)");
+#else
+    return kn_fail(err, KN_ERR_UNSUPPORTED,
+                   "NCCL communicator: this kiln was built without CUDA (install the CUDA toolkit and NCCL, "
+                   "libnccl-dev, and rebuild)");
+#endif
+}
+
 /* ---- dispatch ------------------------------------------------------------------ */
 
 void kn_comm_free(kn_comm *c) {

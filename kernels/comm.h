@@ -18,9 +18,9 @@
  * call fails at once (its ranks' state is unknown), and the owner decides
  * whether to go on alone or end the launch (kn_comm_abort).
  *
- * Ownership: a communicator from kn_comm_world / kn_comm_split is freed by
- * kn_comm_free (the world last: it finalises MPI). Communicators are used
- * from one thread. */
+ * Ownership: a communicator from kn_comm_world / kn_comm_split /
+ * kn_comm_nccl is freed by kn_comm_free (the world last: it finalises MPI).
+ * Communicators are used from one thread. */
 #ifndef KN_COMM_H
 #define KN_COMM_H
 
@@ -44,6 +44,23 @@ typedef struct kn_comm_stats {
 int kn_comm_world(kn_comm **out, kn_err *err);
 /* A one-rank communicator (tests, N = 1). */
 int kn_comm_single(kn_comm **out, kn_err *err);
+/* An NCCL communicator over the ranks of `bootstrap` (same ranks, same size),
+ * one GPU per rank: `device` is this rank's (typically its rank on the node
+ * modulo the GPU count; two ranks on one GPU are refused by NCCL). Rank 0's
+ * ncclUniqueId travels by kn_comm_broadcast on bootstrap, which must stay
+ * alive until the NCCL communicator is freed (kn_comm_abort ends the launch
+ * through it). Every rank must call it; a rank that cannot take part (no GPU,
+ * bad device) makes all of them fail, with its reason on that rank. It picks
+ * the CUDA backend's device (kn_cuda_use_device): call it before the first
+ * CUDA op, or with the device the backend already runs on.
+ * Buffers of its collectives are device pointers. An op is queued on the CUDA
+ * backend's stream, after the kernels queued before it, and returns once the
+ * stream has drained (so its deadline also covers that earlier work); on
+ * timeout or an NCCL error the NCCL communicator is aborted and the op fails
+ * with KN_ERR_COMM. Split needs NCCL >= 2.18 (else KN_ERR_UNSUPPORTED).
+ * The timeout starts as bootstrap's. KN_ERR_UNSUPPORTED in builds without
+ * CUDA or NCCL, naming what to install. */
+int kn_comm_nccl(kn_comm **out, kn_comm *bootstrap, int device, kn_err *err);
 /* Ranks of c with the same color form a new communicator, ordered by key. */
 int kn_comm_split(kn_comm *c, int color, int key, kn_comm **out, kn_err *err);
 void kn_comm_free(kn_comm *c);
@@ -69,7 +86,8 @@ int kn_comm_all_gather(kn_comm *c, const void *send, void *recv, size_t bytes, k
 int kn_comm_sendrecv(kn_comm *c, const void *send, int dst, void *recv, int src, size_t bytes, kn_err *err);
 int kn_comm_barrier(kn_comm *c, kn_err *err);
 /* Ends every rank of the launch (MPI_Abort): for a broken world whose other
- * ranks cannot be told to stop. A single rank just returns. */
+ * ranks cannot be told to stop. A single rank just returns. An NCCL
+ * communicator aborts itself first, then its bootstrap. */
 void kn_comm_abort(kn_comm *c, int code);
 
 #endif

@@ -5,6 +5,12 @@
 #ifndef KN_COMM_IMPL_H
 #define KN_COMM_IMPL_H
 
+/* The NCCL transport (kernels/cuda/comm_nccl.cu) is C++: the core's C
+ * headers are declared with C linkage there too. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include "kernels/comm.h"
 
 typedef struct kn_comm_ops {
@@ -33,6 +39,14 @@ kn_comm *kn_comm_new(const kn_comm_ops *ops, int rank, int size, void *impl);
 
 #ifdef KN_HAVE_MPI
 int kn_comm_mpi_world(kn_comm **out, kn_err *err);
+#endif
+#ifdef KN_HAVE_NCCL
+/* kn_comm_nccl once comm.c has checked bootstrap (usable, not NCCL itself). */
+int kn_comm_nccl_create(kn_comm **out, kn_comm *bootstrap, int device, kn_err *err);
+#endif
+
+#ifdef __cplusplus
+}
 #endif
 
 #endif

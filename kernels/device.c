@@ -64,6 +64,15 @@ int kn_cuda_available(char *why, size_t why_len) {
 #endif
 }
 
+int kn_cuda_gpu_count(char *why, size_t why_len) {
+#ifdef KN_HAVE_CUDA
+    return kn_cuda_probe_devices(why, why_len);
+#else
+    snprintf(why, why_len, "built without CUDA (nvcc was not found at configure time)");
+    return 0;
+#endif
+}
+
 int kn_cpu_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();

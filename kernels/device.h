@@ -17,6 +17,9 @@ int kn_device_memcpy(kn_device dst_dev, void *dst, kn_device src_dev, const void
                      kn_err *err);
 /* 1 when a CUDA device can be used; otherwise 0 and `why` says why. */
 int kn_cuda_available(char *why, size_t why_len);
+/* The GPUs CUDA sees, without starting the CUDA backend: for choosing each
+ * rank's device before kn_comm_nccl. 0 and `why` when none. */
+int kn_cuda_gpu_count(char *why, size_t why_len);
 /* Number of CPU threads kernels use (OpenMP). */
 int kn_cpu_threads(void);
 

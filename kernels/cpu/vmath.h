@@ -21,7 +21,9 @@ static inline float kn_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    /* n is in [-126, 127] unless x is NaN; a NaN converted to int is undefined
+     * (UBSan stops on the shift of the result), and p is NaN then anyway. */
+    int32_t bits = ((int32_t)(n == n ? n : 0.0f) + 127) << 23;
     float s;
     memcpy(&s, &bits, sizeof s);
     return underflow ? 0.0f : p * s;

@@ -10,7 +10,10 @@
 
 /* Initialised once; on failure `why` keeps the reason for every later call. */
 static kn_cu_backend kn_cu_state;
-static int kn_cu_ok;
+static int kn_cu_started, kn_cu_ok;
+/* The device current on this thread as far as the backend knows: CUDA's
+ * current device is per thread, the backend's is per process. */
+static thread_local int kn_cu_thread_device = -1;
 static char kn_cu_why[512];
 static pthread_once_t kn_cu_once = PTHREAD_ONCE_INIT;
 kn_lt_api kn_lt;
@@ -36,6 +39,7 @@ static int kn_lt_load(void) {
 }
 
 static void kn_cu_init(void) {
+    kn_cu_started = 1;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -44,6 +48,13 @@ static void kn_cu_init(void) {
     }
     if (count == 0) {
         snprintf(kn_cu_why, sizeof kn_cu_why, "no CUDA device: cudaGetDeviceCount found none");
+        return;
+    }
+    /* the calling thread's current device: 0, or what kn_cuda_use_device set */
+    e = cudaGetDevice(&kn_cu_state.device);
+    if (e != cudaSuccess) {
+        snprintf(kn_cu_why, sizeof kn_cu_why, "CUDA device unusable: cudaGetDevice: %s: %s", cudaGetErrorName(e),
+                 cudaGetErrorString(e));
         return;
     }
     if (!kn_lt_load()) return;
@@ -70,9 +81,17 @@ static void kn_cu_init(void) {
 
 kn_cu_backend *kn_cu_get(kn_err *err, const char *op) {
     pthread_once(&kn_cu_once, kn_cu_init);
-    if (kn_cu_ok) return &kn_cu_state;
-    kn_fail(err, KN_ERR_BACKEND, "%s: %s", op, kn_cu_why);
-    return NULL;
+    if (!kn_cu_ok) {
+        kn_fail(err, KN_ERR_BACKEND, "%s: %s", op, kn_cu_why);
+        return NULL;
+    }
+    /* A thread other than the one that initialised the backend (the server's
+     * worker) starts on device 0; the stream lives on the backend's device. */
+    if (kn_cu_thread_device != kn_cu_state.device) {
+        if (kn_cu_check(cudaSetDevice(kn_cu_state.device), err, op, "cudaSetDevice")) return NULL;
+        kn_cu_thread_device = kn_cu_state.device;
+    }
+    return &kn_cu_state;
 }
 
 int kn_cu_check(cudaError_t e, kn_err *err, const char *op, const char *call) {
@@ -132,6 +151,38 @@ int kn_cuda_device_count(char *why, size_t why_len) {
     if (kn_cu_get(&err, "cuda")) return kn_cu_state.device_count;
     snprintf(why, why_len, "%s", kn_cu_why);
     return 0;
+}
+
+int kn_cuda_probe_devices(char *why, size_t why_len) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        snprintf(why, why_len, "no CUDA device: %s: %s", cudaGetErrorName(e), cudaGetErrorString(e));
+        return 0;
+    }
+    if (count == 0) snprintf(why, why_len, "no CUDA device: cudaGetDeviceCount found none");
+    return count;
+}
+
+int kn_cuda_use_device(int device, kn_err *err) {
+    if (!kn_cu_started) {
+        int count = 0;
+        /* no device at all: let kn_cu_get report it in its own words */
+        if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {
+            if (device < 0 || device >= count)
+                return kn_fail(err, KN_ERR_INVALID, "cuda device %d: this machine has %d CUDA device%s", device,
+                               count, count == 1 ? "" : "s");
+            KN_CU_TRY(err, "cuda device", cudaSetDevice(device));
+        }
+    }
+    kn_cu_backend *be = kn_cu_get(err, "cuda device");
+    if (!be) return err->code;
+    if (be->device != device)
+        return kn_fail(err, KN_ERR_INVALID,
+                       "cuda device %d: the CUDA backend already runs on device %d (choose the device before the "
+                       "first CUDA operation)",
+                       device, be->device);
+    return KN_OK;
 }
 
 void *kn_cuda_malloc(size_t bytes, kn_err *err) {

@@ -2,10 +2,11 @@
  * reporting, device scratch, element types and dtype dispatch.
  *
  * Contract
- *  - One process-wide backend (kn_cu_get): the current device (0 unless the
- *    caller chose another), one non-blocking stream and one cuBLASLt handle,
- *    created lazily on first use. Every op and copy is issued on that stream in
- *    host call order, from one host thread at a time.
+ *  - One process-wide backend (kn_cu_get) on one device (0 unless
+ *    kn_cuda_use_device chose another before the first use), one non-blocking
+ *    stream and one cuBLASLt handle, created lazily on first use. Every op and
+ *    copy is issued on that stream in host call order, from one host thread at
+ *    a time (any thread: kn_cu_get makes the backend's device current on it).
  *  - Scratch (kn_cu_scratch): one grow-only device buffer; an op carves its
  *    temporaries from it and may not keep them past its return. Reuse by the
  *    next op is safe because both run on the same stream; growing frees the
@@ -52,6 +53,7 @@ struct kn_lt_api {
 extern kn_lt_api kn_lt;
 
 typedef struct kn_cu_backend {
+    int device; /* the GPU everything below lives on */
     cudaStream_t stream;
     cublasLtHandle_t lt;
     int device_count;

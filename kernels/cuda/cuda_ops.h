@@ -19,6 +19,16 @@ extern "C" {
 #include "kernels/ops.h"
 
 int kn_cuda_device_count(char *why, size_t why_len);
+/* The GPUs CUDA sees, without starting the backend (so that a device can still
+ * be chosen); 0 and `why` when there are none. */
+int kn_cuda_probe_devices(char *why, size_t why_len);
+/* Makes GPU `device` the backend's (one process, one GPU: the NCCL transport
+ * puts each rank on its own) and initialises the backend there. Call it before
+ * the first CUDA op; once the backend runs, only the device it runs on is
+ * accepted (KN_ERR_INVALID otherwise: its stream and scratch belong there).
+ * KN_ERR_BACKEND without a usable GPU, KN_ERR_INVALID for a device that does
+ * not exist. */
+int kn_cuda_use_device(int device, kn_err *err);
 void *kn_cuda_malloc(size_t bytes, kn_err *err);
 void kn_cuda_free(void *p);
 int kn_cuda_memcpy(void *dst, int dst_on_device, const void *src, int src_on_device, size_t bytes, kn_err *err);
