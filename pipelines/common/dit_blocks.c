@@ -139,9 +139,18 @@ int kn_dit_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, const kn
     return KN_OK;
 }
 
-int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, int p, kn_patch_order order) {
+int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, const kn_sp *sp, int64_t n, int p,
+                      kn_patch_order order) {
     kn_dit_grid g = kn_dit_grid_of(out, p);
-    kn_tensor part;
-    KN_TRY(kn_tensor_slice(&part, tokens, 1, 0, g.hl * g.wl, &ctx->err));
-    return kn_unpatchify(ctx, out, &part, p, order);
+    kn_tensor all = *tokens, part;
+    size_t mark = kn_arena_mark(ctx->scratch);
+    int rc = KN_OK;
+    if (kn_sp_size(sp) > 1) {
+        rc = kn_arena_tensor(ctx->scratch, &all, KN_F32, 3, (int64_t[]){tokens->ne[0], n, tokens->ne[2]}, &ctx->err);
+        if (!rc) rc = kn_sp_gather(ctx, sp, n, tokens, 1, &all);
+    }
+    if (!rc) rc = kn_tensor_slice(&part, &all, 1, 0, g.hl * g.wl, &ctx->err);
+    if (!rc) rc = kn_unpatchify(ctx, out, &part, p, order);
+    kn_arena_reset(ctx->scratch, mark);
+    return rc;
 }

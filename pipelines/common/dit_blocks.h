@@ -10,6 +10,7 @@
 #ifndef KN_PIPELINES_DIT_BLOCKS_H
 #define KN_PIPELINES_DIT_BLOCKS_H
 
+#include "pipelines/common/seqpar.h"
 #include "pipelines/common/weights.h"
 
 /* emb[0..ch) = [cos(args), sin(args)], args_k = scale * t * max_period^(-k / (ch/2)):
@@ -51,8 +52,11 @@ kn_dit_grid kn_dit_grid_of(const kn_tensor *x, int p);
  * one [B, N, C*p*p] tensor (kn_patchify: circular padding, raster order). */
 int kn_dit_patchify(kn_ctx *ctx, kn_tensor *tokens, const kn_tensor *x, const kn_tensor *const *refs, int n_refs,
                     int p, kn_patch_order order);
-/* out = the first (x's) patches of tokens [B, N, C*p*p], cropped to out's size. */
-int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, int p, kn_patch_order order);
+/* out = the first (x's) patches of n tokens [B, n, C*p*p], cropped to out's
+ * size. Under sequence parallelism tokens holds this rank's rows of them
+ * (contiguous, kn_sp_local(sp, n)), gathered from every rank first. */
+int kn_dit_unpatchify(kn_ctx *ctx, kn_tensor *out, const kn_tensor *tokens, const kn_sp *sp, int64_t n, int p,
+                      kn_patch_order order);
 
 /* RoPE ids of an hl x wl patch grid in raster order: pos[3t..3t+2] =
  * (frame, row0 + i, col0 + j) for token t = i * wl + j. */

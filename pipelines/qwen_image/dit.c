@@ -311,12 +311,10 @@ static int forward(kn_ctx *ctx, const kn_qwen_dit *m, const kn_dit_input *in, kn
     KN_TRY(kn_dit_final_norm(ctx, tab, &m->norm_out, &tvec, &img, 0, LN_EPS));
     if (debug) KN_TRY(debug(user, "norm_out", &img));
     int64_t F = m->proj_out.w.ne[0];
-    kn_tensor proj, proj_f;
+    kn_tensor proj;
     KN_TRY(kn_arena_tensor(a, &proj, KN_F32, 3, (int64_t[]){B, Li, F}, e));
     KN_TRY(kn_lin_forward(ctx, tab, &proj, &img, &m->proj_out));
-    KN_TRY(kn_arena_tensor(a, &proj_f, KN_F32, 3, (int64_t[]){B, Ni, F}, e));
-    KN_TRY(kn_sp_gather(ctx, sp, Ni, &proj, 1, &proj_f));
-    return kn_dit_unpatchify(ctx, out, &proj_f, p, KN_PATCH_C_PY_PX);
+    return kn_dit_unpatchify(ctx, out, &proj, sp, Ni, p, KN_PATCH_C_PY_PX);
 }
 
 static int family_forward(kn_ctx *ctx, const kn_dit *d, const kn_dit_input *in, kn_tensor *out, kn_debug_fn debug,

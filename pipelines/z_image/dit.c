@@ -284,7 +284,7 @@ static int forward_batch(kn_ctx *ctx, const kn_zimage_dit *m, const kn_tensor *x
 
     /* final layer: LN(x) * (1 + scale), scale = linear(silu(t_emb)); then linear, image rows, negated */
     int64_t F = m->final_linear.w.ne[0];
-    kn_tensor st, scale, proj, proj_i, proj_f;
+    kn_tensor st, scale, proj, proj_i;
     KN_TRY(kn_arena_tensor(a, &st, KN_F32, 2, (int64_t[]){B, c->t_dim}, e));
     KN_TRY(kn_arena_tensor(a, &scale, KN_F32, 2, (int64_t[]){B, D}, e));
     KN_TRY(kn_activation(ctx, &st, &t_emb, KN_ACT_SILU));
@@ -297,9 +297,7 @@ static int forward_batch(kn_ctx *ctx, const kn_zimage_dit *m, const kn_tensor *x
     KN_TRY(kn_tensor_slice(&part, &proj, 1, Lcl, Nil, e));
     KN_TRY(kn_arena_tensor(a, &proj_i, KN_F32, 3, (int64_t[]){B, Nil, F}, e));
     KN_TRY(kn_tensor_copy(&proj_i, &part, e));
-    KN_TRY(kn_arena_tensor(a, &proj_f, KN_F32, 3, (int64_t[]){B, Nip, F}, e));
-    KN_TRY(kn_sp_gather(ctx, sp, Nip, &proj_i, 1, &proj_f));
-    KN_TRY(kn_dit_unpatchify(ctx, out, &proj_f, p, KN_PATCH_PY_PX_C));
+    KN_TRY(kn_dit_unpatchify(ctx, out, &proj_i, sp, Nip, p, KN_PATCH_PY_PX_C));
     return kn_affine(ctx, out, out, -1.0f, 0.0f);
 }
 
