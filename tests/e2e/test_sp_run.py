@@ -355,9 +355,10 @@ def served(ref):
         check(rc is not None and dt < 30,
               "serve --enable-recovery: SIGTERM to mpirun ends it within 30 s (exit %s, not checked, in %.1f s)" %
               (rc, dt))
+        check(srv.launch.wait_gone(10), "serve --enable-recovery: no process of the launch left (the stopped "
+                                        "follower included)")
     finally:
         srv.launch.cleanup()
-    check(srv.launch.wait_gone(10), "serve --enable-recovery: no process of the launch left")
 
 
 def main():
