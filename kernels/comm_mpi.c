@@ -6,7 +6,8 @@
  * stopped or runs another workflow costs the others a clear KN_ERR_COMM
  * after the timeout instead of a hang. Polling backs off from spinning to
  * short sleeps: ranks sharing cores (mpirun --oversubscribe) leave the CPU
- * to the rank still computing. Errors are returned (MPI_ERRORS_RETURN), not
+ * to the rank still computing, and after a second of waiting (a follower
+ * between renders) to 10 ms sleeps. Errors are returned (MPI_ERRORS_RETURN), not
  * fatal. Payloads over INT_MAX bytes travel as a contiguous type of a block
  * size dividing them. */
 #ifdef KN_HAVE_MPI
@@ -80,8 +81,9 @@ static int wait_all(kn_comm *c, MPI_Request *reqs, int n, const char *op, size_t
                            "rank %d of %d: %s of %zu bytes not complete after %.0f s: another rank stopped answering "
                            "(it died, hangs, or runs another model or workflow)",
                            c->rank, c->size, op, bytes, waited);
-        if (waited > 50e-6) {
-            sleep_ns = sleep_ns ? (sleep_ns * 2 > 200000 ? 200000 : sleep_ns * 2) : 5000;
+        if (waited > 50e-6) { /* a long wait (an idle follower) polls less often */
+            long cap = waited > 1.0 ? 10000000 : 200000;
+            sleep_ns = sleep_ns ? (sleep_ns * 2 > cap ? cap : sleep_ns * 2) : 5000;
             nanosleep(&(struct timespec){0, sleep_ns}, NULL);
         }
     }

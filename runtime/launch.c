@@ -44,7 +44,13 @@ int kn_launch_start(kn_launch *l, const char *launch, kn_err *err) {
     kn_comm_set_timeout(l->world, l->timeout_s);
     if (l->size == 1) return KN_OK;
     KN_TRY(kn_ranks_new(&l->ranks, l->world, l->mode, l->ulysses, err));
-    int rc = kn_ranks_hello(l->ranks, launch, err);
+    /* ranks splitting attention differently would wait on each other's collectives */
+    size_t n = strlen(launch) + 64;
+    char *what = malloc(n);
+    if (!what) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    snprintf(what, n, "%s sp=%s ulysses=%d", launch, kn_sp_mode_name(l->mode), l->ulysses);
+    int rc = kn_ranks_hello(l->ranks, what, err);
+    free(what);
     if (!rc && l->rank == 0)
         fprintf(stderr, "kiln: %d ranks (%s), DiT attention split %s%s\n", l->size, kn_comm_kind(l->world),
                 kn_sp_mode_name(l->mode), l->ulysses ? " with a set Ulysses degree" : "");

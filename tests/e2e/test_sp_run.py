@@ -16,8 +16,8 @@ that hang or die.
      1 of one process and at most 1e-4 of the values different;
    - each launch repeated writes the same bytes (deterministic).
 2. Mismatched launches (MPMD `mpirun -np 1 kiln run A : -np 1 kiln run B`):
-   another workflow file, another --set, another --models folder (symlinks to
-   the same files) are refused at start: non-zero exit within 60 s, rank 0's
+   another workflow file, another --set, another --sp, another --models folder
+   (symlinks to the same files) are refused at start: non-zero exit within 60 s, rank 0's
    stderr saying "launched differently"; the same folder through a symlink to
    it is the same launch and renders the one-process PNG.
 3. A hung follower (SIGSTOP mid-render, --sp-timeout 3): rank 0 reports
@@ -169,6 +169,7 @@ def mismatched(ref):
     other = [f for f in FILES if f != QWEN][0]
     for i, (label, args1, files1) in enumerate((("another workflow", [], [other]),
                                  ("another --set", ["--set", "3.seed=5"], [QWEN]),
+                                 ("another --sp", ["--sp", "ring"], [QWEN]),
                                  ("another --models folder (links to the same files)",
                                   ["--models", other_models], [QWEN]))):
         rc, dt, launch, _ = mpmd("mpmd_%d" % i, ["--models", MODELS], ["--models", MODELS] + args1,
