@@ -210,7 +210,8 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
     kn_validation v = {0};
     kn_exec_result res = {0};
     int status = 0;
-    if (apply_edits(o, prompt, &err)) {
+    if (apply_edits(o, prompt, &err) ||
+        (extra && kn_workflow_write_back(json_object_get(extra, "workflow"), prompt, &err))) { /* the PNG shows what ran */
         json_t *body = kn_prompt_error_body("invalid_prompt", "Invalid prompt", err.msg, NULL);
         status = report_failure(path, body, &err);
         json_decref(body);
