@@ -52,6 +52,9 @@ int kn_http_error(const kn_http *h, int status, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* messages quote client bytes (paths, names); JSON strings must be UTF-8 */
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20) *p = '?';
     return kn_http_json(h, status, json_pack("{s:s}", "error", msg));
 }
 
