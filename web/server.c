@@ -26,6 +26,7 @@
 #include "web/images.h"
 #include "web/multipart.h"
 #include "web/queue.h"
+#include "web/routes_convert.h"
 #include "web/routes_jobs.h"
 #include "web/routes_models.h"
 #include "web/routes_user.h"
@@ -565,6 +566,10 @@ static int h_experiment_models(request *r) {
     kn_http h = http_of(r);
     return kn_route_experiment_models(&h, r->s->models);
 }
+static int h_convert(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_convert(&h, r->s->models);
+}
 static int h_jobs(request *r) {
     kn_http h = http_of(r);
     return kn_route_jobs(&h, r->s->queue);
@@ -631,6 +636,7 @@ static const struct route {
     {"GET", "/jobs", false, h_jobs},
     {"GET", "/jobs", true, h_jobs},
     {"GET", "/vendor", true, h_vendor},
+    {"POST", "/kiln/convert", false, h_convert},
     {"GET", "/i18n", false, h_empty_object},
     {"GET", "/workflows", true, h_workflow_file},
 };
