@@ -37,7 +37,9 @@ static bool split_path(const char *encoded, size_t n, char *sub, char *name) {
     char raw[USER_PATH_MAX];
     memcpy(raw, encoded, n);
     raw[n] = '\0';
-    if (mg_url_decode(raw, (int)n, path, (int)sizeof path, 0) < 0 || strlen(path) == 0) return false;
+    int len = mg_url_decode(raw, (int)n, path, (int)sizeof path, 0);
+    /* an encoded NUL would cut the name short; a leading '/' is not a relative path */
+    if (len <= 0 || (size_t)len != strlen(path) || path[0] == '/') return false;
     char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     if (strlen(base) >= 256) return false;
