@@ -25,6 +25,7 @@ struct kn_executor {
     int n_cache, cap_cache;
     long runs;
     long unrepeatable; /* numbers the keys of nodes whose changed hook failed */
+    int previews;      /* make PREVIEW events */
     /* the node running now, for sampler progress events */
     const char *prompt_id, *cur_id, *cur_type;
 };
@@ -65,6 +66,16 @@ void kn_executor_set_events(kn_executor *ex, kn_exec_event_fn fn, void *user) {
 
 void kn_executor_interrupt(kn_executor *ex) { atomic_store(&ex->cancel, 1); }
 
+void kn_executor_set_previews(kn_executor *ex, int on) { ex->previews = on; }
+
+void kn_executor_free_memory(kn_executor *ex, int unload_models, int free_memory) {
+    if (unload_models || free_memory) {
+        for (int i = 0; i < ex->n_cache; i++) entry_free(&ex->cache[i]);
+        ex->n_cache = 0;
+    }
+    if (unload_models) kn_models_unload(ex->cfg.models);
+}
+
 long kn_executor_runs(const kn_executor *ex) { return ex->runs; }
 
 kn_node_env kn_executor_env(const kn_executor *ex) {
@@ -85,7 +96,7 @@ void kn_exec_result_free(kn_exec_result *res) {
 static void emit(kn_executor *ex, kn_exec_event_kind kind, const char *id, const char *type, int step, int total,
                  const json_t *data) {
     if (!ex->on_event) return;
-    kn_exec_event ev = {kind, ex->prompt_id, id, type, step, total, data};
+    kn_exec_event ev = {kind, ex->prompt_id, id, type, step, total, data, NULL, NULL};
     ex->on_event(ex->event_user, &ev);
 }
 
@@ -268,6 +279,13 @@ static json_t *error_message(kn_executor *ex, int interrupted, const char *id, c
 
 /* ---- running --------------------------------------------------------------------- */
 
+static void on_preview(const kn_node_env *env, const kn_tensor *denoised, const struct kn_latent_format *format) {
+    kn_executor *ex = env->step_user;
+    if (!ex->on_event) return;
+    kn_exec_event ev = {KN_EVENT_PREVIEW, ex->prompt_id, ex->cur_id, ex->cur_type, 0, 0, NULL, denoised, format};
+    ex->on_event(ex->event_user, &ev);
+}
+
 static int on_step(const kn_node_env *env, int step, int total, kn_err *err) {
     kn_executor *ex = env->step_user;
     emit(ex, KN_EVENT_PROGRESS, ex->cur_id, ex->cur_type, step, total, NULL);
@@ -332,6 +350,7 @@ static int run_node(kn_executor *ex, const json_t *prompt, const char *id, const
         env.cancel = &ex->cancel;
         env.step = on_step;
         env.step_user = ex;
+        env.preview = ex->previews ? on_preview : NULL;
         kn_node_call call = {id, cls, in, out, ui, &env, err, NULL};
         kn_err_clear(err);
         rc = hook_error ? kn_fail(err, (int)json_integer_value(json_object_get(hook_error, "code")), "%s",

@@ -57,6 +57,7 @@ typedef enum kn_exec_event_kind {
     KN_EVENT_EXECUTING,
     KN_EVENT_PROGRESS,
     KN_EVENT_EXECUTED,
+    KN_EVENT_PREVIEW, /* latent/format: the sampler's current prediction, after its PROGRESS */
 } kn_exec_event_kind;
 
 typedef struct kn_exec_event {
@@ -65,6 +66,8 @@ typedef struct kn_exec_event {
     const char *node_id, *node_type; /* NULL for START */
     int step, total;                 /* PROGRESS */
     const json_t *data;              /* START, EXECUTED */
+    const kn_tensor *latent;         /* PREVIEW: borrowed for the call */
+    const struct kn_latent_format *format;
 } kn_exec_event;
 
 typedef void (*kn_exec_event_fn)(void *user, const kn_exec_event *ev);
@@ -80,6 +83,13 @@ int kn_executor_new(kn_executor **out, const kn_executor_config *cfg, kn_err *er
 void kn_executor_free(kn_executor *ex);
 void kn_executor_set_events(kn_executor *ex, kn_exec_event_fn fn, void *user);
 void kn_executor_interrupt(kn_executor *ex);
+/* PREVIEW events are made only when wanted (they cost a copy per step). */
+void kn_executor_set_previews(kn_executor *ex, int on);
+/* ComfyUI's /free, between runs on the executor's thread: free_memory drops
+ * every cached node output; unload_models also releases the loaded-model
+ * store (a model a cached output still holds stays until that output goes,
+ * so unloading drops the cache too). */
+void kn_executor_free_memory(kn_executor *ex, int unload_models, int free_memory);
 /* Nodes executed (not served from the cache) over the executor's life. */
 long kn_executor_runs(const kn_executor *ex);
 /* The env the class hooks see (nodes/node.h): the executor's models and

@@ -381,7 +381,7 @@ static int add_with_inner(conv *cv, ui_graph *g, ui_node *u, int parent, int dro
  * sent: the seed control after seed/noise_seed (or any INT marked
  * control_after_generate) and LoadImage's upload button, which ends the
  * required section. `w` holds 2 * n_inputs + 1 entries. */
-static int widget_list(const kn_node_class *cls, const kn_input_spec **w) {
+int kn_workflow_widget_list(const kn_node_class *cls, const kn_input_spec **w) {
     int n = 0;
     for (int s = KN_SECTION_REQUIRED; s <= KN_SECTION_OPTIONAL; s++) {
         int upload = 0;
@@ -683,7 +683,7 @@ static int emit_node(conv *cv, int d, json_t *prompt) {
     int st = KN_OK;
     if (u->cls) {
         const kn_input_spec **w = malloc((2 * (size_t)u->cls->n_inputs + 1) * sizeof *w);
-        int nw = w ? widget_list(u->cls, w) : 0;
+        int nw = w ? kn_workflow_widget_list(u->cls, w) : 0;
         if (!w) st = nomem(cv);
         for (int i = 0; st == KN_OK && i < nw; i++) {
             if (!w[i]) continue;

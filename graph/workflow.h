@@ -64,4 +64,19 @@ int kn_workflow_load_memory(const void *data, size_t size, const kn_folder_liste
 int kn_workflow_load_file(const char *path, const kn_folder_lister *lister, json_t **prompt, json_t **error,
                           kn_err *err);
 
+/* A class's widgets_values layout, as the front end builds it: w[i] is the
+ * input whose value slot i holds, NULL for a UI-only slot (the seed control
+ * after seed/noise_seed, LoadImage's upload button). w holds 2 * n_inputs + 1
+ * entries; returns the count. */
+int kn_workflow_widget_list(const kn_node_class *cls, const kn_input_spec **w);
+
+/* Writes the constant inputs of an API prompt back into the UI graph it was
+ * converted from, so a PNG's "workflow" chunk shows the values that were
+ * rendered (kiln run's --set and --seed): each top-level node of ui whose id
+ * names a prompt node of the same class gets widgets_values[i] = the
+ * prompt's value for widget i (links left alone). Nodes inside subgraphs and
+ * values a PrimitiveNode pushes keep the graph's own values. ui is edited in
+ * place; KN_ERR_NOMEM is the only failure. */
+int kn_workflow_write_back(json_t *ui, const json_t *prompt, kn_err *err);
+
 #endif

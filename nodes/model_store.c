@@ -84,6 +84,11 @@ void kn_models_free(kn_models *m) {
     free(m);
 }
 
+void kn_models_unload(kn_models *m) {
+    for (int i = 0; i < m->n_store; i++) entry_clear(&m->store[i]);
+    m->n_store = 0;
+}
+
 const char *kn_models_root(const kn_models *m) { return m->root; }
 
 const char *kn_models_tokenizer_dir(const kn_models *m) {

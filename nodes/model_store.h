@@ -43,6 +43,9 @@
 
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err);
 void kn_models_free(kn_models *m);
+/* Releases every loaded model (ComfyUI's /free unload_models); users that
+ * still hold one keep it until they release it. Executor thread only. */
+void kn_models_unload(kn_models *m);
 
 const char *kn_models_root(const kn_models *m);
 const char *kn_models_tokenizer_dir(const kn_models *m);

@@ -198,6 +198,7 @@ void kn_value_clear(kn_value *v);
 
 typedef struct kn_models kn_models;
 typedef struct kn_node_env kn_node_env;
+struct kn_latent_format; /* pipelines/sampling/samplers.h */
 typedef struct kn_ranks kn_ranks;
 
 /* What a run offers every node. */
@@ -215,6 +216,10 @@ struct kn_node_env {
      * return (err set) stops sampling. */
     int (*step)(const kn_node_env *env, int step, int total, kn_err *err);
     void *step_user;
+    /* Offers the sampler's current prediction (denoised, in the model's
+     * latent space, laid out as the family's latents) for a latent preview;
+     * NULL when nobody watches. Never fails the run. */
+    void (*preview)(const kn_node_env *env, const kn_tensor *denoised, const struct kn_latent_format *format);
 };
 
 typedef struct kn_node_call {

@@ -131,12 +131,16 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
 typedef struct progress {
     const kn_node_env *env;
     kn_tensor *x0; /* NULL, or where to copy each step's denoised */
+    const kn_latent_format *format; /* of the model's latents, for previews */
 } progress;
 
 static int on_progress(void *user, int step, int total, const kn_tensor *x, const kn_tensor *denoised, kn_err *err) {
     progress *p = user;
     if (p->x0) memcpy(p->x0->data, denoised->data, kn_tensor_nbytes(denoised));
-    return p->env->step(p->env, step + 1, total, err);
+    KN_TRY(p->env->step(p->env, step + 1, total, err));
+    /* after the progress event, as ComfyUI sends its preview after "progress" */
+    if (p->env->preview && p->format) p->env->preview(p->env, denoised, p->format);
+    return KN_OK;
 }
 
 /* ---- the shared sampling path ------------------------------------------------------------ */
@@ -201,10 +205,11 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     kn_latent_obj *res = kn_latent_new(), *den = denoised_out ? kn_latent_new() : NULL;
     dit_guide guide = {.env = c->env, .model = j->model, .cond = {j->positive, j->negative}};
     kn_cfg_guider cfg = {dit_denoise, &guide, j->negative ? j->cfg : 1.0, {0}};
-    progress prog = {c->env, NULL};
+    progress prog = {c->env, NULL, NULL};
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
+    if (!rc) prog.format = dit->family->latent;
     if (!rc) rc = dit_guide_init(&guide, err);
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
     if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);

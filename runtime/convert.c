@@ -33,13 +33,26 @@ int kn_cmd_convert(int argc, char **argv) {
     int validate = 1, indent = 2;
     const char *path = NULL;
     for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: kiln convert [OPTION]... WORKFLOW.json|-\n"
+                   "Print the API-format prompt ComfyUI's front end would send for a workflow file\n"
+                   "(either format; - reads stdin), or ComfyUI's error JSON and exit 1.\n"
+                   "  --no-validate   print the conversion without checking it against the node schemas\n"
+                   "  --compact       one line instead of indented JSON\n"
+                   "  -h, --help      this help\n");
+            return 0;
+        }
         if (strcmp(argv[i], "--no-validate") == 0) validate = 0;
         else if (strcmp(argv[i], "--compact") == 0) indent = 0;
         else if (!path && (argv[i][0] != '-' || strcmp(argv[i], "-") == 0)) path = argv[i];
-        else path = NULL, argc = -1; /* unknown option or a second file */
+        else {
+            fprintf(stderr, "kiln convert: %s '%s' (kiln convert --help lists the options)\n",
+                    argv[i][0] == '-' && argv[i][1] ? "unknown option" : "a second file", argv[i]);
+            return 2;
+        }
     }
-    if (!path || argc < 0) {
-        fprintf(stderr, "usage: kiln convert [--no-validate] [--compact] WORKFLOW.json|-\n");
+    if (!path) {
+        fprintf(stderr, "kiln convert: no workflow file given (kiln convert --help lists the options)\n");
         return 2;
     }
     kn_err err;

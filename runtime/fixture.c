@@ -45,13 +45,27 @@ int kn_cmd_fixture(int argc, char **argv) {
     kn_launch_init(&launch);
     int n = 0;
     for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: kiln fixture [OPTION]... DIR...\n"
+                   "Run every case of fixture folders (shared format) and print each output's relative L2 error;\n"
+                   "exit 1 on any miss.\n"
+                   "  --sp auto|ulysses|ring   under mpirun: how DiT attention is split across the ranks\n"
+                   "  --sp-ulysses U           under mpirun: the Ulysses degree\n"
+                   "  --sp-timeout S           under mpirun: seconds before a silent rank fails (default 120)\n"
+                   "  -h, --help               this help\n");
+            return 0;
+        }
         int sp_opt = kn_launch_option(&launch, argc, argv, &i);
         if (sp_opt < 0) return 2;
+        if (!sp_opt && argv[i][0] == '-') {
+            fprintf(stderr, "kiln fixture: unknown option '%s' (kiln fixture --help lists the options)\n", argv[i]);
+            return 2;
+        }
         if (!sp_opt) argv[n++] = argv[i];
     }
     argc = n;
     if (argc < 1) {
-        fprintf(stderr, "usage: kiln fixture [--sp auto|ulysses|ring] [--sp-ulysses U] [--sp-timeout S] DIR...\n");
+        fprintf(stderr, "kiln fixture: no fixture folder given (kiln fixture --help lists the options)\n");
         return 2;
     }
     kn_err err;

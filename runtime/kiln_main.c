@@ -26,7 +26,8 @@ static int usage(FILE *out) {
             "                   render workflow files headlessly (see runtime/run.h)\n"
             "  serve [--listen [ADDR]] [--port N] [--models DIR] [--output-directory DIR] ...\n"
             "                   ComfyUI-compatible HTTP/WebSocket server and browser UI (runtime/serve.h)\n"
-            "  version          print build information\n"
+            "  version          print build information (also kiln --version)\n"
+            "kiln <command> --help describes each command's options\n"
             "under `mpirun -np N`, run and serve split every DiT forward across the N ranks\n"
             "(--sp auto|ulysses|ring, --sp-ulysses U, --sp-timeout S; README: mpirun)\n");
     return out == stderr ? 2 : 0;
@@ -46,8 +47,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "convert") == 0) return kn_cmd_convert(argc - 2, argv + 2);
     if (strcmp(cmd, "run") == 0) return kn_cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "serve") == 0) return kn_cmd_serve(argc - 2, argv + 2);
-    if (strcmp(cmd, "version") == 0) return cmd_version();
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
-    fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
-    return usage(stderr);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) return cmd_version();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) return usage(stdout);
+    fprintf(stderr, "kiln: unknown command '%s' (kiln --help lists the commands)\n", cmd);
+    return 2;
 }

@@ -40,12 +40,28 @@ static void on_sigint(int sig) {
     if (interrupt_target) kn_executor_interrupt(interrupt_target);
 }
 
-static int usage(void) {
-    fprintf(stderr, "usage: kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]\n"
-                    "                [--set NODE.INPUT=VALUE]... [--seed N] [--precision fp32|bf16|fp16]\n"
-                    "                [--json] [--sp auto|ulysses|ring] [--sp-ulysses U] [--sp-timeout S]\n"
-                    "                FILE...\n"
-                    "       under mpirun -np N, every DiT forward is split across the N ranks\n");
+static const char help_text[] =
+    "usage: kiln run [OPTION]... FILE...\n"
+    "Render ComfyUI workflow files (API or UI format) headlessly; images go to --output.\n"
+    "  --models DIR              ComfyUI models folder (default $KILN_MODELS, else the build's tiny set)\n"
+    "  --output DIR              where SaveImage writes (default output)\n"
+    "  --input DIR               where LoadImage reads (default input)\n"
+    "  --temp DIR                where PreviewImage writes (default temp)\n"
+    "  --set NODE.INPUT=VALUE    set an input before the run (VALUE is JSON, else a string); repeatable\n"
+    "  --seed N                  set every seed and noise_seed input\n"
+    "  --precision fp32|bf16|fp16  input precision of the GEMMs (default fp32; weights stay as stored)\n"
+    "  --json                    one JSON line per event (ComfyUI's websocket message shapes) on stdout\n"
+    "  --sp auto|ulysses|ring    under mpirun: how DiT attention is split across the ranks\n"
+    "  --sp-ulysses U            under mpirun: the Ulysses degree\n"
+    "  --sp-timeout S            under mpirun: seconds before a silent rank fails a render (default 120)\n"
+    "  -h, --help                this help\n"
+    "under mpirun -np N, every DiT forward is split across the N ranks\n";
+
+/* A usage error: one plain line naming what was wrong, exit status 2. */
+static int usage_error(const char *fmt, const char *a) {
+    fprintf(stderr, "kiln run: ");
+    fprintf(stderr, fmt, a);
+    fprintf(stderr, " (kiln run --help lists the options)\n");
     return 2;
 }
 
@@ -100,6 +116,8 @@ static void on_event(void *user, const kn_exec_event *ev) {
         case KN_EVENT_EXECUTED:
             print_event("executed", json_pack("{s:s, s:O, s:s?, s:o}", "node", ev->node_id, "output", ev->data,
                                               "prompt_id", ev->prompt_id, "paths", output_paths(o, ev->data)));
+            break;
+        case KN_EVENT_PREVIEW: /* never asked for: kiln run makes no previews */
             break;
         }
         return;
@@ -192,7 +210,8 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
     kn_validation v = {0};
     kn_exec_result res = {0};
     int status = 0;
-    if (apply_edits(o, prompt, &err)) {
+    if (apply_edits(o, prompt, &err) ||
+        (extra && kn_workflow_write_back(json_object_get(extra, "workflow"), prompt, &err))) { /* the PNG shows what ran */
         json_t *body = kn_prompt_error_body("invalid_prompt", "Invalid prompt", err.msg, NULL);
         status = report_failure(path, body, &err);
         json_decref(body);
@@ -268,12 +287,16 @@ int kn_cmd_run(int argc, char **argv) {
         fprintf(stderr, "kiln run: out of memory\n");
         return 1;
     }
-    int bad = 0;
+    int bad = 0; /* 1: the message is printed, 2: help asked */
     kn_launch launch;
     kn_launch_init(&launch);
     for (int i = 0; i < argc && !bad; i++) {
         const char *a = argv[i];
-        int sp_opt = kn_launch_option(&launch, argc, argv, &i);
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            bad = 2;
+            break;
+        }
+        int sp_opt = kn_launch_option(&launch, argc, argv, &i); /* names a bad --sp* itself */
         if (sp_opt) {
             bad = sp_opt < 0;
             continue;
@@ -287,22 +310,36 @@ int kn_cmd_run(int argc, char **argv) {
                            : strcmp(a, "--set") == 0    ? &o.sets[o.n_sets]
                                                         : NULL;
         if (dst) {
-            if (i + 1 >= argc) bad = 1;
+            if (i + 1 >= argc) bad = usage_error("%s needs a value", a) != 0;
             else *dst = argv[++i];
             if (dst == &o.sets[o.n_sets]) o.n_sets++;
         } else if (strcmp(a, "--json") == 0) {
             o.json = 1;
-        } else if (a[0] == '-' && a[1] == '-') {
-            bad = 1;
+        } else if (a[0] == '-' && a[1]) {
+            bad = usage_error("unknown option '%s'", a) != 0;
         } else {
             files[n_files++] = a;
         }
     }
     kn_precision precision = KN_PREC_FP32;
-    if (bad || n_files == 0 || kn_precision_parse(o.precision, &precision) != KN_OK) {
+    if (!bad && kn_precision_parse(o.precision, &precision) != KN_OK)
+        bad = usage_error("--precision: '%s' is not one of fp32, bf16, fp16", o.precision) != 0;
+    if (!bad && o.seed) {
+        json_t *seed = json_loads(o.seed, JSON_DECODE_ANY, NULL);
+        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
+            bad = usage_error("--seed: '%s' is not a non-negative integer", o.seed) != 0;
+        json_decref(seed);
+    }
+    for (int i = 0; !bad && i < o.n_sets; i++) {
+        const char *eq = strchr(o.sets[i], '='), *dot = eq ? memrchr(o.sets[i], '.', (size_t)(eq - o.sets[i])) : NULL;
+        if (!dot || dot == o.sets[i] || dot + 1 == eq) bad = usage_error("--set '%s': expected NODE.INPUT=VALUE", o.sets[i]) != 0;
+    }
+    if (!bad && n_files == 0) bad = usage_error("no workflow file given%s", "") != 0;
+    if (bad) {
         free(files);
         free(o.sets);
-        return usage();
+        if (bad == 2) fputs(help_text, stdout);
+        return bad == 2 ? 0 : 2;
     }
     if (!o.models) o.models = getenv("KILN_MODELS") && *getenv("KILN_MODELS") ? getenv("KILN_MODELS") : KN_DEFAULT_MODELS;
 

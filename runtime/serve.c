@@ -8,6 +8,7 @@
 
 #include "kernels/error.h"
 #include "runtime/launch.h"
+#include "web/preview.h"
 #include "web/server.h"
 
 #ifndef KN_DEFAULT_MODELS
@@ -20,13 +21,33 @@
 #define KN_WORKFLOWS_DIR "workflows"
 #endif
 
-static int usage(void) {
-    fprintf(stderr, "usage: kiln serve [--listen [ADDR[,ADDR]]] [--port N] [--models DIR]\n"
-                    "                  [--output-directory DIR] [--input-directory DIR] [--temp-directory DIR]\n"
-                    "                  [--extra-model-paths-config FILE] [--max-upload-size MB]\n"
-                    "                  [--front-end-root DIR] [--sp auto|ulysses|ring] [--sp-ulysses U]\n"
-                    "                  [--sp-timeout S]\n"
-                    "       under mpirun -np N, rank 0 serves and every DiT forward is split across the N ranks\n");
+static const char help_text[] =
+    "usage: kiln serve [OPTION]...\n"
+    "ComfyUI's HTTP/WebSocket API and the browser UI (web/README.md). Options (ComfyUI's names):\n"
+    "  --listen [ADDR[,ADDR]]   addresses to listen on (default 127.0.0.1; bare --listen: 0.0.0.0)\n"
+    "  --port N                 port (default 8188)\n"
+    "  --models DIR             ComfyUI models folder (default $KILN_MODELS, else the build's tiny set)\n"
+    "  --output-directory DIR   SaveImage's folder (default output)\n"
+    "  --input-directory DIR    LoadImage's and uploads' folder (default input)\n"
+    "  --temp-directory DIR     PreviewImage's folder (default temp)\n"
+    "  --user-directory DIR     /userdata and /settings storage (default user)\n"
+    "  --extra-model-paths-config FILE  an extra_model_paths.yaml naming one models root\n"
+    "  --max-upload-size MB     cap on every request body (default 100)\n"
+    "  --front-end-root DIR     the browser UI's files (default the source tree's web/ui)\n"
+    "  --preview-method M       latent previews: none (default), auto, latent2rgb, taesd (auto and taesd\n"
+    "                           are latent2rgb: Kiln has no TAESD decoders)\n"
+    "  --enable-cors-header [ORIGIN]  send CORS headers allowing ORIGIN (bare: *)\n"
+    "  --sp auto|ulysses|ring   under mpirun: how DiT attention is split across the ranks\n"
+    "  --sp-ulysses U           under mpirun: the Ulysses degree\n"
+    "  --sp-timeout S           under mpirun: seconds before a silent rank fails a render (default 120)\n"
+    "  -h, --help               this help\n"
+    "under mpirun -np N, rank 0 serves and every DiT forward is split across the N ranks\n";
+
+/* A usage error: one plain line naming what was wrong, exit status 2. */
+static int usage_error(const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "kiln serve: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (kiln serve --help lists the options)\n");
     return 2;
 }
 
@@ -134,17 +155,25 @@ static int extra_paths_root(const char *file, char **root, kn_err *err) {
 
 int kn_cmd_serve(int argc, char **argv) {
     kn_server_config cfg = {"127.0.0.1", 8188, NULL, "output", "input", "temp", KN_WEB_UI_DIR, KN_WORKFLOWS_DIR,
-                            (size_t)100 << 20, KN_PREC_FP32, NULL};
+                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none"};
     const char *yaml = NULL, *port = NULL, *upload = NULL;
     kn_launch launch;
     kn_launch_init(&launch);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(help_text, stdout);
+            return 0;
+        }
         int sp_opt = kn_launch_option(&launch, argc, argv, &i);
-        if (sp_opt < 0) return usage();
+        if (sp_opt < 0) return 2; /* kn_launch_option named the flag */
         if (sp_opt) continue;
         if (strcmp(a, "--listen") == 0) { /* ComfyUI: a bare --listen means every interface */
             cfg.listen = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : "0.0.0.0";
+            continue;
+        }
+        if (strcmp(a, "--enable-cors-header") == 0) { /* ComfyUI: bare means any origin */
+            cfg.cors_origin = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : "*";
             continue;
         }
         const char **dst = strcmp(a, "--port") == 0                       ? &port
@@ -155,21 +184,28 @@ int kn_cmd_serve(int argc, char **argv) {
                            : strcmp(a, "--extra-model-paths-config") == 0 ? &yaml
                            : strcmp(a, "--max-upload-size") == 0          ? &upload
                            : strcmp(a, "--front-end-root") == 0           ? &cfg.ui_dir
+                           : strcmp(a, "--user-directory") == 0           ? &cfg.user_dir
+                           : strcmp(a, "--preview-method") == 0           ? &cfg.preview_method
                                                                           : NULL;
-        if (!dst || i + 1 >= argc) return usage();
+        if (!dst) return usage_error(a[0] == '-' ? "unknown option '%s'%s" : "unexpected argument '%s'%s", a, "");
+        if (i + 1 >= argc) return usage_error("%s needs a value%s", a, "");
         *dst = argv[++i];
     }
     char *end;
     if (port) {
         long p = strtol(port, &end, 10);
-        if (*end || p < 1 || p > 65535) return usage();
+        if (*end || p < 1 || p > 65535) return usage_error("--port: '%s' is not a port number (1 to 65535)%s", port, "");
         cfg.port = (int)p;
     }
     if (upload) {
         double mb = strtod(upload, &end);
-        if (*end || !(mb > 0) || mb > 1 << 20) return usage();
+        if (*end || !(mb > 0) || mb > 1 << 20)
+            return usage_error("--max-upload-size: '%s' is not a size in MB (above 0, at most 1048576)%s", upload, "");
         cfg.max_body = (size_t)(mb * (1 << 20));
     }
+    kn_preview_method pm;
+    if (kn_preview_method_parse(cfg.preview_method, &pm))
+        return usage_error("--preview-method: '%s' is not one of none, auto, latent2rgb, taesd%s", cfg.preview_method, "");
     kn_err err;
     kn_err_clear(&err);
     char *yaml_root = NULL;

@@ -5,10 +5,20 @@
 
 OUT_DIR gets ComfyUI's model folders.
 
-Qwen-Image (file names of their own: the real ones are fp8 files):
-  diffusion_models/qwen_image_tiny.safetensors   the DiT, real key names, bf16
-  text_encoders/qwen_2.5_vl_tiny.safetensors     Qwen2.5-VL text model, "model." keys, bf16
-  vae/qwen_image_vae.safetensors                 VAE_SRC copied as is (real keys)
+Every file carries the name ComfyUI's templates use for the real model, so a workflow renders with
+this set and with the real files unchanged; the dtypes are the tiny set's own (bf16/f16 where the
+real Qwen-Image files are fp8: Kiln reads either).
+
+Qwen-Image:
+  diffusion_models/qwen_image_fp8_e4m3fn.safetensors       the DiT, real key names, bf16
+  diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors  the same DiT under the Qwen-Image-Edit names
+  diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors
+  text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors      Qwen2.5-VL text model, "model." keys, bf16
+  vae/qwen_image_vae.safetensors                           VAE_SRC copied as is (real keys)
+  loras/Qwen-Image-Lightning-8steps-V1.0.safetensors       a rank-4 PEFT LoRA on the DiT's blocks
+
+Flux.1 LoRA:
+  loras/flux_dev_example_lora.safetensors                  a rank-4 kohya LoRA on the Flux DiT's blocks
 
 Flux.1 (the real files' names, so ComfyUI's own Flux workflows run on them):
   diffusion_models/flux1-dev.safetensors         the DiT with guidance_in.*, bf16
@@ -369,13 +379,45 @@ def z_image_dit():
     return b.t
 
 
+# ---- LoRAs --------------------------------------------------------------------------------
+
+LORA_RANK = 4
+
+
+def lora(dit, key_of, up_down):
+    """A rank-4 LoRA on every 2-D block weight of a tiny DiT. key_of(k) gives the LoRA's name for
+    checkpoint key k (k without ".weight"); up_down names its (down, up) pair. Small magnitudes, so
+    the image changes without blowing up."""
+    b = Builder(exponent=lambda fan_in: -7)
+    for key, (_, shape, _) in sorted(dit.items()):
+        if len(shape) != 2 or not key.endswith(".weight") or "blocks." not in key:
+            continue
+        stem = key_of(key[: -len(".weight")])
+        out_f, in_f = shape
+        b.weight(f"{stem}.{up_down[0]}.weight", LORA_RANK, in_f)
+        b.weight(f"{stem}.{up_down[1]}.weight", out_f, LORA_RANK)
+    return b.t
+
+
+def qwen_lora():
+    """PEFT/diffusers names under transformer. (as the Lightning LoRAs are published)."""
+    return lora(qwen_dit(), lambda k: "transformer." + k, ("lora_A", "lora_B"))
+
+
+def flux_lora():
+    """kohya names (lora_unet_<key with _>), as ComfyUI's Flux example LoRA."""
+    return lora(flux_dit(guidance=True), lambda k: "lora_unet_" + k.replace(".", "_"), ("lora_down", "lora_up"))
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     out, vae_src = sys.argv[1], sys.argv[2]
     files = {
-        "diffusion_models/qwen_image_tiny.safetensors": qwen_dit,
-        "text_encoders/qwen_2.5_vl_tiny.safetensors": qwen_text_encoder,
+        "diffusion_models/qwen_image_fp8_e4m3fn.safetensors": qwen_dit,
+        "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors": qwen_text_encoder,
+        "loras/Qwen-Image-Lightning-8steps-V1.0.safetensors": qwen_lora,
+        "loras/flux_dev_example_lora.safetensors": flux_lora,
         "diffusion_models/flux1-dev.safetensors": lambda: flux_dit(guidance=True),
         "diffusion_models/flux1-schnell.safetensors": lambda: flux_dit(guidance=False),
         "text_encoders/clip_l.safetensors": clip_l,
@@ -386,6 +428,10 @@ def main():
     }
     for name, build in files.items():
         write_safetensors(os.path.join(out, name), build())
+    # The Qwen-Image-Edit checkpoints are the Qwen-Image DiT trained further: same keys and shapes.
+    for edit in ("qwen_image_edit_fp8_e4m3fn", "qwen_image_edit_2509_fp8_e4m3fn"):
+        shutil.copyfile(os.path.join(out, "diffusion_models", "qwen_image_fp8_e4m3fn.safetensors"),
+                        os.path.join(out, "diffusion_models", edit + ".safetensors"))
     os.makedirs(os.path.join(out, "vae"), exist_ok=True)
     shutil.copyfile(vae_src, os.path.join(out, "vae", "qwen_image_vae.safetensors"))
 

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "web/preview.h"
+
 typedef struct q_item {
     double number;
     bool number_real; /* the client sent "number": echoed as a float, as ComfyUI's float(number) */
@@ -29,6 +31,8 @@ struct kn_queue {
     pthread_t worker;
     kn_executor *ex;
     kn_ws_hub *hub;
+    kn_preview_method preview;   /* --preview-method; a prompt's extra_data may override it */
+    bool unload_models, free_memory; /* /free, done by the worker between prompts */
 };
 
 /* What the worker's event callback needs during one run. */
@@ -37,6 +41,9 @@ typedef struct run_ctx {
     const q_item *it;
     const char *sid;  /* the prompt's client_id, NULL when it has none */
     json_t *messages; /* history status.messages */
+    json_t *states;   /* progress_state "nodes": every node that left "pending" */
+    char running[256];   /* the node in state "running", "" when none */
+    struct timespec step_t0; /* when the running node's sampling started, for progress text */
 } run_ctx;
 
 static json_int_t now_ms(void) {
@@ -92,6 +99,39 @@ static void run_record(run_ctx *r, const char *type, json_t *data, bool broadcas
     run_send(r, type, data, broadcast_without_client);
 }
 
+/* Binary frames go where progress goes: the client, else everybody. */
+static void run_send_binary(const run_ctx *r, unsigned char *frame, size_t len) {
+    if (frame) kn_ws_send_binary(r->q->hub, r->sid, frame, len);
+    free(frame);
+}
+
+/* Sets node id's progress_state entry and sends the whole state (§4.2). */
+static void send_state(run_ctx *r, const char *id, const char *state, double value, double max) {
+    const char *pid = r->it->prompt_id;
+    if (id) {
+        json_t *e = json_pack("{s:f, s:f, s:s, s:s, s:s, s:s, s:n, s:s}", "value", value, "max", max, "state", state,
+                              "node_id", id, "prompt_id", pid, "display_node_id", id, "parent_node_id",
+                              "real_node_id", id);
+        if (e) json_object_set_new(r->states, id, e);
+    }
+    run_send(r, "progress_state", json_pack("{s:s, s:O}", "prompt_id", pid, "nodes", r->states), true);
+}
+
+/* The running node is done: "finished", or "error" when the run failed there. */
+static void finish_running(run_ctx *r, const char *state) {
+    if (!r->running[0]) return;
+    json_t *e = json_object_get(r->states, r->running);
+    json_object_set_new(e, "state", json_string(state));
+    if (!strcmp(state, "finished")) json_object_set(e, "value", json_object_get(e, "max"));
+    r->running[0] = '\0';
+}
+
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
 static void on_event(void *user, const kn_exec_event *ev) {
     run_ctx *r = user;
     const char *pid = r->it->prompt_id;
@@ -102,13 +142,34 @@ static void on_event(void *user, const kn_exec_event *ev) {
                    json_pack("{s:O, s:s, s:I}", "nodes", ev->data, "prompt_id", pid, "timestamp", now_ms()), false);
         break;
     case KN_EVENT_EXECUTING:
+        finish_running(r, "finished");
+        send_state(r, ev->node_id, "running", 0.0, 1.0);
+        snprintf(r->running, sizeof r->running, "%s", ev->node_id);
+        clock_gettime(CLOCK_MONOTONIC, &r->step_t0);
         run_send(r, "executing", json_pack("{s:s, s:s, s:s}", "node", ev->node_id, "display_node", ev->node_id,
                                            "prompt_id", pid), false);
         break;
-    case KN_EVENT_PROGRESS:
+    case KN_EVENT_PROGRESS: {
         run_send(r, "progress", json_pack("{s:i, s:i, s:s, s:s}", "value", ev->step, "max", ev->total, "prompt_id",
                                           pid, "node", ev->node_id), true);
+        send_state(r, ev->node_id, "running", ev->step, ev->total);
+        /* the progress text ComfyUI nodes show under themselves: steps and speed */
+        char text[128];
+        double s = seconds_since(&r->step_t0) / (ev->step > 0 ? ev->step : 1);
+        snprintf(text, sizeof text, "step %d/%d, %.2f s/it", ev->step, ev->total, s);
+        unsigned char *frame = NULL;
+        size_t len = 0;
+        kn_err err;
+        if (!kn_progress_text_frame(ev->node_id, text, &frame, &len, &err)) run_send_binary(r, frame, len);
         break;
+    }
+    case KN_EVENT_PREVIEW: {
+        unsigned char *frame = NULL;
+        size_t len = 0;
+        kn_err err;
+        if (!kn_preview_frame(ev->latent, ev->format, KN_PREVIEW_MAX_SIZE, &frame, &len, &err)) run_send_binary(r, frame, len);
+        break;
+    }
     case KN_EVENT_EXECUTED:
         run_send(r, "executed", json_pack("{s:s, s:s, s:O, s:s}", "node", ev->node_id, "display_node", ev->node_id,
                                           "output", ev->data, "prompt_id", pid), false);
@@ -129,15 +190,23 @@ static json_t *history_meta(const json_t *outputs) {
 
 /* Runs one item and returns its history entry (NULL when out of memory). */
 static json_t *run_item(kn_queue *q, const q_item *it) {
-    run_ctx r = {q, it, json_string_value(json_object_get(it->extra_data, "client_id")), json_array()};
+    run_ctx r = {q, it, json_string_value(json_object_get(it->extra_data, "client_id")), json_array(), json_object(),
+                 "", {0, 0}};
     kn_exec_result res = {0};
     kn_err err;
     kn_err_clear(&err);
+    kn_preview_method method = q->preview;
+    const char *asked = json_string_value(json_object_get(it->extra_data, "preview_method"));
+    if (asked && kn_preview_method_parse(asked, &method)) method = q->preview; /* unknown: the server's */
+    kn_executor_set_previews(q->ex, method != KN_PREVIEW_NONE);
     kn_executor_set_events(q->ex, on_event, &r);
     const json_t *pnginfo = json_object_get(it->extra_data, "extra_pnginfo");
     int rc = kn_executor_run(q->ex, it->prompt, &it->v, json_is_object(pnginfo) ? pnginfo : NULL, it->prompt_id, &res,
                              &err);
     kn_executor_set_events(q->ex, NULL, NULL);
+    finish_running(&r, rc == KN_OK ? "finished" : "error");
+    if (json_object_size(r.states)) send_state(&r, NULL, NULL, 0, 0);
+    json_decref(r.states);
     if (rc == KN_OK) {
         run_record(&r, "execution_success", json_pack("{s:s, s:I}", "prompt_id", it->prompt_id, "timestamp", now_ms()),
                    false);
@@ -181,8 +250,16 @@ static void *worker_main(void *arg) {
     kn_queue *q = arg;
     pthread_mutex_lock(&q->mu);
     for (;;) {
-        while (!q->stop && q->n_pending == 0) pthread_cond_wait(&q->cv, &q->mu);
+        while (!q->stop && q->n_pending == 0 && !q->unload_models && !q->free_memory) pthread_cond_wait(&q->cv, &q->mu);
         if (q->stop) break;
+        if (q->unload_models || q->free_memory) { /* the executor is this thread's: no prompt runs now */
+            bool unload = q->unload_models, mem = q->free_memory;
+            q->unload_models = q->free_memory = false;
+            pthread_mutex_unlock(&q->mu);
+            kn_executor_free_memory(q->ex, unload, mem);
+            pthread_mutex_lock(&q->mu);
+            continue;
+        }
         q_item *it = q->running = pop_locked(q);
         pthread_mutex_unlock(&q->mu);
         broadcast_status(q);
@@ -332,6 +409,20 @@ void kn_queue_drop(kn_queue *q, bool clear, const json_t *ids) {
     q->n_pending = w;
     pthread_mutex_unlock(&q->mu);
     if (w != before) broadcast_status(q);
+}
+
+void kn_queue_set_preview(kn_queue *q, kn_preview_method method) {
+    pthread_mutex_lock(&q->mu);
+    q->preview = method;
+    pthread_mutex_unlock(&q->mu);
+}
+
+void kn_queue_free_memory(kn_queue *q, bool unload_models, bool free_memory) {
+    pthread_mutex_lock(&q->mu);
+    q->unload_models |= unload_models;
+    q->free_memory |= free_memory;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
 }
 
 void kn_queue_interrupt(kn_queue *q, const char *prompt_id) {

@@ -27,6 +27,7 @@
 
 #include "graph/executor.h"
 #include "graph/validate.h"
+#include "web/preview.h"
 #include "web/ws.h"
 
 #define KN_QUEUE_MAX_PENDING 10000
@@ -53,6 +54,12 @@ int kn_queue_remaining(kn_queue *q);
 json_t *kn_queue_state(kn_queue *q); /* GET /queue */
 /* POST /queue: ids NULL or an array of prompt ids to drop from pending. */
 void kn_queue_drop(kn_queue *q, bool clear, const json_t *ids);
+
+/* The server's latent preview method (--preview-method; default none). */
+void kn_queue_set_preview(kn_queue *q, kn_preview_method method);
+/* ComfyUI's POST /free: done by the worker after the running prompt, or at
+ * once when idle (kn_executor_free_memory). */
+void kn_queue_free_memory(kn_queue *q, bool unload_models, bool free_memory);
 
 /* prompt_id: NULL = whatever runs, else only that prompt when it runs. */
 void kn_queue_interrupt(kn_queue *q, const char *prompt_id);

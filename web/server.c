@@ -22,8 +22,14 @@
 #include "nodes/registry.h"
 #include "nodes/model_store.h"
 #include "web/files.h"
+#include "web/http.h"
+#include "web/images.h"
 #include "web/multipart.h"
 #include "web/queue.h"
+#include "web/routes_convert.h"
+#include "web/routes_jobs.h"
+#include "web/routes_models.h"
+#include "web/routes_user.h"
 #include "web/stack.h"
 #include "web/ws.h"
 
@@ -33,7 +39,8 @@
 
 struct kn_server {
     size_t max_body;
-    char *listen, *models_root, *output_dir, *input_dir, *temp_dir, *ui_dir, *workflows_dir;
+    char *listen, *models_root, *output_dir, *input_dir, *temp_dir, *ui_dir, *workflows_dir, *user_dir;
+    char cors[512]; /* --enable-cors-header's lines for every reply, "" when off */
     kn_models *models;
     kn_executor *ex;
     kn_ws_hub *hub;
@@ -51,6 +58,11 @@ typedef struct request {
     const char *query; /* may be NULL */
 } request;
 
+/* The request as the route files beside this one take it (web/http.h). */
+static kn_http http_of(const request *r) {
+    return (kn_http){r->conn, r->method, r->param, r->query, r->s->max_body, r->s->cors};
+}
+
 /* ---- responses ------------------------------------------------------------------- */
 
 static const char *status_text(int status) {
@@ -67,9 +79,9 @@ static const char *status_text(int status) {
 
 static int send_bytes(request *r, int status, const char *type, const void *data, size_t len, const char *extra) {
     mg_printf(r->conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s"
+              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s%s"
               "Connection: close\r\n\r\n",
-              status, status_text(status), type, len, extra ? extra : "");
+              status, status_text(status), type, len, r->s->cors, extra ? extra : "");
     if (len && strcmp(r->method, "HEAD") != 0) mg_write(r->conn, data, len);
     return status;
 }
@@ -93,7 +105,10 @@ static int send_bad_request(request *r, const char *details) {
     return send_json(r, 400, kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL));
 }
 
-static int send_empty(request *r) { return send_bytes(r, 200, "text/plain; charset=utf-8", "", 0, NULL); }
+/* ComfyUI answers these with an empty body; "{}" reads the same to every
+ * client that ignores the body and lets those that parse every reply as
+ * JSON (comfy-ui-client's interrupt and editHistory) succeed. */
+static int send_empty(request *r) { return send_bytes(r, 200, "application/json; charset=utf-8", "{}", 2, NULL); }
 
 /* Streams an open file (closed here). */
 static int send_file(request *r, int fd, size_t size, const char *type, const char *name) {
@@ -106,9 +121,9 @@ static int send_file(request *r, int fd, size_t size, const char *type, const ch
         snprintf(extra, sizeof extra, "Content-Disposition: filename=\"%s\"\r\n", safe);
     }
     mg_printf(r->conn,
-              "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s"
+              "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-cache\r\n%s%s"
               "Connection: close\r\n\r\n",
-              type, size, extra);
+              type, size, r->s->cors, extra);
     char buf[65536];
     for (size_t sent = 0; sent < size && strcmp(r->method, "HEAD") != 0;) {
         ssize_t n = read(fd, buf, sizeof buf);
@@ -217,7 +232,10 @@ static int send_static(request *r, const char *dir, const char *name, const char
     int fd;
     size_t size;
     kn_err err;
-    if (!dir || kn_web_open_file(dir, "", name, &fd, &size, &err)) return send_text(r, 404, "404: Not Found");
+    if (!dir || kn_web_open_file(dir, "", name, &fd, &size, &err)) {
+        kn_http h = http_of(r);
+        return kn_http_error(&h, 404, "no such file '%s'", name);
+    }
     return send_file(r, fd, size, type, NULL);
 }
 
@@ -370,13 +388,16 @@ static int h_interrupt(request *r) {
     return send_empty(r);
 }
 
-/* POST /free: loaded models and cached outputs are kept (the executor has no
- * unload yet); accepted so clients that call it keep working. */
+/* POST /free: ComfyUI's flags, done by the queue's worker after the running
+ * prompt (kn_queue_free_memory); unload_models defaults to free_memory. */
 static int h_free(request *r) {
     json_t *body;
     int st = read_json(r, &body);
     if (st) return st;
     bool object = json_is_object(body);
+    bool mem = json_is_true(json_object_get(body, "free_memory"));
+    const json_t *unload = json_object_get(body, "unload_models");
+    if (object) kn_queue_free_memory(r->s->queue, unload ? json_is_true(unload) : mem, mem);
     json_decref(body);
     return object ? send_empty(r) : send_bad_request(r, "expected {\"unload_models\": bool, \"free_memory\": bool}");
 }
@@ -416,6 +437,12 @@ static int h_view(request *r) {
     int rc = kn_web_open_file(dir, subfolder, base, &fd, &size, &err);
     if (rc == KN_ERR_INVALID) return send_text(r, 400, "400: invalid filename");
     if (rc) return send_text(r, 404, "404: Not Found");
+    char preview[64], channel[16];
+    int pv = query_var(r, "preview", preview, sizeof preview), ch = query_var(r, "channel", channel, sizeof channel);
+    if (pv > 0 || (ch > 0 && strcmp(channel, "rgba") != 0)) { /* re-encoded: web/images.h */
+        kn_http h = http_of(r);
+        return kn_view_transformed(&h, fd, size, pv > 0 ? preview : NULL, ch > 0 ? channel : NULL);
+    }
     return send_file(r, fd, size, mime_type(base), base);
 }
 
@@ -480,7 +507,10 @@ static int h_models(request *r) {
     }
     bool known = false;
     for (size_t i = 0; i < sizeof model_folders / sizeof model_folders[0]; i++) known |= strcmp(r->param, model_folders[i]) == 0;
-    if (!known) return send_text(r, 404, "404: Not Found");
+    if (!known) {
+        kn_http h = http_of(r);
+        return kn_http_error(&h, 404, "unknown model folder '%s'", r->param);
+    }
     json_t *names = json_array();
     kn_err err;
     if (!names || kn_models_list(r->s->models, r->param, names, &err)) {
@@ -512,10 +542,53 @@ static int h_empty_object(request *r) { return send_json(r, 200, json_object());
 static int h_features(request *r) { return send_json(r, 200, kn_ws_features(r->s->max_body)); }
 static int h_users(request *r) { return send_json(r, 200, json_pack("{s:s, s:b}", "storage", "server", "migrated", 1)); }
 
-/* GET /settings/{id}: nothing is stored, so every setting is unset. */
-static int h_setting(request *r) { return send_json(r, 200, json_null()); }
 
 static int h_workflow_file(request *r) { return send_static(r, r->s->workflows_dir, r->param, "application/json"); }
+
+/* Routes that live in their own files (web/routes_*.c, web/images.c). */
+static int h_upload_mask(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_upload_mask(&h, r->s->output_dir, r->s->input_dir, r->s->temp_dir);
+}
+static int h_userdata(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_userdata(&h, r->s->user_dir);
+}
+static int h_settings(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_settings(&h, r->s->user_dir);
+}
+static int h_view_metadata(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_view_metadata(&h, r->s->models);
+}
+static int h_experiment_models(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_experiment_models(&h, r->s->models);
+}
+static int h_convert(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_convert(&h, r->s->models);
+}
+static int h_jobs(request *r) {
+    kn_http h = http_of(r);
+    return kn_route_jobs(&h, r->s->queue);
+}
+/* The graph editor's library, from the npm install of tools/setup.sh (web/README.md). */
+static int h_vendor(request *r) {
+    static const struct {
+        const char *name, *type;
+    } files[] = {{"litegraph.es.js", "text/javascript; charset=utf-8"}, {"litegraph.css", "text/css; charset=utf-8"}};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        if (strcmp(r->param, files[i].name) != 0) continue;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/../node_modules/@comfyorg/litegraph/dist%s", r->s->ui_dir,
+                 strcmp(files[i].name, "litegraph.css") == 0 ? "/css" : "");
+        return send_static(r, dir, files[i].name, files[i].type);
+    }
+    kn_http h = http_of(r);
+    return kn_http_error(&h, 404, "not found");
+}
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
@@ -548,8 +621,22 @@ static const struct route {
     {"GET", "/extensions", false, h_empty_list},
     {"GET", "/features", false, h_features},
     {"GET", "/users", false, h_users},
-    {"GET", "/settings", false, h_empty_object},
-    {"GET", "/settings", true, h_setting},
+    {"GET", "/settings", false, h_settings},
+    {"POST", "/settings", false, h_settings},
+    {"GET", "/settings", true, h_settings},
+    {"POST", "/settings", true, h_settings},
+    {"GET", "/userdata", false, h_userdata},
+    {"GET", "/userdata", true, h_userdata},
+    {"POST", "/userdata", true, h_userdata},
+    {"DELETE", "/userdata", true, h_userdata},
+    {"POST", "/upload/mask", false, h_upload_mask},
+    {"GET", "/view_metadata", true, h_view_metadata},
+    {"GET", "/experiment/models", false, h_experiment_models},
+    {"GET", "/experiment/models", true, h_experiment_models},
+    {"GET", "/jobs", false, h_jobs},
+    {"GET", "/jobs", true, h_jobs},
+    {"GET", "/vendor", true, h_vendor},
+    {"POST", "/kiln/convert", false, h_convert},
     {"GET", "/i18n", false, h_empty_object},
     {"GET", "/workflows", true, h_workflow_file},
 };
@@ -579,7 +666,7 @@ static bool cross_origin(struct mg_connection *conn) {
 static int route(struct mg_connection *conn, kn_server *s) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     request r = {conn, s, ri->request_method, ri->local_uri_raw ? ri->local_uri_raw : "/", NULL, ri->query_string};
-    if (cross_origin(conn)) return send_bytes(&r, 403, "text/plain", "", 0, NULL);
+    if (!s->cors[0] && cross_origin(conn)) return send_bytes(&r, 403, "text/plain", "", 0, NULL);
     if (strcmp(r.method, "OPTIONS") == 0) return send_empty(&r);
     if (strncmp(r.path, "/api/", 5) == 0) r.path += 4;
     bool path_known = false;
@@ -595,7 +682,8 @@ static int route(struct mg_connection *conn, kn_server *s) {
         r.param = rt->param ? tail + 1 : NULL;
         return rt->fn(&r);
     }
-    if (path_known) return send_text(&r, 405, "405: Method Not Allowed");
+    kn_http h = http_of(&r);
+    if (path_known) return kn_http_error(&h, 405, "%s is not allowed on %s", r.method, r.path);
     bool get = strcmp(r.method, "GET") == 0 || strcmp(r.method, "HEAD") == 0;
     /* The UI: "/" is index.html, other top-level names are its files. */
     if (get && strcmp(r.path, "/") == 0) return send_static(&r, s->ui_dir, "index.html", "text/html; charset=utf-8");
@@ -608,7 +696,8 @@ static int route(struct mg_connection *conn, kn_server *s) {
                                                        : mime_type(r.path);
         return send_static(&r, s->ui_dir, r.path + 1, type);
     }
-    return send_text(&r, 404, "404: Not Found");
+    /* JSON, so a client that parses every reply (comfy-ui-client) gets an error it can show */
+    return kn_http_error(&h, 404, "no route %s %s", r.method, r.path);
 }
 
 typedef struct dispatch_call {
@@ -672,6 +761,14 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
     s->temp_dir = dup_or_null(cfg->temp_dir, &oom);
     s->ui_dir = dup_or_null(cfg->ui_dir, &oom);
     s->workflows_dir = dup_or_null(cfg->workflows_dir, &oom);
+    s->user_dir = dup_or_null(cfg->user_dir ? cfg->user_dir : "user", &oom);
+    if (cfg->cors_origin) /* ComfyUI's middleware headers */
+        snprintf(s->cors, sizeof s->cors,
+                 "Access-Control-Allow-Origin: %s\r\nAccess-Control-Allow-Methods: POST, GET, DELETE, PUT, OPTIONS, PATCH\r\n"
+                 "Access-Control-Allow-Headers: Content-Type, Authorization\r\nAccess-Control-Allow-Credentials: true\r\n",
+                 cfg->cors_origin);
+    kn_preview_method preview = KN_PREVIEW_NONE;
+    if (cfg->preview_method && kn_preview_method_parse(cfg->preview_method, &preview)) preview = KN_PREVIEW_NONE; /* serve.c checks it */
     int rc = oom ? kn_fail(err, KN_ERR_NOMEM, "server: out of memory") : KN_OK;
     const char *dirs[] = {s->output_dir, s->input_dir, s->temp_dir};
     for (int i = 0; !rc && i < 3; i++)
@@ -684,6 +781,7 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
     }
     if (!rc) rc = kn_ws_hub_new(&s->hub, hub_remaining, s, s->max_body, err);
     if (!rc) rc = kn_queue_new(&s->queue, s->ex, s->hub, err);
+    if (!rc) kn_queue_set_preview(s->queue, preview);
     if (!rc) {
         /* civetweb wants "addr:port,addr:port". */
         char ports[1024] = "";
@@ -729,5 +827,6 @@ void kn_server_stop(kn_server *s) {
     free(s->temp_dir);
     free(s->ui_dir);
     free(s->workflows_dir);
+    free(s->user_dir);
     free(s);
 }

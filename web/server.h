@@ -40,6 +40,9 @@ typedef struct kn_server_config {
     size_t max_body;           /* bytes; ComfyUI's --max-upload-size */
     kn_precision precision;    /* of the GEMMs */
     kn_ranks *ranks;           /* borrowed: the launch's other ranks (nodes/ranks.h), or NULL */
+    const char *user_dir;      /* --user-directory: /userdata, /settings (web/routes_user.h); NULL = "user" */
+    const char *cors_origin;   /* --enable-cors-header: NULL = off (the loopback origin guard applies) */
+    const char *preview_method; /* --preview-method (web/preview.h); NULL = "none", as ComfyUI */
 } kn_server_config;
 
 typedef struct kn_server kn_server;

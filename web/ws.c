@@ -83,6 +83,19 @@ void kn_ws_send(kn_ws_hub *hub, const char *sid, const char *type, json_t *data)
     free(text);
 }
 
+void kn_ws_send_binary(kn_ws_hub *hub, const char *sid, const void *data, size_t len) {
+    pthread_mutex_lock(&hub->mu);
+    int target = -1;
+    for (int i = 0; i < KN_WS_MAX_CLIENTS; i++) {
+        ws_client *c = hub->clients[i];
+        if (!c) continue;
+        if (!sid) mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_BINARY, data, len);
+        else if (strcmp(c->sid, sid) == 0 && (target < 0 || c->seq > hub->clients[target]->seq)) target = i;
+    }
+    if (target >= 0) mg_websocket_write(hub->clients[target]->conn, MG_WEBSOCKET_OPCODE_BINARY, data, len);
+    pthread_mutex_unlock(&hub->mu);
+}
+
 static int on_connect(const struct mg_connection *conn, void *user) {
     kn_ws_hub *hub = user;
     pthread_mutex_lock(&hub->mu);

@@ -47,5 +47,7 @@ json_t *kn_ws_features(size_t max_upload);
 
 /* data is stolen (NULL is ignored: an allocation already failed). */
 void kn_ws_send(kn_ws_hub *hub, const char *sid, const char *type, json_t *data);
+/* One binary frame (previews, progress text: web/preview.h), same delivery. */
+void kn_ws_send_binary(kn_ws_hub *hub, const char *sid, const void *data, size_t len);
 
 #endif

@@ -24,7 +24,7 @@ check = Checks()
 
 
 def dit_shapes():
-    path = os.path.join(MODELS, "diffusion_models", "qwen_image_tiny.safetensors")
+    path = os.path.join(MODELS, "diffusion_models", "qwen_image_fp8_e4m3fn.safetensors")
     with open(path, "rb") as f:
         return {k: v["shape"] for k, v in read_header(f).items() if k != "__metadata__"}
 

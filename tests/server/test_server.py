@@ -261,7 +261,7 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux):
     st, info = srv.get_json("/object_info/KSampler")
     check(st == 200 and list(info) == ["KSampler"] and "input_order" in info["KSampler"], "/object_info/{class}")
     st, info = srv.get_json("/object_info")
-    check("qwen_image_tiny.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0],
+    check("qwen_image_fp8_e4m3fn.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0],
           "/object_info lists the model files")
     ref = json.load(open(os.path.join(SRC, "tests", "fixtures", "workflows", "object_info.json")))
     runs = {"KSampler", "LoadImage", "SaveImage", "UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly"}
@@ -272,7 +272,8 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux):
     check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)
     check(srv.get_json("/object_info/CFGNorm") == (200, {}), "/object_info/{class Kiln cannot run} -> {}")
     st, m = srv.get_json("/models/diffusion_models")
-    check(st == 200 and m == ["flux1-dev.safetensors", "flux1-schnell.safetensors", "qwen_image_tiny.safetensors",
+    check(st == 200 and m == ["flux1-dev.safetensors", "flux1-schnell.safetensors", "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+                              "qwen_image_edit_fp8_e4m3fn.safetensors", "qwen_image_fp8_e4m3fn.safetensors",
                               "z_image_turbo_bf16.safetensors"], "/models/{folder}: %s" % m)
     check(srv.get("/models/nope")[0] == 404 and srv.get("/models/input")[0] == 404, "/models/unknown -> 404")
     for path in ("/embeddings", "/extensions", "/system_stats", "/prompt", "/features", "/", "/app.js", "/style.css"):

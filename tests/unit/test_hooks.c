@@ -89,8 +89,8 @@ static int make_root(void) {
     char cmd[20000];
     snprintf(cmd, sizeof cmd,
              "rm -rf '%s' && mkdir -p '%s/diffusion_models' '%s/text_encoders' '%s/vae' '%s' '%s' && "
-             "ln -s \"$(realpath '%s/../models/diffusion_models/qwen_image_tiny.safetensors')\" '%s/diffusion_models/' && "
-             "ln -s \"$(realpath '%s/../models/text_encoders/qwen_2.5_vl_tiny.safetensors')\" '%s/text_encoders/' && "
+             "ln -s \"$(realpath '%s/../models/diffusion_models/qwen_image_fp8_e4m3fn.safetensors')\" '%s/diffusion_models/' && "
+             "ln -s \"$(realpath '%s/../models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors')\" '%s/text_encoders/' && "
              "cp '%s/../models/vae/qwen_image_vae.safetensors' '%s'",
              tmp, root, root, root, input_dir, out_dir, base ? base : ".", root, base ? base : ".", root,
              base ? base : ".", vae_path);

@@ -41,7 +41,7 @@ static void test_resolve(const char *root) {
           "a missing file is not found");
     CHECK(kn_models_resolve(m, "vae", "qwen_image_vae.safetensors", &path, &err) == KN_OK && path, "%s", err.msg);
     free(path);
-    static const char *const encoders[] = {"clip_l.safetensors", "qwen_2.5_vl_tiny.safetensors",
+    static const char *const encoders[] = {"clip_l.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
                                            "qwen_3_4b.safetensors", "t5xxl_fp16.safetensors"};
     json_t *names = json_array();
     int listed = kn_models_list(m, "text_encoders", names, &err) == KN_OK && json_array_size(names) == 4;
