@@ -56,6 +56,12 @@ echo "== text encoders (full width, 2 layers)"
 "$bench" text lumina2 "$(make qwen3_4b_2l qwen3_4b_text 2 --dtype bf16 | tail -1)"
 "$bench" text flux "$(make clip_l_2l clip_l_text 2 | tail -1)" "$(make t5_xxl_2l t5_xxl_encoder 2 | tail -1)"
 
+echo "== Qwen2.5-VL vision tower (full width, all 32 blocks) on a ~1 Mpx edit image"
+vision=$(mkdir -p "$dir" && out="$dir/qwen25_vl_vision.safetensors" &&
+    if [ ! -f "$out" ]; then "$python" "$shared/bench/make_model.py" "$root/bench/manifests/qwen25_vl_7b_vision.json" \
+        "$out.tmp" --seed 1 >/dev/null && mv "$out.tmp" "$out"; fi && echo "$out")
+"$bench" vision "$vision" 1182 887
+
 echo "== VAE decode at ${size}x${size}"
 "$bench" vae "$(make wan21_vae wan21_vae all --dtype bf16 | tail -1)" "$size"
 "$bench" vae "$(make flux_vae flux_vae all | tail -1)" "$size"

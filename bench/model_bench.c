@@ -4,6 +4,9 @@
  *   model_bench dit FILE [SIZE [TEXT_TOKENS]]      one DiT forward at SIZE x SIZE pixels (default 1024, 256)
  *   model_bench text TYPE FILE [FILE2]             one CLIPTextEncode of a fixed prompt (TYPE as CLIPLoader's)
  *   model_bench vae FILE [SIZE]                    one VAE decode of a SIZE x SIZE image (default 1024)
+ *   model_bench vision FILE [W H]                  Qwen2.5-VL's vision tower ("visual.*") on one W x H image
+ *                                                  (default 1182 x 887: what TextEncodeQwenImageEdit makes
+ *                                                  of a 4:3 picture, 5376 patches), preprocessing included
  *
  * Under mpirun the DiT forward runs split across the ranks (KN_BENCH_SP:
  * auto, ulysses or ring; bench/sp.sh) and rank 0 also prints the bytes each
@@ -23,6 +26,7 @@
 #include "kernels/comm.h"
 #include "kernels/device.h"
 #include "pipelines/family.h"
+#include "pipelines/qwen_image/vision.h"
 
 #define PROMPT "a red fox sitting in fresh snow, watercolor, soft morning light, pine trees in the background"
 
@@ -217,10 +221,67 @@ static int bench_vae(const char *path, int size, double peak, kn_err *err) {
     return rc;
 }
 
+/* ---- vision tower --------------------------------------------------------------- */
+
+typedef struct vision_job {
+    const kn_qwen_vision *m;
+    kn_tensor image;
+    kn_arena *arena;
+    int64_t tokens;
+} vision_job;
+
+static int run_vision(void *user, kn_ctx *ctx) {
+    vision_job *j = user;
+    kn_tensor rows, out;
+    int64_t gh, gw;
+    size_t mark = kn_arena_mark(j->arena);
+    int rc = kn_qwen_vision_rows(j->arena, &j->image, &rows, &gh, &gw, &ctx->err);
+    if (!rc) rc = kn_arena_tensor(j->arena, &out, KN_F32, 2, (int64_t[]){gh * gw / 4, j->m->out_dim}, &ctx->err);
+    if (!rc) rc = kn_qwen_vision_forward(ctx, j->m, j->arena, &rows, gh, gw, &out, NULL, NULL);
+    j->tokens = gh * gw / 4;
+    kn_arena_reset(j->arena, mark);
+    return rc;
+}
+
+static int bench_vision(const char *path, int64_t w, int64_t h, double peak, kn_err *err) {
+    kn_st_file *f = NULL;
+    kn_qwen_vision m = {0};
+    kn_ctx ctx;
+    vision_job j = {&m, {0}, NULL, 0};
+    uint64_t seed = 3;
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    if (!rc) rc = kn_st_open(&f, path, err);
+    if (!rc) rc = kn_qwen_vision_load(&m, f, "visual.", &kn_qwen25vl_vision, err);
+    if (!rc) rc = kn_arena_create(&j.arena, KN_DEV_CPU, err);
+    if (!rc) rc = kn_tensor_new(&j.image, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, h, w, 3}, err);
+    if (!rc) {
+        fill(&j.image, 0.5f, &seed);
+        for (int64_t i = 0; i < kn_tensor_numel(&j.image); i++) ((float *)j.image.data)[i] += 0.5f;
+        printf("%s: Qwen2.5-VL vision tower, width %lld, %lld blocks\n", path, (long long)m.hidden, (long long)m.depth);
+        double med, best, flops;
+        if (timed(run_vision, &j, &ctx, &med, &best, &flops)) {
+            *err = ctx.err;
+            rc = err->code;
+        } else {
+            char what[128];
+            snprintf(what, sizeof what, "vision tower %lldx%lld (%lld patches, %lld tokens)", (long long)w, (long long)h,
+                     (long long)j.tokens * 4, (long long)j.tokens);
+            report(what, med, best, flops, peak);
+        }
+    }
+    kn_tensor_free(&j.image);
+    kn_arena_destroy(j.arena);
+    kn_qwen_vision_free(&m);
+    kn_st_close(f);
+    kn_ctx_free(&ctx);
+    return rc;
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: model_bench dit FILE [SIZE [TEXT_TOKENS]]\n"
                     "       model_bench text TYPE FILE [FILE2]\n"
-                    "       model_bench vae FILE [SIZE]\n");
+                    "       model_bench vae FILE [SIZE]\n"
+                    "       model_bench vision FILE [W H]\n");
     return 2;
 }
 
@@ -250,6 +311,9 @@ int main(int argc, char **argv) {
         rc = bench_text(argv[2], (const char *const *)argv + 3, argc > 4 ? 2 : 1, tok, machine_peak(), &err);
     } else if (strcmp(argv[1], "vae") == 0) {
         rc = bench_vae(argv[2], argc > 3 ? atoi(argv[3]) : 1024, machine_peak(), &err);
+    } else if (strcmp(argv[1], "vision") == 0) {
+        rc = bench_vision(argv[2], argc > 4 ? atoll(argv[3]) : 1182, argc > 4 ? atoll(argv[4]) : 887, machine_peak(),
+                          &err);
     } else {
         return usage();
     }

@@ -193,9 +193,20 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
     return DISPATCH(x->device, rope, ctx, x, cos, sin, mode);
 }
 
+/* cos and sin: caller-allocated CPU F32 [L, half] tables. */
+static int check_tables(kn_ctx *ctx, const char *op, const kn_tensor *cos_t, const kn_tensor *sin_t, int64_t half) {
+    char dc[96], ds[96];
+    if (cos_t->ndim != 2 || sin_t->ndim != 2 || cos_t->dtype != KN_F32 || sin_t->dtype != KN_F32 ||
+        cos_t->device != KN_DEV_CPU || sin_t->device != KN_DEV_CPU || cos_t->ne[1] != half ||
+        sin_t->ne[0] != cos_t->ne[0] || sin_t->ne[1] != half || !kn_tensor_is_contiguous(cos_t) ||
+        !kn_tensor_is_contiguous(sin_t))
+        return kn_fail(&ctx->err, KN_ERR_SHAPE, "%s: cos %s and sin %s must be CPU F32 [L, %lld]", op,
+                       kn_tensor_desc(cos_t, dc, sizeof dc), kn_tensor_desc(sin_t, ds, sizeof ds), (long long)half);
+    return KN_OK;
+}
+
 int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
                    const int *dims, double theta) {
-    char dc[96], ds[96];
     int64_t half = 0;
     for (int ax = 0; ax < n_axes; ax++) {
         if (dims[ax] < 0 || dims[ax] % 2)
@@ -203,12 +214,7 @@ int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double
                            dims[ax]);
         half += dims[ax] / 2;
     }
-    if (cos_t->ndim != 2 || sin_t->ndim != 2 || cos_t->dtype != KN_F32 || sin_t->dtype != KN_F32 ||
-        cos_t->device != KN_DEV_CPU || sin_t->device != KN_DEV_CPU || cos_t->ne[1] != half ||
-        sin_t->ne[0] != cos_t->ne[0] || sin_t->ne[1] != half || !kn_tensor_is_contiguous(cos_t) ||
-        !kn_tensor_is_contiguous(sin_t))
-        return kn_fail(&ctx->err, KN_ERR_SHAPE, "rope tables: cos %s and sin %s must be CPU F32 [L, %lld]",
-                       kn_tensor_desc(cos_t, dc, sizeof dc), kn_tensor_desc(sin_t, ds, sizeof ds), (long long)half);
+    KN_TRY(check_tables(ctx, "rope tables", cos_t, sin_t, half));
     int64_t L = cos_t->ne[0];
     float *c = cos_t->data, *s = sin_t->data;
     for (int64_t l = 0; l < L; l++) {
@@ -220,6 +226,30 @@ int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double
                 s[col] = (float)sin(ang);
             }
         }
+    }
+    return KN_OK;
+}
+
+int kn_mrope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_streams,
+                    const int *sections, double theta) {
+    int64_t half = 0;
+    for (int i = 0; i < n_streams; i++) {
+        if (sections[i] < 0)
+            return kn_fail(&ctx->err, KN_ERR_INVALID, "mrope tables: section %d has %d pairs", i, sections[i]);
+        half += sections[i];
+    }
+    KN_TRY(check_tables(ctx, "mrope tables", cos_t, sin_t, half));
+    const int64_t L = cos_t->ne[0];
+    const int dims = (int)(2 * half);
+    float *c = cos_t->data, *s = sin_t->data;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t col = l * half;
+        for (int st = 0, k = 0; st < n_streams; st++)
+            for (int j = 0; j < sections[st]; j++, k++, col++) {
+                double ang = pos[l * n_streams + st] * pow(theta, -2.0 * k / dims);
+                c[col] = (float)cos(ang);
+                s[col] = (float)sin(ang);
+            }
     }
     return KN_OK;
 }

@@ -86,6 +86,14 @@ int kn_rope(kn_ctx *ctx, kn_tensor *x, const kn_tensor *cos, const kn_tensor *si
 int kn_rope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_axes,
                    const int *dims, double theta);
 
+/* Qwen2-VL's multimodal RoPE tables (mrope_section): pair k of D/2 turns by
+ * pos * theta^(-2k/D) with pos the position of stream s(k), the streams'
+ * sections[0..n_streams) covering the pairs in turn (Qwen2.5-VL: t, h, w over
+ * 16, 24, 24 of 64). pos[L][n_streams]. With equal streams this is
+ * kn_rope_tables with one axis of D channels, bit for bit. */
+int kn_mrope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const double *pos, int n_streams,
+                    const int *sections, double theta);
+
 /* Scaled dot-product attention: out = softmax(scale * q k^T + key_mask + bias) v.
  *   q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D], out [B, Lq, Hq, D]; Hq % Hkv == 0
  *   (query head h reads kv head h / (Hq / Hkv)).

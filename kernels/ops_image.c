@@ -251,3 +251,19 @@ int kn_image_to_unit(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x) {
         return ctx->err.code;
     return kn_cpu_image_to_unit(ctx, y, x);
 }
+
+int kn_resample(kn_tensor *y, const kn_tensor *x, kn_resample_mode mode, kn_err *err) {
+    char a[96], b[96];
+    int ok = (unsigned)mode <= KN_RESAMPLE_BICUBIC;
+    for (int i = 0; ok && i < 2; i++) {
+        const kn_tensor *t = i ? y : x;
+        ok = t->dtype == KN_F32 && t->device == KN_DEV_CPU && t->ndim == 4;
+        for (int d = 0; ok && d < 4; d++) ok = t->ne[d] >= 1 && t->st[d] >= 0;
+    }
+    if (ok) ok = y->ne[0] == x->ne[0] && y->ne[1] == x->ne[1];
+    if (!ok)
+        return kn_fail(err, KN_ERR_SHAPE, "resample: x %s and y %s must be non-empty 4-D F32 CPU [N, C, H, W] views "
+                       "of one N and C (mode %d)", kn_tensor_desc(x, a, sizeof a), kn_tensor_desc(y, b, sizeof b),
+                       (int)mode);
+    return kn_cpu_resample(y, x, mode, err);
+}

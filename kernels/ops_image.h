@@ -78,6 +78,20 @@ int kn_pixel_unshuffle(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int r);
  * feature maps to token rows and back). */
 int kn_transpose_last2(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 
+/* torch.nn.functional.interpolate(x, size=(h, w), mode, align_corners=False),
+ * no antialias: y [N, C, h, w] from x [N, C, H, W], both F32 on the CPU with
+ * any non-negative strides (channels-last images and crops are views). Area
+ * is adaptive average pooling (for up- and downscaling alike). Host-side
+ * image preparation rather than a model op, so it takes no context: errors
+ * go to err. */
+typedef enum kn_resample_mode {
+    KN_RESAMPLE_NEAREST_EXACT, /* "nearest-exact" */
+    KN_RESAMPLE_BILINEAR,
+    KN_RESAMPLE_AREA,
+    KN_RESAMPLE_BICUBIC,       /* A = -0.75 */
+} kn_resample_mode;
+int kn_resample(kn_tensor *y, const kn_tensor *x, kn_resample_mode mode, kn_err *err);
+
 /* ComfyUI's VAE process_output: y = clamp((x + 1) / 2, 0, 1), [-1, 1] decoder
  * output to [0, 1] pixels. In place allowed. */
 int kn_image_to_unit(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);

@@ -1,7 +1,9 @@
 /* Image nodes: SaveImage, PreviewImage, LoadImage, ImageScale,
- * ImageScaleToTotalPixels. Thin wrappers over nodes/image_io.h; this file
- * holds ComfyUI's node rules (%batch_num%, metadata chunks, size rules; the
- * folder and counter come from nodes/save_path.h). */
+ * ImageScaleToTotalPixels, FluxKontextImageScale. Thin wrappers over
+ * nodes/image_io.h; this file holds ComfyUI's node rules (%batch_num%,
+ * metadata chunks, size rules; the folder and counter come from
+ * nodes/save_path.h). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,12 +167,35 @@ static int image_scale_to_total_pixels(kn_node_call *c) {
     return scale_to(c, image, method, "disabled", width, height);
 }
 
+/* FluxKontextImageScale (comfy_extras/nodes_flux.py): the preferred Kontext
+ * size nearest the image's aspect (ties: the smallest width, as Python's min
+ * over (difference, w, h)), centre-cropped to it and scaled by lanczos. */
+static int flux_kontext_image_scale(kn_node_call *c) {
+    static const int64_t sizes[][2] = {{672, 1568}, {688, 1504}, {720, 1456}, {752, 1392}, {800, 1328}, {832, 1248},
+                                       {880, 1184}, {944, 1104}, {1024, 1024}, {1104, 944}, {1184, 880}, {1248, 832},
+                                       {1328, 800}, {1392, 752}, {1456, 720}, {1504, 688}, {1568, 672}};
+    kn_object *image;
+    if (kn_in_object(c, "image", "IMAGE", &image)) return c->err->code;
+    const kn_tensor *t = &((const kn_image_obj *)image)->t;
+    double aspect = (double)t->ne[2] / (double)t->ne[1], best = INFINITY;
+    size_t pick = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        double d = fabs(aspect - (double)sizes[i][0] / (double)sizes[i][1]);
+        if (d < best) {
+            best = d;
+            pick = i;
+        }
+    }
+    return scale_to(c, image, "lanczos", "center", sizes[pick][0], sizes[pick][1]);
+}
+
 const kn_node_def kn_nodes_image[] = {
     {"SaveImage", save_image},
     {"PreviewImage", preview_image},
     {"LoadImage", load_image},
     {"ImageScale", image_scale},
     {"ImageScaleToTotalPixels", image_scale_to_total_pixels},
+    {"FluxKontextImageScale", flux_kontext_image_scale},
     {NULL, NULL},
 };
 

@@ -16,11 +16,11 @@
  *    after the first are the same pixels, so the batch matches.
  *  - EXIF orientation is applied from JPEG APP1 and PNG eXIf chunks; PIL also
  *    reads it from TIFF and WebP, which are not decoded here.
- *  - Lanczos on images with C != 3 treats every channel alike; PIL would
- *    refuse most such arrays and premultiplies alpha for RGBA.
- *  - Bilinear, bicubic and area follow torch's index and weight formulas in
- *    float; sums may associate differently from torch's vectorised kernels
- *    (differences of a few ulp).
+ *  - Lanczos on images with C other than 3 and 4 treats every channel alike;
+ *    PIL would refuse most such arrays (RGBA is premultiplied as PIL does).
+ *  - Bilinear, bicubic and area are kn_resample (kernels/ops_image.h):
+ *    torch's index and weight formulas in float; sums may associate
+ *    differently from torch's vectorised kernels (differences of a few ulp).
  */
 #include "nodes/image_io.h"
 
@@ -671,133 +671,6 @@ int kn_image_total_pixels_dims(int64_t in_w, int64_t in_h, double megapixels, in
     return KN_OK;
 }
 
-/* One spatial plane of a 4-D tensor: element (y, x) at base[y * sy + x * sx]. */
-typedef struct kn_plane {
-    float *base;
-    int64_t h, w, sy, sx;
-} kn_plane;
-
-/* Source taps of each output index along one axis, as torch precomputes
- * them: out[o] = sum over t < n[o] of w[o*k + t] * in[idx[o*k + t]]. */
-typedef struct kn_taps {
-    int k;
-    int *n;
-    int64_t *idx;
-    float *w;
-} kn_taps;
-
-static void kn_taps_free(kn_taps *t) {
-    free(t->n);
-    free(t->idx);
-    free(t->w);
-}
-
-/* torch's cubic convolution kernels (UpSample.h), A = -0.75. */
-static float kn_cubic1(float x, float a) { return ((a + 2) * x - (a + 3)) * x * x + 1; }
-static float kn_cubic2(float x, float a) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; }
-
-static int kn_taps_build(kn_taps *t, kn_upscale_method m, int64_t in, int64_t out, kn_err *err) {
-    /* Scales and source positions are float, as torch computes them for
-     * float tensors (compute_scales_value, area_pixel_compute_source_index). */
-    float scale = (float)in / (float)out;
-    int k = 1;
-    if (m == KN_UPSCALE_BILINEAR) k = 2;
-    if (m == KN_UPSCALE_BICUBIC) k = 4;
-    if (m == KN_UPSCALE_AREA) /* widest adaptive pooling window */
-        for (int64_t o = 0; o < out; o++) {
-            int64_t len = ((o + 1) * in + out - 1) / out - o * in / out;
-            if (len > k) k = (int)len;
-        }
-    t->k = k;
-    t->n = malloc((size_t)out * sizeof *t->n);
-    t->idx = malloc((size_t)out * (size_t)k * sizeof *t->idx);
-    t->w = malloc((size_t)out * (size_t)k * sizeof *t->w);
-    if (!t->n || !t->idx || !t->w) return kn_fail(err, KN_ERR_NOMEM, "upscale: out of memory for %lld taps", (long long)out);
-    for (int64_t o = 0; o < out; o++) {
-        int64_t *idx = t->idx + o * k;
-        float *w = t->w + o * k;
-        if (m == KN_UPSCALE_NEAREST_EXACT) {
-            int64_t s = (int64_t)floorf((float)(((double)o + 0.5) * scale)); /* double product, as torch */
-            idx[0] = s < in - 1 ? s : in - 1;
-            w[0] = 1.0f;
-            t->n[o] = 1;
-        } else if (m == KN_UPSCALE_AREA) {
-            int64_t start = o * in / out, end = ((o + 1) * in + out - 1) / out;
-            t->n[o] = (int)(end - start);
-            for (int64_t i = 0; i < end - start; i++) {
-                idx[i] = start + i;
-                w[i] = 1.0f;
-            }
-        } else {
-            /* guard_index_and_lambda: bilinear clamps the position at 0
-             * first; bicubic does not, and clamps its taps instead. */
-            float real = scale * ((float)o + 0.5f) - 0.5f;
-            if (m == KN_UPSCALE_BILINEAR && real < 0) real = 0;
-            int64_t i0 = (int64_t)floorf(real);
-            if (i0 > in - 1) i0 = in - 1;
-            float lambda = fminf(fmaxf(real - (float)i0, 0.0f), 1.0f);
-            if (m == KN_UPSCALE_BILINEAR) {
-                idx[0] = i0;
-                idx[1] = i0 + (i0 < in - 1);
-                w[0] = 1.0f - lambda;
-                w[1] = lambda;
-                t->n[o] = 2;
-            } else {
-                const float a = -0.75f;
-                w[0] = kn_cubic2(lambda + 1.0f, a);
-                w[1] = kn_cubic1(lambda, a);
-                w[2] = kn_cubic1(1.0f - lambda, a);
-                w[3] = kn_cubic2(2.0f - lambda, a);
-                for (int j = 0; j < 4; j++) {
-                    int64_t s = i0 - 1 + j;
-                    idx[j] = s < 0 ? 0 : s > in - 1 ? in - 1 : s;
-                }
-                t->n[o] = 4;
-            }
-        }
-    }
-    return KN_OK;
-}
-
-/* torch.nn.functional.interpolate on every plane: rows of taps weighted and
- * summed along x, then along y (the order of torch's separable kernels);
- * "area" divides the window sum by its size (adaptive_avg_pool2d). */
-static int kn_resample_torch(const kn_plane *src, const kn_plane *dst, int64_t nplanes, kn_upscale_method m,
-                             kn_err *err) {
-    kn_taps ty = {0}, tx = {0};
-    int rc = kn_taps_build(&ty, m, src->h, dst->h, err);
-    if (rc == KN_OK) rc = kn_taps_build(&tx, m, src->w, dst->w, err);
-    if (rc == KN_OK) {
-        int64_t rows = nplanes * dst->h;
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t p = r / dst->h, oy = r % dst->h;
-            const float *in = src[p].base;
-            float *out = dst[p].base + oy * dst->sy;
-            int ny = ty.n[oy];
-            const int64_t *iy = ty.idx + oy * ty.k;
-            const float *wy = ty.w + oy * ty.k;
-            for (int64_t ox = 0; ox < dst->w; ox++) {
-                int nx = tx.n[ox];
-                const int64_t *ix = tx.idx + ox * tx.k;
-                const float *wx = tx.w + ox * tx.k;
-                float acc = 0.0f;
-                for (int i = 0; i < ny; i++) {
-                    const float *row = in + iy[i] * src->sy;
-                    float s = 0.0f;
-                    for (int j = 0; j < nx; j++) s += row[ix[j] * src->sx] * wx[j];
-                    acc += s * wy[i];
-                }
-                if (m == KN_UPSCALE_AREA) acc /= (float)(ny * nx);
-                out[ox * dst->sx] = acc;
-            }
-        }
-    }
-    kn_taps_free(&ty);
-    kn_taps_free(&tx);
-    return rc;
-}
-
 /* ---- PIL's LANCZOS (libImaging/Resample.c, 8 bits per channel) ----------- */
 
 #define KN_PIL_PRECISION_BITS (32 - 8 - 2)
@@ -903,20 +776,54 @@ static void kn_pil_resample(const uint8_t *in, int64_t ih, int64_t iw, uint8_t *
     }
 }
 
-/* comfy.utils.lanczos: each plane to uint8 (truncating), PIL resize, / 255. */
-static int kn_resample_lanczos(const kn_plane *src, const kn_plane *dst, int64_t nplanes, kn_err *err) {
-    int64_t ih = src->h, iw = src->w, oh = dst->h, ow = dst->w;
+/* Pillow's MULDIV255: a * b / 255, rounded as its RGBA -> RGBa conversion does. */
+static uint8_t kn_muldiv255(unsigned a, unsigned b) {
+    unsigned t = a * b + 128;
+    return (uint8_t)(((t >> 8) + t) >> 8);
+}
+
+/* Pillow resizes RGBA with premultiplied alpha (RGBA -> RGBa, resize, back):
+ * planes [4][n] in place, to = 1 premultiplies, 0 divides back (alpha 0 and
+ * 255 leave the colour as it is). */
+static void kn_pil_premultiply(uint8_t *planes, size_t n, int to) {
+    const uint8_t *alpha = planes + 3 * n;
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) {
+            uint8_t *v = planes + c * n + i;
+            unsigned a = alpha[i], q = a ? 255u * *v / a : 0;
+            if (to) *v = kn_muldiv255(*v, a);
+            else if (a != 0 && a != 255) *v = (uint8_t)(q > 255 ? 255 : q);
+        }
+}
+
+/* comfy.utils.lanczos on each image of the [N, C, H, W] views: every channel
+ * to uint8 (truncating), PIL resize (RGBA premultiplied, as Image.resize
+ * does unless the size is unchanged), / 255. */
+static int kn_resample_lanczos(const kn_tensor *src, const kn_tensor *dst, kn_err *err) {
+    int64_t C = src->ne[1], ih = src->ne[2], iw = src->ne[3], oh = dst->ne[2], ow = dst->ne[3];
+    int premultiplied = C == 4 && (ih != oh || iw != ow);
     kn_pil_coeffs cy = {0}, cx = {0};
-    uint8_t *in = malloc((size_t)(ih * iw)), *tmp = malloc((size_t)(ih * ow)), *out = malloc((size_t)(oh * ow));
+    uint8_t *in = malloc((size_t)(C * ih * iw)), *tmp = malloc((size_t)(ih * ow)), *out = malloc((size_t)(C * oh * ow));
     int rc = !in || !tmp || !out ? kn_fail(err, KN_ERR_NOMEM, "lanczos: out of memory") : KN_OK;
     if (rc == KN_OK) rc = kn_pil_coeffs_build(&cy, ih, oh, err);
     if (rc == KN_OK) rc = kn_pil_coeffs_build(&cx, iw, ow, err);
-    for (int64_t p = 0; rc == KN_OK && p < nplanes; p++) {
-        for (int64_t y = 0; y < ih; y++)
-            for (int64_t x = 0; x < iw; x++) in[y * iw + x] = kn_quantise(src[p].base[y * src->sy + x * src->sx]);
-        kn_pil_resample(in, ih, iw, out, oh, ow, tmp, &cy, &cx);
-        for (int64_t y = 0; y < oh; y++)
-            for (int64_t x = 0; x < ow; x++) dst[p].base[y * dst->sy + x * dst->sx] = (float)out[y * ow + x] / 255.0f;
+    for (int64_t n = 0; rc == KN_OK && n < src->ne[0]; n++) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *sp = (const float *)src->data + n * src->st[0] + c * src->st[1];
+            for (int64_t y = 0; y < ih; y++)
+                for (int64_t x = 0; x < iw; x++)
+                    in[(c * ih + y) * iw + x] = kn_quantise(sp[y * src->st[2] + x * src->st[3]]);
+        }
+        if (premultiplied) kn_pil_premultiply(in, (size_t)(ih * iw), 1);
+        for (int64_t c = 0; c < C; c++)
+            kn_pil_resample(in + c * ih * iw, ih, iw, out + c * oh * ow, oh, ow, tmp, &cy, &cx);
+        if (premultiplied) kn_pil_premultiply(out, (size_t)(oh * ow), 0);
+        for (int64_t c = 0; c < C; c++) {
+            float *dp = (float *)dst->data + n * dst->st[0] + c * dst->st[1];
+            for (int64_t y = 0; y < oh; y++)
+                for (int64_t x = 0; x < ow; x++)
+                    dp[y * dst->st[2] + x * dst->st[3]] = (float)out[(c * oh + y) * ow + x] / 255.0f;
+        }
     }
     kn_pil_coeffs_free(&cy);
     kn_pil_coeffs_free(&cx);
@@ -928,18 +835,14 @@ static int kn_resample_lanczos(const kn_plane *src, const kn_plane *dst, int64_t
 
 /* ---- common_upscale -------------------------------------------------------- */
 
-/* Planes of x [B, H, W, C] (channels_last) or [B, C, H, W], cropped to rows
- * y0.. and columns x0.. of size h x w. */
-static void kn_planes(kn_plane *pl, const kn_tensor *t, int channels_last, int64_t y0, int64_t x0, int64_t h,
-                      int64_t w) {
+/* t [B, H, W, C] (channels_last) or [B, C, H, W] as an [B, C, h, w] view of
+ * rows y0.. and columns x0.. */
+static int kn_nchw_view(kn_tensor *v, const kn_tensor *t, int channels_last, int64_t y0, int64_t x0, int64_t h,
+                        int64_t w, kn_err *err) {
     int64_t b = t->ne[0], c = channels_last ? t->ne[3] : t->ne[1];
     int64_t H = channels_last ? t->ne[1] : t->ne[2], W = channels_last ? t->ne[2] : t->ne[3];
-    int64_t sy = channels_last ? W * c : W, sx = channels_last ? c : 1;
-    for (int64_t i = 0; i < b; i++)
-        for (int64_t j = 0; j < c; j++) {
-            float *base = (float *)t->data + (channels_last ? i * H * W * c + j : (i * c + j) * H * W);
-            pl[i * c + j] = (kn_plane){base + y0 * sy + x0 * sx, h, w, sy, sx};
-        }
+    int64_t sy = channels_last ? W * c : W, sx = channels_last ? c : 1, sc = channels_last ? 1 : H * W;
+    return kn_tensor_view(v, t, 4, (int64_t[]){b, c, h, w}, (int64_t[]){H * W * c, sc, sy, sx}, y0 * sy + x0 * sx, err);
 }
 
 static int kn_upscale(kn_tensor *out, const kn_tensor *x, int channels_last, int64_t width, int64_t height,
@@ -967,20 +870,12 @@ static int kn_upscale(kn_tensor *out, const kn_tensor *x, int channels_last, int
         return kn_fail(err, KN_ERR_INVALID, "upscale: center crop of %lldx%lld to the aspect of %lldx%lld leaves nothing",
                        (long long)w, (long long)h, (long long)width, (long long)height);
     int64_t ne[4] = {b, channels_last ? height : c, channels_last ? width : height, channels_last ? c : width};
-    size_t np;
-    if (kn_mul_size((size_t)b, (size_t)c, &np) || kn_mul_size(np, 2 * sizeof(kn_plane), &np))
-        return kn_fail(err, KN_ERR_NOMEM, "upscale: too many planes");
-    kn_plane *pl = malloc(np);
-    if (!pl || kn_tensor_new(out, KN_F32, KN_DEV_CPU, 4, ne, err)) {
-        free(pl);
-        return pl ? err->code : kn_fail(err, KN_ERR_NOMEM, "upscale: out of memory");
-    }
-    int64_t nplanes = b * c;
-    kn_planes(pl, x, channels_last, y0, x0, h - 2 * y0, w - 2 * x0);
-    kn_planes(pl + nplanes, out, channels_last, 0, 0, height, width);
-    int rc = method == KN_UPSCALE_LANCZOS ? kn_resample_lanczos(pl, pl + nplanes, nplanes, err)
-                                          : kn_resample_torch(pl, pl + nplanes, nplanes, method, err);
-    free(pl);
+    kn_tensor src, dst;
+    if (kn_tensor_new(out, KN_F32, KN_DEV_CPU, 4, ne, err)) return err->code;
+    int rc = kn_nchw_view(&src, x, channels_last, y0, x0, h - 2 * y0, w - 2 * x0, err);
+    if (!rc) rc = kn_nchw_view(&dst, out, channels_last, 0, 0, height, width, err);
+    if (!rc) rc = method == KN_UPSCALE_LANCZOS ? kn_resample_lanczos(&src, &dst, err)
+                                               : kn_resample(&dst, &src, (kn_resample_mode)method, err);
     if (rc != KN_OK) kn_tensor_free(out);
     return rc;
 }

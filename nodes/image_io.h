@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "kernels/error.h"
+#include "kernels/ops_image.h"
 #include "kernels/tensor.h"
 
 /* Upper bound on decoded pixels (all frames together): 2^26 = 8192 x 8192,
@@ -84,10 +85,11 @@ int kn_image_load_mem(const void *data, size_t len, const char *name, kn_tensor 
 /* ---- Scaling (comfy.utils.common_upscale) -------------------------------- */
 
 typedef enum kn_upscale_method {
-    KN_UPSCALE_NEAREST_EXACT = 0, /* torch "nearest-exact" */
-    KN_UPSCALE_BILINEAR,          /* torch, align_corners=False, no antialias */
-    KN_UPSCALE_AREA,              /* torch "area" = adaptive average pooling */
-    KN_UPSCALE_BICUBIC,           /* torch, A = -0.75, align_corners=False */
+    /* torch's modes are kn_resample's (kernels/ops_image.h) */
+    KN_UPSCALE_NEAREST_EXACT = KN_RESAMPLE_NEAREST_EXACT,
+    KN_UPSCALE_BILINEAR = KN_RESAMPLE_BILINEAR,
+    KN_UPSCALE_AREA = KN_RESAMPLE_AREA,
+    KN_UPSCALE_BICUBIC = KN_RESAMPLE_BICUBIC,
     KN_UPSCALE_LANCZOS,           /* PIL LANCZOS on the uint8-quantised image */
 } kn_upscale_method;
 

@@ -106,13 +106,6 @@ static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_f
     return KN_OK;
 }
 
-static int copy_sampling(kn_model_sampling *dst, const kn_model_sampling *src, kn_err *err) {
-    *dst = *src;
-    if (!(dst->sigmas = malloc((size_t)src->n * sizeof *dst->sigmas))) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    memcpy(dst->sigmas, src->sigmas, (size_t)src->n * sizeof *dst->sigmas);
-    return KN_OK;
-}
-
 /* A MODEL like `in` whose patch list ends with (f, strength). Takes f's reference. */
 static int patched_model(kn_node_call *c, const kn_model_obj *in, lora_file *f, double strength, kn_model_obj **out) {
     const lora_stack *prev = (const lora_stack *)in->loras;
@@ -121,7 +114,7 @@ static int patched_model(kn_node_call *c, const kn_model_obj *in, lora_file *f, 
     kn_model_obj *m = kn_model_new(in->weights);
     if (s) kn_object_init(&s->base, "LORA_STACK", free_stack);
     if (!s || !m || !(s->files = calloc((size_t)n + 1, sizeof *s->files)) ||
-        !(s->use = calloc((size_t)n + 1, sizeof *s->use)) || copy_sampling(&m->ms, &in->ms, c->err)) {
+        !(s->use = calloc((size_t)n + 1, sizeof *s->use)) || kn_model_sampling_copy(&m->ms, &in->ms, c->err)) {
         if (s) kn_object_release(&s->base);
         if (m) kn_object_release(&m->base);
         kn_object_release(&f->base);
@@ -135,6 +128,7 @@ static int patched_model(kn_node_call *c, const kn_model_obj *in, lora_file *f, 
     s->use[n] = (kn_lora_use){f->lora, strength};
     s->n = n + 1;
     m->loras = &s->base;
+    kn_model_copy_options(m, in);
     *out = m;
     return KN_OK;
 }

@@ -125,12 +125,14 @@ static int default_sampling(kn_model_sampling *ms, const kn_dit_family *f, kn_er
     return kn_model_sampling_flow(ms, f->shift, f->multiplier, err);
 }
 
-/* A new MODEL over `weights` keeping the LoRA patch list of `from` (NULL:
- * none), as ComfyUI's model.clone() does; the caller sets its model sampling. */
+/* A new MODEL over `weights` keeping the LoRA patch list and model options of
+ * `from` (NULL: none), as ComfyUI's model.clone() does; the caller sets its
+ * model sampling. */
 static int make_model(kn_node_call *c, kn_dit_weights *weights, const kn_model_obj *from, kn_model_obj **out) {
     *out = kn_model_new(weights);
     if (!*out) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
     if (from) (*out)->loras = kn_object_retain(from->loras);
+    if (from) kn_model_copy_options(*out, from);
     return KN_OK;
 }
 

@@ -25,9 +25,16 @@ void kn_object_release(kn_object *obj) {
 
 static void free_plain(kn_object *o) { free(o); }
 
+static void entry_clear(kn_cond_entry *e) {
+    kn_text_cond_free(&e->t);
+    for (int i = 0; i < e->n_refs; i++) kn_object_release(&e->refs[i]->base);
+    free(e->refs);
+    memset(e, 0, sizeof *e);
+}
+
 static void free_cond(kn_object *o) {
     kn_cond_obj *c = (kn_cond_obj *)o;
-    for (int i = 0; i < c->n; i++) kn_text_cond_free(&c->e[i].t);
+    for (int i = 0; i < c->n; i++) entry_clear(&c->e[i]);
     free(c->e);
     free(c);
 }
@@ -71,14 +78,36 @@ static void *object_new(size_t size, const char *type, void (*destroy)(kn_object
     return o;
 }
 
-kn_cond_obj *kn_cond_new(int n) {
+kn_cond_obj *kn_cond_new(int entries) {
     kn_cond_obj *c = object_new(sizeof(kn_cond_obj), "CONDITIONING", free_cond);
-    if (c && !(c->e = calloc((size_t)n, sizeof *c->e))) {
+    if (c && entries > 0 && !(c->e = calloc((size_t)entries, sizeof *c->e))) {
         free(c);
         return NULL;
     }
-    if (c) c->n = n;
+    if (c) c->n = entries;
     return c;
+}
+
+int kn_cond_entry_add_ref(kn_cond_entry *e, kn_latent_obj *lat, kn_err *err) {
+    kn_latent_obj **r = realloc(e->refs, (size_t)(e->n_refs + 1) * sizeof *r);
+    if (!r) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    e->refs = r;
+    e->refs[e->n_refs++] = (kn_latent_obj *)kn_object_retain(&lat->base);
+    return KN_OK;
+}
+
+int kn_cond_entry_copy(kn_cond_entry *dst, const kn_cond_entry *src, kn_err *err) {
+    memset(dst, 0, sizeof *dst);
+    const kn_tensor *from[3] = {&src->t.cond, &src->t.mask, &src->t.pooled};
+    kn_tensor *to[3] = {&dst->t.cond, &dst->t.mask, &dst->t.pooled};
+    int rc = KN_OK;
+    for (int i = 0; !rc && i < 3; i++)
+        if (from[i]->data) rc = kn_tensor_dup(to[i], from[i], err);
+    for (int i = 0; !rc && i < src->n_refs; i++) rc = kn_cond_entry_add_ref(dst, src->refs[i], err);
+    dst->guidance = src->guidance;
+    dst->has_guidance = src->has_guidance;
+    if (rc) entry_clear(dst);
+    return rc;
 }
 kn_latent_obj *kn_latent_new(void) { return object_new(sizeof(kn_latent_obj), "LATENT", free_latent); }
 kn_image_obj *kn_image_new(const char *type) { return object_new(sizeof(kn_image_obj), type, free_image); }
@@ -86,6 +115,23 @@ kn_image_obj *kn_image_new(const char *type) { return object_new(sizeof(kn_image
 kn_model_obj *kn_model_new(kn_dit_weights *weights) {
     kn_model_obj *m = object_new(sizeof(kn_model_obj), "MODEL", free_model);
     if (m) m->weights = (kn_dit_weights *)kn_object_retain(&weights->base);
+    return m;
+}
+
+void kn_model_copy_options(kn_model_obj *dst, const kn_model_obj *src) {
+    memcpy(dst->post_cfg, src->post_cfg, sizeof dst->post_cfg);
+    dst->n_post_cfg = src->n_post_cfg;
+}
+
+kn_model_obj *kn_model_clone(const kn_model_obj *from, kn_err *err) {
+    kn_model_obj *m = kn_model_new(from->weights);
+    if (!m) return kn_fail(err, KN_ERR_NOMEM, "out of memory"), NULL;
+    m->loras = kn_object_retain(from->loras);
+    kn_model_copy_options(m, from);
+    if (kn_model_sampling_copy(&m->ms, &from->ms, err)) {
+        kn_object_release(&m->base);
+        return NULL;
+    }
     return m;
 }
 

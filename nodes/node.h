@@ -67,12 +67,18 @@ typedef struct kn_dit_weights {
     kn_lora_model *lora_table; /* owned; made by the first LoRA node, NULL until then (nodes/lora.c) */
 } kn_dit_weights;
 
-/* MODEL: weights plus the model sampling that ModelSampling* nodes replace. */
+#define KN_MAX_POST_CFG 8
+
+/* MODEL: weights plus the model sampling that ModelSampling* nodes replace,
+ * and the post-CFG hooks (ComfyUI's sampler_post_cfg_function model option:
+ * CFGNorm) run in order after CFG. */
 typedef struct kn_model_obj {
     kn_object base;
     kn_dit_weights *weights; /* retained */
     kn_model_sampling ms;    /* owned */
     kn_object *loras;        /* retained LoRA patch list (nodes/lora.c), NULL: the plain weights */
+    kn_post_cfg post_cfg[KN_MAX_POST_CFG];
+    int n_post_cfg;
 } kn_model_obj;
 
 /* The DiT to run for m: brings the shared weights to m's LoRA patch list
@@ -83,6 +89,12 @@ int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err);
  * same model elsewhere: nodes/ranks.h). */
 int kn_model_lora_count(const kn_model_obj *m);
 void kn_model_lora_at(const kn_model_obj *m, int i, const char **path, double *strength);
+/* What ComfyUI's model.clone() keeps beside the patches: dst takes src's
+ * model options (the post-CFG hooks). */
+void kn_model_copy_options(kn_model_obj *dst, const kn_model_obj *src);
+/* model.clone(): a new MODEL sharing from's weights and LoRA patch list, with
+ * copies of its model sampling and options; NULL (err set) when out of memory. */
+kn_model_obj *kn_model_clone(const kn_model_obj *from, kn_err *err);
 
 /* CLIP: a text encoder of some family (its files stay open while it lives). */
 typedef struct kn_clip_obj {
@@ -98,31 +110,40 @@ typedef struct kn_vae_obj {
     kn_vae *vae;
 } kn_vae_obj;
 
-/* One entry of a CONDITIONING: cond [B, L, D] F32, its attention mask and
- * pooled vector (data NULL when ComfyUI would carry none), and the
- * "guidance" value FluxGuidance / CLIPTextEncodeFlux set (has_guidance 0:
- * absent, the model's default applies). */
-typedef struct kn_cond_entry {
-    kn_text_cond t;
-    double guidance;
-    int has_guidance;
-} kn_cond_entry;
-
-/* CONDITIONING: ComfyUI's list of entries. Text encoders make one,
- * ConditioningCombine concatenates lists; the sampler runs the model on
- * every entry and averages the predictions. */
-typedef struct kn_cond_obj {
-    kn_object base;
-    kn_cond_entry *e;
-    int n;
-} kn_cond_obj;
-
 /* LATENT {"samples": [B, C, (T,) h, w], "downscale_ratio_spacial": r (0 = absent)}. */
 typedef struct kn_latent_obj {
     kn_object base;
     kn_tensor samples;
     int downscale_ratio;
 } kn_latent_obj;
+
+/* One entry of a CONDITIONING, ComfyUI's [cond, extras] pair: cond
+ * [B, L, D] F32, its attention mask and pooled vector (data NULL when ComfyUI
+ * would carry none), the "guidance" value FluxGuidance / CLIPTextEncodeFlux
+ * set (has_guidance 0: absent, the model's default applies), and the
+ * "reference_latents" (raw VAE latents; the LATENTs are retained, not
+ * copied) the Edit nodes and ReferenceLatent append. */
+typedef struct kn_cond_entry {
+    kn_text_cond t;
+    double guidance;
+    int has_guidance;
+    kn_latent_obj **refs; /* n_refs retained references, malloc'd */
+    int n_refs;
+} kn_cond_entry;
+
+/* CONDITIONING: a list of entries (ConditioningCombine concatenates lists;
+ * the sampler runs the model on every entry and averages the predictions). */
+typedef struct kn_cond_obj {
+    kn_object base;
+    kn_cond_entry *e; /* n entries, malloc'd */
+    int n;
+} kn_cond_obj;
+
+/* dst = a copy of src: tensors duplicated, reference latents retained
+ * (ComfyUI's per-entry dict copy). On failure dst is left empty. */
+int kn_cond_entry_copy(kn_cond_entry *dst, const kn_cond_entry *src, kn_err *err);
+/* Appends lat to e's reference latents (retains it). */
+int kn_cond_entry_add_ref(kn_cond_entry *e, kn_latent_obj *lat, kn_err *err);
 
 /* IMAGE [B, H, W, C] or MASK [B, H, W], F32. */
 typedef struct kn_image_obj {
@@ -157,7 +178,7 @@ typedef struct kn_guider_obj {
 
 /* New objects with one reference, tensors zeroed (the creator fills them).
  * NULL when out of memory. */
-kn_cond_obj *kn_cond_new(int n); /* n >= 1 zeroed entries */
+kn_cond_obj *kn_cond_new(int entries); /* entries >= 1, zeroed */
 kn_latent_obj *kn_latent_new(void);
 kn_image_obj *kn_image_new(const char *type); /* "IMAGE" or "MASK" */
 kn_model_obj *kn_model_new(kn_dit_weights *weights);  /* retains weights; ms zeroed */
@@ -270,6 +291,12 @@ int kn_in_object_opt(kn_node_call *c, const char *name, const char *type, kn_obj
 void kn_out_object(kn_node_call *c, int i, kn_object *obj);
 /* Fail with a message about `input` (NULL: the node as a whole), prefixed "input '<name>': ". */
 int kn_node_fail(kn_node_call *c, const char *input, int code, const char *fmt, ...) KN_PRINTF(4, 5);
+
+/* VAE.encode of an IMAGE [B, H, W, C] as VAEEncode does it: each side
+ * cropped to a multiple of 8 (centred), channels past the VAE's dropped,
+ * 2x - 1; *out is a new LATENT of the raw VAE latent. Failures name `input`. */
+int kn_vae_encode_pixels(kn_node_call *c, const char *input, const kn_vae_obj *vae, const kn_tensor *im,
+                         kn_latent_obj **out);
 
 /* Per-file node tables, {NULL, NULL}-terminated (merged by kn_node_exec_find). */
 typedef struct kn_node_def {

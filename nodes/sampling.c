@@ -1,7 +1,9 @@
 /* Sampler nodes: KSampler, KSamplerAdvanced, SamplerCustomAdvanced and the
  * pieces it takes (RandomNoise, DisableNoise, KSamplerSelect, BasicScheduler,
- * BasicGuider, CFGGuider), over pipelines/sampling and the MODEL's diffusion
- * model through its family (latent format and layout, forward). */
+ * BasicGuider, CFGGuider), and CFGNorm (a post-CFG hook on the MODEL), over
+ * pipelines/sampling and the MODEL's diffusion model through its family
+ * (latent format and layout, forward). Every entry of a CONDITIONING is run
+ * with its own extras (reference latents) and the predictions averaged. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,40 +14,47 @@
 
 /* ---- the model as the sampler sees it ----------------------------------------------- */
 
-/* What the model reads of one conditioning entry, at the latent's batch size. */
-typedef struct cond_input {
-    kn_tensor context, pooled, guidance; /* owned copies, made on first use */
-} cond_input;
+/* What the model reads of one conditioning entry, at the latent's batch size:
+ * owned copies, made on the first step. */
+typedef struct entry_input {
+    kn_tensor context, pooled, guidance;
+    kn_tensor *refs;              /* n_refs model-space reference latents */
+    const kn_tensor **ref_ptrs;   /* refs[i] or their batch-repeated copies */
+    kn_tensor *ref_copies;
+    int n_refs, ready;
+} entry_input;
 
-/* One conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma,
- * averaged over its entries. */
+/* A conditioning's prediction D(x, sigma) = x - v(x, t(sigma), cond) * sigma,
+ * each entry run on its own and averaged (ComfyUI's calc_cond_batch). */
 typedef struct dit_guide {
     const kn_node_env *env;
     const kn_model_obj *model;
     const kn_cond_obj *cond[2]; /* positive, negative */
-    cond_input *in[2];          /* one per entry of cond[i] */
-    kn_tensor t, v, d;          /* timestep [B], model output, a further entry's prediction */
+    entry_input *in[2];         /* one per entry */
+    kn_tensor t, v, one;        /* timestep [B], model output, one entry's prediction */
 } dit_guide;
 
-static int dit_guide_init(dit_guide *g, kn_err *err) {
-    for (int i = 0; i < 2; i++)
-        if (g->cond[i] && !(g->in[i] = calloc((size_t)g->cond[i]->n, sizeof *g->in[i])))
-            return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    return KN_OK;
+static void entry_input_free(entry_input *ci) {
+    kn_tensor_free(&ci->context);
+    kn_tensor_free(&ci->pooled);
+    kn_tensor_free(&ci->guidance);
+    for (int r = 0; r < ci->n_refs; r++) {
+        if (ci->refs) kn_tensor_free(&ci->refs[r]);
+        if (ci->ref_copies) kn_tensor_free(&ci->ref_copies[r]);
+    }
+    free(ci->refs);
+    free(ci->ref_copies);
+    free(ci->ref_ptrs);
 }
 
 static void dit_guide_free(dit_guide *g) {
     for (int i = 0; i < 2; i++) {
-        for (int e = 0; g->in[i] && e < g->cond[i]->n; e++) {
-            kn_tensor_free(&g->in[i][e].context);
-            kn_tensor_free(&g->in[i][e].pooled);
-            kn_tensor_free(&g->in[i][e].guidance);
-        }
+        for (int e = 0; g->in[i] && e < g->cond[i]->n; e++) entry_input_free(&g->in[i][e]);
         free(g->in[i]);
     }
     kn_tensor_free(&g->t);
     kn_tensor_free(&g->v);
-    kn_tensor_free(&g->d);
+    kn_tensor_free(&g->one);
 }
 
 /* src at the latent's batch: as it is, or a batch-1 tensor repeated (ComfyUI
@@ -69,60 +78,78 @@ static int batched(const kn_tensor *src, int64_t batch, const char *what, kn_ten
     return KN_OK;
 }
 
-/* One entry's prediction into out (x's shape). */
-static int entry_denoise(dit_guide *g, const kn_dit *dit, const kn_cond_entry *co, cond_input *ci, const kn_tensor *x,
-                         float sigma, float *out, kn_err *err) {
+/* The entry's reference latents in model space (the family's process_in, as
+ * Qwen-Image's extra_conds), repeated to the batch. */
+static int entry_refs(const kn_dit *dit, const kn_cond_entry *e, int64_t b, entry_input *ci, kn_err *err) {
+    ci->n_refs = e->n_refs;
+    if (!e->n_refs) return KN_OK;
+    ci->refs = calloc((size_t)e->n_refs, sizeof *ci->refs);
+    ci->ref_copies = calloc((size_t)e->n_refs, sizeof *ci->ref_copies);
+    ci->ref_ptrs = calloc((size_t)e->n_refs, sizeof *ci->ref_ptrs);
+    if (!ci->refs || !ci->ref_copies || !ci->ref_ptrs) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    for (int r = 0; r < e->n_refs; r++) {
+        const kn_tensor *raw = &e->refs[r]->samples;
+        KN_TRY(kn_tensor_new(&ci->refs[r], KN_F32, KN_DEV_CPU, raw->ndim, raw->ne, err));
+        if (kn_latent_process_in(dit->family->latent, raw, &ci->refs[r], err))
+            return kn_err_wrap(err, "reference latent %d", r + 1);
+        KN_TRY(batched(&ci->refs[r], b, "reference latent", &ci->ref_copies[r], &ci->ref_ptrs[r], err));
+    }
+    return KN_OK;
+}
+
+/* One entry's prediction into denoised. */
+static int entry_denoise(dit_guide *g, const kn_cond_entry *e, entry_input *ci, const kn_tensor *x, float sigma,
+                         kn_tensor *denoised, kn_err *err) {
     int64_t b = x->ne[0];
     const kn_tensor *context, *pooled = NULL;
-    KN_TRY(batched(&co->t.cond, b, "conditioning", &ci->context, &context, err));
-    if (co->t.pooled.data) KN_TRY(batched(&co->t.pooled, b, "pooled output", &ci->pooled, &pooled, err));
-    if (co->has_guidance && !ci->guidance.data) {
+    const kn_dit *dit;
+    if (kn_model_dit(g->model, &dit, err)) return err->code;
+    KN_TRY(batched(&e->t.cond, b, "conditioning", &ci->context, &context, err));
+    if (e->t.pooled.data) KN_TRY(batched(&e->t.pooled, b, "pooled output", &ci->pooled, &pooled, err));
+    if (e->has_guidance && !ci->guidance.data) {
         KN_TRY(kn_tensor_new(&ci->guidance, KN_F32, KN_DEV_CPU, 1, &b, err));
-        for (int64_t i = 0; i < b; i++) ((float *)ci->guidance.data)[i] = (float)co->guidance;
+        for (int64_t i = 0; i < b; i++) ((float *)ci->guidance.data)[i] = (float)e->guidance;
     }
-    kn_dit_input in = {x,
-                       &g->t,
-                       context,
-                       co->t.mask.data ? &co->t.mask : NULL,
-                       pooled,
-                       ci->guidance.data ? &ci->guidance : NULL,
-                       NULL,
-                       0,
-                       dit->ref_method,
-                       NULL};
+    if (!ci->ready) KN_TRY(entry_refs(dit, e, b, ci, err));
+    ci->ready = 1;
+    if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
+    if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
+    float t = (float)kn_ms_timestep(&g->model->ms, sigma);
+    for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
+    kn_dit_input in = {x,           &g->t,         context,           e->t.mask.data ? &e->t.mask : NULL,
+                       pooled,      ci->guidance.data ? &ci->guidance : NULL,
+                       ci->ref_ptrs, ci->n_refs,  dit->ref_method, NULL};
     kn_ctx *ctx = g->env->ctx;
     if (g->env->ranks) KN_TRY(kn_ranks_forward(g->env->ranks, ctx, g->model, dit, &in, &g->v, err));
     else if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
         *err = ctx->err;
         return err->code;
     }
-    kn_ms_calculate_denoised(sigma, g->v.data, x->data, out, kn_tensor_numel(x));
+    kn_ms_calculate_denoised(sigma, g->v.data, x->data, denoised->data, kn_tensor_numel(x));
     return KN_OK;
 }
 
-/* ComfyUI's calc_cond_batch without areas: every entry's prediction at
- * weight 1, summed in entry order and divided by the count (exactly the one
- * prediction for a single entry). */
 static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative, kn_tensor *denoised, kn_err *err) {
     dit_guide *g = user;
     const kn_cond_obj *co = g->cond[negative];
     if (!co) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
-    int64_t b = x->ne[0], n = kn_tensor_numel(x);
-    if (!g->t.data && kn_tensor_new(&g->t, KN_F32, KN_DEV_CPU, 1, &b, err)) return err->code;
-    if (!g->v.data && kn_tensor_new(&g->v, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
-    if (co->n > 1 && !g->d.data && kn_tensor_new(&g->d, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
-    float t = (float)kn_ms_timestep(&g->model->ms, sigma);
-    for (int64_t i = 0; i < b; i++) ((float *)g->t.data)[i] = t;
-    const kn_dit *dit;
-    if (kn_model_dit(g->model, &dit, err)) return err->code;
-    float *sum = denoised->data, *d = g->d.data;
-    KN_TRY(entry_denoise(g, dit, &co->e[0], &g->in[negative][0], x, sigma, sum, err));
-    for (int e = 1; e < co->n; e++) {
-        KN_TRY(entry_denoise(g, dit, &co->e[e], &g->in[negative][e], x, sigma, d, err));
-        for (int64_t i = 0; i < n; i++) sum[i] += d[i];
+    if (!g->in[negative] && !(g->in[negative] = calloc((size_t)co->n, sizeof *g->in[negative])))
+        return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    if (co->n == 1) return entry_denoise(g, &co->e[0], &g->in[negative][0], x, sigma, denoised, err);
+    /* out = sum_i pred_i * 1 / (1e-37 + sum_i 1), in float32 as ComfyUI accumulates it */
+    const int64_t n = kn_tensor_numel(x);
+    float *acc = denoised->data;
+    if (!g->one.data && kn_tensor_new(&g->one, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err)) return err->code;
+    memset(acc, 0, (size_t)n * sizeof *acc);
+    float count = 1e-37f;
+    for (int i = 0; i < co->n; i++) {
+        if (entry_denoise(g, &co->e[i], &g->in[negative][i], x, sigma, &g->one, err))
+            return kn_err_wrap(err, "conditioning entry %d", i + 1);
+        const float *p = g->one.data;
+        for (int64_t k = 0; k < n; k++) acc[k] += p[k];
+        count += 1.0f;
     }
-    if (co->n > 1)
-        for (int64_t i = 0; i < n; i++) sum[i] /= (float)co->n;
+    for (int64_t k = 0; k < n; k++) acc[k] /= count;
     return KN_OK;
 }
 
@@ -181,9 +208,8 @@ static int model_latent(kn_node_call *c, const kn_dit *dit, const kn_latent_obj 
     return KN_OK;
 }
 
-/* Every entry of the conditioning is as wide as the model reads (another
- * family's text encoder gives other widths: validation catches the graphs it
- * can trace). */
+/* Every entry is as wide as the model reads (another family's text encoder
+ * gives other widths: validation catches the graphs it can trace). */
 static int check_conditioning(kn_node_call *c, const kn_dit *dit, const kn_cond_obj *cond, const char *input) {
     for (int i = 0; i < cond->n; i++) {
         const kn_tensor *t = &cond->e[i].t.cond;
@@ -204,13 +230,16 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     kn_tensor lat = {0}, noise = {0}, x0 = {0};
     kn_latent_obj *res = kn_latent_new(), *den = denoised_out ? kn_latent_new() : NULL;
     dit_guide guide = {.env = c->env, .model = j->model, .cond = {j->positive, j->negative}};
-    kn_cfg_guider cfg = {dit_denoise, &guide, j->negative ? j->cfg : 1.0, {0}};
+    kn_cfg_guider cfg = {.model = dit_denoise,
+                         .user = &guide,
+                         .cfg = j->negative ? j->cfg : 1.0,
+                         .post = j->model->post_cfg,
+                         .n_post = j->model->n_post_cfg};
     progress prog = {c->env, NULL, NULL};
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
     if (!rc) prog.format = dit->family->latent;
-    if (!rc) rc = dit_guide_init(&guide, err);
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
     if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);
     if (!rc && j->negative) rc = check_conditioning(c, dit, j->negative, j->cond_input[1]);
@@ -434,6 +463,23 @@ static int cfg_guider(kn_node_call *c) {
     return make_guider(c, model, pos, neg, cfg);
 }
 
+/* CFGNorm: a MODEL like `model` with a post-CFG hook that shrinks the guided
+ * prediction to the conditional one's channel norm (kn_cfg_norm). */
+static int cfg_norm(kn_node_call *c) {
+    kn_object *in;
+    double strength;
+    if (kn_in_object(c, "model", "MODEL", &in) || kn_in_float(c, "strength", &strength)) return c->err->code;
+    const kn_model_obj *from = (const kn_model_obj *)in;
+    if (from->n_post_cfg == KN_MAX_POST_CFG)
+        return kn_node_fail(c, "model", KN_ERR_UNSUPPORTED, "the model already has %d post-CFG hooks",
+                            KN_MAX_POST_CFG);
+    kn_model_obj *m = kn_model_clone(from, c->err);
+    if (!m) return kn_node_fail(c, NULL, c->err->code, "%s", c->err->msg);
+    m->post_cfg[m->n_post_cfg++] = (kn_post_cfg){kn_cfg_norm, strength};
+    kn_out_object(c, 0, &m->base);
+    return KN_OK;
+}
+
 const kn_node_def kn_nodes_sampling[] = {
     {"KSampler", ksampler},
     {"KSamplerAdvanced", ksampler_advanced},
@@ -444,5 +490,6 @@ const kn_node_def kn_nodes_sampling[] = {
     {"BasicScheduler", basic_scheduler},
     {"BasicGuider", basic_guider},
     {"CFGGuider", cfg_guider},
+    {"CFGNorm", cfg_norm},
     {NULL, NULL},
 };

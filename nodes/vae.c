@@ -46,20 +46,18 @@ static int vae_decode(kn_node_call *c) {
     return KN_OK;
 }
 
-static int vae_encode(kn_node_call *c) {
-    kn_object *pixels, *vae;
-    if (kn_in_object(c, "pixels", "IMAGE", &pixels) || kn_in_object(c, "vae", "VAE", &vae)) return c->err->code;
-    const kn_tensor *im = &((const kn_image_obj *)pixels)->t;
-    const kn_vae *v = ((const kn_vae_obj *)vae)->vae;
+int kn_vae_encode_pixels(kn_node_call *c, const char *input, const kn_vae_obj *vae, const kn_tensor *im,
+                         kn_latent_obj **out) {
+    const kn_vae *v = vae->vae;
     /* a video VAE encodes an image batch as the frames of one video; Kiln runs it on single frames */
     if (im->ndim != 4 || (v->latent_ndim == 5 && im->ne[0] != 1))
-        return kn_node_fail(c, "pixels", KN_ERR_UNSUPPORTED, "%s encodes a single image [1, H, W, C]",
+        return kn_node_fail(c, input, KN_ERR_UNSUPPORTED, "%s encodes a single image [1, H, W, C]",
                             v->family->title);
     int64_t B = im->ne[0], H = im->ne[1], W = im->ne[2], C = im->ne[3];
     int64_t h = H / 8 * 8, w = W / 8 * 8, y0 = (H % 8) / 2, x0 = (W % 8) / 2;
     int64_t vc = v->image_channels;
     if (h < 8 || w < 8 || C < vc)
-        return kn_node_fail(c, "pixels", KN_ERR_SHAPE, "image %lldx%lld with %lld channels is too small to encode",
+        return kn_node_fail(c, input, KN_ERR_SHAPE, "image %lldx%lld with %lld channels is too small to encode",
                             (long long)W, (long long)H, (long long)C);
     kn_tensor x = {0};
     kn_latent_obj *lat = kn_latent_new();
@@ -76,7 +74,7 @@ static int vae_encode(kn_node_call *c) {
     int64_t lne[KN_MAX_DIMS];
     int lnd = 0;
     if (!rc && v->family->latent_shape(v, &x, lne, &lnd, c->err))
-        rc = kn_node_fail(c, "pixels", c->err->code, "%s", c->err->msg);
+        rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
     if (!rc) rc = kn_tensor_new(&lat->samples, KN_F32, KN_DEV_CPU, lnd, lne, c->err);
     if (!rc && v->family->encode(c->env->ctx, v, &lat->samples, &x))
         rc = kn_node_fail(c, NULL, c->env->ctx->err.code, "%s", c->env->ctx->err.msg);
@@ -85,6 +83,16 @@ static int vae_encode(kn_node_call *c) {
         if (lat) kn_object_release(&lat->base);
         return rc;
     }
+    *out = lat;
+    return KN_OK;
+}
+
+static int vae_encode(kn_node_call *c) {
+    kn_object *pixels, *vae;
+    kn_latent_obj *lat;
+    if (kn_in_object(c, "pixels", "IMAGE", &pixels) || kn_in_object(c, "vae", "VAE", &vae) ||
+        kn_vae_encode_pixels(c, "pixels", (const kn_vae_obj *)vae, &((const kn_image_obj *)pixels)->t, &lat))
+        return c->err->code;
     kn_out_object(c, 0, &lat->base);
     return KN_OK;
 }

@@ -15,18 +15,6 @@
 
 #define MAX_REFS 8
 
-typedef struct debug_sink {
-    kn_fixture_results *res;
-    kn_err *err;
-} debug_sink;
-
-static int emit_debug(void *user, const char *name, const kn_tensor *t) {
-    debug_sink *s = user;
-    char full[128];
-    snprintf(full, sizeof full, "debug.%s", name);
-    return kn_fixture_emit(s->res, full, t, s->err);
-}
-
 /* An input the case may lack. */
 static const kn_tensor *optional(const kn_fixture_case *c, const char *name) {
     char full[64];
@@ -84,8 +72,8 @@ static int run(const kn_fixture_case *c, const kn_dit *m, kn_fixture_results *re
     memcpy(ne, x.ne, sizeof ne);
     ne[1] = m->channels;
     KN_TRY(kn_tensor_new(&out, KN_F32, KN_DEV_CPU, x.ndim, ne, err));
-    debug_sink sink = {res, err};
-    int rc = kn_dit_forward(c->ctx, m, &in, &out, emit_debug, &sink);
+    kn_fixture_debug_sink sink = {res, err};
+    int rc = kn_dit_forward(c->ctx, m, &in, &out, kn_fixture_emit_debug, &sink);
     if (rc && err->code == KN_OK) *err = c->ctx->err;
     if (!rc && kn_sp_size(c->sp) > 1) {
         rc = kn_tensor_new(&sharded, KN_F32, KN_DEV_CPU, x.ndim, ne, err);

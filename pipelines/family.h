@@ -9,7 +9,9 @@
  *    LoRA files use for its weights;
  *  - a text encoder (kn_clip_family: ComfyUI's CLIP target, i.e. the encoder
  *    architecture, its tokenizer and prompt template, and what the diffusion
- *    model conditions on): load from one or more files, encode a prompt;
+ *    model conditions on): load from one or more files, encode a prompt, and
+ *    where the loaded encoder sees images (Qwen2.5-VL with its vision tower)
+ *    a prompt with images (kn_clip.encode_images);
  *  - a VAE (kn_vae_family): encode images, decode latents.
  * The nodes hold {family, model} pairs and never name a family.
  *
@@ -177,10 +179,7 @@ int kn_dit_ckpt_layout(const kn_dit_family *f, const kn_ckpt_layout **out, kn_er
 /* ---- text encoders ----------------------------------------------------------------- */
 
 typedef struct kn_clip_family kn_clip_family;
-
-typedef struct kn_clip {
-    const kn_clip_family *family;
-} kn_clip;
+typedef struct kn_clip kn_clip;
 
 /* What CLIPTextEncode returns: cond [1, L, D] F32, and when the family has
  * them an attention mask [1, L] and a pooled vector [1, P] (data NULL
@@ -190,6 +189,28 @@ typedef struct kn_text_cond {
 } kn_text_cond;
 
 void kn_text_cond_free(kn_text_cond *c);
+
+/* A prompt with images, for text encoders that see them (ComfyUI's
+ * tokenize_with_weights(text, images=..., llama_template=...): the
+ * Qwen-Image-Edit nodes). The images replace the template's image
+ * placeholders in order; each is an IMAGE [B, H, W, 3] of which image 0 is
+ * seen. */
+typedef struct kn_clip_image_prompt {
+    const char *text;
+    const char *llama_template;     /* "...{}..." around the text, or NULL: the family's template for
+                                     * prompts with images (with none: its plain one) */
+    const kn_tensor *const *images;
+    int n_images;
+} kn_clip_image_prompt;
+
+/* Encodes p into out; debug (NULL: none) receives the family's intermediates. */
+typedef int (*kn_clip_encode_images_fn)(kn_ctx *ctx, const kn_clip *c, const kn_clip_image_prompt *p,
+                                        kn_text_cond *out, kn_debug_fn debug, void *debug_user, kn_err *err);
+
+struct kn_clip {
+    const kn_clip_family *family;
+    kn_clip_encode_images_fn encode_images; /* NULL: this encoder takes no images */
+};
 
 struct kn_clip_family {
     const char *name;  /* "qwen_image" */

@@ -39,6 +39,13 @@ int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *
     return KN_OK;
 }
 
+int kn_fixture_emit_debug(void *sink, const char *name, const kn_tensor *t) {
+    kn_fixture_debug_sink *s = sink;
+    char full[128];
+    snprintf(full, sizeof full, "debug.%s", name);
+    return kn_fixture_emit(s->res, full, t, s->err);
+}
+
 int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err) {
     char full[256];
     snprintf(full, sizeof full, "in.%s", name);

@@ -46,6 +46,14 @@ typedef int (*kn_fixture_fn)(const kn_fixture_case *c, kn_fixture_results *res, 
 /* Record a computed tensor (any float dtype, CPU; copied) under `name`. */
 int kn_fixture_emit(kn_fixture_results *res, const char *name, const kn_tensor *t, kn_err *err);
 
+/* A kn_debug_fn (pipelines/family.h) recording each intermediate as
+ * "debug.<name>": pass a kn_fixture_debug_sink as its user. */
+typedef struct kn_fixture_debug_sink {
+    kn_fixture_results *res;
+    kn_err *err;
+} kn_fixture_debug_sink;
+int kn_fixture_emit_debug(void *sink, const char *name, const kn_tensor *t);
+
 /* Helpers for runners. */
 int kn_fixture_input(const kn_fixture_case *c, const char *name, kn_tensor *out, kn_err *err); /* "in.<name>" */
 /* The weights file of the case: info["weights"], else the first key of meta["weights"]. */

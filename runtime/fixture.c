@@ -20,6 +20,8 @@ int kn_kl_vae_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err 
 int kn_qwen25vl_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_sampling_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 int kn_lora_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_qwen_vision_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
+int kn_qwen_edit_text_fixture(const kn_fixture_case *c, kn_fixture_results *res, kn_err *err);
 
 static const kn_fixture_runner runners[] = {
     {"qwen_image_dit", kn_dit_fixture},
@@ -28,6 +30,8 @@ static const kn_fixture_runner runners[] = {
     {"qwen_image_vae", kn_wan_vae_fixture},
     {"flux_vae", kn_kl_vae_fixture},
     {"qwen25_vl_text", kn_qwen25vl_fixture},
+    {"qwen25_vl_vision", kn_qwen_vision_fixture},
+    {"qwen_image_edit_text", kn_qwen_edit_text_fixture},
     {"qwen3_text", kn_qwen3_fixture},
     {"clip_l", kn_clip_l_fixture},
     {"t5_xxl", kn_t5_fixture},

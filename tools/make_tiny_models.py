@@ -13,7 +13,8 @@ Qwen-Image:
   diffusion_models/qwen_image_fp8_e4m3fn.safetensors       the DiT, real key names, bf16
   diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors  the same DiT under the Qwen-Image-Edit names
   diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors
-  text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors      Qwen2.5-VL text model, "model." keys, bf16
+  text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors      Qwen2.5-VL text model ("model.") and vision
+                                                           tower ("visual."), bf16
   vae/qwen_image_vae.safetensors                           VAE_SRC copied as is (real keys)
   loras/Qwen-Image-Lightning-8steps-V1.0.safetensors       a rank-4 PEFT LoRA on the DiT's blocks
 
@@ -60,6 +61,7 @@ import zlib
 
 TE_VOCAB, TE_HIDDEN, TE_INTER, TE_LAYERS = 152064, 32, 64, 2
 TE_HEADS, TE_KV_HEADS, HEAD_DIM = 28, 4, 128
+VIS_HIDDEN, VIS_INTER, VIS_DEPTH = 128, 64, 8  # 16 heads of 8
 DIT_DIM, DIT_MLP, DIT_LAYERS, DIT_IN, DIT_OUT, TIME_CH = 2 * HEAD_DIM, 512, 2, 16 * 4, 16 * 4, 256
 
 FLUX_DIM, FLUX_MLP, FLUX_DOUBLE, FLUX_SINGLE = HEAD_DIM, HEAD_DIM, 2, 2
@@ -174,6 +176,34 @@ def qwen_text_encoder():
         b.linear(p + "mlp.up_proj", TE_INTER, TE_HIDDEN, bias=False)
         b.linear(p + "mlp.down_proj", TE_HIDDEN, TE_INTER, bias=False)
     b.ones("model.norm.weight", TE_HIDDEN)
+    return b.t
+
+
+def qwen_vision(b):
+    """Qwen2.5-VL's vision tower ("visual.*", beside "model.*" in the real text-encoder file): the
+    real 16 heads, 14-px patches (Conv3d over 2 frames), 8 blocks so that block 7 is one of the
+    full-attention ones, the merger's output as wide as the text model."""
+    d, p = VIS_HIDDEN, "visual."
+    b.random(p + "patch_embed.proj.weight", [d, 3, 2, 14, 14], 3 * 2 * 14 * 14)
+    for i in range(VIS_DEPTH):
+        blk = f"{p}blocks.{i}."
+        b.ones(blk + "norm1.weight", d)
+        b.ones(blk + "norm2.weight", d)
+        b.linear(blk + "attn.qkv", 3 * d, d)
+        b.linear(blk + "attn.proj", d, d)
+        b.linear(blk + "mlp.gate_proj", VIS_INTER, d)
+        b.linear(blk + "mlp.up_proj", VIS_INTER, d)
+        b.linear(blk + "mlp.down_proj", d, VIS_INTER)
+    b.ones(p + "merger.ln_q.weight", d)
+    b.linear(p + "merger.mlp.0", 4 * d, 4 * d)
+    b.linear(p + "merger.mlp.2", TE_HIDDEN, 4 * d)
+
+
+def qwen_vl_text_encoder():
+    """The text model with the vision tower Qwen-Image-Edit's nodes use."""
+    b = Builder()
+    b.t = qwen_text_encoder()
+    qwen_vision(b)
     return b.t
 
 
@@ -415,7 +445,7 @@ def main():
     out, vae_src = sys.argv[1], sys.argv[2]
     files = {
         "diffusion_models/qwen_image_fp8_e4m3fn.safetensors": qwen_dit,
-        "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors": qwen_text_encoder,
+        "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors": qwen_vl_text_encoder,
         "loras/Qwen-Image-Lightning-8steps-V1.0.safetensors": qwen_lora,
         "loras/flux_dev_example_lora.safetensors": flux_lora,
         "diffusion_models/flux1-dev.safetensors": lambda: flux_dit(guidance=True),

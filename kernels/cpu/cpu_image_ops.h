@@ -23,6 +23,7 @@ int kn_cpu_pad2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int top, int lef
 int kn_cpu_pixel_shuffle(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int r, int unshuffle);
 int kn_cpu_transpose_last2(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 int kn_cpu_image_to_unit(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
+int kn_cpu_resample(kn_tensor *y, const kn_tensor *x, kn_resample_mode mode, kn_err *err);
 
 /* Naive causal conv3d, same arguments as kn_cpu_conv3d with every tensor F32. */
 void kn_ref_conv3d(kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias,

@@ -116,14 +116,15 @@ static int key_mask_from(kn_arena *a, const kn_tensor *mask, kn_tensor *km, kn_e
     return KN_OK;
 }
 
-/* 1-D RoPE at positions 0..L-1 over the whole head. */
-static int rope_tables(kn_ctx *ctx, kn_arena *a, int64_t L, const kn_llm_consts *k, kn_tensor *cos_t,
-                       kn_tensor *sin_t) {
+/* 1-D RoPE at positions 0..L-1 over the whole head, or M-RoPE at the given streams. */
+static int rope_tables(kn_ctx *ctx, kn_arena *a, int64_t L, const kn_llm_consts *k, const kn_llm_input *in,
+                       kn_tensor *cos_t, kn_tensor *sin_t) {
     const int64_t ne[] = {L, k->head_dim / 2};
-    double *pos = kn_arena_alloc(a, (size_t)L * sizeof(double), &ctx->err);
-    if (!pos) return ctx->err.code;
     KN_TRY(scratch(a, cos_t, 2, ne, &ctx->err));
     KN_TRY(scratch(a, sin_t, 2, ne, &ctx->err));
+    if (in->pos) return kn_mrope_tables(ctx, cos_t, sin_t, in->pos, 3, in->mrope, k->rope_theta);
+    double *pos = kn_arena_alloc(a, (size_t)L * sizeof(double), &ctx->err);
+    if (!pos) return ctx->err.code;
     for (int64_t p = 0; p < L; p++) pos[p] = (double)p;
     int dims[1] = {(int)k->head_dim};
     return kn_rope_tables(ctx, cos_t, sin_t, pos, 1, dims, k->rope_theta);
@@ -157,19 +158,32 @@ static int layer_forward(kn_ctx *ctx, const kn_llm *m, const kn_llm_layer *ly, k
     return kn_binary(ctx, x, x, &o, KN_ADD);
 }
 
-/* Boundary checks of forward's inputs; messages name the tensor and shape. */
-static int check_inputs(const kn_ctx *ctx, const kn_llm *m, const kn_tensor *ids, const kn_tensor *mask,
-                        const kn_llm_outputs *o, int64_t *layer_index, kn_err *err) {
+/* Boundary checks of forward's inputs; messages name the tensor and shape.
+ * *B, *L: the sequence's batch and length. */
+static int check_inputs(const kn_ctx *ctx, const kn_llm *m, const kn_llm_input *in, const kn_llm_outputs *o,
+                        int64_t *layer_index, int64_t *B, int64_t *L, kn_err *err) {
     char a[96], b[96];
+    const kn_tensor *ids = in->ids, *x = in->embeds, *mask = in->mask;
     if (ctx->device != KN_DEV_CPU) return kn_fail(err, KN_ERR_UNSUPPORTED, "llm: forward runs on the CPU only so far");
-    if (ids->dtype != KN_I64 || ids->device != KN_DEV_CPU || ids->ndim != 2 || ids->ne[0] < 1 || ids->ne[1] < 1 ||
-        !kn_tensor_is_contiguous(ids))
+    if (ids && (ids->dtype != KN_I64 || ids->device != KN_DEV_CPU || ids->ndim != 2 || ids->ne[0] < 1 ||
+                ids->ne[1] < 1 || !kn_tensor_is_contiguous(ids)))
         return kn_fail(err, KN_ERR_SHAPE, "llm: input_ids %s: expected contiguous CPU I64 [B >= 1, L >= 1]",
                        kn_tensor_desc(ids, a, sizeof a));
-    if (mask && (mask->device != KN_DEV_CPU || mask->ndim != 2 || mask->ne[0] != ids->ne[0] ||
-                 mask->ne[1] != ids->ne[1] || !kn_tensor_is_contiguous(mask)))
-        return kn_fail(err, KN_ERR_SHAPE, "llm: attention_mask %s does not match input_ids %s",
-                       kn_tensor_desc(mask, a, sizeof a), kn_tensor_desc(ids, b, sizeof b));
+    if (!ids && (!x || x->dtype != KN_F32 || x->device != KN_DEV_CPU || x->ndim != 3 || x->ne[0] < 1 ||
+                 x->ne[1] < 1 || x->ne[2] != m->cfg.hidden || !kn_tensor_is_contiguous(x)))
+        return kn_fail(err, KN_ERR_SHAPE, "llm: input rows %s: expected contiguous CPU F32 [B >= 1, L >= 1, %lld]",
+                       x ? kn_tensor_desc(x, a, sizeof a) : "(none)", (long long)m->cfg.hidden);
+    const kn_tensor *seq = ids ? ids : x;
+    *B = seq->ne[0];
+    *L = seq->ne[1];
+    if (mask && (mask->device != KN_DEV_CPU || mask->ndim != 2 || mask->ne[0] != *B || mask->ne[1] != *L ||
+                 !kn_tensor_is_contiguous(mask)))
+        return kn_fail(err, KN_ERR_SHAPE, "llm: attention_mask %s does not match the input %s",
+                       kn_tensor_desc(mask, a, sizeof a), kn_tensor_desc(seq, b, sizeof b));
+    const int *sec = in->mrope;
+    if (in->pos && (!sec || sec[0] < 0 || sec[1] < 0 || sec[2] < 0 || sec[0] + sec[1] + sec[2] != m->cfg.consts.head_dim / 2))
+        return kn_fail(err, KN_ERR_INVALID, "llm: M-RoPE sections %d + %d + %d do not cover the %lld rotary pairs",
+                       sec ? sec[0] : 0, sec ? sec[1] : 0, sec ? sec[2] : 0, (long long)(m->cfg.consts.head_dim / 2));
     *layer_index = o->layer_index < 0 ? m->cfg.layers + o->layer_index : o->layer_index;
     if (o->layer && (*layer_index < 0 || *layer_index >= m->cfg.layers))
         return kn_fail(err, KN_ERR_INVALID, "llm: hidden layer %lld of a %lld-layer model", (long long)o->layer_index,
@@ -177,10 +191,10 @@ static int check_inputs(const kn_ctx *ctx, const kn_llm *m, const kn_tensor *ids
     return KN_OK;
 }
 
-static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tensor *ids, const kn_tensor *mask,
-                   const kn_llm_outputs *o, int64_t layer_index) {
+static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_llm_input *in, const kn_llm_outputs *o,
+                   int64_t layer_index, int64_t B, int64_t L) {
     kn_err *err = &ctx->err;
-    const int64_t B = ids->ne[0], L = ids->ne[1], ne[] = {B, L, m->cfg.hidden};
+    const int64_t ne[] = {B, L, m->cfg.hidden};
     int last = o->hidden || o->prenorm;
     int64_t run = last ? m->cfg.layers : layer_index + 1;
     /* outputs first, so that they survive the scratch reset below */
@@ -190,10 +204,12 @@ static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tenso
     const size_t mark = kn_arena_mark(arena);
     kn_tensor x, cos_t, sin_t, km;
     int rc = o->prenorm ? (x = *o->prenorm, KN_OK) : scratch(arena, &x, 3, ne, err);
-    if (!rc && (rc = kn_embedding(&m->embed, ids, &x, err))) kn_err_wrap(err, "llm: input_ids");
-    if (!rc) rc = rope_tables(ctx, arena, L, &m->cfg.consts, &cos_t, &sin_t);
-    if (!rc && mask) rc = key_mask_from(arena, mask, &km, err);
-    kn_attn_args args = {.cos = &cos_t, .sin = &sin_t, .rope = KN_ROPE_HALF, .key_mask = mask ? &km : NULL, .causal = 1};
+    if (!rc && in->ids && (rc = kn_embedding(&m->embed, in->ids, &x, err))) kn_err_wrap(err, "llm: input_ids");
+    if (!rc && !in->ids) rc = kn_tensor_copy(&x, in->embeds, err);
+    if (!rc) rc = rope_tables(ctx, arena, L, &m->cfg.consts, in, &cos_t, &sin_t);
+    if (!rc && in->mask) rc = key_mask_from(arena, in->mask, &km, err);
+    kn_attn_args args = {.cos = &cos_t, .sin = &sin_t, .rope = KN_ROPE_HALF, .key_mask = in->mask ? &km : NULL,
+                         .causal = 1};
     for (int64_t i = 0; !rc && i < run; i++) {
         size_t lm = kn_arena_mark(arena);
         if ((rc = layer_forward(ctx, m, &m->layer[i], arena, &x, &args))) kn_err_wrap(err, "llm: layer %lld", (long long)i);
@@ -205,9 +221,14 @@ static int forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tenso
     return rc;
 }
 
+int kn_llm_run(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_llm_input *in, const kn_llm_outputs *o) {
+    int64_t layer_index = 0, B = 0, L = 0;
+    KN_TRY(check_inputs(ctx, m, in, o, &layer_index, &B, &L, &ctx->err));
+    return forward(ctx, m, arena, in, o, layer_index, B, L);
+}
+
 int kn_llm_forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tensor *ids, const kn_tensor *mask,
                    const kn_llm_outputs *o) {
-    int64_t layer_index = 0;
-    KN_TRY(check_inputs(ctx, m, ids, mask, o, &layer_index, &ctx->err));
-    return forward(ctx, m, arena, ids, mask, o, layer_index);
+    const kn_llm_input in = {ids, NULL, mask, NULL, NULL};
+    return kn_llm_run(ctx, m, arena, &in, o);
 }

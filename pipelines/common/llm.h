@@ -8,8 +8,10 @@
  *              x += down(silu(gate(h)) * up(h)),  h = RMSNorm(x)
  *   hidden = RMSNorm(x)                            (the final norm)
  * q/k/v biases (Qwen2.5) and per-head q/k RMSNorm (Qwen3) are constants of
- * the config; GQA; rotate_half RoPE at positions 0..L-1 (Qwen2.5-VL's M-RoPE
- * reduces to this for text, its three position streams being equal); causal
+ * the config; GQA; rotate_half RoPE at positions 0..L-1, or, for a sequence
+ * with image rows spliced in (kn_llm_run), Qwen2.5-VL's M-RoPE over three
+ * position streams (t, h, w) taking the rotary pairs in sections (for text
+ * the streams are equal and M-RoPE is the 1-D RoPE exactly); causal
  * attention plus a padding mask.
  *
  * Weights: "<prefix>embed_tokens.weight", "<prefix>layers.N.*",
@@ -72,5 +74,20 @@ typedef struct kn_llm_outputs {
  * query rows are still computed. Errors go to ctx->err. */
 int kn_llm_forward(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_tensor *ids, const kn_tensor *mask,
                    const kn_llm_outputs *out);
+
+/* The general input: token ids (looked up) or input rows, and optionally
+ * the three M-RoPE position streams of the sequence (shared by the batch).
+ * kn_llm_forward is {ids, NULL, mask, NULL, NULL}. */
+typedef struct kn_llm_input {
+    const kn_tensor *ids;    /* I64 [B, L], or NULL with embeds */
+    const kn_tensor *embeds; /* F32 [B, L, hidden] input rows (e.g. token embeddings with image rows
+                              * spliced in), used when ids is NULL */
+    const kn_tensor *mask;   /* as in kn_llm_forward */
+    const double *pos;       /* [L][3] t, h, w positions, or NULL: 0..L-1 */
+    const int *mrope;        /* with pos: the rotary pairs streams t, h, w take in turn (Qwen2.5-VL's
+                              * mrope_section: 16, 24, 24), summing to head_dim / 2 */
+} kn_llm_input;
+
+int kn_llm_run(kn_ctx *ctx, const kn_llm *m, kn_arena *arena, const kn_llm_input *in, const kn_llm_outputs *out);
 
 #endif

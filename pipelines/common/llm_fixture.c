@@ -3,16 +3,21 @@
 
 #include <string.h>
 
-static kn_llm_consts fixture_consts(const kn_fixture_case *c, const kn_llm_consts *family) {
+static double num(const json_t *config, const char *key, double dflt) {
+    const json_t *v = json_object_get(config, key);
+    return json_is_number(v) ? json_number_value(v) : dflt;
+}
+
+static kn_llm_consts fixture_consts(const json_t *config, const kn_llm_consts *family) {
     kn_llm_consts k = *family;
-    k.heads = (int64_t)kn_fixture_config_num(c, "num_attention_heads", (double)k.heads);
-    k.head_dim = (int64_t)kn_fixture_config_num(c, "head_dim", (double)k.head_dim);
-    k.rope_theta = kn_fixture_config_num(c, "rope_theta", k.rope_theta);
-    k.eps = (float)kn_fixture_config_num(c, "rms_norm_eps", k.eps);
+    k.heads = (int64_t)num(config, "num_attention_heads", (double)k.heads);
+    k.head_dim = (int64_t)num(config, "head_dim", (double)k.head_dim);
+    k.rope_theta = num(config, "rope_theta", k.rope_theta);
+    k.eps = (float)num(config, "rms_norm_eps", k.eps);
     return k;
 }
 
-static int check_derived(const kn_fixture_case *c, const kn_llm_config *cfg, kn_err *err) {
+static int check_derived(const json_t *config, const kn_llm_config *cfg, kn_err *err) {
     const struct {
         const char *key;
         int64_t got;
@@ -24,7 +29,7 @@ static int check_derived(const kn_fixture_case *c, const kn_llm_config *cfg, kn_
         {"num_key_value_heads", cfg->kv_heads},
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        double want = kn_fixture_config_num(c, v[i].key, (double)v[i].got);
+        double want = num(config, v[i].key, (double)v[i].got);
         if (want != (double)v[i].got)
             return kn_fail(err, KN_ERR_SHAPE, "derived %s = %lld but meta.json config says %g", v[i].key,
                            (long long)v[i].got, want);
@@ -32,14 +37,23 @@ static int check_derived(const kn_fixture_case *c, const kn_llm_config *cfg, kn_
     return KN_OK;
 }
 
+int kn_llm_fixture_load(const json_t *config, const kn_llm_consts *family, const kn_st_file *f, kn_llm *m,
+                        kn_err *err) {
+    kn_llm_consts k = fixture_consts(config, family);
+    KN_TRY(kn_llm_load(m, f, "model.", &k, err));
+    if (check_derived(config, &m->cfg, err)) {
+        kn_llm_free(m);
+        return err->code;
+    }
+    return KN_OK;
+}
+
 int kn_llm_fixture_open(const kn_fixture_case *c, const kn_llm_consts *family, kn_llm_fixture *fx, kn_err *err) {
     char path[4096];
     memset(fx, 0, sizeof *fx);
-    kn_llm_consts k = fixture_consts(c, family);
     int rc = kn_fixture_weights_path(c, path, sizeof path, err);
     if (!rc) rc = kn_st_open(&fx->f, path, err);
-    if (!rc) rc = kn_llm_load(&fx->m, fx->f, "model.", &k, err);
-    if (!rc) rc = check_derived(c, &fx->m.cfg, err);
+    if (!rc) rc = kn_llm_fixture_load(json_object_get(c->meta, "config"), family, fx->f, &fx->m, err);
     if (!rc) rc = kn_fixture_input(c, "input_ids", &fx->ids, err);
     if (!rc) rc = kn_arena_create(&fx->arena, KN_DEV_CPU, err);
     /* the mask is optional in the format */

@@ -18,6 +18,10 @@ typedef struct kn_llm_fixture {
 } kn_llm_fixture;
 
 int kn_llm_fixture_open(const kn_fixture_case *c, const kn_llm_consts *family, kn_llm_fixture *fx, kn_err *err);
+/* The model alone, from f's "model." weights with the family constants that
+ * `config` (a meta.json config object) overrides, sizes checked against it. */
+int kn_llm_fixture_load(const json_t *config, const kn_llm_consts *family, const kn_st_file *f, kn_llm *m,
+                        kn_err *err);
 void kn_llm_fixture_close(kn_llm_fixture *fx);
 
 #endif

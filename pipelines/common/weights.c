@@ -118,7 +118,7 @@ static int bind_tensor(kn_weight_binder *b, const char *key, int ndim, const int
     if (!kn_dtype_is_float(t->dtype))
         return kn_fail(b->err, KN_ERR_SHAPE, "%s: %s: weight %s is %s, expected a float dtype", kn_st_path(b->f),
                        b->what, name, kn_dtype_name(t->dtype));
-    int64_t ne[4];
+    int64_t ne[5];
     for (int d = 0; d < ndim; d++) ne[d] = b->sizes[dims[d]];
     if (kn_tensor_expect(t, name, ndim, ne, b->err)) return kn_err_wrap(b->err, "%s: %s", kn_st_path(b->f), b->what);
     return add_slot(b, key, t, linear, id);

@@ -90,8 +90,8 @@ typedef struct kn_weight_spec {
     size_t offset; /* of the kn_tensor / kn_lin field in the bound struct */
     kn_weight_kind kind;
     int flags;
-    int ndim;    /* KN_W_TENSOR: 1..4 */
-    int dims[4]; /* ids into the binder's sizes[] */
+    int ndim;    /* KN_W_TENSOR: 1..5 */
+    int dims[5]; /* ids into the binder's sizes[] */
 } kn_weight_spec;
 
 #define KN_WSPEC_LIN(type, field, key, rows, cols, flags) \

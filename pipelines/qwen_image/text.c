@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pipelines/common/llm_clip.h"
+#include "pipelines/qwen_image/vision.h"
 
 const kn_llm_consts kn_qwen25vl_7b = {28, 128, 1e6, 1e-6f, 1, 0};
 
@@ -52,14 +53,14 @@ int kn_qwen_image_conditioning(kn_arena *arena, const kn_tensor *ids, const kn_t
     char a[96], b[96], c[96];
     int ok = ids->dtype == KN_I64 && ids->ndim == 2 && ids->ne[1] >= 1 && kn_tensor_is_contiguous(ids) &&
              hidden->dtype == KN_F32 && hidden->ndim == 3 && hidden->ne[0] == ids->ne[0] &&
-             hidden->ne[1] == ids->ne[1] && kn_tensor_is_contiguous(hidden);
+             hidden->ne[1] >= ids->ne[1] && kn_tensor_is_contiguous(hidden);
     if (ok && mask)
-        ok = mask->ndim == 2 && mask->ne[0] == ids->ne[0] && mask->ne[1] == ids->ne[1] &&
+        ok = mask->ndim == 2 && mask->ne[0] == ids->ne[0] && mask->ne[1] == hidden->ne[1] &&
              kn_tensor_is_contiguous(mask);
     if (!ok)
         return kn_fail(err, KN_ERR_SHAPE,
                        "qwen_image conditioning: input_ids %s, hidden %s, attention_mask %s: expected I64 [B, L >= 1], "
-                       "F32 [B, L, D], [B, L], contiguous",
+                       "F32 [B, L' >= L, D], [B, L'], contiguous",
                        kn_tensor_desc(ids, a, sizeof a), kn_tensor_desc(hidden, b, sizeof b),
                        mask ? kn_tensor_desc(mask, c, sizeof c) : "none");
     const int64_t s = kn_qwen_image_template_end(ids->data, ids->ne[1]);
@@ -84,8 +85,13 @@ static int condition(kn_arena *arena, const kn_tensor *ids, const kn_tensor *hid
  * (final norm applied) -> template drop. */
 static const kn_llm_clip_spec spec = {&kn_qwen_image_clip, &kn_qwen25vl_7b, "qwen25", KN_QWEN_IMAGE, 0, condition};
 
+/* Qwen25_7BVLI with images: the vision tower beside the text model, the Edit
+ * template, <|image_pad|> placeholders, mrope_section 16, 24, 24. */
+static const kn_llm_clip_images images = {&kn_qwen25vl_vision_encoder, KN_QWEN_IMAGE_EDIT, KN_QWEN_IMAGE_PAD,
+                                          {16, 24, 24}};
+
 static int clip_load(kn_clip **out, const kn_st_file *const *files, const char *tokenizer_dir, kn_err *err) {
-    return kn_llm_clip_load(out, &spec, files[0], tokenizer_dir, err);
+    return kn_llm_clip_load_images(out, &spec, &images, files[0], tokenizer_dir, err);
 }
 
 const kn_clip_family kn_qwen_image_clip = {"qwen_image", "Qwen-Image (Qwen2.5-VL-7B)", 1, clip_load, kn_llm_clip_free,

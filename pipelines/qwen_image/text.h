@@ -12,6 +12,7 @@
 #define KN_QWEN_IM_START 151644 /* <|im_start|> */
 #define KN_QWEN_TOK_USER 872    /* "user" */
 #define KN_QWEN_TOK_NL 198      /* "\n" */
+#define KN_QWEN_IMAGE_PAD 151655 /* <|image_pad|>: one image of an Edit prompt */
 
 extern const kn_llm_consts kn_qwen25vl_7b; /* 28 heads x 128, theta 1e6, eps 1e-6, q/k/v biases */
 extern const kn_clip_family kn_qwen_image_clip;
@@ -27,7 +28,9 @@ int64_t kn_qwen_image_template_end(const int64_t *ids, int64_t n);
  * s = kn_qwen_image_template_end of ids row 0 (ComfyUI encodes one template,
  * shared by the batch), copied contiguous into `arena`. cond_mask = mask[:, s:]
  * in mask's dtype, or data NULL when mask is NULL or the slice is all ones.
- * ids I64 [B, L], hidden F32 [B, L, D], mask NULL or [B, L]. */
+ * ids I64 [B, L] (the token list, an image counting as its one placeholder),
+ * hidden F32 [B, L', D] (L' > L where images were spliced in: they all come
+ * after s, so the index holds), mask NULL or [B, L']. */
 int kn_qwen_image_conditioning(kn_arena *arena, const kn_tensor *ids, const kn_tensor *hidden,
                                const kn_tensor *mask, kn_tensor *cond, kn_tensor *cond_mask, kn_err *err);
 

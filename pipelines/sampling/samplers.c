@@ -41,21 +41,64 @@ void kn_cfg_combine(float *out, const float *cond, const float *uncond, double c
     for (int64_t i = 0; i < n; i++) out[i] = (float)(uncond[i] + ((double)cond[i] - uncond[i]) * cfg);
 }
 
+/* buf shaped like x, (re)allocated as needed. */
+static int like(kn_tensor *buf, const kn_tensor *x, kn_err *err) {
+    if (buf->data && !same_shape(buf, x)) kn_tensor_free(buf);
+    if (!buf->data) KN_TRY(kn_tensor_new(buf, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err));
+    return KN_OK;
+}
+
 int kn_cfg_denoise(void *guider, const kn_tensor *x, float sigma, kn_tensor *denoised, kn_err *err) {
     kn_cfg_guider *g = guider;
-    /* skipped, the uncond accumulator stays 0 and 0 + (cond - 0) * cfg is cond exactly */
-    if (kn_cfg_skips_uncond(g->cfg)) return g->model(g->user, x, sigma, 0, denoised, err);
-    if (g->uncond.data && !same_shape(&g->uncond, x)) kn_tensor_free(&g->uncond);
-    if (!g->uncond.data) KN_TRY(kn_tensor_new(&g->uncond, KN_F32, KN_DEV_CPU, x->ndim, x->ne, err));
-    /* ComfyUI batches [uncond, cond]: run them in that order */
-    KN_TRY(g->model(g->user, x, sigma, 1, &g->uncond, err));
-    KN_TRY(g->model(g->user, x, sigma, 0, denoised, err));
-    kn_cfg_combine(denoised->data, denoised->data, g->uncond.data, g->cfg, kn_tensor_numel(x));
+    /* the hooks read the conditional prediction after CFG replaced it */
+    kn_tensor *cond = denoised;
+    if (g->n_post > 0) KN_TRY(like(cond = &g->cond, x, err));
+    int skip = kn_cfg_skips_uncond(g->cfg);
+    if (skip) {
+        /* the uncond accumulator stays 0 and 0 + (cond - 0) * cfg is cond exactly */
+        KN_TRY(g->model(g->user, x, sigma, 0, cond, err));
+        if (cond != denoised) memcpy(denoised->data, cond->data, kn_tensor_nbytes(cond));
+    } else {
+        KN_TRY(like(&g->uncond, x, err));
+        /* ComfyUI batches [uncond, cond]: run them in that order */
+        KN_TRY(g->model(g->user, x, sigma, 1, &g->uncond, err));
+        KN_TRY(g->model(g->user, x, sigma, 0, cond, err));
+        kn_cfg_combine(denoised->data, cond->data, g->uncond.data, g->cfg, kn_tensor_numel(x));
+    }
+    for (int i = 0; i < g->n_post; i++)
+        if (g->post[i].fn(&g->post[i], cond, skip ? NULL : &g->uncond, denoised, err))
+            return kn_err_wrap(err, "post-CFG hook %d", i + 1);
+    return KN_OK;
+}
+
+int kn_cfg_norm(const kn_post_cfg *h, const kn_tensor *cond, const kn_tensor *uncond, kn_tensor *denoised,
+                kn_err *err) {
+    (void)uncond;
+    KN_TRY(check_latent(denoised, "CFGNorm: denoised", err));
+    KN_TRY(expect_like(cond, denoised, "CFGNorm: cond", err));
+    const int64_t B = denoised->ne[0], C = denoised->ne[1], plane = kn_tensor_numel(denoised) / (B * C);
+    const float strength = (float)h->strength;
+    const float *c = cond->data;
+    float *d = denoised->data;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t p = 0; p < plane; p++) {
+            const int64_t o = b * C * plane + p;
+            double nc = 0.0, nd = 0.0;
+            for (int64_t ch = 0; ch < C; ch++) {
+                nc += (double)c[o + ch * plane] * c[o + ch * plane];
+                nd += (double)d[o + ch * plane] * d[o + ch * plane];
+            }
+            /* torch in float32: norms, (n_c / (n_g + 1e-8)).clamp(0, 1), then * scale * strength */
+            float scale = (float)sqrt(nc) / ((float)sqrt(nd) + 1e-8f);
+            scale = scale < 0.0f ? 0.0f : scale > 1.0f ? 1.0f : scale;
+            for (int64_t ch = 0; ch < C; ch++) d[o + ch * plane] = d[o + ch * plane] * scale * strength;
+        }
     return KN_OK;
 }
 
 void kn_cfg_guider_free(kn_cfg_guider *g) {
     kn_tensor_free(&g->uncond);
+    kn_tensor_free(&g->cond);
 }
 
 /* ---- latent formats ------------------------------------------------------------------------ */

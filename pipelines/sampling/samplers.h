@@ -44,13 +44,33 @@ int kn_cfg_skips_uncond(double cfg);
 /* out = uncond + (cond - uncond) * cfg (ComfyUI cfg_function); in place allowed. */
 void kn_cfg_combine(float *out, const float *cond, const float *uncond, double cfg, int64_t n);
 
+/* A post-CFG hook (ComfyUI's sampler_post_cfg_function): rewrites the guided
+ * prediction `denoised` in place from it and the conditional and
+ * unconditional predictions (uncond NULL where CFG 1 skipped that pass;
+ * ComfyUI's zeros). Hooks run in order, each on the previous one's output. */
+typedef struct kn_post_cfg kn_post_cfg;
+struct kn_post_cfg {
+    int (*fn)(const kn_post_cfg *h, const kn_tensor *cond, const kn_tensor *uncond, kn_tensor *denoised,
+              kn_err *err);
+    double strength;
+};
+
+/* CFGNorm (comfy_extras/nodes_cfg.py): per latent pixel, over the channel
+ * dim 1 of [B, C, ...], denoised *= clamp(|cond| / (|denoised| + 1e-8), 0, 1)
+ * * strength: the guided prediction shrunk to the conditional one's norm,
+ * never enlarged. */
+int kn_cfg_norm(const kn_post_cfg *h, const kn_tensor *cond, const kn_tensor *uncond, kn_tensor *denoised,
+                kn_err *err);
+
 /* ComfyUI's CFGGuider as a kn_denoise_fn: pass kn_cfg_denoise with the guider
- * as user. Holds the negative prediction's buffer; kn_cfg_guider_free it. */
+ * as user. Holds the predictions' buffers; kn_cfg_guider_free it. */
 typedef struct kn_cfg_guider {
     kn_cond_denoise_fn model;
     void *user;
     double cfg;
-    kn_tensor uncond; /* allocated on first use */
+    kn_tensor uncond, cond;  /* allocated on first use (cond only with hooks) */
+    const kn_post_cfg *post; /* n_post hooks after CFG */
+    int n_post;
 } kn_cfg_guider;
 
 int kn_cfg_denoise(void *guider, const kn_tensor *x, float sigma, kn_tensor *denoised, kn_err *err);

@@ -297,7 +297,7 @@ static int run_sampler_case(const kn_fixture_case *c, kn_fixture_results *res, t
                                          : kn_model_sampling_flow(&ms, shift, param(c->info, "multiplier", 1.0), err));
     toy->ms = &ms;
     toy->t_scale = param(c->info, "toy_t_scale", 1.0);
-    kn_cfg_guider guider = {toy_denoise, toy, param(c->info, "cfg", 1.0), {0}};
+    kn_cfg_guider guider = {.model = toy_denoise, .user = toy, .cfg = param(c->info, "cfg", 1.0)};
     call_log log = {&guider, &ms, {0}, {0}, 0};
     kn_tensor noise = {0}, latent = {0}, sig = {0}, samples = {0}, x_final = {0};
     int rc = input_f32(c, "noise", &noise, err);

@@ -69,6 +69,14 @@ void kn_model_sampling_free(kn_model_sampling *ms) {
     ms->sigmas = NULL;
 }
 
+int kn_model_sampling_copy(kn_model_sampling *dst, const kn_model_sampling *src, kn_err *err) {
+    *dst = *src;
+    if (!(dst->sigmas = malloc((size_t)src->n * sizeof *dst->sigmas)))
+        return kn_fail(err, KN_ERR_NOMEM, "model sampling: out of memory");
+    memcpy(dst->sigmas, src->sigmas, (size_t)src->n * sizeof *dst->sigmas);
+    return KN_OK;
+}
+
 double kn_flux_mu(double max_shift, double base_shift, int width, int height) {
     const double x1 = 256, x2 = 4096; /* image tokens (2x2 patches of 8x-downscaled latents) */
     double m = (max_shift - base_shift) / (x2 - x1), b = base_shift - m * x1;

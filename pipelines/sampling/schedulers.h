@@ -39,6 +39,8 @@ int kn_model_sampling_flow(kn_model_sampling *ms, double shift, double multiplie
 /* ModelSamplingFlux with set_parameters(shift = mu). */
 int kn_model_sampling_flux(kn_model_sampling *ms, double mu, kn_err *err);
 void kn_model_sampling_free(kn_model_sampling *ms);
+/* dst = a copy of src with its own table (model clones). */
+int kn_model_sampling_copy(kn_model_sampling *dst, const kn_model_sampling *src, kn_err *err);
 /* The ModelSamplingFlux node's resolution-dependent mu (1024x1024 with 1.15/0.5 gives 1.15). */
 double kn_flux_mu(double max_shift, double base_shift, int width, int height);
 

@@ -507,17 +507,45 @@ static int qwen_encode(const void *ctx, const char *text, size_t len, int32_t **
 
 static int32_t qwen_vocab_id(const void *ctx, const char *key, size_t len) { return kn_bpe_token_id(ctx, key, len); }
 
+static const char *const qwen_templates[] = {
+    [KN_QWEN_IMAGE] = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
+                      "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
+                      "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+    [KN_QWEN_Z_IMAGE] = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+    [KN_QWEN_IMAGE_EDIT] = "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, "
+                           "texture, objects, background), then explain how the user's text instruction should "
+                           "alter or modify the image. Generate a new image that meets the user's requirements "
+                           "while maintaining consistency with the original input where appropriate.<|im_end|>\n"
+                           "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+                           "<|im_start|>assistant\n",
+    [KN_QWEN_IMAGE_EDIT_PLUS] = "<|im_start|>system\nDescribe the key features of the input image (color, shape, "
+                                "size, texture, objects, background), then explain how the user's text instruction "
+                                "should alter or modify the image. Generate a new image that meets the user's "
+                                "requirements while maintaining consistency with the original input where "
+                                "appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+};
+
+const char *kn_prompt_qwen_template_text(kn_qwen_family family) {
+    return (unsigned)family <= KN_QWEN_IMAGE_EDIT_PLUS ? qwen_templates[family] : NULL;
+}
+
 int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_embeddings *emb, const char *text,
                    size_t len, kn_prompt_chunks *out, kn_err *err) {
-    static const char *const templates[] = {
-        [KN_QWEN_IMAGE] = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
-                          "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
-                          "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-        [KN_QWEN_Z_IMAGE] = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-    };
-    *out = (kn_prompt_chunks){0};
-    if (family != KN_QWEN_IMAGE && family != KN_QWEN_Z_IMAGE)
+    if ((unsigned)family > KN_QWEN_IMAGE_EDIT_PLUS) {
+        *out = (kn_prompt_chunks){0};
         return kn_fail(err, KN_ERR_INVALID, "prompt: unknown Qwen family %d", (int)family);
+    }
+    return kn_prompt_qwen_template(bpe, family, qwen_templates[family], emb, text, len, out, err);
+}
+
+int kn_prompt_qwen_template(const kn_bpe *bpe, kn_qwen_family family, const char *tmpl,
+                            const kn_prompt_embeddings *emb, const char *text, size_t len, kn_prompt_chunks *out,
+                            kn_err *err) {
+    *out = (kn_prompt_chunks){0};
+    const char *hole = tmpl ? strstr(tmpl, "{}") : NULL;
+    if ((unsigned)family > KN_QWEN_IMAGE_EDIT_PLUS || !hole)
+        return kn_fail(err, KN_ERR_INVALID, "prompt: Qwen family %d with a template %s", (int)family,
+                       tmpl ? "without a {} for the prompt" : "missing");
     kn_prompt_tokenizer tok = {
         .encode = qwen_encode, .vocab_id = qwen_vocab_id, .ctx = bpe,
         .start_token = -1, .end_token = -1,
@@ -528,17 +556,16 @@ int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_emb
         (tok.eos_id = special_id(&tok, "<|im_end|>", err)) < 0)
         return err->code;
 
-    bool chat = family == KN_QWEN_IMAGE &&
-                ((len >= 12 && memcmp(text, "<|im_start|>", 12) == 0) ||
-                 (len >= 19 && memcmp(text, "<|start_header_id|>", 19) == 0));
+    bool qwen_image = family != KN_QWEN_Z_IMAGE;
+    bool chat = qwen_image && ((len >= 12 && memcmp(text, "<|im_start|>", 12) == 0) ||
+                               (len >= 19 && memcmp(text, "<|start_header_id|>", 19) == 0));
     strbuf full = {0};
-    const char *tpl = templates[family], *hole = strstr(tpl, "{}");
     bool failed = chat ? sb_add(&full, text, len, err)
-                       : sb_add(&full, tpl, (size_t)(hole - tpl), err) || sb_add(&full, text, len, err) ||
+                       : sb_add(&full, tmpl, (size_t)(hole - tmpl), err) || sb_add(&full, text, len, err) ||
                              sb_add(&full, hole + 2, strlen(hole + 2), err);
     int rc = failed ? err->code : kn_prompt_tokenize(&tok, emb, full.p, full.len, out, err);
     free(full.p);
-    for (size_t i = 0; !rc && family == KN_QWEN_IMAGE && i < out->n_tokens; i++) {
+    for (size_t i = 0; !rc && qwen_image && i < out->n_tokens; i++) {
         if (out->tokens[i].id < 0) {
             kn_prompt_chunks_free(out);
             /* ComfyUI compares every token with the image-pad id, and that fails on

@@ -95,12 +95,25 @@ void kn_prompt_segments_free(kn_prompt_segment *segs, size_t n);
 /* Qwen-Image (Qwen2.5-VL, key qwen25_7b) and Z-Image (Qwen3, key qwen3_4b): the
  * family's chat template around the prompt (Qwen-Image skips it for a prompt that
  * already starts with <|im_start|> or <|start_header_id|>), weights off, one chunk,
- * padded with <|endoftext|> to at least one token. Prompts with input images (the
- * edit template, <|image_pad|> replacement) are not handled here. */
-typedef enum { KN_QWEN_IMAGE, KN_QWEN_Z_IMAGE } kn_qwen_family;
+ * padded with <|endoftext|> to at least one token. KN_QWEN_IMAGE_EDIT is
+ * Qwen-Image's template for prompts with input images (ComfyUI's
+ * llama_template_images: the user turn opens with
+ * <|vision_start|><|image_pad|><|vision_end|>); KN_QWEN_IMAGE_EDIT_PLUS the
+ * template TextEncodeQwenImageEditPlus passes (the Edit system prompt with a
+ * plain user turn; its "Picture N:" placeholders are in the text). Replacing
+ * each <|image_pad|> by an image is the encoder's business. */
+typedef enum { KN_QWEN_IMAGE, KN_QWEN_Z_IMAGE, KN_QWEN_IMAGE_EDIT, KN_QWEN_IMAGE_EDIT_PLUS } kn_qwen_family;
 
 int kn_prompt_qwen(const kn_bpe *bpe, kn_qwen_family family, const kn_prompt_embeddings *emb, const char *text,
                    size_t len, kn_prompt_chunks *out, kn_err *err);
+/* The family's chat template ("...{}..."). */
+const char *kn_prompt_qwen_template_text(kn_qwen_family family);
+/* The same with a chat template of the caller's ("...{}...": ComfyUI's
+ * llama_template argument, e.g. TextEncodeQwenImageEditPlus's) in place of
+ * the family's. */
+int kn_prompt_qwen_template(const kn_bpe *bpe, kn_qwen_family family, const char *tmpl,
+                            const kn_prompt_embeddings *emb, const char *text, size_t len, kn_prompt_chunks *out,
+                            kn_err *err);
 
 /* CLIP-L as Flux.1 uses it, ComfyUI key "l": weights on, chunks
  * of 77 = <|startoftext|> + 75 tokens + <|endoftext|>, each padded to 77 with

@@ -48,7 +48,7 @@ def overrides(api):
         if t in ("KSampler", "BasicScheduler", "KSamplerAdvanced") and isinstance(inputs.get("steps"), int):
             sets.append("%s.steps=%d" % (nid, STEPS))
         if t == "ImageScaleToTotalPixels":
-            sets.append("%s.megapixels=%s" % (nid, SIZE * SIZE / 1e6))
+            sets.append("%s.megapixels=%s" % (nid, max(SIZE * SIZE / 1e6, 0.01)))  # the node's minimum
     return [a for s in sets for a in ("--set", s)]
 
 

@@ -6,6 +6,8 @@
 #ifndef KN_TEST_CHECK_H
 #define KN_TEST_CHECK_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 
 static int checks, failures;
@@ -19,5 +21,15 @@ static int checks, failures;
             fputc('\n', stderr);                                               \
         }                                                                      \
     } while (0)
+
+/* ||a - b|| / ||b|| over n floats, in double. */
+static inline double check_rel_l2(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "nodes/image_io.h"
 #include "check.h"
+#include "lanczos_golden.h"
 
 static char tmpdir[512];
 
@@ -484,6 +485,62 @@ static void test_dims(void) {
     CHECK(kn_image_total_pixels_dims(10000, 10, 0.01, 256, &w, &h, &err) == KN_ERR_INVALID, "empty result refused");
 }
 
+/* The 13x9 RGB pattern of lanczos_golden.h as an IMAGE (values on the 1/255 grid). */
+static kn_tensor lanczos_pattern(void) {
+    float px[9 * 13 * 3];
+    for (int y = 0; y < 9; y++)
+        for (int x = 0; x < 13; x++)
+            for (int c = 0; c < 3; c++)
+                px[(y * 13 + x) * 3 + c] = (float)((x * 37 + y * 91 + c * 53 + (x * y) % 7 * 19) % 256) / 255.0f;
+    kn_tensor t;
+    kn_err err;
+    if (kn_tensor_new(&t, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, 9, 13, 3}, &err)) exit(1);
+    memcpy(t.data, px, sizeof px);
+    return t;
+}
+
+/* lanczos against Pillow itself, bit for bit: up and down, one axis or both
+ * (the horizontal pass into an 8-bit intermediate first), and the centre crop
+ * FluxKontextImageScale and ImageScale's "center" apply before it. */
+static void test_lanczos_pillow(void) {
+    kn_tensor x = lanczos_pattern(), y;
+    kn_err err;
+    for (size_t i = 0; i < sizeof kn_pil_lanczos / sizeof kn_pil_lanczos[0]; i++) {
+        int w = kn_pil_lanczos[i].w, h = kn_pil_lanczos[i].h, differ = 0;
+        int rc = kn_image_upscale(&y, &x, w, h, KN_UPSCALE_LANCZOS, KN_CROP_DISABLED, &err);
+        CHECK(rc == KN_OK, "lanczos to %dx%d: %s", w, h, err.msg);
+        for (int k = 0; rc == KN_OK && k < w * h * 3; k++)
+            differ += ((float *)y.data)[k] != (float)kn_pil_lanczos[i].px[k] / 255.0f;
+        CHECK(rc == KN_OK && differ == 0, "lanczos 13x9 -> %dx%d: %d of %d values differ from Pillow", w, h, differ,
+              w * h * 3);
+        kn_tensor_free(&y);
+    }
+    int differ = 0, rc = kn_image_upscale(&y, &x, 6, 5, KN_UPSCALE_LANCZOS, KN_CROP_CENTER, &err);
+    for (int k = 0; rc == KN_OK && k < 6 * 5 * 3; k++)
+        differ += ((float *)y.data)[k] != (float)kn_pil_lanczos_crop_6x5[k] / 255.0f;
+    CHECK(rc == KN_OK && differ == 0, "lanczos with centre crop to 6x5: %d values differ from Pillow", differ);
+    kn_tensor_free(&y);
+    kn_tensor_free(&x);
+
+    /* RGBA: premultiplied alpha, as Image.resize converts it */
+    kn_tensor rgba;
+    if (kn_tensor_new(&rgba, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, 9, 13, 4}, &err)) exit(1);
+    for (int py = 0; py < 9; py++)
+        for (int px = 0; px < 13; px++)
+            for (int c = 0; c < 4; c++) {
+                int a = (px * 29 + py * 47) % 300, v = (px * 37 + py * 91 + c * 53 + (px * py) % 7 * 19) % 256;
+                if (c == 3) v = a >= 280 ? 255 : a >= 256 ? 0 : a;
+                ((float *)rgba.data)[(py * 13 + px) * 4 + c] = (float)v / 255.0f;
+            }
+    differ = 0;
+    rc = kn_image_upscale(&y, &rgba, 7, 12, KN_UPSCALE_LANCZOS, KN_CROP_DISABLED, &err);
+    for (int k = 0; rc == KN_OK && k < 7 * 12 * 4; k++)
+        differ += ((float *)y.data)[k] != (float)kn_pil_lanczos_rgba_7x12[k] / 255.0f;
+    CHECK(rc == KN_OK && differ == 0, "RGBA lanczos to 7x12: %d of %d values differ from Pillow", differ, 7 * 12 * 4);
+    kn_tensor_free(&y);
+    kn_tensor_free(&rgba);
+}
+
 int main(void) {
     const char *t = getenv("KN_TEST_TMP");
     snprintf(tmpdir, sizeof tmpdir, "%s", t && *t ? t : "/tmp");
@@ -491,6 +548,7 @@ int main(void) {
     test_load_variants();
     test_hostile();
     test_scaling();
+    test_lanczos_pillow();
     test_dims();
     printf("test_image_io: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;

@@ -176,7 +176,7 @@ static void test_samplers(void) {
             int n;
             CHECK(kn_ksampler_sigmas(&ms, "simple", names[i], 8, 1.0, &s, &n, &err) == KN_OK, "%s", err.msg);
             oracle o = {x0, {0, 0}};
-            kn_cfg_guider g = {oracle_cond, &o, guided ? 4.0 : 1.0, {0}};
+            kn_cfg_guider g = {.model = oracle_cond, .user = &o, .cfg = guided ? 4.0 : 1.0};
             kn_sample_params p = {.sampler = names[i], .ms = &ms, .sigmas = s, .n_sigmas = n,
                                   .denoise = kn_cfg_denoise, .denoise_user = &g, .seed = 3};
             int rc = kn_sample(&p, NULL, &tn, &tz, &to, NULL, &err);
@@ -209,7 +209,7 @@ static void test_cancel_and_errors(void) {
     kn_model_sampling_flow(&ms, 3.0, 1.0, &err);
     float s[5] = {1.0f, 0.75f, 0.5f, 0.25f, 0.0f};
     oracle o = {x0, {0, 0}};
-    kn_cfg_guider g = {oracle_cond, &o, 1.0, {0}};
+    kn_cfg_guider g = {.model = oracle_cond, .user = &o, .cfg = 1.0};
     atomic_int cancel = 1;
     int steps = 0;
     kn_sample_params p = {.sampler = "euler", .ms = &ms, .sigmas = s, .n_sigmas = 5, .denoise = kn_cfg_denoise,
@@ -222,6 +222,81 @@ static void test_cancel_and_errors(void) {
     kn_model_sampling_free(&ms);
 }
 
+/* What the recording post-CFG hook was handed last (element 0 of each). */
+static struct {
+    float cond0, uncond0, denoised0;
+    int had_uncond, calls;
+} seen;
+
+/* A post-CFG hook that records what it is handed and doubles the prediction. */
+static int record(const kn_post_cfg *h, const kn_tensor *cond, const kn_tensor *uncond, kn_tensor *denoised,
+                  kn_err *err) {
+    seen.cond0 = ((const float *)cond->data)[0];
+    seen.uncond0 = uncond ? ((const float *)uncond->data)[0] : NAN;
+    seen.had_uncond = uncond != NULL;
+    seen.denoised0 = ((float *)denoised->data)[0];
+    seen.calls++;
+    for (int64_t i = 0; i < kn_tensor_numel(denoised); i++) ((float *)denoised->data)[i] *= 2.0f;
+    (void)h, (void)err;
+    return KN_OK;
+}
+
+/* CFGNorm (ComfyUI's nodes_cfg.py) on the guider: the guided prediction x0 - 3 (cfg 4 against a
+ * negative of x0 + 1) shrunk per latent pixel to the channel norm of x0, times the strength; hooks
+ * run in order on each other's output and see the conditional and unconditional predictions
+ * (none when cfg 1 skips the negative pass). */
+static void test_post_cfg(void) {
+    float x0[N_LATENT], x[N_LATENT] = {0}, out[N_LATENT];
+    kn_tensor tx0 = kn_tensor_make(KN_F32, KN_DEV_CPU, x0, 4, latent_shape);
+    kn_tensor tx = kn_tensor_make(KN_F32, KN_DEV_CPU, x, 4, latent_shape);
+    kn_tensor to = kn_tensor_make(KN_F32, KN_DEV_CPU, out, 4, latent_shape);
+    kn_err err;
+    kn_prepare_noise(&tx0, 5, NULL, 0, KN_RANDN_AVX2, &err);
+    for (int k = 0; k < N_LATENT; k++) x0[k] *= 0.5f; /* |x0 - 3| > |x0| almost everywhere: the clamp bites */
+    for (int c = 0; c < 16; c++) x0[c * 24] = 60.0f; /* and not at pixel 0: norm 240 against 228 */
+    kn_post_cfg hooks[2] = {{kn_cfg_norm, 0.8}, {record, 0.0}};
+    oracle o = {x0, {0, 0}};
+    kn_cfg_guider g = {.model = oracle_cond, .user = &o, .cfg = 4.0, .post = hooks, .n_post = 1};
+    CHECK(kn_cfg_denoise(&g, &tx, 0.5f, &to, &err) == KN_OK, "%s", err.msg);
+    const int64_t C = 16, plane = 4 * 6;
+    double num = 0, den = 0;
+    int clamped = 0, shrunk = 0;
+    for (int64_t b = 0; b < 2; b++)
+        for (int64_t p = 0; p < plane; p++) {
+            double nc = 0, ng = 0;
+            for (int64_t c = 0; c < C; c++) {
+                double v = x0[(b * C + c) * plane + p];
+                nc += v * v;
+                ng += (v - 3) * (v - 3);
+            }
+            double scale = fmin(sqrt(nc) / (sqrt(ng) + 1e-8), 1.0);
+            clamped += scale == 1.0;
+            shrunk += scale < 1.0;
+            for (int64_t c = 0; c < C; c++) {
+                int64_t k = (b * C + c) * plane + p;
+                double want = ((double)x0[k] - 3) * scale * 0.8;
+                num += (out[k] - want) * (out[k] - want);
+                den += want * want;
+            }
+        }
+    CHECK(sqrt(num / den) < 1e-6 && clamped > 0 && shrunk > 0,
+          "CFGNorm 0.8: rel error %.2g to the formula (%d pixels clamped at 1, %d shrunk)", sqrt(num / den), clamped,
+          shrunk);
+    /* a second hook sees the conditional and unconditional predictions and CFGNorm's output */
+    g.n_post = 2;
+    CHECK(kn_cfg_denoise(&g, &tx, 0.5f, &to, &err) == KN_OK, "%s", err.msg);
+    CHECK(seen.calls == 1 && seen.had_uncond && seen.cond0 == x0[0] && seen.uncond0 == x0[0] + 1.0f,
+          "the second hook gets cond %g and uncond %g", seen.cond0, seen.uncond0);
+    CHECK(out[0] == 2.0f * seen.denoised0, "hooks chain: the second doubles CFGNorm's output");
+    /* cfg 1: no negative pass, the hook gets no unconditional prediction; CFGNorm keeps cond (scale 1) */
+    g.cfg = 1.0;
+    o.calls[1] = 0;
+    CHECK(kn_cfg_denoise(&g, &tx, 0.5f, &to, &err) == KN_OK, "%s", err.msg);
+    CHECK(o.calls[1] == 0 && seen.calls == 2 && !seen.had_uncond && fabsf(out[5] - 2.0f * 0.8f * x0[5]) <= 1e-6f * fabsf(x0[5]),
+          "cfg 1: no negative pass, no uncond for the hooks, CFGNorm scales cond by its strength");
+    kn_cfg_guider_free(&g);
+}
+
 int main(void) {
     test_mt19937();
     test_batch_index();
@@ -229,6 +304,7 @@ int main(void) {
     test_ddim_uniform();
     test_samplers();
     test_cancel_and_errors();
+    test_post_cfg();
     printf("test_sampling: %d checks, %d failures\n", checks, failures);
     return failures != 0;
 }

@@ -4,7 +4,7 @@
 
 const BUNDLED = ["qwen_image_t2i.api.json", "qwen_image_i2i.api.json", "qwen_image_t2i.ui.json",
   "flux_dev_t2i.api.json", "flux_schnell_t2i.api.json", "flux_dev_t2i.ui.json", "flux_schnell_t2i.ui.json",
-  "z_image_turbo_t2i.api.json", "z_image_turbo_t2i.ui.json"];
+  "z_image_turbo_t2i.api.json", "z_image_turbo_t2i.ui.json", "qwen_image_edit.api.json", "qwen_image_edit.ui.json"];
 const $ = (id) => document.getElementById(id);
 const clientId = sessionStorage.getItem("kiln.clientId") || crypto.randomUUID().replace(/-/g, "");
 sessionStorage.setItem("kiln.clientId", clientId);
@@ -41,6 +41,10 @@ const WIDGETS = {
   CLIPTextEncodeFlux: ["clip_l", "t5xxl", "guidance"],
   FluxGuidance: ["guidance"],
   ModelSamplingAuraFlow: ["shift"],
+  TextEncodeQwenImageEdit: ["prompt"],
+  TextEncodeQwenImageEditPlus: ["prompt"],
+  CFGNorm: ["strength"],
+  LoadImage: ["image"],
   KSampler: ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
   KSamplerAdvanced: ["noise_seed", "steps", "cfg"],
   RandomNoise: ["noise_seed"],
@@ -51,7 +55,7 @@ const WIDGETS = {
   LoraLoader: ["lora_name", "strength_model", "strength_clip"],
   LoraLoaderModelOnly: ["lora_name", "strength_model"],
 };
-const PROMPT_WIDGETS = new Set(["text", "clip_l", "t5xxl"]); // shown as wide text areas
+const PROMPT_WIDGETS = new Set(["text", "clip_l", "t5xxl", "prompt"]); // shown as wide text areas
 
 function renderWidgets() {
   const box = $("widgets");
