@@ -121,6 +121,7 @@ kn_model_obj *kn_model_new(kn_dit_weights *weights) {
 void kn_model_copy_options(kn_model_obj *dst, const kn_model_obj *src) {
     memcpy(dst->post_cfg, src->post_cfg, sizeof dst->post_cfg);
     dst->n_post_cfg = src->n_post_cfg;
+    dst->step_cache = src->step_cache;
 }
 
 kn_model_obj *kn_model_clone(const kn_model_obj *from, kn_err *err) {
@@ -255,6 +256,13 @@ int kn_in_float(kn_node_call *c, const char *name, double *v) {
     return KN_OK;
 }
 
+int kn_in_bool(kn_node_call *c, const char *name, bool *v) {
+    const kn_value *x = input(c, name, KN_VALUE_BOOL, false);
+    if (!x) return c->err->code;
+    *v = x->b;
+    return KN_OK;
+}
+
 int kn_in_string(kn_node_call *c, const char *name, const char **v) {
     const kn_value *x = input(c, name, KN_VALUE_STRING, false);
     if (!x) return c->err->code;
@@ -295,7 +303,7 @@ void kn_out_object(kn_node_call *c, int i, kn_object *obj) {
 kn_node_exec_fn kn_node_exec_find(const char *class_type) {
     static const kn_node_def *const tables[] = {kn_nodes_models, kn_nodes_conditioning, kn_nodes_latent,
                                                 kn_nodes_sampling, kn_nodes_vae,          kn_nodes_image,
-                                                kn_nodes_lora};
+                                                kn_nodes_lora, kn_nodes_stepcache};
     if (!class_type) return NULL;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const kn_node_def *d = tables[t]; d->class_type; d++)

@@ -43,6 +43,7 @@
 #include "nodes/registry.h"
 #include "pipelines/family.h"
 #include "pipelines/sampling/schedulers.h"
+#include "pipelines/sampling/stepcache.h"
 
 /* ---- objects ----------------------------------------------------------------- */
 
@@ -70,8 +71,9 @@ typedef struct kn_dit_weights {
 #define KN_MAX_POST_CFG 8
 
 /* MODEL: weights plus the model sampling that ModelSampling* nodes replace,
- * and the post-CFG hooks (ComfyUI's sampler_post_cfg_function model option:
- * CFGNorm) run in order after CFG. */
+ * the post-CFG hooks (ComfyUI's sampler_post_cfg_function model option:
+ * CFGNorm) run in order after CFG, and the step cache (EasyCache, LazyCache:
+ * ComfyUI's transformer_options["easycache"], the last node's wins). */
 typedef struct kn_model_obj {
     kn_object base;
     kn_dit_weights *weights; /* retained */
@@ -79,6 +81,7 @@ typedef struct kn_model_obj {
     kn_object *loras;        /* retained LoRA patch list (nodes/lora.c), NULL: the plain weights */
     kn_post_cfg post_cfg[KN_MAX_POST_CFG];
     int n_post_cfg;
+    kn_step_cache_opts step_cache; /* kind KN_STEP_CACHE_OFF: none */
 } kn_model_obj;
 
 /* The DiT to run for m: brings the shared weights to m's LoRA patch list
@@ -90,7 +93,7 @@ int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err);
 int kn_model_lora_count(const kn_model_obj *m);
 void kn_model_lora_at(const kn_model_obj *m, int i, const char **path, double *strength);
 /* What ComfyUI's model.clone() keeps beside the patches: dst takes src's
- * model options (the post-CFG hooks). */
+ * model options (the post-CFG hooks, the step cache). */
 void kn_model_copy_options(kn_model_obj *dst, const kn_model_obj *src);
 /* model.clone(): a new MODEL sharing from's weights and LoRA patch list, with
  * copies of its model sampling and options; NULL (err set) when out of memory. */
@@ -284,6 +287,7 @@ typedef int (*kn_node_validate_fn)(kn_node_call *call);
 int kn_in_int(kn_node_call *c, const char *name, int64_t *v);
 int kn_in_int_opt(kn_node_call *c, const char *name, int64_t def, int64_t *v); /* def when absent */
 int kn_in_float(kn_node_call *c, const char *name, double *v);
+int kn_in_bool(kn_node_call *c, const char *name, bool *v);
 int kn_in_string(kn_node_call *c, const char *name, const char **v);
 int kn_in_object(kn_node_call *c, const char *name, const char *type, kn_object **obj);
 int kn_in_object_opt(kn_node_call *c, const char *name, const char *type, kn_object **obj);
@@ -343,7 +347,7 @@ void kn_values_clear(kn_value *v, int n);
 json_t *kn_node_object_info(const char *class_type, const kn_folder_lister *lister, kn_err *err);
 
 extern const kn_node_def kn_nodes_models[], kn_nodes_conditioning[], kn_nodes_latent[], kn_nodes_sampling[],
-    kn_nodes_vae[], kn_nodes_image[], kn_nodes_lora[];
+    kn_nodes_vae[], kn_nodes_image[], kn_nodes_lora[], kn_nodes_stepcache[];
 extern const kn_node_hooks kn_hooks_models[], kn_hooks_image[], kn_hooks_lora[];
 
 #endif

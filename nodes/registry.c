@@ -293,6 +293,20 @@ static const kn_input_spec cfg_norm_in[] = {
 };
 static const kn_output_spec cfg_norm_out[] = {{.type = "MODEL", .name = "patched_model"}};
 
+/* EasyCache, LazyCache (comfy_extras/nodes_easycache.py) */
+#define STEP_CACHE_INPUTS(NAME)                                                                                     \
+    {"model", KN_INPUT_LINK, .type = "MODEL", .tooltip = "The model to add " NAME " to."},                          \
+    {"reuse_threshold", KN_INPUT_FLOAT, .def = 0.2, .min = 0.0, .max = 3.0, .step = 0.01,                          \
+     .flags = KN_INPUT_ADVANCED, .tooltip = "The threshold for reusing cached steps."},                            \
+    {"start_percent", KN_INPUT_FLOAT, .def = 0.15, .min = 0.0, .max = 1.0, .step = 0.01,                           \
+     .flags = KN_INPUT_ADVANCED, .tooltip = "The relative sampling step to begin use of " NAME "."},               \
+    {"end_percent", KN_INPUT_FLOAT, .def = 0.95, .min = 0.0, .max = 1.0, .step = 0.01,                             \
+     .flags = KN_INPUT_ADVANCED, .tooltip = "The relative sampling step to end use of " NAME "."},                 \
+    {"verbose", KN_INPUT_BOOLEAN, .def = 0, .flags = KN_INPUT_ADVANCED, .tooltip = "Whether to log verbose information."}
+static const kn_input_spec easy_cache_in[] = {STEP_CACHE_INPUTS("EasyCache")};
+static const kn_input_spec lazy_cache_in[] = {STEP_CACHE_INPUTS("LazyCache")};
+static const kn_output_spec easy_cache_out[] = {{.type = "MODEL"}}, lazy_cache_out[] = {{.type = "MODEL"}};
+
 /* ImageScaleToTotalPixels */
 static const kn_input_spec image_scale_to_total_pixels_in[] = {
     {"image", KN_INPUT_LINK, .type = "IMAGE"},
@@ -596,6 +610,28 @@ static const kn_node_class kn_classes[] = {
      KN_INPUTS(cfg_norm),
      KN_OUTPUTS(cfg_norm),
      .experimental = true},
+    {.name = "EasyCache",
+     .display_name = "EasyCache",
+     .category = "advanced/debug",
+     .description = "Native EasyCache implementation.",
+     .python_module = "comfy_extras.nodes_easycache",
+     .style = KN_SCHEMA_V3,
+     KN_INPUTS(easy_cache),
+     KN_OUTPUTS(easy_cache),
+     .output_tooltips = (const char *const[]){"The model with EasyCache.", NULL},
+     .experimental = true},
+    {.name = "LazyCache",
+     .display_name = "LazyCache",
+     .category = "advanced/debug",
+     .description = "A homebrew version of EasyCache - even 'easier' version of EasyCache to implement. Overall works "
+                    "worse than EasyCache, but better in some rare cases AND universal compatibility with everything in "
+                    "ComfyUI.",
+     .python_module = "comfy_extras.nodes_easycache",
+     .style = KN_SCHEMA_V3,
+     KN_INPUTS(lazy_cache),
+     KN_OUTPUTS(lazy_cache),
+     .output_tooltips = (const char *const[]){"The model with LazyCache.", NULL},
+     .experimental = true},
     {.name = "ImageScaleToTotalPixels",
      .category = "image/upscaling",
      .python_module = "comfy_extras.nodes_post_processing",
@@ -842,9 +878,12 @@ static int put_outputs(json_t *info, const kn_node_class *cls) {
                json_array_append_new(lists, json_false()) |
                json_array_append_new(names, json_string(kn_output_name(&cls->outputs[i])));
     if (!bad && cls->style == KN_SCHEMA_V3) {
-        json_t *tips = json_array(); /* no V3 class here sets output tooltips */
+        json_t *tips = json_array(); /* one per output, null where unset */
         bad |= json_object_set_new(info, "output_tooltips", tips);
-        for (int i = 0; !bad && i < cls->n_outputs; i++) bad |= json_array_append_new(tips, json_null());
+        for (int i = 0, end = 0; !bad && i < cls->n_outputs; i++) {
+            end |= !cls->output_tooltips || !cls->output_tooltips[i];
+            bad |= json_array_append_new(tips, end ? json_null() : json_string(cls->output_tooltips[i]));
+        }
         bad |= json_object_set_new(info, "output_matchtypes", json_null());
     }
     return bad;

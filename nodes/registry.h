@@ -103,7 +103,7 @@ typedef struct kn_node_class {
     const kn_output_spec *outputs;
     int n_outputs;
     const char *const *hidden;          /* name/type pairs, NULL-terminated; NULL = none */
-    const char *const *output_tooltips; /* V1, NULL-terminated; NULL = key absent */
+    const char *const *output_tooltips; /* NULL-terminated; NULL = key absent (V1), all null (V3) */
     const char *const *search_aliases;  /* NULL-terminated; NULL = JSON null (V3) */
     bool output_node;                   /* ComfyUI OUTPUT_NODE: what a prompt runs for */
     bool experimental;                  /* V3 only */

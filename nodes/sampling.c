@@ -9,6 +9,7 @@
 
 #include "nodes/node.h"
 #include "nodes/ranks.h"
+#include "nodes/stepcache.h"
 #include "pipelines/sampling/noise.h"
 #include "pipelines/sampling/samplers.h"
 
@@ -31,6 +32,7 @@ typedef struct dit_guide {
     const kn_model_obj *model;
     const kn_cond_obj *cond[2]; /* positive, negative */
     entry_input *in[2];         /* one per entry */
+    kn_step_cache *cache;       /* EasyCache around each forward, NULL: none */
     kn_tensor t, v, one;        /* timestep [B], model output, one entry's prediction */
 } dit_guide;
 
@@ -97,9 +99,21 @@ static int entry_refs(const kn_dit *dit, const kn_cond_entry *e, int64_t b, entr
     return KN_OK;
 }
 
-/* One entry's prediction into denoised. */
-static int entry_denoise(dit_guide *g, const kn_cond_entry *e, entry_input *ci, const kn_tensor *x, float sigma,
-                         kn_tensor *denoised, kn_err *err) {
+/* The diffusion model's output for in into g->v, on this process or across the ranks. */
+static int dit_run(dit_guide *g, const kn_dit *dit, const kn_dit_input *in, kn_err *err) {
+    kn_ctx *ctx = g->env->ctx;
+    if (g->env->ranks) return kn_ranks_forward(g->env->ranks, ctx, g->model, dit, in, &g->v, err);
+    if (kn_dit_forward(ctx, dit, in, &g->v, NULL, NULL)) {
+        *err = ctx->err;
+        return err->code;
+    }
+    return KN_OK;
+}
+
+/* One entry's prediction into denoised; slot: its number in the step (the
+ * positive entries, then the negative ones). */
+static int entry_denoise(dit_guide *g, const kn_cond_entry *e, entry_input *ci, int slot, const kn_tensor *x,
+                         float sigma, kn_tensor *denoised, kn_err *err) {
     int64_t b = x->ne[0];
     const kn_tensor *context, *pooled = NULL;
     const kn_dit *dit;
@@ -119,11 +133,11 @@ static int entry_denoise(dit_guide *g, const kn_cond_entry *e, entry_input *ci, 
     kn_dit_input in = {x,           &g->t,         context,           e->t.mask.data ? &e->t.mask : NULL,
                        pooled,      ci->guidance.data ? &ci->guidance : NULL,
                        ci->ref_ptrs, ci->n_refs,  dit->ref_method, NULL};
-    kn_ctx *ctx = g->env->ctx;
-    if (g->env->ranks) KN_TRY(kn_ranks_forward(g->env->ranks, ctx, g->model, dit, &in, &g->v, err));
-    else if (kn_dit_forward(ctx, dit, &in, &g->v, NULL, NULL)) {
-        *err = ctx->err;
-        return err->code;
+    int reused = 0;
+    if (g->cache) KN_TRY(kn_easycache_reuse(g->cache, slot, x, &g->v, &reused, err));
+    if (!reused) {
+        KN_TRY(dit_run(g, dit, &in, err));
+        if (g->cache) KN_TRY(kn_easycache_store(g->cache, slot, x, &g->v, err));
     }
     kn_ms_calculate_denoised(sigma, g->v.data, x->data, denoised->data, kn_tensor_numel(x));
     return KN_OK;
@@ -135,7 +149,8 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     if (!co) return kn_fail(err, KN_ERR_INVALID, "no negative conditioning");
     if (!g->in[negative] && !(g->in[negative] = calloc((size_t)co->n, sizeof *g->in[negative])))
         return kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    if (co->n == 1) return entry_denoise(g, &co->e[0], &g->in[negative][0], x, sigma, denoised, err);
+    const int first_slot = negative ? g->cond[0]->n : 0;
+    if (co->n == 1) return entry_denoise(g, &co->e[0], &g->in[negative][0], first_slot, x, sigma, denoised, err);
     /* out = sum_i pred_i * 1 / (1e-37 + sum_i 1), in float32 as ComfyUI accumulates it */
     const int64_t n = kn_tensor_numel(x);
     float *acc = denoised->data;
@@ -143,7 +158,7 @@ static int dit_denoise(void *user, const kn_tensor *x, float sigma, int negative
     memset(acc, 0, (size_t)n * sizeof *acc);
     float count = 1e-37f;
     for (int i = 0; i < co->n; i++) {
-        if (entry_denoise(g, &co->e[i], &g->in[negative][i], x, sigma, &g->one, err))
+        if (entry_denoise(g, &co->e[i], &g->in[negative][i], first_slot + i, x, sigma, &g->one, err))
             return kn_err_wrap(err, "conditioning entry %d", i + 1);
         const float *p = g->one.data;
         for (int64_t k = 0; k < n; k++) acc[k] += p[k];
@@ -236,6 +251,8 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
                          .post = j->model->post_cfg,
                          .n_post = j->model->n_post_cfg};
     progress prog = {c->env, NULL, NULL};
+    kn_step_cache cache;
+    int cached = 0;
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
@@ -248,13 +265,16 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
     if (!rc && den) rc = kn_tensor_dup(&x0, &lat, err);
     if (!rc && den) prog.x0 = &x0;
+    if (!rc) rc = kn_sampling_cache_start(&cache, j->model, j->positive, kn_cfg_skips_uncond(cfg.cfg) ? NULL : j->negative,
+                                          kn_cfg_denoise, &cfg, &cached, err);
+    if (!rc && cached && cache.o.kind == KN_STEP_CACHE_EASY) guide.cache = &cache;
     if (!rc) {
         kn_sample_params p = {.sampler = j->sampler,
                               .ms = &j->model->ms,
                               .sigmas = j->sigmas,
                               .n_sigmas = j->n_sigmas,
-                              .denoise = kn_cfg_denoise,
-                              .denoise_user = &cfg,
+                              .denoise = cached ? kn_step_cache_denoise : kn_cfg_denoise,
+                              .denoise_user = cached ? (void *)&cache : &cfg,
                               .seed = j->seed,
                               .randn_path = KN_RANDN_AVX2,
                               .progress = on_progress,
@@ -268,6 +288,7 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
                              : kn_tensor_dup(&den->samples, &res->samples, err);
         if (!rc && j->n_sigmas > 1) rc = kn_latent_process_out(dit->family->latent, &x0, &den->samples, err);
     }
+    if (cached) kn_sampling_cache_finish(&cache, j->n_sigmas - 1);
     dit_guide_free(&guide);
     kn_cfg_guider_free(&cfg);
     kn_tensor_free(&lat);
