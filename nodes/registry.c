@@ -788,6 +788,10 @@ static json_t *input_spec(const kn_node_class *cls, const kn_input_spec *in, con
         const char *type = in->kind == KN_INPUT_LINK ? in->type : kind_names[in->kind];
         bad |= json_array_append_new(spec, json_string(type));
     }
+    /* V3 (io.Input.as_dict) writes the base keys before the widget's own; V1 has them last */
+    const bool v3_advanced = v3 && (in->flags & KN_INPUT_ADVANCED);
+    if (v3 && in->tooltip) bad |= json_object_set_new(opt, "tooltip", json_string(in->tooltip));
+    if (v3_advanced) bad |= json_object_set_new(opt, "advanced", json_true());
     if (in->kind == KN_INPUT_COMBO && v3) {
         bad |= json_object_set_new(opt, "multiselect", json_false());
         bad |= json_object_set(opt, "options", choices);
@@ -813,8 +817,9 @@ static json_t *input_spec(const kn_node_class *cls, const kn_input_spec *in, con
         {KN_INPUT_ADVANCED, "advanced"},
     };
     for (size_t i = 0; i < sizeof flag_keys / sizeof flag_keys[0]; i++)
-        if (in->flags & flag_keys[i].flag) bad |= json_object_set_new(opt, flag_keys[i].key, json_true());
-    if (in->tooltip) bad |= json_object_set_new(opt, "tooltip", json_string(in->tooltip));
+        if ((in->flags & flag_keys[i].flag) && !(v3_advanced && flag_keys[i].flag == KN_INPUT_ADVANCED))
+            bad |= json_object_set_new(opt, flag_keys[i].key, json_true());
+    if (!v3 && in->tooltip) bad |= json_object_set_new(opt, "tooltip", json_string(in->tooltip));
     json_decref(choices);
     if (!bad && (always_options || v3 || json_object_size(opt) > 0)) bad = json_array_append(spec, opt) != 0;
     json_decref(opt);

@@ -280,8 +280,9 @@ def run_tests(srv, t2i, ref_first, final_prompt, ref_final, flux, ref_flux, edit
     ref = json.load(open(os.path.join(SRC, "tests", "fixtures", "workflows", "object_info.json")))
     runs = {"KSampler", "LoadImage", "SaveImage", "UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly",
             "TextEncodeQwenImageEdit", "TextEncodeQwenImageEditPlus", "CFGNorm", "FluxKontextImageScale",
-            "ConditioningCombine", "ReferenceLatent"}
-    check(runs <= set(info) and set(info) <= set(ref) | {"ImageScale", "SaveLatent", "LoadLatent", "ReferenceLatent"},
+            "ConditioningCombine", "ReferenceLatent", "EasyCache", "LazyCache"}
+    check(runs <= set(info) and set(info) <= set(ref) | {"ImageScale", "SaveLatent", "LoadLatent", "ReferenceLatent",
+                                                         "EasyCache", "LazyCache"},
           "/object_info lists the classes Kiln runs, no others")
     differ = [c for c in info if c in ref and without_files(info[c]) != without_files(ref[c])]
     check(not differ, "/object_info equals ComfyUI's for the classes Kiln runs (file lists aside): %s" % differ)

@@ -165,6 +165,43 @@ static const char extra_object_info[] =
     " \"advanced/conditioning/edit_models\", \"output_node\": false, \"deprecated\": false, \"experimental\":"
     " false, \"dev_only\": false, \"api_node\": false, \"price_badge\": null, \"search_aliases\": null}}";
 
+/* EasyCache and LazyCache (comfy_extras/nodes_easycache.py, io.ComfyNodes with
+ * advanced inputs: the V3 layout, each input's tooltip and "advanced" before
+ * its widget keys), written out from the source. */
+static const char step_cache_object_info[] =
+    "{\"EasyCache\": {\"input\": {\"required\": {\"model\": [\"MODEL\", {\"tooltip\": \"The model to add EasyCache to.\"}], "
+    "\"reuse_threshold\": [\"FLOAT\", {\"tooltip\": \"The threshold for reusing cached steps.\", \"advanced\": true, "
+    "\"default\": 0.2, \"min\": 0.0, \"max\": 3.0, \"step\": 0.01}], \"start_percent\": [\"FLOAT\", "
+    "{\"tooltip\": \"The relative sampling step to begin use of EasyCache.\", \"advanced\": true, \"default\": 0.15, "
+    "\"min\": 0.0, \"max\": 1.0, \"step\": 0.01}], \"end_percent\": [\"FLOAT\", "
+    "{\"tooltip\": \"The relative sampling step to end use of EasyCache.\", \"advanced\": true, \"default\": 0.95, "
+    "\"min\": 0.0, \"max\": 1.0, \"step\": 0.01}], \"verbose\": [\"BOOLEAN\", "
+    "{\"tooltip\": \"Whether to log verbose information.\", \"advanced\": true, \"default\": false}]}}, "
+    "\"input_order\": {\"required\": [\"model\", \"reuse_threshold\", \"start_percent\", \"end_percent\", \"verbose\"]}, "
+    "\"is_input_list\": false, \"output\": [\"MODEL\"], \"output_is_list\": [false], \"output_name\": [\"MODEL\"], "
+    "\"output_tooltips\": [\"The model with EasyCache.\"], \"output_matchtypes\": null, \"name\": \"EasyCache\", "
+    "\"display_name\": \"EasyCache\", \"description\": \"Native EasyCache implementation.\", "
+    "\"python_module\": \"comfy_extras.nodes_easycache\", \"category\": \"advanced/debug\", \"output_node\": false, "
+    "\"deprecated\": false, \"experimental\": true, \"dev_only\": false, \"api_node\": false, \"price_badge\": null, "
+    "\"search_aliases\": null}, \"LazyCache\": {\"input\": {\"required\": {\"model\": [\"MODEL\", "
+    "{\"tooltip\": \"The model to add LazyCache to.\"}], \"reuse_threshold\": [\"FLOAT\", "
+    "{\"tooltip\": \"The threshold for reusing cached steps.\", \"advanced\": true, \"default\": 0.2, \"min\": 0.0, "
+    "\"max\": 3.0, \"step\": 0.01}], \"start_percent\": [\"FLOAT\", "
+    "{\"tooltip\": \"The relative sampling step to begin use of LazyCache.\", \"advanced\": true, \"default\": 0.15, "
+    "\"min\": 0.0, \"max\": 1.0, \"step\": 0.01}], \"end_percent\": [\"FLOAT\", "
+    "{\"tooltip\": \"The relative sampling step to end use of LazyCache.\", \"advanced\": true, \"default\": 0.95, "
+    "\"min\": 0.0, \"max\": 1.0, \"step\": 0.01}], \"verbose\": [\"BOOLEAN\", "
+    "{\"tooltip\": \"Whether to log verbose information.\", \"advanced\": true, \"default\": false}]}}, "
+    "\"input_order\": {\"required\": [\"model\", \"reuse_threshold\", \"start_percent\", \"end_percent\", \"verbose\"]}, "
+    "\"is_input_list\": false, \"output\": [\"MODEL\"], \"output_is_list\": [false], \"output_name\": [\"MODEL\"], "
+    "\"output_tooltips\": [\"The model with LazyCache.\"], \"output_matchtypes\": null, \"name\": \"LazyCache\", "
+    "\"display_name\": \"LazyCache\", "
+    "\"description\": \"A homebrew version of EasyCache - even 'easier' version of EasyCache to implement. Overall works worse than EasyCache, "
+    "but better in some rare cases AND universal compatibility with everything in ComfyUI.\", "
+    "\"python_module\": \"comfy_extras.nodes_easycache\", \"category\": \"advanced/debug\", \"output_node\": false, "
+    "\"deprecated\": false, \"experimental\": true, \"dev_only\": false, \"api_node\": false, \"price_badge\": null, "
+    "\"search_aliases\": null}}";
+
 /* Compares each class of info with the registry's object_info; returns how many were found. */
 static int compare_object_info(const json_t *info) {
     kn_err err;
@@ -190,9 +227,9 @@ static int compare_object_info(const json_t *info) {
 
 static void test_registry(const json_t *info) {
     kn_err err;
-    json_t *extra = json_loads(extra_object_info, 0, NULL);
-    CHECK(extra != NULL, "extra_object_info parses");
-    int listed = compare_object_info(info) + compare_object_info(extra);
+    json_t *extra = json_loads(extra_object_info, 0, NULL), *caches = json_loads(step_cache_object_info, 0, NULL);
+    CHECK(extra != NULL && caches != NULL, "extra_object_info and step_cache_object_info parse");
+    int listed = compare_object_info(info) + compare_object_info(extra) + compare_object_info(caches);
     /* ImageScale: the one class the brief needs beyond those ComfyUI's entries above cover. */
     CHECK(kn_registry_count() == listed + 1, "registry has %d classes, object_info %d", kn_registry_count(), listed);
     const kn_node_class *scale = kn_registry_find("ImageScale"), *ref = kn_registry_find("ReferenceLatent");
@@ -215,6 +252,7 @@ static void test_registry(const json_t *info) {
     json_object_foreach(served, name, got) {
         json_t *want = json_object_get(info, name);
         if (!want) want = json_object_get(extra, name);
+        if (!want) want = json_object_get(caches, name);
         CHECK(kn_node_exec_find(name) != NULL, "%s is listed but cannot run", name);
         /* ImageScale is the one class beyond the entries above */
         CHECK(want ? same_json(got, want, 1) : strcmp(name, "ImageScale") == 0, "%s: served object_info differs", name);
@@ -227,10 +265,12 @@ static void test_registry(const json_t *info) {
         CHECK(!json_object_get(served, name), "%s cannot run but is listed", name);
     }
     CHECK(json_object_get(served, "CFGNorm") && json_object_get(served, "KSampler") &&
-              json_object_get(served, "LoadImage"),
+              json_object_get(served, "LoadImage") && json_object_get(served, "EasyCache") &&
+              json_object_get(served, "LazyCache"),
           "the fixture's classes Kiln runs are listed (%d it cannot run are left out)", absent);
     json_decref(served);
     json_decref(extra);
+    json_decref(caches);
     /* a class Kiln cannot run gets {} (as long as there is one left) */
     json_t *one = unrunnable ? kn_node_object_info(unrunnable, &lister, &err) : NULL;
     CHECK(!unrunnable || (one && json_object_size(one) == 0), "object_info/%s: {}", unrunnable);
