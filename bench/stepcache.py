@@ -13,7 +13,8 @@ of kiln's threads over that span (/proc, with OMP_WAIT_POLICY=PASSIVE so that
 waiting threads do not spin; on a shared machine the speedup is taken from
 it), the best of R runs. Prints per case ComfyUI's skip count, the
 DiT forwards run, the sampler's times, the speedup against the uncached run
-and the relative L2 distance of its latent from the uncached one. The default models folder is the build's tiny
+(CPU time), the speedup ComfyUI logs (steps / steps computed) and the relative
+L2 distance of its latent from the uncached one. The default models folder is the build's tiny
 set (random weights: the skip counts and drift are the tiny models', the time
 per skipped step is what carries over); pass --models for real weights.
 """
@@ -95,8 +96,8 @@ def main():
     print("CPU: %s" % cpu_name())
     print("workflow %s, %dx%d, %d steps, cfg %g, models %s, best of %d" %
           (os.path.basename(path), a.size, a.size, a.steps, cfg, a.models or "(kiln's default)", a.reps))
-    print("%-16s %9s %13s %8s %8s %8s %13s" % ("case", "skipped", "DiT forwards", "wall s", "CPU s", "speedup",
-                                                "rel L2 drift"))
+    print("%-16s %9s %13s %8s %8s %8s %8s %13s" % ("case", "skipped", "DiT forwards", "wall s", "CPU s", "speedup",
+                                                    "logged", "rel L2 drift"))
     work = tempfile.mkdtemp(prefix="kiln-stepcache-")
     base, base_cpu = None, None
     for case in ["none"] + a.cases:
@@ -114,8 +115,9 @@ def main():
         skipped = skips(err)[0][0] if cache != "none" else 0
         if base is None:
             base, base_cpu = lat, cpu
-        print("%-16s %6d/%-3d %13d %8.2f %8.2f %7.2fx %13.4g" % (case, skipped, a.steps, (a.steps - skipped) * per_step,
-                                                                  wall, cpu, base_cpu / cpu, rel_l2(lat, base)))
+        print("%-16s %6d/%-3d %13d %8.2f %8.2f %7.2fx %7.2fx %13.4g" %
+              (case, skipped, a.steps, (a.steps - skipped) * per_step, wall, cpu, base_cpu / cpu,
+               a.steps / (a.steps - skipped), rel_l2(lat, base)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ BasicGuider's for SamplerCustomAdvanced). Per case:
   the uncached one by a relative L2 within the stated bound (the measured
   drift, rounded up).
 Z-Image runs at CFG 1 (one forward per step) and at CFG 4, where ComfyUI
-batches [uncond, cond] and the uncond leads the decision."""
+batches [uncond, cond] and the uncond leads the decision. The bundled
+z_image_turbo_easycache workflow renders too."""
 import json
 import os
 import sys
@@ -78,4 +79,12 @@ for i, (workflow, cfg, steps, cache, threshold, want_skips, bound) in enumerate(
     drift = rel_l2(cached, plain)
     check(0 < drift < bound, "%s threshold %g: relative L2 drift %.4f from the uncached latent (bound %g)" %
           (name, threshold, drift, bound))
+
+# the bundled example (Z-Image Turbo, EasyCache at ComfyUI's defaults, 8 steps) renders; the tiny
+# model's change rates (~0.8 a step) stay above the default threshold 0.2
+example = os.path.join(SRC, "workflows", "z_image_turbo_easycache.api.json")
+rc, _, err = run_kiln(check, KILN, ["--models", MODELS, "--output", out, "--set", "13.width=64", "--set",
+                                    "13.height=64", example], WORK, json_mode=False)
+check(rc == 0 and skips(err) == [(0, 8)] and "EasyCache enabled - threshold: 0.2, start_percent: 0.15, "
+      "end_percent: 0.95" in err, "z_image_turbo_easycache.api.json renders, logging as ComfyUI does")
 check.exit()
