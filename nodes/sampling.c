@@ -265,8 +265,9 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
     if (!rc && den) rc = kn_tensor_dup(&x0, &lat, err);
     if (!rc && den) prog.x0 = &x0;
-    if (!rc) rc = kn_sampling_cache_start(&cache, j->model, j->positive, kn_cfg_skips_uncond(cfg.cfg) ? NULL : j->negative,
-                                          kn_cfg_denoise, &cfg, &cached, err);
+    const kn_cond_obj *run_negative = kn_cfg_skips_uncond(cfg.cfg) ? NULL : j->negative;
+    if (!rc)
+        rc = kn_sampling_cache_start(&cache, j->model, j->positive, run_negative, kn_cfg_denoise, &cfg, &cached, err);
     if (!rc && cached && cache.o.kind == KN_STEP_CACHE_EASY) guide.cache = &cache;
     if (!rc) {
         kn_sample_params p = {.sampler = j->sampler,
