@@ -48,7 +48,7 @@ int kn_easycache_layout(kn_step_cache *c, int n_slots, int lead, const unsigned 
 
 static int64_t sub_len(int64_t n) { return (n + SUBSAMPLE - 1) / SUBSAMPLE; }
 
-/* The subsampled t's values, in order, each passed to visit with its index. */
+/* Runs body for each value v of t[..., ::8, ::8], i counting them in order. */
 #define FOR_SUB(t, i, v, body)                                                                          \
     do {                                                                                                \
         const int64_t h_ = (t)->ne[(t)->ndim - 2], w_ = (t)->ne[(t)->ndim - 1];                         \
@@ -141,13 +141,9 @@ static int measure(kn_step_cache *c, const kn_tensor *x, const kn_tensor *out, k
 /* ---- LazyCache: the guided prediction ------------------------------------------------------ */
 
 static int lazy_denoise(kn_step_cache *c, const kn_tensor *x, float sigma, kn_tensor *denoised, kn_err *err) {
-    if (!(sigma > c->end_t)) {
-        c->forwards++;
-        return c->inner(c->inner_user, x, sigma, denoised, err);
-    }
+    if (!(sigma > c->end_t)) return c->inner(c->inner_user, x, sigma, denoised, err);
     c->have_input_change = 0;
     if (sigma <= c->start_t && decide(c, x, 1)) return combine(denoised, x, &c->diff[0], 1.0f, err);
-    c->forwards++;
     KN_TRY(c->inner(c->inner_user, x, sigma, denoised, err));
     KN_TRY(measure(c, x, denoised, err));
     KN_TRY(combine(&c->diff[0], denoised, x, -1.0f, err));
@@ -167,7 +163,6 @@ int kn_easycache_reuse(kn_step_cache *c, int slot, const kn_tensor *x, kn_tensor
 }
 
 int kn_easycache_store(kn_step_cache *c, int slot, const kn_tensor *x, const kn_tensor *out, kn_err *err) {
-    c->forwards++;
     if (c->past_end) return KN_OK;
     KN_TRY(combine(&c->diff[slot], out, x, -1.0f, err));
     if (!c->started || !c->lead_batch[slot]) return KN_OK;
@@ -197,7 +192,6 @@ static void easy_step(kn_step_cache *c, const kn_tensor *x, float sigma) {
 
 int kn_step_cache_denoise(void *cache, const kn_tensor *x, float sigma, kn_tensor *denoised, kn_err *err) {
     kn_step_cache *c = cache;
-    c->calls++;
     if (c->o.kind == KN_STEP_CACHE_LAZY) {
         if (!c->diff && !(c->diff = calloc(1, sizeof *c->diff)))
             return kn_fail(err, KN_ERR_NOMEM, "LazyCache: out of memory");

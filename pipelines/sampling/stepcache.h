@@ -69,8 +69,7 @@ typedef struct kn_step_cache {
     kn_tensor x_prev, out_prev; /* subsampled */
     double norm_sum;            /* this step's lead batch: sum of mean |out| */
     int norm_n;
-    /* counts */
-    int calls, skipped, forwards;
+    int skipped; /* steps skipped so far (ComfyUI's total_steps_skipped) */
 } kn_step_cache;
 
 /* c for a run of a model with model sampling ms: inner (with inner_user)
