@@ -181,8 +181,7 @@ static void easy_step(kn_step_cache *c, const kn_tensor *x, float sigma) {
     c->norm_sum = 0.0;
     c->norm_n = 0;
     c->past_end = !(sigma > c->end_t);
-    c->in_window = sigma <= c->start_t;
-    if (c->past_end || !c->in_window) return;
+    if (c->past_end || !(sigma <= c->start_t)) return;
     c->started = 1;
     int can_apply = 1;
     for (int s = 0; s < c->n_slots; s++)

@@ -63,7 +63,7 @@ typedef struct kn_step_cache {
     kn_tensor *diff;           /* per slot (LazyCache: one): out - x of its last computed call */
     /* decision state */
     int started;               /* the lead has been seen in the window (ComfyUI's first_cond_uuid set) */
-    int in_window, past_end, skip, have_input_change;
+    int past_end, skip, have_input_change; /* this step's */
     int have_prev, have_rate, have_norm;
     float input_change, rate, cumulative, prev_norm;
     kn_tensor x_prev, out_prev; /* subsampled */
