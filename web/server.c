@@ -22,6 +22,7 @@
 #include "nodes/registry.h"
 #include "nodes/model_store.h"
 #include "web/files.h"
+#include "web/guard.h"
 #include "web/http.h"
 #include "web/images.h"
 #include "web/multipart.h"
@@ -33,7 +34,10 @@
 #include "web/stack.h"
 #include "web/ws.h"
 
-#define KN_SERVER_THREADS "32"
+/* Every WebSocket holds a worker; KN_SERVER_HTTP_WORKERS are left for requests. */
+#define KN_SERVER_HTTP_WORKERS 128
+#define KN_SERVER_THREADS (KN_WS_MAX_CLIENTS + KN_SERVER_HTTP_WORKERS)
+#define KN_SERVER_TIMEOUT_MS "10000"
 #define KN_QUERY_VALUE_MAX 4096
 #define KN_PROMPT_ID_MAX 256
 
@@ -45,6 +49,7 @@ struct kn_server {
     kn_executor *ex;
     kn_ws_hub *hub;
     kn_queue *queue;
+    kn_guard *guard;
     struct mg_context *ctx;
 };
 
@@ -139,32 +144,8 @@ static int send_file(request *r, int fd, size_t size, const char *type, const ch
 
 /* Reads the body (at most max_body bytes): 0, or the HTTP status to answer. */
 static int read_body(request *r, char **out, size_t *len) {
-    *out = NULL;
-    *len = 0;
-    const struct mg_request_info *ri = mg_get_request_info(r->conn);
-    size_t cap = r->s->max_body;
-    if (ri->content_length > 0 && (unsigned long long)ri->content_length > cap) return 413;
-    size_t want = ri->content_length >= 0 ? (size_t)ri->content_length : cap + 1;
-    char *buf = malloc(want + 1);
-    if (!buf) return 500;
-    size_t got = 0;
-    while (got < want) {
-        int n = mg_read(r->conn, buf + got, want - got);
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
-    if (got > cap) {
-        free(buf);
-        return 413;
-    }
-    if (ri->content_length >= 0 && got != want) {
-        free(buf);
-        return 400;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return 0;
+    kn_http h = http_of(r);
+    return kn_http_body(&h, out, len);
 }
 
 /* The body as a JSON value: 0, or the status already answered. */
@@ -641,32 +622,9 @@ static const struct route {
     {"GET", "/workflows", true, h_workflow_file},
 };
 
-/* ComfyUI's origin-only guard: a browser page from another origin must not
- * drive a server bound to loopback (e.g. by a form POST to /prompt). */
-static bool cross_origin(struct mg_connection *conn) {
-    const char *host = mg_get_header(conn, "Host"), *origin = mg_get_header(conn, "Origin");
-    if (!host || !origin) return false;
-    size_t hlen = strcspn(host, ":");
-    if (host[0] == '[') hlen = strcspn(host, "]") + 1;
-    bool loopback = (hlen == 9 && strncasecmp(host, "localhost", 9) == 0) || strncmp(host, "127.", 4) == 0 ||
-                    strncmp(host, "[::1]", 5) == 0;
-    if (!loopback) return false;
-    const char *o = strstr(origin, "://");
-    o = o ? o + 3 : origin;
-    size_t olen = strcspn(o, "/");
-    bool o_port = memchr(o, ':', olen) && !(o[0] == '[' && !memchr(strchr(o, ']') ? strchr(o, ']') : o, ':', olen));
-    bool h_port = strchr(host + (host[0] == '[' ? hlen : 0), ':') != NULL;
-    if (o_port != h_port) { /* compare without ports when one side has none */
-        size_t on = o[0] == '[' ? strcspn(o, "]") + 1 : strcspn(o, ":/");
-        return on != hlen || strncasecmp(o, host, hlen) != 0;
-    }
-    return olen != strlen(host) || strncasecmp(o, host, olen) != 0;
-}
-
 static int route(struct mg_connection *conn, kn_server *s) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     request r = {conn, s, ri->request_method, ri->local_uri_raw ? ri->local_uri_raw : "/", NULL, ri->query_string};
-    if (!s->cors[0] && cross_origin(conn)) return send_bytes(&r, 403, "text/plain", "", 0, NULL);
     if (strcmp(r.method, "OPTIONS") == 0) return send_empty(&r);
     if (strncmp(r.path, "/api/", 5) == 0) r.path += 4;
     bool path_known = false;
@@ -779,6 +737,7 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
         kn_executor_config ec = {s->models, s->output_dir, s->temp_dir, s->input_dir, cfg->precision, cfg->ranks};
         rc = kn_executor_new(&s->ex, &ec, err);
     }
+    if (!rc) rc = kn_guard_new(&s->guard, s->listen, cfg->port, cfg->allow_hosts, !cfg->cors_origin, err);
     if (!rc) rc = kn_ws_hub_new(&s->hub, hub_remaining, s, s->max_body, err);
     if (!rc) rc = kn_queue_new(&s->queue, s->ex, s->hub, err);
     if (!rc) kn_queue_set_preview(s->queue, preview);
@@ -792,12 +751,18 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
                                      cfg->port);
             p += n + (p[n] == ',');
         }
-        const char *options[] = {"listening_ports", ports, "num_threads", KN_SERVER_THREADS, "request_timeout_ms",
-                                 "60000", "enable_keep_alive", "no", NULL};
+        /* Request headers and each body read get KN_SERVER_TIMEOUT_MS;
+         * civetweb's own CORS answers are off (Kiln's guard decides, web/guard.h). */
+        char threads[16];
+        snprintf(threads, sizeof threads, "%d", KN_SERVER_THREADS);
+        const char *options[] = {"listening_ports", ports, "num_threads", threads, "request_timeout_ms",
+                                 KN_SERVER_TIMEOUT_MS, "enable_keep_alive", "no", "access_control_allow_origin", "",
+                                 "access_control_allow_methods", "", "access_control_allow_headers", "", NULL};
         struct mg_callbacks cb;
         memset(&cb, 0, sizeof cb);
         cb.log_message = log_message;
-        s->ctx = mg_start(&cb, s, options);
+        kn_guard_hooks(&cb);
+        s->ctx = mg_start(&cb, s->guard, options);
         if (!s->ctx) rc = kn_fail(err, KN_ERR_IO, "cannot listen on %s (address in use?)", ports);
     }
     if (rc) {
@@ -818,6 +783,7 @@ void kn_server_stop(kn_server *s) {
     if (s->ctx) mg_stop(s->ctx);
     kn_queue_free(s->queue);
     kn_ws_hub_free(s->hub);
+    kn_guard_free(s->guard);
     kn_executor_free(s->ex);
     kn_models_free(s->models);
     free(s->listen);
