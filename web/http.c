@@ -58,6 +58,61 @@ int kn_http_error(const kn_http *h, int status, const char *fmt, ...) {
     return kn_http_json(h, status, json_pack("{s:s}", "error", msg));
 }
 
+/* A path starts at a '/' that begins a word and runs to a quote, space,
+ * bracket, comma, semicolon or a ':' ending a clause. */
+static bool path_start(const char *text, const char *p) {
+    return *p == '/' && (p == text || strchr(" '\"(=[,", p[-1]));
+}
+
+static bool path_end(const char *p) {
+    return !*p || strchr(" '\"()[],;\n\t", *p) || (*p == ':' && (!p[1] || p[1] == ' '));
+}
+
+void kn_http_scrub(char *text) {
+    char *w = text;
+    for (const char *p = text; *p;) {
+        if (!path_start(text, p)) {
+            *w++ = *p++;
+            continue;
+        }
+        const char *end = p + 1, *last = p;
+        while (!path_end(end)) {
+            if (*end == '/' && !path_end(end + 1)) last = end;
+            end++;
+        }
+        /* keep the last component of a path with two or more ("/etc" says nothing) */
+        const char *keep = last == p ? p : last + 1;
+        size_t n = (size_t)(end - keep);
+        memmove(w, keep, n);
+        w += n;
+        p = end;
+    }
+    *w = '\0';
+}
+
+json_t *kn_http_scrub_json(json_t *v) {
+    if (json_is_string(v)) {
+        char *s = strdup(json_string_value(v));
+        if (s) {
+            kn_http_scrub(s);
+            json_string_set(v, s);
+            free(s);
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) kn_http_scrub_json(json_array_get(v, i));
+    } else if (json_is_object(v)) {
+        const char *key;
+        json_t *item;
+        json_object_foreach(v, key, item) kn_http_scrub_json(item);
+    }
+    return v;
+}
+
+int kn_http_fail(const kn_http *h, int status, kn_err *err) {
+    kn_http_scrub(err->msg);
+    return kn_http_error(h, status, "%s", err->msg);
+}
+
 int kn_http_body(const kn_http *h, char **out, size_t *len) {
     *out = NULL;
     *len = 0;

@@ -10,7 +10,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <civetweb.h>
@@ -18,7 +17,6 @@
 #include "graph/executor.h"
 #include "kernels/json.h"
 #include "graph/validate.h"
-#include "graph/workflow.h"
 #include "nodes/registry.h"
 #include "nodes/model_store.h"
 #include "web/files.h"
@@ -26,6 +24,7 @@
 #include "web/http.h"
 #include "web/images.h"
 #include "web/multipart.h"
+#include "web/prompt_request.h"
 #include "web/queue.h"
 #include "web/routes_convert.h"
 #include "web/routes_jobs.h"
@@ -39,7 +38,6 @@
 #define KN_SERVER_THREADS (KN_WS_MAX_CLIENTS + KN_SERVER_HTTP_WORKERS)
 #define KN_SERVER_TIMEOUT_MS "10000"
 #define KN_QUERY_VALUE_MAX 4096
-#define KN_PROMPT_ID_MAX 256
 
 struct kn_server {
     size_t max_body;
@@ -107,7 +105,7 @@ static int send_json(request *r, int status, json_t *body) {
 
 /* ComfyUI's 400 body for a request it could not take. */
 static int send_bad_request(request *r, const char *details) {
-    return send_json(r, 400, kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL));
+    return send_json(r, 400, kn_http_scrub_json(kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL)));
 }
 
 /* ComfyUI answers these with an empty body; "{}" reads the same to every
@@ -222,86 +220,35 @@ static int send_static(request *r, const char *dir, const char *name, const char
 
 /* ---- handlers: queueing ------------------------------------------------------------------ */
 
-static bool truthy(const json_t *v) {
-    return json_is_true(v) || (json_is_number(v) && json_number_value(v) != 0) ||
-           (json_is_string(v) && json_string_length(v) > 0);
-}
-
-/* extra_data as queued: the client's object (copied), client_id, no secrets, create_time. */
-static json_t *queued_extra_data(const json_t *body) {
-    const json_t *given = json_object_get(body, "extra_data");
-    json_t *extra = json_is_object(given) ? json_deep_copy(given) : json_object();
-    const json_t *cid = json_object_get(body, "client_id");
-    if (!extra) return NULL;
-    if (json_is_string(cid)) json_object_set(extra, "client_id", (json_t *)cid);
-    /* ComfyUI moves these into its never-shown "sensitive" slot; Kiln has no API nodes to pass them to. */
-    json_object_del(extra, "auth_token_comfy_org");
-    json_object_del(extra, "api_key_comfy_org");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    json_object_set_new(extra, "create_time", json_integer((json_int_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000));
-    return extra;
-}
-
 static int h_post_prompt(request *r) {
-    json_t *body;
-    int st = read_json(r, &body);
-    if (st) return st;
+    char *text;
+    size_t len;
+    int st = read_body(r, &text, &len);
+    if (st == 413) return send_text(r, 413, "413: request body too large");
+    if (st) return send_bad_request(r, "could not read the request body");
     kn_folder_lister lister = kn_models_lister(r->s->models);
     kn_node_env env = kn_executor_env(r->s->ex);
+    kn_prompt_request req;
     kn_validation v = {0};
     kn_err err;
     kn_err_clear(&err);
-    json_t *prompt = NULL, *extra = NULL, *reply = NULL, *number = json_object_get(body, "number");
-    char id[KN_PROMPT_ID_MAX + 1];
-    const json_t *jid = json_object_get(body, "prompt_id");
-    if (!json_is_object(body)) {
-        st = send_bad_request(r, "the request body must be a JSON object");
-    } else if (number && !json_is_number(number)) {
-        st = send_bad_request(r, "'number' must be a number");
-    } else if (!json_object_get(body, "prompt")) {
-        st = send_json(r, 400, kn_prompt_error_body("no_prompt", "No prompt provided", "No prompt provided", NULL));
-    } else if (jid && !json_is_string(jid) && !json_is_integer(jid)) {
-        st = send_bad_request(r, "'prompt_id' must be a string or an integer");
-    } else if (json_is_string(jid) && (json_string_length(jid) == 0 || json_string_length(jid) > KN_PROMPT_ID_MAX)) {
-        st = send_bad_request(r, "'prompt_id' must be 1 to 256 characters");
-    }
-    if (st) goto done;
-    if (json_is_string(jid)) snprintf(id, sizeof id, "%s", json_string_value(jid));
-    else if (jid) snprintf(id, sizeof id, "%lld", (long long)json_integer_value(jid));
-    else kn_uuid4(id, 1);
-
-    extra = queued_extra_data(body);
-    prompt = json_incref(json_object_get(body, "prompt"));
-    /* Kiln extra: a UI-format graph is converted as the front end would before queueing. */
-    if (json_is_object(prompt) && kn_workflow_detect(prompt) == KN_WORKFLOW_UI) {
-        json_t *api = NULL, *error = NULL;
-        if (kn_workflow_to_api(prompt, &lister, &api, &error, &err)) {
-            st = error ? send_json(r, 400, error) : send_bad_request(r, err.msg);
-            goto done;
-        }
-        json_t *pnginfo = json_object_get(extra, "extra_pnginfo");
-        if (!pnginfo) json_object_set_new(extra, "extra_pnginfo", pnginfo = json_object());
-        if (json_is_object(pnginfo) && !json_object_get(pnginfo, "workflow")) json_object_set(pnginfo, "workflow", prompt);
-        json_decref(prompt);
-        prompt = api;
-    }
-    if (!extra || !prompt) {
-        st = send_text(r, 500, "500: out of memory");
-    } else if (kn_validate_prompt(prompt, json_object_get(body, "partial_execution_targets"), &lister, &env, &v, &err)) {
-        st = v.error ? send_json(r, 400, kn_validation_body(&v)) : send_text(r, 500, err.msg);
-    } else if (kn_queue_push(r->s->queue, id, prompt, &v, extra, number, truthy(json_object_get(body, "front")), &reply,
-                             &err)) {
+    json_t *reply = NULL;
+    int rc = kn_prompt_request_parse(text, len, &lister, &req, &reply, &err);
+    free(text);
+    kn_http_scrub(err.msg);
+    if (rc) {
+        st = reply ? send_json(r, 400, kn_http_scrub_json(reply)) : send_text(r, 500, "500: out of memory");
+    } else if (kn_validate_prompt(req.prompt, req.targets, &lister, &env, &v, &err)) {
+        kn_http_scrub(err.msg);
+        st = v.error ? send_json(r, 400, kn_http_scrub_json(kn_validation_body(&v))) : send_text(r, 500, err.msg);
+    } else if (kn_queue_push(r->s->queue, req.id, req.prompt, &v, req.extra, req.number, req.front, &reply, &err)) {
         st = send_bad_request(r, err.msg);
     } else {
-        prompt = extra = NULL; /* the queue owns them */
+        req.prompt = req.extra = NULL; /* the queue owns them */
         st = send_json(r, 200, reply);
     }
-done:
     kn_validation_free(&v);
-    json_decref(prompt);
-    json_decref(extra);
-    json_decref(body);
+    kn_prompt_request_free(&req);
     return st;
 }
 
@@ -473,7 +420,9 @@ static int h_object_info(request *r) {
     kn_folder_lister lister = kn_models_lister(r->s->models);
     kn_err err;
     json_t *all = kn_node_object_info(r->param, &lister, &err);
-    return all ? send_json(r, 200, all) : send_text(r, 500, err.msg);
+    if (all) return send_json(r, 200, all);
+    kn_http_scrub(err.msg);
+    return send_text(r, 500, err.msg);
 }
 
 /* The model folders of runtime/models.h, as GET /models lists them. */
