@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdio.h>
 #include <dirent.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -94,7 +95,11 @@ int kn_guard_new(kn_guard **out, const char *listen, int port, const char *allow
     g->port = port;
     int rc = add_list(g, "localhost,127.0.0.1,[::1]", err);
     if (!rc) rc = add_list(g, listen, err);
-    if (!rc && allow_hosts && add_list(g, allow_hosts, err)) rc = kn_fail(err, err->code, "--allow-host: %s", err->msg);
+    if (!rc && allow_hosts && (rc = add_list(g, allow_hosts, err))) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg); /* err->msg is rewritten below */
+        rc = kn_fail(err, rc, "--allow-host: %s", why);
+    }
     if (rc) {
         kn_guard_free(g);
         return rc;
