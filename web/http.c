@@ -1,6 +1,7 @@
 /* Shared request/reply helpers of the route files: see web/http.h. */
 #include "web/http.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,9 +125,13 @@ int kn_http_body(const kn_http *h, char **out, size_t *len) {
     if (!buf) return 500;
     size_t got = 0;
     while (got < want) {
-        int n = mg_read(h->conn, buf + got, want - got);
+        size_t ask = want - got < INT_MAX ? want - got : INT_MAX;
+        int n = mg_read(h->conn, buf + got, ask);
         if (n <= 0) break;
         got += (size_t)n;
+        /* With a Content-Length civetweb returns short only when its read
+         * timed out or the client left: asking again would wait once more. */
+        if (ri->content_length >= 0 && (size_t)n < ask) break;
     }
     if (got > cap || (ri->content_length >= 0 && got != want)) {
         free(buf);

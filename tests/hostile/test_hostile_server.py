@@ -155,6 +155,7 @@ def lockout(srv):
             pass
     check(upgraded == 100, "100 idle WebSockets are all accepted (%d)" % upgraded)
     # 100 half-open requests: headers cut mid-line, or a body promised and never sent
+    half, sent = [], time.time()
     for i in range(100):
         try:
             s = connect(srv, srcs[i % 4], timeout=2)
@@ -163,7 +164,7 @@ def lockout(srv):
             continue
         s.sendall(b"GET /system_stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a" if i % 2 else
                   b"POST /prompt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"prompt\"")
-        held.append(s)
+        half.append(s)
     t = time.time()
     try:
         st, _ = srv.request("GET", "/system_stats", timeout=5)
@@ -190,7 +191,19 @@ def lockout(srv):
     check(cut >= 16, "an address past 64 sockets has the rest cut (%d of 80)" % cut)
     run.inputs = 280
     run.healthy(within=1.0)  # everything still held
-    for s in held + many:
+    # the server gives up on each half-open request after its 10 s read timeout (was 60 s)
+    ended = 0
+    for s in half:
+        s.settimeout(max(0.05, sent + 15 - time.time()))
+        try:
+            reply = s.recv(4096)
+            ended += reply == b"" or 400 <= status_of(reply) < 500
+        except socket.timeout:
+            pass
+        except OSError:
+            ended += 1
+    check(ended == len(half) == 100, "all 100 half-open requests ended by the server within 15 s (%d)" % ended)
+    for s in held + half + many:
         s.close()
 
 
