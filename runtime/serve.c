@@ -37,6 +37,7 @@ static const char help_text[] =
     "  --preview-method M       latent previews: none (default), auto, latent2rgb, taesd (auto and taesd\n"
     "                           are latent2rgb: Kiln has no TAESD decoders)\n"
     "  --enable-cors-header [ORIGIN]  send CORS headers allowing ORIGIN (bare: *)\n"
+    "  --allow-host NAME[,NAME]  Host names served besides loopback and --listen's (*: any)\n"
     "  --sp auto|ulysses|ring   under mpirun: how DiT attention is split across the ranks\n"
     "  --sp-ulysses U           under mpirun: the Ulysses degree\n"
     "  --sp-timeout S           under mpirun: seconds before a silent rank fails a render (default 120)\n"
@@ -155,7 +156,7 @@ static int extra_paths_root(const char *file, char **root, kn_err *err) {
 
 int kn_cmd_serve(int argc, char **argv) {
     kn_server_config cfg = {"127.0.0.1", 8188, NULL, "output", "input", "temp", KN_WEB_UI_DIR, KN_WORKFLOWS_DIR,
-                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none"};
+                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none", NULL};
     const char *yaml = NULL, *port = NULL, *upload = NULL;
     kn_launch launch;
     kn_launch_init(&launch);
@@ -186,6 +187,7 @@ int kn_cmd_serve(int argc, char **argv) {
                            : strcmp(a, "--front-end-root") == 0           ? &cfg.ui_dir
                            : strcmp(a, "--user-directory") == 0           ? &cfg.user_dir
                            : strcmp(a, "--preview-method") == 0           ? &cfg.preview_method
+                           : strcmp(a, "--allow-host") == 0               ? &cfg.allow_hosts
                                                                           : NULL;
         if (!dst) return usage_error(a[0] == '-' ? "unknown option '%s'%s" : "unexpected argument '%s'%s", a, "");
         if (i + 1 >= argc) return usage_error("%s needs a value%s", a, "");

@@ -1,6 +1,7 @@
 /* Shared request/reply helpers of the route files: see web/http.h. */
 #include "web/http.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,61 @@ int kn_http_error(const kn_http *h, int status, const char *fmt, ...) {
     return kn_http_json(h, status, json_pack("{s:s}", "error", msg));
 }
 
+/* A path starts at a '/' that begins a word and runs to a quote, space,
+ * bracket, comma, semicolon or a ':' ending a clause. */
+static bool path_start(const char *text, const char *p) {
+    return *p == '/' && (p == text || strchr(" '\"(=[,", p[-1]));
+}
+
+static bool path_end(const char *p) {
+    return !*p || strchr(" '\"()[],;\n\t", *p) || (*p == ':' && (!p[1] || p[1] == ' '));
+}
+
+void kn_http_scrub(char *text) {
+    char *w = text;
+    for (const char *p = text; *p;) {
+        if (!path_start(text, p)) {
+            *w++ = *p++;
+            continue;
+        }
+        const char *end = p + 1, *last = p;
+        while (!path_end(end)) {
+            if (*end == '/' && !path_end(end + 1)) last = end;
+            end++;
+        }
+        /* keep the last component of a path with two or more ("/etc" says nothing) */
+        const char *keep = last == p ? p : last + 1;
+        size_t n = (size_t)(end - keep);
+        memmove(w, keep, n);
+        w += n;
+        p = end;
+    }
+    *w = '\0';
+}
+
+json_t *kn_http_scrub_json(json_t *v) {
+    if (json_is_string(v)) {
+        char *s = strdup(json_string_value(v));
+        if (s) {
+            kn_http_scrub(s);
+            json_string_set(v, s);
+            free(s);
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) kn_http_scrub_json(json_array_get(v, i));
+    } else if (json_is_object(v)) {
+        const char *key;
+        json_t *item;
+        json_object_foreach(v, key, item) kn_http_scrub_json(item);
+    }
+    return v;
+}
+
+int kn_http_fail(const kn_http *h, int status, kn_err *err) {
+    kn_http_scrub(err->msg);
+    return kn_http_error(h, status, "%s", err->msg);
+}
+
 int kn_http_body(const kn_http *h, char **out, size_t *len) {
     *out = NULL;
     *len = 0;
@@ -69,9 +125,13 @@ int kn_http_body(const kn_http *h, char **out, size_t *len) {
     if (!buf) return 500;
     size_t got = 0;
     while (got < want) {
-        int n = mg_read(h->conn, buf + got, want - got);
+        size_t ask = want - got < INT_MAX ? want - got : INT_MAX;
+        int n = mg_read(h->conn, buf + got, ask);
         if (n <= 0) break;
         got += (size_t)n;
+        /* With a Content-Length civetweb returns short only when its read
+         * timed out or the client left: asking again would wait once more. */
+        if (ri->content_length >= 0 && (size_t)n < ask) break;
     }
     if (got > cap || (ri->content_length >= 0 && got != want)) {
         free(buf);

@@ -13,6 +13,11 @@
  *  - Errors from these routes are JSON, {"error": "<message>"} (the shape of
  *    ComfyUI's /api/jobs and user-data errors), so JSON clients never choke on
  *    a text body.
+ *  - Messages of the layers below name files by their full paths; what
+ *    reaches a client names none of the server's folders: kn_http_scrub
+ *    cuts every absolute path in a message to its last component
+ *    ("cannot open '/srv/models/vae/x.safetensors'" -> "cannot open
+ *    'x.safetensors'"). kn_http_fail answers with a scrubbed err->msg.
  *  - kn_http_body reads at most max_body bytes (NUL-terminated; free() it)
  *    and returns 0, or the status to answer (413 over the cap, 400 short). */
 #ifndef KN_WEB_HTTP_H
@@ -22,6 +27,8 @@
 #include <stddef.h>
 
 #include <jansson.h>
+
+#include "kernels/error.h"
 
 struct mg_connection;
 
@@ -39,6 +46,10 @@ int kn_http_send(const kn_http *h, int status, const char *type, const void *dat
 int kn_http_json(const kn_http *h, int status, json_t *body);
 int kn_http_error(const kn_http *h, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int kn_http_body(const kn_http *h, char **out, size_t *len);
+/* In place; the JSON form scrubs every string below v and returns v. */
+void kn_http_scrub(char *text);
+json_t *kn_http_scrub_json(json_t *v);
+int kn_http_fail(const kn_http *h, int status, kn_err *err);
 /* The body as JSON of any kind: 0, or the status already answered. */
 int kn_http_read_json(const kn_http *h, json_t **out);
 /* A query parameter: 1 found, 0 absent, -1 too long for dst. */

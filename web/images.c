@@ -149,7 +149,7 @@ static int compose(const kn_http *h, const unsigned char *orig, size_t olen, con
         int nt = 0;
         if (kn_png_read_text_mem(orig, olen, "original", &texts, &nt, &err)) nt = 0;
         if (kn_png_encode(&img, 0, texts, nt, KN_PNG_COMPRESS_SAVE, png, png_len, &err))
-            st = kn_http_error(h, 500, "%s", err.msg);
+            st = kn_http_fail(h, 500, &err);
         free(texts);
     }
     kn_tensor_free(&img);
@@ -213,7 +213,7 @@ int kn_route_upload_mask(const kn_http *h, const char *output_dir, const char *i
         bool overwrite = !strcmp(ow, "true") || !strcmp(ow, "1");
         if (kn_web_store_upload(ddir ? ddir : input_dir, sub, image->filename, png, png_len, overwrite, stored,
                                 sizeof stored, &err))
-            st = kn_http_error(h, 400, "%s", err.msg);
+            st = kn_http_fail(h, 400, &err);
         else
             st = kn_http_json(h, 200, json_pack("{s:s, s:s, s:s}", "name", stored, "subfolder", sub, "type",
                                                 type[0] ? type : "input"));

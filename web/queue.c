@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "web/http.h"
 #include "web/preview.h"
 
 typedef struct q_item {
@@ -223,6 +224,7 @@ static json_t *run_item(kn_queue *q, const q_item *it) {
                              kn_status_name(err.code), "traceback", "current_inputs", "current_outputs", "timestamp",
                              now_ms());
         }
+        kn_http_scrub_json(data); /* node errors name model files by their full paths */
         run_record(&r, type, data, strcmp(type, "execution_interrupted") == 0); /* takes data */
     }
     json_t *outputs = res.outputs ? json_incref(res.outputs) : json_object();

@@ -19,6 +19,6 @@ int kn_route_convert(const kn_http *h, kn_models *models) {
     kn_err_clear(&err);
     int rc = kn_workflow_to_api(doc, &lister, &api, &error, &err);
     json_decref(doc);
-    if (rc) return error ? kn_http_json(h, 400, error) : kn_http_error(h, 400, "%s", err.msg);
+    if (rc) return error ? kn_http_json(h, 400, kn_http_scrub_json(error)) : kn_http_fail(h, 400, &err);
     return kn_http_json(h, 200, api);
 }

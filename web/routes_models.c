@@ -40,7 +40,7 @@ int kn_route_view_metadata(const kn_http *h, kn_models *models) {
         return kn_http_error(h, 404, "filename is required");
     char *path = NULL;
     kn_err err;
-    if (kn_models_resolve(models, h->param, name, &path, &err)) return kn_http_error(h, 404, "%s", err.msg);
+    if (kn_models_resolve(models, h->param, name, &path, &err)) return kn_http_fail(h, 404, &err);
     json_t *doc = strstr(name, ".safetensors") || strstr(name, ".sft") ? safetensors_header(path) : NULL;
     free(path);
     json_t *meta = json_object_get(doc, "__metadata__");

@@ -10,7 +10,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <civetweb.h>
@@ -18,13 +17,14 @@
 #include "graph/executor.h"
 #include "kernels/json.h"
 #include "graph/validate.h"
-#include "graph/workflow.h"
 #include "nodes/registry.h"
 #include "nodes/model_store.h"
 #include "web/files.h"
+#include "web/guard.h"
 #include "web/http.h"
 #include "web/images.h"
 #include "web/multipart.h"
+#include "web/prompt_request.h"
 #include "web/queue.h"
 #include "web/routes_convert.h"
 #include "web/routes_jobs.h"
@@ -33,9 +33,11 @@
 #include "web/stack.h"
 #include "web/ws.h"
 
-#define KN_SERVER_THREADS "32"
+/* Every WebSocket holds a worker; KN_SERVER_HTTP_WORKERS are left for requests. */
+#define KN_SERVER_HTTP_WORKERS 128
+#define KN_SERVER_THREADS (KN_WS_MAX_CLIENTS + KN_SERVER_HTTP_WORKERS)
+#define KN_SERVER_TIMEOUT_MS "10000"
 #define KN_QUERY_VALUE_MAX 4096
-#define KN_PROMPT_ID_MAX 256
 
 struct kn_server {
     size_t max_body;
@@ -45,6 +47,7 @@ struct kn_server {
     kn_executor *ex;
     kn_ws_hub *hub;
     kn_queue *queue;
+    kn_guard *guard;
     struct mg_context *ctx;
 };
 
@@ -102,7 +105,7 @@ static int send_json(request *r, int status, json_t *body) {
 
 /* ComfyUI's 400 body for a request it could not take. */
 static int send_bad_request(request *r, const char *details) {
-    return send_json(r, 400, kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL));
+    return send_json(r, 400, kn_http_scrub_json(kn_prompt_error_body("invalid_prompt", "Invalid prompt", details, NULL)));
 }
 
 /* ComfyUI answers these with an empty body; "{}" reads the same to every
@@ -139,32 +142,8 @@ static int send_file(request *r, int fd, size_t size, const char *type, const ch
 
 /* Reads the body (at most max_body bytes): 0, or the HTTP status to answer. */
 static int read_body(request *r, char **out, size_t *len) {
-    *out = NULL;
-    *len = 0;
-    const struct mg_request_info *ri = mg_get_request_info(r->conn);
-    size_t cap = r->s->max_body;
-    if (ri->content_length > 0 && (unsigned long long)ri->content_length > cap) return 413;
-    size_t want = ri->content_length >= 0 ? (size_t)ri->content_length : cap + 1;
-    char *buf = malloc(want + 1);
-    if (!buf) return 500;
-    size_t got = 0;
-    while (got < want) {
-        int n = mg_read(r->conn, buf + got, want - got);
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
-    if (got > cap) {
-        free(buf);
-        return 413;
-    }
-    if (ri->content_length >= 0 && got != want) {
-        free(buf);
-        return 400;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return 0;
+    kn_http h = http_of(r);
+    return kn_http_body(&h, out, len);
 }
 
 /* The body as a JSON value: 0, or the status already answered. */
@@ -241,86 +220,35 @@ static int send_static(request *r, const char *dir, const char *name, const char
 
 /* ---- handlers: queueing ------------------------------------------------------------------ */
 
-static bool truthy(const json_t *v) {
-    return json_is_true(v) || (json_is_number(v) && json_number_value(v) != 0) ||
-           (json_is_string(v) && json_string_length(v) > 0);
-}
-
-/* extra_data as queued: the client's object (copied), client_id, no secrets, create_time. */
-static json_t *queued_extra_data(const json_t *body) {
-    const json_t *given = json_object_get(body, "extra_data");
-    json_t *extra = json_is_object(given) ? json_deep_copy(given) : json_object();
-    const json_t *cid = json_object_get(body, "client_id");
-    if (!extra) return NULL;
-    if (json_is_string(cid)) json_object_set(extra, "client_id", (json_t *)cid);
-    /* ComfyUI moves these into its never-shown "sensitive" slot; Kiln has no API nodes to pass them to. */
-    json_object_del(extra, "auth_token_comfy_org");
-    json_object_del(extra, "api_key_comfy_org");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    json_object_set_new(extra, "create_time", json_integer((json_int_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000));
-    return extra;
-}
-
 static int h_post_prompt(request *r) {
-    json_t *body;
-    int st = read_json(r, &body);
-    if (st) return st;
+    char *text;
+    size_t len;
+    int st = read_body(r, &text, &len);
+    if (st == 413) return send_text(r, 413, "413: request body too large");
+    if (st) return send_bad_request(r, "could not read the request body");
     kn_folder_lister lister = kn_models_lister(r->s->models);
     kn_node_env env = kn_executor_env(r->s->ex);
+    kn_prompt_request req;
     kn_validation v = {0};
     kn_err err;
     kn_err_clear(&err);
-    json_t *prompt = NULL, *extra = NULL, *reply = NULL, *number = json_object_get(body, "number");
-    char id[KN_PROMPT_ID_MAX + 1];
-    const json_t *jid = json_object_get(body, "prompt_id");
-    if (!json_is_object(body)) {
-        st = send_bad_request(r, "the request body must be a JSON object");
-    } else if (number && !json_is_number(number)) {
-        st = send_bad_request(r, "'number' must be a number");
-    } else if (!json_object_get(body, "prompt")) {
-        st = send_json(r, 400, kn_prompt_error_body("no_prompt", "No prompt provided", "No prompt provided", NULL));
-    } else if (jid && !json_is_string(jid) && !json_is_integer(jid)) {
-        st = send_bad_request(r, "'prompt_id' must be a string or an integer");
-    } else if (json_is_string(jid) && (json_string_length(jid) == 0 || json_string_length(jid) > KN_PROMPT_ID_MAX)) {
-        st = send_bad_request(r, "'prompt_id' must be 1 to 256 characters");
-    }
-    if (st) goto done;
-    if (json_is_string(jid)) snprintf(id, sizeof id, "%s", json_string_value(jid));
-    else if (jid) snprintf(id, sizeof id, "%lld", (long long)json_integer_value(jid));
-    else kn_uuid4(id, 1);
-
-    extra = queued_extra_data(body);
-    prompt = json_incref(json_object_get(body, "prompt"));
-    /* Kiln extra: a UI-format graph is converted as the front end would before queueing. */
-    if (json_is_object(prompt) && kn_workflow_detect(prompt) == KN_WORKFLOW_UI) {
-        json_t *api = NULL, *error = NULL;
-        if (kn_workflow_to_api(prompt, &lister, &api, &error, &err)) {
-            st = error ? send_json(r, 400, error) : send_bad_request(r, err.msg);
-            goto done;
-        }
-        json_t *pnginfo = json_object_get(extra, "extra_pnginfo");
-        if (!pnginfo) json_object_set_new(extra, "extra_pnginfo", pnginfo = json_object());
-        if (json_is_object(pnginfo) && !json_object_get(pnginfo, "workflow")) json_object_set(pnginfo, "workflow", prompt);
-        json_decref(prompt);
-        prompt = api;
-    }
-    if (!extra || !prompt) {
-        st = send_text(r, 500, "500: out of memory");
-    } else if (kn_validate_prompt(prompt, json_object_get(body, "partial_execution_targets"), &lister, &env, &v, &err)) {
-        st = v.error ? send_json(r, 400, kn_validation_body(&v)) : send_text(r, 500, err.msg);
-    } else if (kn_queue_push(r->s->queue, id, prompt, &v, extra, number, truthy(json_object_get(body, "front")), &reply,
-                             &err)) {
+    json_t *reply = NULL;
+    int rc = kn_prompt_request_parse(text, len, &lister, &req, &reply, &err);
+    free(text);
+    kn_http_scrub(err.msg);
+    if (rc) {
+        st = reply ? send_json(r, 400, kn_http_scrub_json(reply)) : send_text(r, 500, "500: out of memory");
+    } else if (kn_validate_prompt(req.prompt, req.targets, &lister, &env, &v, &err)) {
+        kn_http_scrub(err.msg);
+        st = v.error ? send_json(r, 400, kn_http_scrub_json(kn_validation_body(&v))) : send_text(r, 500, err.msg);
+    } else if (kn_queue_push(r->s->queue, req.id, req.prompt, &v, req.extra, req.number, req.front, &reply, &err)) {
         st = send_bad_request(r, err.msg);
     } else {
-        prompt = extra = NULL; /* the queue owns them */
+        req.prompt = req.extra = NULL; /* the queue owns them */
         st = send_json(r, 200, reply);
     }
-done:
     kn_validation_free(&v);
-    json_decref(prompt);
-    json_decref(extra);
-    json_decref(body);
+    kn_prompt_request_free(&req);
     return st;
 }
 
@@ -492,7 +420,9 @@ static int h_object_info(request *r) {
     kn_folder_lister lister = kn_models_lister(r->s->models);
     kn_err err;
     json_t *all = kn_node_object_info(r->param, &lister, &err);
-    return all ? send_json(r, 200, all) : send_text(r, 500, err.msg);
+    if (all) return send_json(r, 200, all);
+    kn_http_scrub(err.msg);
+    return send_text(r, 500, err.msg);
 }
 
 /* The model folders of runtime/models.h, as GET /models lists them. */
@@ -641,32 +571,9 @@ static const struct route {
     {"GET", "/workflows", true, h_workflow_file},
 };
 
-/* ComfyUI's origin-only guard: a browser page from another origin must not
- * drive a server bound to loopback (e.g. by a form POST to /prompt). */
-static bool cross_origin(struct mg_connection *conn) {
-    const char *host = mg_get_header(conn, "Host"), *origin = mg_get_header(conn, "Origin");
-    if (!host || !origin) return false;
-    size_t hlen = strcspn(host, ":");
-    if (host[0] == '[') hlen = strcspn(host, "]") + 1;
-    bool loopback = (hlen == 9 && strncasecmp(host, "localhost", 9) == 0) || strncmp(host, "127.", 4) == 0 ||
-                    strncmp(host, "[::1]", 5) == 0;
-    if (!loopback) return false;
-    const char *o = strstr(origin, "://");
-    o = o ? o + 3 : origin;
-    size_t olen = strcspn(o, "/");
-    bool o_port = memchr(o, ':', olen) && !(o[0] == '[' && !memchr(strchr(o, ']') ? strchr(o, ']') : o, ':', olen));
-    bool h_port = strchr(host + (host[0] == '[' ? hlen : 0), ':') != NULL;
-    if (o_port != h_port) { /* compare without ports when one side has none */
-        size_t on = o[0] == '[' ? strcspn(o, "]") + 1 : strcspn(o, ":/");
-        return on != hlen || strncasecmp(o, host, hlen) != 0;
-    }
-    return olen != strlen(host) || strncasecmp(o, host, olen) != 0;
-}
-
 static int route(struct mg_connection *conn, kn_server *s) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     request r = {conn, s, ri->request_method, ri->local_uri_raw ? ri->local_uri_raw : "/", NULL, ri->query_string};
-    if (!s->cors[0] && cross_origin(conn)) return send_bytes(&r, 403, "text/plain", "", 0, NULL);
     if (strcmp(r.method, "OPTIONS") == 0) return send_empty(&r);
     if (strncmp(r.path, "/api/", 5) == 0) r.path += 4;
     bool path_known = false;
@@ -779,6 +686,7 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
         kn_executor_config ec = {s->models, s->output_dir, s->temp_dir, s->input_dir, cfg->precision, cfg->ranks};
         rc = kn_executor_new(&s->ex, &ec, err);
     }
+    if (!rc) rc = kn_guard_new(&s->guard, s->listen, cfg->port, cfg->allow_hosts, !cfg->cors_origin, err);
     if (!rc) rc = kn_ws_hub_new(&s->hub, hub_remaining, s, s->max_body, err);
     if (!rc) rc = kn_queue_new(&s->queue, s->ex, s->hub, err);
     if (!rc) kn_queue_set_preview(s->queue, preview);
@@ -792,12 +700,18 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
                                      cfg->port);
             p += n + (p[n] == ',');
         }
-        const char *options[] = {"listening_ports", ports, "num_threads", KN_SERVER_THREADS, "request_timeout_ms",
-                                 "60000", "enable_keep_alive", "no", NULL};
+        /* Request headers and each body read get KN_SERVER_TIMEOUT_MS;
+         * civetweb's own CORS answers are off (Kiln's guard decides, web/guard.h). */
+        char threads[16];
+        snprintf(threads, sizeof threads, "%d", KN_SERVER_THREADS);
+        const char *options[] = {"listening_ports", ports, "num_threads", threads, "request_timeout_ms",
+                                 KN_SERVER_TIMEOUT_MS, "enable_keep_alive", "no", "access_control_allow_origin", "",
+                                 "access_control_allow_methods", "", "access_control_allow_headers", "", NULL};
         struct mg_callbacks cb;
         memset(&cb, 0, sizeof cb);
         cb.log_message = log_message;
-        s->ctx = mg_start(&cb, s, options);
+        kn_guard_hooks(&cb);
+        s->ctx = mg_start(&cb, s->guard, options);
         if (!s->ctx) rc = kn_fail(err, KN_ERR_IO, "cannot listen on %s (address in use?)", ports);
     }
     if (rc) {
@@ -818,6 +732,7 @@ void kn_server_stop(kn_server *s) {
     if (s->ctx) mg_stop(s->ctx);
     kn_queue_free(s->queue);
     kn_ws_hub_free(s->hub);
+    kn_guard_free(s->guard);
     kn_executor_free(s->ex);
     kn_models_free(s->models);
     free(s->listen);

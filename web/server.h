@@ -18,6 +18,8 @@
  *    /upload/image cannot leave the output, input and temp folders, the UI
  *    is served from cfg->ui_dir and bundled workflows from
  *    cfg->workflows_dir the same way.
+ *  - Before any route or the WebSocket handshake, web/guard.h refuses
+ *    requests by Host, Origin and connections per client address.
  *  - kn_server_stop stops accepting, interrupts the running prompt, joins
  *    every thread and frees everything (NULL is a no-op). */
 #ifndef KN_WEB_SERVER_H
@@ -43,6 +45,7 @@ typedef struct kn_server_config {
     const char *user_dir;      /* --user-directory: /userdata, /settings (web/routes_user.h); NULL = "user" */
     const char *cors_origin;   /* --enable-cors-header: NULL = off (the loopback origin guard applies) */
     const char *preview_method; /* --preview-method (web/preview.h); NULL = "none", as ComfyUI */
+    const char *allow_hosts;   /* --allow-host: Host names accepted besides loopback and --listen (web/guard.h) */
 } kn_server_config;
 
 typedef struct kn_server kn_server;

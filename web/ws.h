@@ -14,12 +14,18 @@
  *    socket that sent them.
  *  - kn_ws_send delivers one JSON message {"type", "data"} to the socket of
  *    `sid`, or to every socket when sid is NULL; a sid without a socket drops
- *    it. Send failures are swallowed (the client went away).
+ *    it. It only queues: each socket has its own bounded queue and writer
+ *    thread, so a client that reads slowly or not at all delays nobody else
+ *    (not the render, not other sockets). A socket with more than
+ *    KN_WS_QUEUE_MAX bytes unsent, or whose write failed or timed out, is
+ *    dropped: its backlog is discarded, it gets a close frame (1008) and
+ *    nothing more, and civetweb closes it at its next frame or disconnect.
  *  - Threads: civetweb's connection threads and the queue worker call in
- *    concurrently. The hub's own mutex guards its socket table and is held
- *    across each write, so a socket is never written after civetweb closed
- *    it; it is never held while calling out of this module (lock order:
- *    the queue's mutex is never taken under it).
+ *    concurrently. The hub's own mutex guards the socket table and the
+ *    queues and is never held across a write or while calling out of this
+ *    module (lock order: the queue's mutex is never taken under it). A
+ *    socket's writer is joined in civetweb's close callback, so nothing
+ *    writes to a connection civetweb closed.
  *  - kn_ws_hub_free: call after the civetweb context stopped. */
 #ifndef KN_WEB_WS_H
 #define KN_WEB_WS_H
@@ -31,6 +37,7 @@
 #include "kernels/error.h"
 
 #define KN_WS_MAX_CLIENTS 256
+#define KN_WS_QUEUE_MAX ((size_t)8 << 20)
 
 struct mg_context;
 typedef struct kn_ws_hub kn_ws_hub;
