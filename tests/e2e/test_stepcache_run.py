@@ -15,9 +15,10 @@ BasicGuider's for SamplerCustomAdvanced). Per case:
   drift, rounded up).
 Z-Image runs at CFG 1 (one forward per step) and at CFG 4, where ComfyUI
 batches [uncond, cond] and the uncond leads the decision. The bundled
-z_image_turbo_easycache workflow renders too."""
+z_image_turbo_easycache workflow renders too, its UI file converting to it."""
 import json
 import os
+import subprocess
 import sys
 
 from kiln_e2e import Checks, run_kiln
@@ -87,4 +88,7 @@ rc, _, err = run_kiln(check, KILN, ["--models", MODELS, "--output", out, "--set"
                                     "13.height=64", example], WORK, json_mode=False)
 check(rc == 0 and skips(err) == [(0, 8)] and "EasyCache enabled - threshold: 0.2, start_percent: 0.15, "
       "end_percent: 0.95" in err, "z_image_turbo_easycache.api.json renders, logging as ComfyUI does")
+conv = subprocess.run([KILN, "convert", example.replace(".api.json", ".ui.json")], capture_output=True, text=True)
+check(conv.returncode == 0 and json.loads(conv.stdout or "null") == json.load(open(example)),
+      "z_image_turbo_easycache.ui.json converts to its API twin")
 check.exit()
