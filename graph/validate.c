@@ -51,6 +51,9 @@ typedef struct vnode {
     /* ExecutionList bookkeeping */
     int pending, block_count;
     ivec blocking; /* nodes waiting on this one, in insertion order */
+    /* dependent_outputs bookkeeping: the last failing output whose walk
+     * visited this node, and how many such walks did */
+    int walk_stamp, walks;
 } vnode;
 
 typedef struct vctx {
@@ -61,6 +64,9 @@ typedef struct vctx {
     vnode *nodes;
     int n;
     json_t *index;            /* node id -> position in nodes */
+    json_t *targets;          /* set of target output ids, NULL for all */
+    json_t *strings;          /* error types, messages and class names, shared by all errors */
+    json_t *input_infos;      /* input name -> a shared extra_info {"input_name": name} */
     char exc_type[64];        /* the exception a RES_RAISED carries */
     char exc_msg[512];
 } vctx;
@@ -80,18 +86,39 @@ static int py_raise(vctx *c, const char *type, const char *fmt, ...) {
     return RES_RAISED;
 }
 
+/* One shared string per distinct text (borrowed; NULL when out of memory):
+ * a prompt of 100,000 failing nodes repeats a few types and messages. */
+static json_t *interned(vctx *c, const char *text) {
+    json_t *v = json_object_get(c->strings, text);
+    if (!v && (!(v = json_string(text)) || json_object_set_new(c->strings, text, v) != 0)) return NULL;
+    return v;
+}
+
+/* A new reference to the extra_info {"input_name": name}, one per name (errors
+ * are never modified once made); NULL when out of memory. */
+static json_t *input_only(vctx *c, const char *name) {
+    json_t *v = json_object_get(c->input_infos, name);
+    if (!v && (!(v = json_pack("{s:s}", "input_name", name)) || json_object_set_new(c->input_infos, name, v) != 0))
+        return NULL;
+    return json_incref(v);
+}
+
 /* {type, message, details, extra_info}; takes extra, NULL when out of memory
  * (including a NULL extra left by a failed json_pack). */
-static json_t *error_entry(const char *type, const char *message, const char *details, json_t *extra) {
-    return extra ? json_pack("{s:s, s:s, s:s, s:o}", "type", type, "message", message, "details", details,
-                             "extra_info", extra)
+static json_t *error_entry(vctx *c, const char *type, const char *message, const char *details, json_t *extra) {
+    json_t *t = interned(c, type), *m = interned(c, message);
+    if (!t || !m) {
+        json_decref(extra);
+        return NULL;
+    }
+    return extra ? json_pack("{s:O, s:O, s:s, s:o}", "type", t, "message", m, "details", details, "extra_info", extra)
                  : NULL;
 }
 
 /* Appends an error to node n; takes ownership of extra. */
 static int push_error(vctx *c, vnode *n, const char *type, const char *message, const char *details,
                       json_t *extra) {
-    json_t *e = error_entry(type, message, details, extra);
+    json_t *e = error_entry(c, type, message, details, extra);
     if (!e || json_array_append_new(n->errors, e) != 0) return nomem(c);
     return RES_OK;
 }
@@ -177,7 +204,7 @@ static json_t *inner_exception(vctx *c, const vnode *n, const kn_input_spec *in,
     json_t *extra = json_pack("{s:s, s:o, s:s, s:s, s:[], s:O}", "input_name", in->name, "input_config", config,
                               "exception_message", c->exc_msg, "exception_type", c->exc_type, "traceback",
                               "linked_node", link);
-    json_t *e = extra ? error_entry("exception_during_inner_validation", "Exception when validating inner node",
+    json_t *e = extra ? error_entry(c, "exception_during_inner_validation", "Exception when validating inner node",
                                     c->exc_msg, extra)
                       : NULL;
     if (!e) nomem(c);
@@ -291,7 +318,7 @@ static int check_choice(vctx *c, vnode *n, const kn_input_spec *in, const json_t
         const char *kind = strcmp(in->folder, "input_latents") == 0 ? "latent" : "image";
         snprintf(details, sizeof details, "%s - Invalid %s file: %s", in->name, kind, text);
         res = push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
-                         json_pack("{s:s}", "input_name", in->name));
+                         input_only(c, in->name));
     } else {
         char many[64];
         snprintf(many, sizeof many, "(list of length %zu)", count);
@@ -398,7 +425,7 @@ static int hook_error(vctx *c, vnode *n, const char *input, const char *reason) 
     char details[1400];
     snprintf(details, sizeof details, "%s - %s", input, reason);
     return push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
-                      json_pack("{s:s}", "input_name", input));
+                      input_only(c, input));
 }
 
 /* The class's validate hook (nodes/node.h) on the node's constant inputs. */
@@ -466,7 +493,7 @@ static int validate_node(vctx *c, int i, int depth) {
         if (!val) {
             if (in->section != KN_SECTION_REQUIRED) continue;
             r = push_error(c, n, "required_input_missing", "Required input is missing", in->name,
-                           json_pack("{s:s}", "input_name", in->name));
+                           input_only(c, in->name));
         } else if (json_is_array(val)) {
             r = check_link(c, n, in, val, depth, &valid);
         } else {
@@ -649,52 +676,107 @@ static int index_nodes(vctx *c, json_t *prompt, kn_validation *out) {
     return KN_OK;
 }
 
-static int in_targets(const json_t *targets, const char *id) {
-    if (!targets) return 1;
+/* The string ids of targets as a set (one lookup per output node, not a scan). */
+static int target_set(vctx *c, const json_t *targets) {
+    if (!targets) return KN_OK;
+    if (!(c->targets = json_object())) return KN_ERR_NOMEM;
     for (size_t k = 0; k < json_array_size(targets); k++) {
         const json_t *t = json_array_get(targets, k);
-        if (json_is_string(t) && strcmp(json_string_value(t), id) == 0) return 1;
+        if (json_is_string(t) && json_object_set_new(c->targets, json_string_value(t), json_true()) != 0)
+            return KN_ERR_NOMEM;
     }
-    return 0;
+    return KN_OK;
 }
 
-/* After output o failed: every node with errors joins node_errors, and o
- * is added to its dependent_outputs (ComfyUI walks all validated nodes). */
-static int collect_node_errors(vctx *c, const char *o, json_t *node_errors) {
-    for (int k = 0; k < c->n; k++) {
-        vnode *n = &c->nodes[k];
-        if (n->state != NODE_DONE || n->valid || json_array_size(n->errors) == 0) continue;
+static int in_targets(const vctx *c, const char *id) { return !c->targets || json_object_get(c->targets, id); }
+
+static int link_source(const vctx *c, const vnode *n, const kn_input_spec *in);
+
+static int by_position(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+/* After output o (position oi, the walk's stamp) failed: the failed nodes it
+ * reaches through its links join node_errors (new ones in prompt order, as
+ * ComfyUI's walk over validated nodes adds them) and list o among their
+ * dependent_outputs, at most KN_VALIDATE_MAX_DEPENDENTS of them. The walk
+ * stops at valid nodes (their ancestors are valid) and at nodes that
+ * KN_VALIDATE_MAX_DEPENDENTS walks passed already (so did they through all
+ * of its ancestors): each node is entered a bounded number of times. */
+static int collect_node_errors(vctx *c, int oi, ivec *stack, ivec *found, json_t *node_errors) {
+    const char *o = c->nodes[oi].id;
+    json_t *name = json_string(o);
+    if (!name) return -1;
+    int bad = 0;
+    stack->n = found->n = 0;
+    c->nodes[oi].walk_stamp = oi + 1;
+    bad = ivec_push(stack, oi);
+    while (!bad && stack->n > 0) {
+        vnode *n = &c->nodes[stack->v[--stack->n]];
+        if (n->walks++ >= KN_VALIDATE_MAX_DEPENDENTS) continue;
+        if (n->state == NODE_DONE && !n->valid && json_array_size(n->errors) > 0) bad = ivec_push(found, (int)(n - c->nodes));
+        for (int k = 0; !bad && n->state == NODE_DONE && !n->valid && k < n->cls->n_inputs; k++) {
+            int from = link_source(c, n, &n->cls->inputs[k]);
+            if (from >= 0 && c->nodes[from].walk_stamp != oi + 1) {
+                c->nodes[from].walk_stamp = oi + 1;
+                bad = ivec_push(stack, from);
+            }
+        }
+    }
+    if (!bad) qsort(found->v, (size_t)found->n, sizeof *found->v, by_position);
+    for (int k = 0; !bad && k < found->n; k++) {
+        vnode *n = &c->nodes[found->v[k]];
         json_t *entry = json_object_get(node_errors, n->id);
         if (!entry) {
-            entry = json_pack("{s:O, s:[], s:s}", "errors", n->errors, "dependent_outputs", "class_type", n->cls->name);
-            if (!entry || json_object_set_new(node_errors, n->id, entry) != 0) return -1;
+            json_t *cls = interned(c, n->cls->name);
+            entry = cls ? json_pack("{s:O, s:[], s:O}", "errors", n->errors, "dependent_outputs", "class_type", cls)
+                        : NULL;
+            bad = !entry || json_object_set_new(node_errors, n->id, entry) != 0;
         }
-        if (json_array_append_new(json_object_get(entry, "dependent_outputs"), json_string(o)) != 0) return -1;
+        if (!bad) bad = json_array_append(json_object_get(entry, "dependent_outputs"), name) != 0;
     }
+    json_decref(name);
+    return bad ? -1 : 0;
+}
+
+/* A growable text (the top-level details, appended once per failing output). */
+typedef struct text {
+    char *s;
+    size_t n, cap;
+} text;
+
+/* Appends "<sep><a>: <b>"; -1 when out of memory. */
+static int text_put(text *t, const char *sep, const char *a, const char *b) {
+    size_t la = strlen(sep) + strlen(a), lb = strlen(b), need = t->n + la + 2 + lb + 1;
+    if (need > t->cap) {
+        size_t cap = need > 2 * t->cap ? need : 2 * t->cap;
+        char *p = realloc(t->s, cap);
+        if (!p) return -1;
+        t->s = p;
+        t->cap = cap;
+    }
+    t->n += (size_t)sprintf(t->s + t->n, "%s%s: %s", sep, a, b);
     return 0;
 }
 
 static int validate_outputs(vctx *c, const json_t *targets, kn_validation *out) {
-    json_t *outputs = json_array(), *details = json_array();
-    int status = outputs && details ? KN_OK : KN_ERR_NOMEM;
+    ivec outputs = {0}, stack = {0}, found = {0};
+    text details = {0};
+    int status = target_set(c, targets);
     for (int k = 0; status == KN_OK && k < c->n; k++)
-        if (c->nodes[k].cls->output_node && in_targets(targets, c->nodes[k].id) &&
-            json_array_append_new(outputs, json_integer(k)) != 0)
+        if (c->nodes[k].cls->output_node && in_targets(c, c->nodes[k].id) && ivec_push(&outputs, k) != 0)
             status = KN_ERR_NOMEM;
-    if (status == KN_OK && json_array_size(outputs) == 0) {
-        json_decref(outputs);
-        json_decref(details);
+    if (status == KN_OK && outputs.n == 0) {
+        free(outputs.v);
         return reject(out, c->err, "prompt_no_outputs", "Prompt has no outputs", "", NULL);
     }
-    for (size_t k = 0; status == KN_OK && k < json_array_size(outputs); k++) {
-        vnode *o = &c->nodes[json_integer_value(json_array_get(outputs, k))];
-        int r = validate_node(c, (int)(o - c->nodes), 1);
+    for (int k = 0; status == KN_OK && k < outputs.n; k++) {
+        vnode *o = &c->nodes[outputs.v[k]];
+        int r = validate_node(c, outputs.v[k], 1);
         if (r == RES_FATAL) {
             status = c->err->code ? c->err->code : KN_ERR_NOMEM;
             break;
         }
         if (r == RES_RAISED &&
-            set_failed(c, o, error_entry("exception_during_validation", "Exception when validating node", c->exc_msg,
+            set_failed(c, o, error_entry(c, "exception_during_validation", "Exception when validating node", c->exc_msg,
                                          json_pack("{s:s, s:[]}", "exception_type", c->exc_type, "traceback"))) !=
                 RES_OK) {
             status = KN_ERR_NOMEM;
@@ -704,46 +786,35 @@ static int validate_outputs(vctx *c, const json_t *targets, kn_validation *out) 
             if (json_array_append_new(out->outputs, json_string(o->id)) != 0) status = KN_ERR_NOMEM;
             continue;
         }
-        /* The top-level details list only the output's own errors. */
-        for (size_t e = 0; e < json_array_size(o->errors); e++) {
+        /* The top-level details list only the output's own errors, one per line. */
+        for (size_t e = 0; status == KN_OK && e < json_array_size(o->errors); e++) {
             json_t *err = json_array_get(o->errors, e);
-            char line[2048];
-            snprintf(line, sizeof line, "%s: %s", json_string_value(json_object_get(err, "message")),
-                     json_string_value(json_object_get(err, "details")));
-            if (json_array_append_new(details, json_string(line)) != 0) status = KN_ERR_NOMEM;
+            if (text_put(&details, details.n ? "\n" : "", json_string_value(json_object_get(err, "message")),
+                         json_string_value(json_object_get(err, "details"))) != 0)
+                status = KN_ERR_NOMEM;
         }
-        if (status == KN_OK && collect_node_errors(c, o->id, out->node_errors) != 0) status = KN_ERR_NOMEM;
+        if (status == KN_OK && collect_node_errors(c, outputs.v[k], &stack, &found, out->node_errors) != 0)
+            status = KN_ERR_NOMEM;
     }
     if (status == KN_OK && json_array_size(out->outputs) == 0) {
-        size_t len = 1;
-        for (size_t k = 0; k < json_array_size(details); k++) len += json_string_length(json_array_get(details, k)) + 1;
-        char *joined = malloc(len);
-        if (joined) {
-            joined[0] = '\0';
-            for (size_t k = 0; k < json_array_size(details); k++) {
-                if (k) strcat(joined, "\n");
-                strcat(joined, json_string_value(json_array_get(details, k)));
-            }
-            status = reject(out, c->err, "prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                            joined, NULL);
-            /* Name the first failing input: the top-level details are often empty. */
-            const char *nid;
-            json_t *ne;
-            json_object_foreach(out->node_errors, nid, ne) {
-                json_t *first = json_array_get(json_object_get(ne, "errors"), 0);
-                kn_fail(c->err, KN_ERR_INVALID, "prompt outputs failed validation: node %s (%s): %s: %s", nid,
-                        json_string_value(json_object_get(ne, "class_type")),
-                        json_string_value(json_object_get(first, "message")),
-                        json_string_value(json_object_get(first, "details")));
-                break;
-            }
-            free(joined);
-        } else {
-            status = KN_ERR_NOMEM;
+        status = reject(out, c->err, "prompt_outputs_failed_validation", "Prompt outputs failed validation",
+                        details.s ? details.s : "", NULL);
+        /* Name the first failing input: the top-level details are often empty. */
+        const char *nid;
+        json_t *ne;
+        json_object_foreach(out->node_errors, nid, ne) {
+            json_t *first = json_array_get(json_object_get(ne, "errors"), 0);
+            kn_fail(c->err, KN_ERR_INVALID, "prompt outputs failed validation: node %s (%s): %s: %s", nid,
+                    json_string_value(json_object_get(ne, "class_type")),
+                    json_string_value(json_object_get(first, "message")),
+                    json_string_value(json_object_get(first, "details")));
+            break;
         }
     }
-    json_decref(outputs);
-    json_decref(details);
+    free(outputs.v);
+    free(stack.v);
+    free(found.v);
+    free(details.s);
     if (status == KN_ERR_NOMEM) return kn_fail(c->err, status, "validating the prompt: out of memory");
     return status;
 }
@@ -756,8 +827,10 @@ int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_li
     out->outputs = json_array();
     out->order = json_array();
     c.index = json_object();
+    c.strings = json_object();
+    c.input_infos = json_object();
     int status = KN_OK;
-    if (!out->node_errors || !out->outputs || !out->order || !c.index) {
+    if (!out->node_errors || !out->outputs || !out->order || !c.index || !c.strings || !c.input_infos) {
         status = kn_fail(err, KN_ERR_NOMEM, "validating the prompt: out of memory");
     } else if (!json_is_object(prompt)) {
         status = reject(out, err, "invalid_prompt", "Prompt is not a JSON object", "", NULL);
@@ -775,6 +848,9 @@ int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_li
     }
     free(c.nodes);
     json_decref(c.index);
+    json_decref(c.targets);
+    json_decref(c.strings);
+    json_decref(c.input_infos);
     if (status != KN_OK && status != KN_ERR_INVALID) kn_validation_free(out);
     return status;
 }

@@ -51,6 +51,12 @@
  *    limit. Link chains deeper than KN_VALIDATE_MAX_DEPTH fail the way
  *    Python's recursion limit makes ComfyUI fail ("maximum recursion depth
  *    exceeded").
+ *  - A failed node's dependent_outputs lists the failing outputs that link
+ *    to it (directly or through other nodes), in validation order, at most
+ *    KN_VALIDATE_MAX_DEPENDENTS of them. ComfyUI appends every failing
+ *    output to every node that failed before it, related or not: quadratic
+ *    in the prompt (a 10 MB prompt of failing outputs took minutes and GBs).
+ *    Validation is linear in the prompt's size.
  *  - Links of inputs a class does not declare are ignored for the execution
  *    order too (ComfyUI would schedule, unvalidated, whatever they point to). 
  *  - kn_validation_free releases everything in *out (safe on a zeroed struct). */
@@ -65,6 +71,7 @@
 typedef struct kn_node_env kn_node_env; /* nodes/node.h */
 
 #define KN_VALIDATE_MAX_DEPTH 1000 /* Python's default recursion limit */
+#define KN_VALIDATE_MAX_DEPENDENTS 16 /* dependent_outputs listed per failed node */
 
 typedef struct kn_validation {
     json_t *error;       /* NULL when the prompt is accepted */
