@@ -379,8 +379,11 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
     if (!conv || json_object_set_new(inputs, in->name, conv) != 0) return nomem(c);
     if (in->kind != KN_INPUT_INT && in->kind != KN_INPUT_FLOAT) return RES_OK;
 
-    double v = json_is_integer(conv) ? (double)json_integer_value(conv) : json_real_value(conv);
-    int below = v < in->min, above = !below && kn_input_max_exceeded(in, v);
+    uint64_t big = 0;
+    int is_u64 = kn_json_u64_value(conv, &big);
+    double v = json_is_integer(conv) ? (double)json_integer_value(conv) : is_u64 ? (double)big : json_real_value(conv);
+    /* (double)(2^64 - 1) rounds to 2^64: a u64 is within the seeds' max exactly */
+    int below = v < in->min, above = !below && (is_u64 ? in->max < KN_SEED_MAX && v > in->max : kn_input_max_exceeded(in, v));
     if (!below && !above) return RES_OK;
     char bound[64], message[640];
     kn_input_format_bound(in, below ? in->min : in->max, bound, sizeof bound);

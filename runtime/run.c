@@ -57,6 +57,12 @@ static const char help_text[] =
     "  -h, --help                this help\n"
     "under mpirun -np N, every DiT forward is split across the N ranks\n";
 
+/* 0 .. 2^64 - 1, as ComfyUI's seed inputs take. */
+static int is_seed(const json_t *v) {
+    uint64_t big;
+    return (json_is_integer(v) && json_integer_value(v) >= 0) || kn_json_u64_value(v, &big);
+}
+
 /* A usage error: one plain line naming what was wrong, exit status 2. */
 static int usage_error(const char *fmt, const char *a) {
     fprintf(stderr, "kiln run: ");
@@ -153,7 +159,8 @@ static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
             return kn_fail(err, KN_ERR_INVALID, "--set '%s': expected NODE.INPUT=VALUE", s);
         char *id = strndup(s, (size_t)(dot - s)), *name = strndup(dot + 1, (size_t)(eq - dot - 1));
         json_t *inputs = json_object_get(json_object_get(prompt, id ? id : ""), "inputs");
-        json_t *value = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+        json_error_t jerr;
+        json_t *value = kn_json_loadb(eq + 1, strlen(eq + 1), &jerr);
         if (!value) value = json_string(eq + 1);
         int rc = !id || !name || !value ? kn_fail(err, KN_ERR_NOMEM, "out of memory")
                  : !json_is_object(inputs) ? kn_fail(err, KN_ERR_NOT_FOUND, "--set '%s': no node '%s' in the prompt", s, id)
@@ -165,8 +172,9 @@ static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
         if (rc) return rc;
     }
     if (!o->seed) return KN_OK;
-    json_t *seed = json_loads(o->seed, JSON_DECODE_ANY, NULL);
-    if (!json_is_integer(seed) || json_integer_value(seed) < 0) {
+    json_error_t jerr;
+    json_t *seed = kn_json_loadb(o->seed, strlen(o->seed), &jerr);
+    if (!is_seed(seed)) {
         json_decref(seed);
         return kn_fail(err, KN_ERR_INVALID, "--seed '%s': expected a non-negative integer", o->seed);
     }
@@ -325,8 +333,9 @@ int kn_cmd_run(int argc, char **argv) {
     if (!bad && kn_precision_parse(o.precision, &precision) != KN_OK)
         bad = usage_error("--precision: '%s' is not one of fp32, bf16, fp16", o.precision) != 0;
     if (!bad && o.seed) {
-        json_t *seed = json_loads(o.seed, JSON_DECODE_ANY, NULL);
-        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
+        json_error_t jerr;
+        json_t *seed = kn_json_loadb(o.seed, strlen(o.seed), &jerr);
+        if (!is_seed(seed))
             bad = usage_error("--seed: '%s' is not a non-negative integer", o.seed) != 0;
         json_decref(seed);
     }

@@ -176,7 +176,7 @@ static int read_json(request *r, json_t **out) {
     if (st == 413) return send_text(r, 413, "413: request body too large");
     if (st) return send_bad_request(r, "could not read the request body");
     json_error_t jerr;
-    *out = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    *out = kn_json_loadb(body, len, &jerr);
     free(body);
     if (!*out) {
         char details[256];
