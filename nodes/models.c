@@ -38,7 +38,11 @@ static int store_key(kn_node_call *c, const char *input, const char *kind, const
 static int open_file(kn_node_call *c, const char *input, const char *path, kn_st_file **f) {
     kn_err e;
     kn_err_clear(&e);
-    if (kn_st_open(f, path, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
+    if (kn_st_open(f, path, &e) || kn_st_check_finite(*f, &e)) {
+        kn_st_close(*f);
+        *f = NULL;
+        return kn_node_fail(c, input, e.code, "%s", e.msg);
+    }
     return KN_OK;
 }
 
