@@ -417,7 +417,10 @@ int kn_st_write_meta(const char *path, const kn_tensor *t, int n, const kn_st_me
     if (!js) return kn_fail(err, KN_ERR_NOMEM, "%s: cannot serialise header", path);
     size_t hlen = strlen(js);
     size_t padded = (hlen + 7) & ~(size_t)7; /* 8-byte aligned data, padded with spaces */
-    FILE *fp = fopen(path, "wb");
+    /* O_NOFOLLOW: a symlink planted under the name is not written through */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (fd >= 0 && !fp) close(fd);
     int rc = KN_OK;
     if (!fp) {
         rc = kn_fail(err, KN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
