@@ -377,6 +377,16 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
                                     "received_value", val, "exception_message", exc));
     }
     if (!conv || json_object_set_new(inputs, in->name, conv) != 0) return nomem(c);
+    if (in->kind == KN_INPUT_STRING && json_string_length(conv) > KN_VALIDATE_TEXT_MAX) {
+        char message[200];
+        snprintf(message, sizeof message, "Text of %zu bytes is longer than the max of %d bytes",
+                 json_string_length(conv), KN_VALIDATE_TEXT_MAX);
+        json_t *config = input_config(c, n, in);
+        if (!config) return RES_FATAL;
+        return push_error(c, n, "value_bigger_than_max", message, in->name,
+                          json_pack("{s:s, s:o, s:I}", "input_name", in->name, "input_config", config, "received_length",
+                                    (json_int_t)json_string_length(conv)));
+    }
     if (in->kind != KN_INPUT_INT && in->kind != KN_INPUT_FLOAT) return RES_OK;
 
     uint64_t big = 0;

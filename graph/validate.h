@@ -41,6 +41,10 @@
  *       checks; its failure is custom_validation_failed on the input it
  *       names, details "<input> - <message>". Hooks may run on any thread.
  *    Unknown classes stay the top-level missing_node_type in both modes.
+ *  - A STRING constant longer than KN_VALIDATE_TEXT_MAX bytes (64 KiB, some
+ *    16,000 tokens: far beyond any encoder's useful context) is refused as
+ *    value_bigger_than_max on its input: ComfyUI truncates nothing, and a
+ *    1 MB prompt would keep a text encoder busy for hours.
  *  - Kiln is stricter than ComfyUI in four places, each reported with a
  *    ComfyUI error shape: a constant given to a socket input
  *    (invalid_input_type), non-finite floats and integers beyond 64 bits
@@ -72,6 +76,7 @@ typedef struct kn_node_env kn_node_env; /* nodes/node.h */
 
 #define KN_VALIDATE_MAX_DEPTH 1000 /* Python's default recursion limit */
 #define KN_VALIDATE_MAX_DEPENDENTS 16 /* dependent_outputs listed per failed node */
+#define KN_VALIDATE_TEXT_MAX 65536     /* bytes of a STRING input (prompt text) */
 
 typedef struct kn_validation {
     json_t *error;       /* NULL when the prompt is accepted */
