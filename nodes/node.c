@@ -309,7 +309,7 @@ kn_node_exec_fn kn_node_exec_find(const char *class_type) {
 }
 
 const kn_node_hooks *kn_node_hooks_find(const char *class_type) {
-    static const kn_node_hooks *const tables[] = {kn_hooks_models, kn_hooks_image, kn_hooks_lora};
+    static const kn_node_hooks *const tables[] = {kn_hooks_models, kn_hooks_image, kn_hooks_lora, kn_hooks_latent};
     if (!class_type) return NULL;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const kn_node_hooks *h = tables[t]; h->class_type; h++)

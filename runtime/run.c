@@ -24,6 +24,7 @@ typedef struct run_opts {
     int n_sets;
     const char *seed;
     const char *precision; /* GEMM input precision: fp32 (default), bf16, fp16 */
+    const char *memory_budget; /* --memory-budget, NULL: the default */
     int json;
 } run_opts;
 
@@ -50,6 +51,7 @@ static const char help_text[] =
     "  --set NODE.INPUT=VALUE    set an input before the run (VALUE is JSON, else a string); repeatable\n"
     "  --seed N                  set every seed and noise_seed input\n"
     "  --precision fp32|bf16|fp16  input precision of the GEMMs (default fp32; weights stay as stored)\n"
+    "  --memory-budget SIZE      refuse nodes estimated to need more (bytes or K/M/G/T; default 75% of RAM)\n"
     "  --json                    one JSON line per event (ComfyUI's websocket message shapes) on stdout\n"
     "  --sp auto|ulysses|ring    under mpirun: how DiT attention is split across the ranks\n"
     "  --sp-ulysses U            under mpirun: the Ulysses degree\n"
@@ -285,7 +287,7 @@ static char *launch_description(const run_opts *o, const char **files, int n) {
 }
 
 int kn_cmd_run(int argc, char **argv) {
-    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", 0};
+    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", NULL, 0};
     const char **files = calloc((size_t)argc + 1, sizeof *files);
     o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
     int n_files = 0;
@@ -315,6 +317,7 @@ int kn_cmd_run(int argc, char **argv) {
                            : strcmp(a, "--temp") == 0   ? &o.temp
                            : strcmp(a, "--seed") == 0   ? &o.seed
                            : strcmp(a, "--precision") == 0 ? &o.precision
+                           : strcmp(a, "--memory-budget") == 0 ? &o.memory_budget
                            : strcmp(a, "--set") == 0    ? &o.sets[o.n_sets]
                                                         : NULL;
         if (dst) {
@@ -332,6 +335,9 @@ int kn_cmd_run(int argc, char **argv) {
     kn_precision precision = KN_PREC_FP32;
     if (!bad && kn_precision_parse(o.precision, &precision) != KN_OK)
         bad = usage_error("--precision: '%s' is not one of fp32, bf16, fp16", o.precision) != 0;
+    uint64_t budget = 0;
+    if (!bad && o.memory_budget && kn_parse_size(o.memory_budget, &budget) != 0)
+        bad = usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)", o.memory_budget) != 0;
     if (!bad && o.seed) {
         json_error_t jerr;
         json_t *seed = kn_json_loadb(o.seed, strlen(o.seed), &jerr);
@@ -377,6 +383,7 @@ int kn_cmd_run(int argc, char **argv) {
         status = 1;
     }
     if (!status) {
+        kn_models_set_budget(models, budget);
         interrupt_target = ex;
         signal(SIGINT, on_sigint);
         for (int i = 0; i < n_files; i++) status |= run_file(&o, models, ex, files[i]);

@@ -33,6 +33,7 @@ static const char help_text[] =
     "  --user-directory DIR     /userdata and /settings storage (default user)\n"
     "  --extra-model-paths-config FILE  an extra_model_paths.yaml naming one models root\n"
     "  --max-upload-size MB     cap on every request body (default 100)\n"
+    "  --memory-budget SIZE     refuse nodes estimated to need more (bytes or K/M/G/T; default 75% of RAM)\n"
     "  --front-end-root DIR     the browser UI's files (default the source tree's web/ui)\n"
     "  --preview-method M       latent previews: none (default), auto, latent2rgb, taesd (auto and taesd\n"
     "                           are latent2rgb: Kiln has no TAESD decoders)\n"
@@ -155,8 +156,8 @@ static int extra_paths_root(const char *file, char **root, kn_err *err) {
 
 int kn_cmd_serve(int argc, char **argv) {
     kn_server_config cfg = {"127.0.0.1", 8188, NULL, "output", "input", "temp", KN_WEB_UI_DIR, KN_WORKFLOWS_DIR,
-                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none"};
-    const char *yaml = NULL, *port = NULL, *upload = NULL;
+                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none", 0};
+    const char *yaml = NULL, *port = NULL, *upload = NULL, *budget = NULL;
     kn_launch launch;
     kn_launch_init(&launch);
     for (int i = 0; i < argc; i++) {
@@ -183,6 +184,7 @@ int kn_cmd_serve(int argc, char **argv) {
                            : strcmp(a, "--temp-directory") == 0           ? &cfg.temp_dir
                            : strcmp(a, "--extra-model-paths-config") == 0 ? &yaml
                            : strcmp(a, "--max-upload-size") == 0          ? &upload
+                           : strcmp(a, "--memory-budget") == 0            ? &budget
                            : strcmp(a, "--front-end-root") == 0           ? &cfg.ui_dir
                            : strcmp(a, "--user-directory") == 0           ? &cfg.user_dir
                            : strcmp(a, "--preview-method") == 0           ? &cfg.preview_method
@@ -203,6 +205,8 @@ int kn_cmd_serve(int argc, char **argv) {
             return usage_error("--max-upload-size: '%s' is not a size in MB (above 0, at most 1048576)%s", upload, "");
         cfg.max_body = (size_t)(mb * (1 << 20));
     }
+    if (budget && kn_parse_size(budget, &cfg.memory_budget) != 0)
+        return usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)%s", budget, "");
     kn_preview_method pm;
     if (kn_preview_method_parse(cfg.preview_method, &pm))
         return usage_error("--preview-method: '%s' is not one of none, auto, latent2rgb, taesd%s", cfg.preview_method, "");

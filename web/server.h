@@ -24,6 +24,7 @@
 #define KN_WEB_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kernels/error.h"
 #include "kernels/ops.h"
@@ -43,6 +44,7 @@ typedef struct kn_server_config {
     const char *user_dir;      /* --user-directory: /userdata, /settings (web/routes_user.h); NULL = "user" */
     const char *cors_origin;   /* --enable-cors-header: NULL = off (the loopback origin guard applies) */
     const char *preview_method; /* --preview-method (web/preview.h); NULL = "none", as ComfyUI */
+    uint64_t memory_budget;     /* --memory-budget in bytes (nodes/model_store.h); 0 = the default */
 } kn_server_config;
 
 typedef struct kn_server kn_server;
