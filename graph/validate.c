@@ -393,7 +393,8 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
     int is_u64 = kn_json_u64_value(conv, &big);
     double v = json_is_integer(conv) ? (double)json_integer_value(conv) : is_u64 ? (double)big : json_real_value(conv);
     /* (double)(2^64 - 1) rounds to 2^64: a u64 is within the seeds' max exactly */
-    int below = v < in->min, above = !below && (is_u64 ? in->max < KN_SEED_MAX && v > in->max : kn_input_max_exceeded(in, v));
+    int below = v < in->min;
+    int above = !below && (is_u64 ? in->max < KN_SEED_MAX && v > in->max : kn_input_max_exceeded(in, v));
     if (!below && !above) return RES_OK;
     char bound[64], message[640];
     kn_input_format_bound(in, below ? in->min : in->max, bound, sizeof bound);
@@ -725,7 +726,8 @@ static int collect_node_errors(vctx *c, int oi, ivec *stack, ivec *found, json_t
     while (!bad && stack->n > 0) {
         vnode *n = &c->nodes[stack->v[--stack->n]];
         if (n->walks++ >= KN_VALIDATE_MAX_DEPENDENTS) continue;
-        if (n->state == NODE_DONE && !n->valid && json_array_size(n->errors) > 0) bad = ivec_push(found, (int)(n - c->nodes));
+        if (n->state == NODE_DONE && !n->valid && json_array_size(n->errors) > 0)
+            bad = ivec_push(found, (int)(n - c->nodes));
         for (int k = 0; !bad && n->state == NODE_DONE && !n->valid && k < n->cls->n_inputs; k++) {
             int from = link_source(c, n, &n->cls->inputs[k]);
             if (from >= 0 && c->nodes[from].walk_stamp != oi + 1) {

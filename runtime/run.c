@@ -337,7 +337,8 @@ int kn_cmd_run(int argc, char **argv) {
         bad = usage_error("--precision: '%s' is not one of fp32, bf16, fp16", o.precision) != 0;
     uint64_t budget = 0;
     if (!bad && o.memory_budget && kn_parse_size(o.memory_budget, &budget) != 0)
-        bad = usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)", o.memory_budget) != 0;
+        bad = usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)",
+                          o.memory_budget) != 0;
     if (!bad && o.seed) {
         json_error_t jerr;
         json_t *seed = kn_json_loadb(o.seed, strlen(o.seed), &jerr);
