@@ -54,6 +54,7 @@ typedef struct vnode {
     /* dependent_outputs bookkeeping: the last failing output whose walk
      * visited this node, and how many such walks did */
     int walk_stamp, walks;
+    int pending_pos; /* place in the order nodes were added (ExecutionList's pendingNodes) */
 } vnode;
 
 typedef struct vctx {
@@ -526,11 +527,11 @@ static int validate_node(vctx *c, int i, int depth) {
 /* ---- execution order ----------------------------------------------------------- */
 
 /* ExecutionList.add_strong_link: the first link from one node to another
- * blocks the target once. */
+ * blocks the target once. Links arrive grouped by target (a node's inputs
+ * together, each node once), so a repeat is the last one added. */
 static int add_blocking(vctx *c, int from, int to) {
     ivec *b = &c->nodes[from].blocking;
-    for (int k = 0; k < b->n; k++)
-        if (b->v[k] == to) return 0;
+    if (b->n > 0 && b->v[b->n - 1] == to) return 0;
     if (ivec_push(b, to) != 0) return -1;
     c->nodes[to].block_count++;
     return 0;
@@ -538,25 +539,52 @@ static int add_blocking(vctx *c, int from, int to) {
 
 static int is_output(const vctx *c, int i) { return c->nodes[i].cls->output_node; }
 
-/* ux_friendly_pick_node: an output first, then a node feeding an output,
- * then one two links away from an output, else the first ready node. */
-static int pick_node(const vctx *c, const ivec *ready) {
-    for (int k = 0; k < ready->n; k++)
-        if (is_output(c, ready->v[k])) return ready->v[k];
-    for (int k = 0; k < ready->n; k++) {
-        const ivec *b = &c->nodes[ready->v[k]].blocking;
-        for (int j = 0; j < b->n; j++)
-            if (is_output(c, b->v[j])) return ready->v[k];
+/* ux_friendly_pick_node's preference for a ready node: 0 an output, 1 a
+ * node feeding an output, 2 one two links away from an output, else 3. It
+ * is fixed once the links are applied, so the ready nodes wait in one heap
+ * per tier, first added first: the pick is the top of the first non-empty
+ * heap, what ComfyUI's scan over the ready list finds, in O(log n). */
+static int pick_tier(const vctx *c, int u) {
+    if (is_output(c, u)) return 0;
+    const ivec *b = &c->nodes[u].blocking;
+    for (int j = 0; j < b->n; j++)
+        if (is_output(c, b->v[j])) return 1;
+    for (int j = 0; j < b->n; j++) {
+        const ivec *b1 = &c->nodes[b->v[j]].blocking;
+        for (int j1 = 0; j1 < b1->n; j1++)
+            if (is_output(c, b1->v[j1])) return 2;
     }
-    for (int k = 0; k < ready->n; k++) {
-        const ivec *b = &c->nodes[ready->v[k]].blocking;
-        for (int j = 0; j < b->n; j++) {
-            const ivec *b1 = &c->nodes[b->v[j]].blocking;
-            for (int j1 = 0; j1 < b1->n; j1++)
-                if (is_output(c, b1->v[j1])) return ready->v[k];
-        }
+    return 3;
+}
+
+/* A min-heap of nodes by pending_pos. */
+static int heap_push(const vctx *c, ivec *h, int u) {
+    if (ivec_push(h, u) != 0) return -1;
+    for (int k = h->n - 1; k > 0;) {
+        int parent = (k - 1) / 2;
+        if (c->nodes[h->v[parent]].pending_pos <= c->nodes[h->v[k]].pending_pos) break;
+        int t = h->v[parent];
+        h->v[parent] = h->v[k];
+        h->v[k] = t;
+        k = parent;
     }
-    return ready->v[0];
+    return 0;
+}
+
+static int heap_pop(const vctx *c, ivec *h) {
+    int top = h->v[0];
+    h->v[0] = h->v[--h->n];
+    for (int k = 0;;) {
+        int l = 2 * k + 1, r = l + 1, m = k;
+        if (l < h->n && c->nodes[h->v[l]].pending_pos < c->nodes[h->v[m]].pending_pos) m = l;
+        if (r < h->n && c->nodes[h->v[r]].pending_pos < c->nodes[h->v[m]].pending_pos) m = r;
+        if (m == k) break;
+        int t = h->v[m];
+        h->v[m] = h->v[k];
+        h->v[k] = t;
+        k = m;
+    }
+    return top;
 }
 
 /* The node a declared input links from, or -1 (validated links only). */
@@ -571,7 +599,7 @@ static int link_source(const vctx *c, const vnode *n, const kn_input_spec *in) {
  * stack walk over linked inputs, links applied afterwards), then nodes are
  * staged one at a time from the ready ones, in the order they were added. */
 static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
-    ivec pending = {0}, stack = {0}, links = {0}, ready = {0};
+    ivec pending = {0}, stack = {0}, links = {0}, ready[4] = {{0}};
     int bad = 0;
     for (size_t o = 0; !bad && o < json_array_size(outputs); o++) {
         json_t *pos = json_object_get(c->index, json_string_value(json_array_get(outputs, o)));
@@ -581,6 +609,7 @@ static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
             vnode *n = &c->nodes[u];
             if (n->pending) continue;
             n->pending = 1;
+            n->pending_pos = pending.n;
             bad = ivec_push(&pending, u);
             for (int k = 0; !bad && k < n->cls->n_inputs; k++) {
                 int from = link_source(c, n, &n->cls->inputs[k]);
@@ -589,29 +618,30 @@ static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
         }
     }
     for (int k = 0; !bad && k < links.n; k += 2) bad = add_blocking(c, links.v[k], links.v[k + 1]);
+    for (int k = 0; !bad && k < pending.n; k++)
+        if (c->nodes[pending.v[k]].block_count == 0)
+            bad = heap_push(c, &ready[pick_tier(c, pending.v[k])], pending.v[k]);
     int status = bad ? kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory") : KN_OK;
     for (int left = pending.n; status == KN_OK && left > 0; left--) {
-        ready.n = 0;
-        for (int k = 0; !bad && k < pending.n; k++)
-            if (c->nodes[pending.v[k]].pending && c->nodes[pending.v[k]].block_count == 0)
-                bad = ivec_push(&ready, pending.v[k]);
-        if (bad) {
-            status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
-        } else if (ready.n == 0) {
-            /* unreachable after validation, which rejects cycles */
+        int tier = 0;
+        while (tier < 4 && ready[tier].n == 0) tier++;
+        if (tier == 4) { /* unreachable after validation, which rejects cycles */
             status = kn_fail(c->err, KN_ERR_INVALID, "execution order: dependency cycle detected");
-        } else {
-            vnode *u = &c->nodes[pick_node(c, &ready)];
-            u->pending = 0;
-            for (int j = 0; j < u->blocking.n; j++) c->nodes[u->blocking.v[j]].block_count--;
-            if (json_array_append_new(order, json_string(u->id)) != 0)
-                status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
+            break;
         }
+        vnode *u = &c->nodes[heap_pop(c, &ready[tier])];
+        u->pending = 0;
+        for (int j = 0; !bad && j < u->blocking.n; j++) {
+            int v = u->blocking.v[j];
+            if (--c->nodes[v].block_count == 0) bad = heap_push(c, &ready[pick_tier(c, v)], v);
+        }
+        if (bad || json_array_append_new(order, json_string(u->id)) != 0)
+            status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
     }
     free(pending.v);
     free(stack.v);
     free(links.v);
-    free(ready.v);
+    for (int t = 0; t < 4; t++) free(ready[t].v);
     return status;
 }
 
