@@ -47,7 +47,7 @@ typedef struct big {
     uint64_t v;
 } big;
 
-static void fail_at(json_error_t *e, const char *buf, size_t at, const char *fmt, const char *what) {
+static void fail_at(json_error_t *e, const char *buf, size_t at, const char *what) {
     int line = 1, column = 1;
     for (size_t k = 0; k < at; k++) {
         if (buf[k] == '\n') {
@@ -61,7 +61,7 @@ static void fail_at(json_error_t *e, const char *buf, size_t at, const char *fmt
     e->column = column;
     e->position = (int)at;
     snprintf(e->source, sizeof e->source, "<buffer>");
-    snprintf(e->text, sizeof e->text, fmt, what);
+    snprintf(e->text, sizeof e->text, "%s", what);
 }
 
 /* Finds unsigned integer literals above INT64_MAX (appended to *bigs) and
@@ -76,7 +76,7 @@ static int scan(const char *buf, size_t len, big **bigs, size_t *n, json_error_t
                 in_string = 0;
             } else if (ch == '\\' && k + 1 < len) {
                 if (buf[k + 1] == 'u' && len - k >= 6 && memcmp(buf + k + 2, "0000", 4) == 0) {
-                    fail_at(e, buf, k, "%s", "NUL characters (\\u0000) in strings are not supported");
+                    fail_at(e, buf, k, "NUL characters (\\u0000) in strings are not supported");
                     return -1;
                 }
                 k++; /* the escaped character */
@@ -104,7 +104,7 @@ static int scan(const char *buf, size_t len, big **bigs, size_t *n, json_error_t
                     cap = cap ? 2 * cap : 8;
                     big *p = realloc(*bigs, cap * sizeof *p);
                     if (!p) {
-                        fail_at(e, buf, k, "%s", "out of memory");
+                        fail_at(e, buf, k, "out of memory");
                         return -1;
                     }
                     *bigs = p;
@@ -157,7 +157,7 @@ json_t *kn_json_loadb(const char *buf, size_t len, json_error_t *e) {
     if (scan(buf, len, &bigs, &n, e) == 0) {
         char *copy = n ? malloc(len) : NULL;
         if (n && !copy) {
-            fail_at(e, buf, 0, "%s", "out of memory");
+            fail_at(e, buf, 0, "out of memory");
         } else if (!n) {
             doc = json_loadb(buf, len, JSON_DECODE_ANY, e);
             jansson_error = !doc;
@@ -179,7 +179,7 @@ json_t *kn_json_loadb(const char *buf, size_t len, json_error_t *e) {
             if (doc && restore(doc, bigs, n) != 0) {
                 json_decref(doc);
                 doc = NULL;
-                fail_at(e, buf, 0, "%s", "out of memory");
+                fail_at(e, buf, 0, "out of memory");
             }
             free(copy);
         }
