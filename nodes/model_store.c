@@ -102,6 +102,11 @@ void kn_models_unload(kn_models *m) {
 
 const char *kn_models_root(const kn_models *m) { return m->root; }
 
+const char *kn_models_relative(const kn_models *m, const char *text) {
+    size_t n = strlen(m->root);
+    return strncmp(text, m->root, n) == 0 && text[n] == '/' ? text + n + 1 : text;
+}
+
 const char *kn_models_tokenizer_dir(const kn_models *m) {
     const char *env = getenv("KILN_TOKENIZERS");
     return env && *env ? env : KN_TOKENIZER_DIR;

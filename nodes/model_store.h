@@ -57,6 +57,9 @@ void kn_models_free(kn_models *m);
 void kn_models_unload(kn_models *m);
 
 const char *kn_models_root(const kn_models *m);
+/* text past "<root>/" when it starts with it (a message about a model file,
+ * for clients: the server's folders are not theirs to see), else text. */
+const char *kn_models_relative(const kn_models *m, const char *text);
 const char *kn_models_tokenizer_dir(const kn_models *m);
 
 int kn_models_list(kn_models *m, const char *folder, json_t *names, kn_err *err);

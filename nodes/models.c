@@ -42,12 +42,13 @@ static int open_file(kn_node_call *c, const char *input, const char *path, kn_st
     return KN_OK;
 }
 
-/* Weights about to be loaded hold no NaN or inf (read once per load; validation reads headers only). */
+/* Weights about to be loaded hold no NaN or inf (read once per load; validation reads headers only).
+ * The message names the file below the models root: clients see it. */
 static int check_finite(kn_node_call *c, const char *input, const kn_st_file *f) {
     kn_err e;
     kn_err_clear(&e);
-    if (kn_st_check_finite(f, &e)) return kn_node_fail(c, input, e.code, "%s", e.msg);
-    return KN_OK;
+    if (!kn_st_check_finite(f, &e)) return KN_OK;
+    return kn_node_fail(c, input, e.code, "%s", kn_models_relative(c->env->models, e.msg));
 }
 
 /* The part of `path` under `prefix` (NULL: the whole file) as a file of its own;
