@@ -346,6 +346,7 @@ static int run_node(kn_executor *ex, const json_t *prompt, const char *id, const
         env.prompt = prompt;
         env.extra_pnginfo = extra_pnginfo;
         env.ctx = &ex->ctx;
+        ex->ctx.cancel = &ex->cancel; /* ops stop within one op of an interrupt (kernels/ops.h) */
         env.ranks = ex->cfg.ranks;
         env.cancel = &ex->cancel;
         env.step = on_step;

@@ -21,8 +21,10 @@
  *    EXECUTING (a node starts), PROGRESS (sampler step i of n), EXECUTED
  *    (data: the node's UI output object).
  *  - Interrupt: kn_executor_interrupt sets a flag (safe from another thread)
- *    checked before each node and between sampler steps; it is cleared when
- *    the next run starts.
+ *    checked before each node, between sampler steps and before every
+ *    linear, attention and convolution (kernels/ops.h: a text encode, a DiT
+ *    step or a VAE decode stops within one op); it is cleared when the next
+ *    run starts.
  *  - Failure never crashes: the run stops, and res->error is ComfyUI's
  *    message {"type": "execution_error", "data": {prompt_id, node_id,
  *    node_type, executed, exception_message, exception_type, traceback,

@@ -80,7 +80,10 @@ int kn_py_to_int(const json_t *v, json_t **out, char *exc, size_t len) {
         return 0;
     }
     case JSON_STRING:
-        if (numeric_literal(json_string_value(v), 0, lit, sizeof lit)) {
+        if (kn_json_u64_digits(v)) {
+            *out = json_incref((json_t *)v);
+            return 0;
+        } else if (numeric_literal(json_string_value(v), 0, lit, sizeof lit)) {
             errno = 0;
             long long i = strtoll(lit, NULL, 10);
             if (errno == ERANGE) {
@@ -111,6 +114,12 @@ int kn_py_to_float(const json_t *v, json_t **out, char *exc, size_t len) {
     case JSON_TRUE:
     case JSON_FALSE: d = json_is_true(v); break;
     case JSON_STRING:
+        if (kn_json_u64_digits(v)) {
+            uint64_t u = 0;
+            kn_json_u64_value(v, &u);
+            d = (double)u;
+            break;
+        }
         if (!numeric_literal(json_string_value(v), 1, lit, sizeof lit)) {
             char word[16];
             const char *s = json_string_value(v);

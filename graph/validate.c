@@ -51,6 +51,10 @@ typedef struct vnode {
     /* ExecutionList bookkeeping */
     int pending, block_count;
     ivec blocking; /* nodes waiting on this one, in insertion order */
+    /* dependent_outputs bookkeeping: the last failing output whose walk
+     * visited this node, and how many such walks did */
+    int walk_stamp, walks;
+    int pending_pos; /* place in the order nodes were added (ExecutionList's pendingNodes) */
 } vnode;
 
 typedef struct vctx {
@@ -61,6 +65,9 @@ typedef struct vctx {
     vnode *nodes;
     int n;
     json_t *index;            /* node id -> position in nodes */
+    json_t *targets;          /* set of target output ids, NULL for all */
+    json_t *strings;          /* error types, messages and class names, shared by all errors */
+    json_t *input_infos;      /* input name -> a shared extra_info {"input_name": name} */
     char exc_type[64];        /* the exception a RES_RAISED carries */
     char exc_msg[512];
 } vctx;
@@ -80,18 +87,39 @@ static int py_raise(vctx *c, const char *type, const char *fmt, ...) {
     return RES_RAISED;
 }
 
+/* One shared string per distinct text (borrowed; NULL when out of memory):
+ * a prompt of 100,000 failing nodes repeats a few types and messages. */
+static json_t *interned(vctx *c, const char *text) {
+    json_t *v = json_object_get(c->strings, text);
+    if (!v && (!(v = json_string(text)) || json_object_set_new(c->strings, text, v) != 0)) return NULL;
+    return v;
+}
+
+/* A new reference to the extra_info {"input_name": name}, one per name (errors
+ * are never modified once made); NULL when out of memory. */
+static json_t *input_only(vctx *c, const char *name) {
+    json_t *v = json_object_get(c->input_infos, name);
+    if (!v && (!(v = json_pack("{s:s}", "input_name", name)) || json_object_set_new(c->input_infos, name, v) != 0))
+        return NULL;
+    return json_incref(v);
+}
+
 /* {type, message, details, extra_info}; takes extra, NULL when out of memory
  * (including a NULL extra left by a failed json_pack). */
-static json_t *error_entry(const char *type, const char *message, const char *details, json_t *extra) {
-    return extra ? json_pack("{s:s, s:s, s:s, s:o}", "type", type, "message", message, "details", details,
-                             "extra_info", extra)
+static json_t *error_entry(vctx *c, const char *type, const char *message, const char *details, json_t *extra) {
+    json_t *t = interned(c, type), *m = interned(c, message);
+    if (!t || !m) {
+        json_decref(extra);
+        return NULL;
+    }
+    return extra ? json_pack("{s:O, s:O, s:s, s:o}", "type", t, "message", m, "details", details, "extra_info", extra)
                  : NULL;
 }
 
 /* Appends an error to node n; takes ownership of extra. */
 static int push_error(vctx *c, vnode *n, const char *type, const char *message, const char *details,
                       json_t *extra) {
-    json_t *e = error_entry(type, message, details, extra);
+    json_t *e = error_entry(c, type, message, details, extra);
     if (!e || json_array_append_new(n->errors, e) != 0) return nomem(c);
     return RES_OK;
 }
@@ -177,7 +205,7 @@ static json_t *inner_exception(vctx *c, const vnode *n, const kn_input_spec *in,
     json_t *extra = json_pack("{s:s, s:o, s:s, s:s, s:[], s:O}", "input_name", in->name, "input_config", config,
                               "exception_message", c->exc_msg, "exception_type", c->exc_type, "traceback",
                               "linked_node", link);
-    json_t *e = extra ? error_entry("exception_during_inner_validation", "Exception when validating inner node",
+    json_t *e = extra ? error_entry(c, "exception_during_inner_validation", "Exception when validating inner node",
                                     c->exc_msg, extra)
                       : NULL;
     if (!e) nomem(c);
@@ -291,7 +319,7 @@ static int check_choice(vctx *c, vnode *n, const kn_input_spec *in, const json_t
         const char *kind = strcmp(in->folder, "input_latents") == 0 ? "latent" : "image";
         snprintf(details, sizeof details, "%s - Invalid %s file: %s", in->name, kind, text);
         res = push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
-                         json_pack("{s:s}", "input_name", in->name));
+                         input_only(c, in->name));
     } else {
         char many[64];
         snprintf(many, sizeof many, "(list of length %zu)", count);
@@ -350,10 +378,24 @@ static int check_constant(vctx *c, vnode *n, const kn_input_spec *in, json_t *in
                                     "received_value", val, "exception_message", exc));
     }
     if (!conv || json_object_set_new(inputs, in->name, conv) != 0) return nomem(c);
+    if (in->kind == KN_INPUT_STRING && json_string_length(conv) > KN_VALIDATE_TEXT_MAX) {
+        char message[200];
+        snprintf(message, sizeof message, "Text of %zu bytes is longer than the max of %d bytes",
+                 json_string_length(conv), KN_VALIDATE_TEXT_MAX);
+        json_t *config = input_config(c, n, in);
+        if (!config) return RES_FATAL;
+        return push_error(c, n, "value_bigger_than_max", message, in->name,
+                          json_pack("{s:s, s:o, s:I}", "input_name", in->name, "input_config", config, "received_length",
+                                    (json_int_t)json_string_length(conv)));
+    }
     if (in->kind != KN_INPUT_INT && in->kind != KN_INPUT_FLOAT) return RES_OK;
 
-    double v = json_is_integer(conv) ? (double)json_integer_value(conv) : json_real_value(conv);
-    int below = v < in->min, above = !below && kn_input_max_exceeded(in, v);
+    uint64_t big = 0;
+    int is_u64 = kn_json_u64_value(conv, &big);
+    double v = json_is_integer(conv) ? (double)json_integer_value(conv) : is_u64 ? (double)big : json_real_value(conv);
+    /* (double)(2^64 - 1) rounds to 2^64: a u64 is within the seeds' max exactly */
+    int below = v < in->min;
+    int above = !below && (is_u64 ? in->max < KN_SEED_MAX && v > in->max : kn_input_max_exceeded(in, v));
     if (!below && !above) return RES_OK;
     char bound[64], message[640];
     kn_input_format_bound(in, below ? in->min : in->max, bound, sizeof bound);
@@ -398,7 +440,7 @@ static int hook_error(vctx *c, vnode *n, const char *input, const char *reason) 
     char details[1400];
     snprintf(details, sizeof details, "%s - %s", input, reason);
     return push_error(c, n, "custom_validation_failed", "Custom validation failed for node", details,
-                      json_pack("{s:s}", "input_name", input));
+                      input_only(c, input));
 }
 
 /* The class's validate hook (nodes/node.h) on the node's constant inputs. */
@@ -466,7 +508,7 @@ static int validate_node(vctx *c, int i, int depth) {
         if (!val) {
             if (in->section != KN_SECTION_REQUIRED) continue;
             r = push_error(c, n, "required_input_missing", "Required input is missing", in->name,
-                           json_pack("{s:s}", "input_name", in->name));
+                           input_only(c, in->name));
         } else if (json_is_array(val)) {
             r = check_link(c, n, in, val, depth, &valid);
         } else {
@@ -485,11 +527,11 @@ static int validate_node(vctx *c, int i, int depth) {
 /* ---- execution order ----------------------------------------------------------- */
 
 /* ExecutionList.add_strong_link: the first link from one node to another
- * blocks the target once. */
+ * blocks the target once. Links arrive grouped by target (a node's inputs
+ * together, each node once), so a repeat is the last one added. */
 static int add_blocking(vctx *c, int from, int to) {
     ivec *b = &c->nodes[from].blocking;
-    for (int k = 0; k < b->n; k++)
-        if (b->v[k] == to) return 0;
+    if (b->n > 0 && b->v[b->n - 1] == to) return 0;
     if (ivec_push(b, to) != 0) return -1;
     c->nodes[to].block_count++;
     return 0;
@@ -497,25 +539,52 @@ static int add_blocking(vctx *c, int from, int to) {
 
 static int is_output(const vctx *c, int i) { return c->nodes[i].cls->output_node; }
 
-/* ux_friendly_pick_node: an output first, then a node feeding an output,
- * then one two links away from an output, else the first ready node. */
-static int pick_node(const vctx *c, const ivec *ready) {
-    for (int k = 0; k < ready->n; k++)
-        if (is_output(c, ready->v[k])) return ready->v[k];
-    for (int k = 0; k < ready->n; k++) {
-        const ivec *b = &c->nodes[ready->v[k]].blocking;
-        for (int j = 0; j < b->n; j++)
-            if (is_output(c, b->v[j])) return ready->v[k];
+/* ux_friendly_pick_node's preference for a ready node: 0 an output, 1 a
+ * node feeding an output, 2 one two links away from an output, else 3. It
+ * is fixed once the links are applied, so the ready nodes wait in one heap
+ * per tier, first added first: the pick is the top of the first non-empty
+ * heap, what ComfyUI's scan over the ready list finds, in O(log n). */
+static int pick_tier(const vctx *c, int u) {
+    if (is_output(c, u)) return 0;
+    const ivec *b = &c->nodes[u].blocking;
+    for (int j = 0; j < b->n; j++)
+        if (is_output(c, b->v[j])) return 1;
+    for (int j = 0; j < b->n; j++) {
+        const ivec *b1 = &c->nodes[b->v[j]].blocking;
+        for (int j1 = 0; j1 < b1->n; j1++)
+            if (is_output(c, b1->v[j1])) return 2;
     }
-    for (int k = 0; k < ready->n; k++) {
-        const ivec *b = &c->nodes[ready->v[k]].blocking;
-        for (int j = 0; j < b->n; j++) {
-            const ivec *b1 = &c->nodes[b->v[j]].blocking;
-            for (int j1 = 0; j1 < b1->n; j1++)
-                if (is_output(c, b1->v[j1])) return ready->v[k];
-        }
+    return 3;
+}
+
+/* A min-heap of nodes by pending_pos. */
+static int heap_push(const vctx *c, ivec *h, int u) {
+    if (ivec_push(h, u) != 0) return -1;
+    for (int k = h->n - 1; k > 0;) {
+        int parent = (k - 1) / 2;
+        if (c->nodes[h->v[parent]].pending_pos <= c->nodes[h->v[k]].pending_pos) break;
+        int t = h->v[parent];
+        h->v[parent] = h->v[k];
+        h->v[k] = t;
+        k = parent;
     }
-    return ready->v[0];
+    return 0;
+}
+
+static int heap_pop(const vctx *c, ivec *h) {
+    int top = h->v[0];
+    h->v[0] = h->v[--h->n];
+    for (int k = 0;;) {
+        int l = 2 * k + 1, r = l + 1, m = k;
+        if (l < h->n && c->nodes[h->v[l]].pending_pos < c->nodes[h->v[m]].pending_pos) m = l;
+        if (r < h->n && c->nodes[h->v[r]].pending_pos < c->nodes[h->v[m]].pending_pos) m = r;
+        if (m == k) break;
+        int t = h->v[m];
+        h->v[m] = h->v[k];
+        h->v[k] = t;
+        k = m;
+    }
+    return top;
 }
 
 /* The node a declared input links from, or -1 (validated links only). */
@@ -530,7 +599,7 @@ static int link_source(const vctx *c, const vnode *n, const kn_input_spec *in) {
  * stack walk over linked inputs, links applied afterwards), then nodes are
  * staged one at a time from the ready ones, in the order they were added. */
 static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
-    ivec pending = {0}, stack = {0}, links = {0}, ready = {0};
+    ivec pending = {0}, stack = {0}, links = {0}, ready[4] = {{0}};
     int bad = 0;
     for (size_t o = 0; !bad && o < json_array_size(outputs); o++) {
         json_t *pos = json_object_get(c->index, json_string_value(json_array_get(outputs, o)));
@@ -540,6 +609,7 @@ static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
             vnode *n = &c->nodes[u];
             if (n->pending) continue;
             n->pending = 1;
+            n->pending_pos = pending.n;
             bad = ivec_push(&pending, u);
             for (int k = 0; !bad && k < n->cls->n_inputs; k++) {
                 int from = link_source(c, n, &n->cls->inputs[k]);
@@ -548,29 +618,30 @@ static int execution_order(vctx *c, const json_t *outputs, json_t *order) {
         }
     }
     for (int k = 0; !bad && k < links.n; k += 2) bad = add_blocking(c, links.v[k], links.v[k + 1]);
+    for (int k = 0; !bad && k < pending.n; k++)
+        if (c->nodes[pending.v[k]].block_count == 0)
+            bad = heap_push(c, &ready[pick_tier(c, pending.v[k])], pending.v[k]);
     int status = bad ? kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory") : KN_OK;
     for (int left = pending.n; status == KN_OK && left > 0; left--) {
-        ready.n = 0;
-        for (int k = 0; !bad && k < pending.n; k++)
-            if (c->nodes[pending.v[k]].pending && c->nodes[pending.v[k]].block_count == 0)
-                bad = ivec_push(&ready, pending.v[k]);
-        if (bad) {
-            status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
-        } else if (ready.n == 0) {
-            /* unreachable after validation, which rejects cycles */
+        int tier = 0;
+        while (tier < 4 && ready[tier].n == 0) tier++;
+        if (tier == 4) { /* unreachable after validation, which rejects cycles */
             status = kn_fail(c->err, KN_ERR_INVALID, "execution order: dependency cycle detected");
-        } else {
-            vnode *u = &c->nodes[pick_node(c, &ready)];
-            u->pending = 0;
-            for (int j = 0; j < u->blocking.n; j++) c->nodes[u->blocking.v[j]].block_count--;
-            if (json_array_append_new(order, json_string(u->id)) != 0)
-                status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
+            break;
         }
+        vnode *u = &c->nodes[heap_pop(c, &ready[tier])];
+        u->pending = 0;
+        for (int j = 0; !bad && j < u->blocking.n; j++) {
+            int v = u->blocking.v[j];
+            if (--c->nodes[v].block_count == 0) bad = heap_push(c, &ready[pick_tier(c, v)], v);
+        }
+        if (bad || json_array_append_new(order, json_string(u->id)) != 0)
+            status = kn_fail(c->err, KN_ERR_NOMEM, "execution order: out of memory");
     }
     free(pending.v);
     free(stack.v);
     free(links.v);
-    free(ready.v);
+    for (int t = 0; t < 4; t++) free(ready[t].v);
     return status;
 }
 
@@ -649,52 +720,108 @@ static int index_nodes(vctx *c, json_t *prompt, kn_validation *out) {
     return KN_OK;
 }
 
-static int in_targets(const json_t *targets, const char *id) {
-    if (!targets) return 1;
+/* The string ids of targets as a set (one lookup per output node, not a scan). */
+static int target_set(vctx *c, const json_t *targets) {
+    if (!targets) return KN_OK;
+    if (!(c->targets = json_object())) return KN_ERR_NOMEM;
     for (size_t k = 0; k < json_array_size(targets); k++) {
         const json_t *t = json_array_get(targets, k);
-        if (json_is_string(t) && strcmp(json_string_value(t), id) == 0) return 1;
+        if (json_is_string(t) && json_object_set_new(c->targets, json_string_value(t), json_true()) != 0)
+            return KN_ERR_NOMEM;
     }
-    return 0;
+    return KN_OK;
 }
 
-/* After output o failed: every node with errors joins node_errors, and o
- * is added to its dependent_outputs (ComfyUI walks all validated nodes). */
-static int collect_node_errors(vctx *c, const char *o, json_t *node_errors) {
-    for (int k = 0; k < c->n; k++) {
-        vnode *n = &c->nodes[k];
-        if (n->state != NODE_DONE || n->valid || json_array_size(n->errors) == 0) continue;
+static int in_targets(const vctx *c, const char *id) { return !c->targets || json_object_get(c->targets, id); }
+
+static int link_source(const vctx *c, const vnode *n, const kn_input_spec *in);
+
+static int by_position(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+/* After output o (position oi, the walk's stamp) failed: the failed nodes it
+ * reaches through its links join node_errors (new ones in prompt order, as
+ * ComfyUI's walk over validated nodes adds them) and list o among their
+ * dependent_outputs, at most KN_VALIDATE_MAX_DEPENDENTS of them. The walk
+ * stops at valid nodes (their ancestors are valid) and at nodes that
+ * KN_VALIDATE_MAX_DEPENDENTS walks passed already (so did they through all
+ * of its ancestors): each node is entered a bounded number of times. */
+static int collect_node_errors(vctx *c, int oi, ivec *stack, ivec *found, json_t *node_errors) {
+    const char *o = c->nodes[oi].id;
+    json_t *name = json_string(o);
+    if (!name) return -1;
+    int bad = 0;
+    stack->n = found->n = 0;
+    c->nodes[oi].walk_stamp = oi + 1;
+    bad = ivec_push(stack, oi);
+    while (!bad && stack->n > 0) {
+        vnode *n = &c->nodes[stack->v[--stack->n]];
+        if (n->walks++ >= KN_VALIDATE_MAX_DEPENDENTS) continue;
+        if (n->state == NODE_DONE && !n->valid && json_array_size(n->errors) > 0)
+            bad = ivec_push(found, (int)(n - c->nodes));
+        for (int k = 0; !bad && n->state == NODE_DONE && !n->valid && k < n->cls->n_inputs; k++) {
+            int from = link_source(c, n, &n->cls->inputs[k]);
+            if (from >= 0 && c->nodes[from].walk_stamp != oi + 1) {
+                c->nodes[from].walk_stamp = oi + 1;
+                bad = ivec_push(stack, from);
+            }
+        }
+    }
+    if (!bad) qsort(found->v, (size_t)found->n, sizeof *found->v, by_position);
+    for (int k = 0; !bad && k < found->n; k++) {
+        vnode *n = &c->nodes[found->v[k]];
         json_t *entry = json_object_get(node_errors, n->id);
         if (!entry) {
-            entry = json_pack("{s:O, s:[], s:s}", "errors", n->errors, "dependent_outputs", "class_type", n->cls->name);
-            if (!entry || json_object_set_new(node_errors, n->id, entry) != 0) return -1;
+            json_t *cls = interned(c, n->cls->name);
+            entry = cls ? json_pack("{s:O, s:[], s:O}", "errors", n->errors, "dependent_outputs", "class_type", cls)
+                        : NULL;
+            bad = !entry || json_object_set_new(node_errors, n->id, entry) != 0;
         }
-        if (json_array_append_new(json_object_get(entry, "dependent_outputs"), json_string(o)) != 0) return -1;
+        if (!bad) bad = json_array_append(json_object_get(entry, "dependent_outputs"), name) != 0;
     }
+    json_decref(name);
+    return bad ? -1 : 0;
+}
+
+/* A growable text (the top-level details, appended once per failing output). */
+typedef struct text {
+    char *s;
+    size_t n, cap;
+} text;
+
+/* Appends "<sep><a>: <b>"; -1 when out of memory. */
+static int text_put(text *t, const char *sep, const char *a, const char *b) {
+    size_t la = strlen(sep) + strlen(a), lb = strlen(b), need = t->n + la + 2 + lb + 1;
+    if (need > t->cap) {
+        size_t cap = need > 2 * t->cap ? need : 2 * t->cap;
+        char *p = realloc(t->s, cap);
+        if (!p) return -1;
+        t->s = p;
+        t->cap = cap;
+    }
+    t->n += (size_t)sprintf(t->s + t->n, "%s%s: %s", sep, a, b);
     return 0;
 }
 
 static int validate_outputs(vctx *c, const json_t *targets, kn_validation *out) {
-    json_t *outputs = json_array(), *details = json_array();
-    int status = outputs && details ? KN_OK : KN_ERR_NOMEM;
+    ivec outputs = {0}, stack = {0}, found = {0};
+    text details = {0};
+    int status = target_set(c, targets);
     for (int k = 0; status == KN_OK && k < c->n; k++)
-        if (c->nodes[k].cls->output_node && in_targets(targets, c->nodes[k].id) &&
-            json_array_append_new(outputs, json_integer(k)) != 0)
+        if (c->nodes[k].cls->output_node && in_targets(c, c->nodes[k].id) && ivec_push(&outputs, k) != 0)
             status = KN_ERR_NOMEM;
-    if (status == KN_OK && json_array_size(outputs) == 0) {
-        json_decref(outputs);
-        json_decref(details);
+    if (status == KN_OK && outputs.n == 0) {
+        free(outputs.v);
         return reject(out, c->err, "prompt_no_outputs", "Prompt has no outputs", "", NULL);
     }
-    for (size_t k = 0; status == KN_OK && k < json_array_size(outputs); k++) {
-        vnode *o = &c->nodes[json_integer_value(json_array_get(outputs, k))];
-        int r = validate_node(c, (int)(o - c->nodes), 1);
+    for (int k = 0; status == KN_OK && k < outputs.n; k++) {
+        vnode *o = &c->nodes[outputs.v[k]];
+        int r = validate_node(c, outputs.v[k], 1);
         if (r == RES_FATAL) {
             status = c->err->code ? c->err->code : KN_ERR_NOMEM;
             break;
         }
         if (r == RES_RAISED &&
-            set_failed(c, o, error_entry("exception_during_validation", "Exception when validating node", c->exc_msg,
+            set_failed(c, o, error_entry(c, "exception_during_validation", "Exception when validating node", c->exc_msg,
                                          json_pack("{s:s, s:[]}", "exception_type", c->exc_type, "traceback"))) !=
                 RES_OK) {
             status = KN_ERR_NOMEM;
@@ -704,46 +831,35 @@ static int validate_outputs(vctx *c, const json_t *targets, kn_validation *out) 
             if (json_array_append_new(out->outputs, json_string(o->id)) != 0) status = KN_ERR_NOMEM;
             continue;
         }
-        /* The top-level details list only the output's own errors. */
-        for (size_t e = 0; e < json_array_size(o->errors); e++) {
+        /* The top-level details list only the output's own errors, one per line. */
+        for (size_t e = 0; status == KN_OK && e < json_array_size(o->errors); e++) {
             json_t *err = json_array_get(o->errors, e);
-            char line[2048];
-            snprintf(line, sizeof line, "%s: %s", json_string_value(json_object_get(err, "message")),
-                     json_string_value(json_object_get(err, "details")));
-            if (json_array_append_new(details, json_string(line)) != 0) status = KN_ERR_NOMEM;
+            if (text_put(&details, details.n ? "\n" : "", json_string_value(json_object_get(err, "message")),
+                         json_string_value(json_object_get(err, "details"))) != 0)
+                status = KN_ERR_NOMEM;
         }
-        if (status == KN_OK && collect_node_errors(c, o->id, out->node_errors) != 0) status = KN_ERR_NOMEM;
+        if (status == KN_OK && collect_node_errors(c, outputs.v[k], &stack, &found, out->node_errors) != 0)
+            status = KN_ERR_NOMEM;
     }
     if (status == KN_OK && json_array_size(out->outputs) == 0) {
-        size_t len = 1;
-        for (size_t k = 0; k < json_array_size(details); k++) len += json_string_length(json_array_get(details, k)) + 1;
-        char *joined = malloc(len);
-        if (joined) {
-            joined[0] = '\0';
-            for (size_t k = 0; k < json_array_size(details); k++) {
-                if (k) strcat(joined, "\n");
-                strcat(joined, json_string_value(json_array_get(details, k)));
-            }
-            status = reject(out, c->err, "prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                            joined, NULL);
-            /* Name the first failing input: the top-level details are often empty. */
-            const char *nid;
-            json_t *ne;
-            json_object_foreach(out->node_errors, nid, ne) {
-                json_t *first = json_array_get(json_object_get(ne, "errors"), 0);
-                kn_fail(c->err, KN_ERR_INVALID, "prompt outputs failed validation: node %s (%s): %s: %s", nid,
-                        json_string_value(json_object_get(ne, "class_type")),
-                        json_string_value(json_object_get(first, "message")),
-                        json_string_value(json_object_get(first, "details")));
-                break;
-            }
-            free(joined);
-        } else {
-            status = KN_ERR_NOMEM;
+        status = reject(out, c->err, "prompt_outputs_failed_validation", "Prompt outputs failed validation",
+                        details.s ? details.s : "", NULL);
+        /* Name the first failing input: the top-level details are often empty. */
+        const char *nid;
+        json_t *ne;
+        json_object_foreach(out->node_errors, nid, ne) {
+            json_t *first = json_array_get(json_object_get(ne, "errors"), 0);
+            kn_fail(c->err, KN_ERR_INVALID, "prompt outputs failed validation: node %s (%s): %s: %s", nid,
+                    json_string_value(json_object_get(ne, "class_type")),
+                    json_string_value(json_object_get(first, "message")),
+                    json_string_value(json_object_get(first, "details")));
+            break;
         }
     }
-    json_decref(outputs);
-    json_decref(details);
+    free(outputs.v);
+    free(stack.v);
+    free(found.v);
+    free(details.s);
     if (status == KN_ERR_NOMEM) return kn_fail(c->err, status, "validating the prompt: out of memory");
     return status;
 }
@@ -756,8 +872,10 @@ int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_li
     out->outputs = json_array();
     out->order = json_array();
     c.index = json_object();
+    c.strings = json_object();
+    c.input_infos = json_object();
     int status = KN_OK;
-    if (!out->node_errors || !out->outputs || !out->order || !c.index) {
+    if (!out->node_errors || !out->outputs || !out->order || !c.index || !c.strings || !c.input_infos) {
         status = kn_fail(err, KN_ERR_NOMEM, "validating the prompt: out of memory");
     } else if (!json_is_object(prompt)) {
         status = reject(out, err, "invalid_prompt", "Prompt is not a JSON object", "", NULL);
@@ -775,6 +893,9 @@ int kn_validate_prompt(json_t *prompt, const json_t *targets, const kn_folder_li
     }
     free(c.nodes);
     json_decref(c.index);
+    json_decref(c.targets);
+    json_decref(c.strings);
+    json_decref(c.input_infos);
     if (status != KN_OK && status != KN_ERR_INVALID) kn_validation_free(out);
     return status;
 }

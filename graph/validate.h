@@ -41,6 +41,10 @@
  *       checks; its failure is custom_validation_failed on the input it
  *       names, details "<input> - <message>". Hooks may run on any thread.
  *    Unknown classes stay the top-level missing_node_type in both modes.
+ *  - A STRING constant longer than KN_VALIDATE_TEXT_MAX bytes (64 KiB, some
+ *    16,000 tokens: far beyond any encoder's useful context) is refused as
+ *    value_bigger_than_max on its input: ComfyUI truncates nothing, and a
+ *    1 MB prompt would keep a text encoder busy for hours.
  *  - Kiln is stricter than ComfyUI in four places, each reported with a
  *    ComfyUI error shape: a constant given to a socket input
  *    (invalid_input_type), non-finite floats and integers beyond 64 bits
@@ -51,6 +55,12 @@
  *    limit. Link chains deeper than KN_VALIDATE_MAX_DEPTH fail the way
  *    Python's recursion limit makes ComfyUI fail ("maximum recursion depth
  *    exceeded").
+ *  - A failed node's dependent_outputs lists the failing outputs that link
+ *    to it (directly or through other nodes), in validation order, at most
+ *    KN_VALIDATE_MAX_DEPENDENTS of them. ComfyUI appends every failing
+ *    output to every node that failed before it, related or not: quadratic
+ *    in the prompt (a 10 MB prompt of failing outputs took minutes and GBs).
+ *    Validation is linear in the prompt's size.
  *  - Links of inputs a class does not declare are ignored for the execution
  *    order too (ComfyUI would schedule, unvalidated, whatever they point to). 
  *  - kn_validation_free releases everything in *out (safe on a zeroed struct). */
@@ -65,6 +75,8 @@
 typedef struct kn_node_env kn_node_env; /* nodes/node.h */
 
 #define KN_VALIDATE_MAX_DEPTH 1000 /* Python's default recursion limit */
+#define KN_VALIDATE_MAX_DEPENDENTS 16 /* dependent_outputs listed per failed node */
+#define KN_VALIDATE_TEXT_MAX 65536     /* bytes of a STRING input (prompt text) */
 
 typedef struct kn_validation {
     json_t *error;       /* NULL when the prompt is accepted */

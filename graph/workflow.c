@@ -813,13 +813,14 @@ int kn_workflow_load_memory(const void *data, size_t size, const kn_folder_liste
     *prompt = NULL;
     if (error) *error = NULL;
     json_error_t jerr;
-    json_t *doc = json_loadb(data, size, 0, &jerr);
+    json_t *doc = kn_json_loadb(data, size, &jerr);
     if (!doc) {
-        char details[256];
-        snprintf(details, sizeof details, "line %d, column %d", jerr.line, jerr.column);
+        char details[400];
+        kn_json_error_text(&jerr, details, sizeof details);
         set_error(error, kn_prompt_error_body("invalid_prompt", "Invalid JSON", details,
-                                              json_pack("{s:s}", "exception_message", jerr.text)));
-        return kn_fail(err, KN_ERR_FORMAT, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+                                              json_pack("{s:s, s:i, s:i, s:i}", "exception_message", jerr.text, "line",
+                                                        jerr.line, "column", jerr.column, "position", jerr.position)));
+        return kn_fail(err, KN_ERR_FORMAT, "invalid JSON: %s", details);
     }
     int st = KN_OK;
     if (kn_workflow_detect(doc) == KN_WORKFLOW_UI) {

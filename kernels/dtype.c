@@ -164,3 +164,31 @@ void kn_from_f32(void *dst, kn_dtype t, const float *src, size_t n) {
     default: return; /* integer targets are not produced from f32 */
     }
 }
+
+/* Elements whose exponent bits (mask) are all ones are NaN or infinite; for
+ * e4m3fn only S.1111.111 is (NaN; it has no infinity). Each block is tested
+ * without branches (vectorised), then searched when it holds one. */
+#define NONFINITE_SCAN(T, MASK, WANT)                                                  \
+    do {                                                                               \
+        const T *x = (const T *)src;                                                   \
+        for (size_t b = 0; b < n; b += 4096) {                                         \
+            size_t e = n - b < 4096 ? n : b + 4096;                                    \
+            int any = 0;                                                               \
+            for (size_t i = b; i < e; i++) any |= (x[i] & (MASK)) == (WANT);           \
+            for (size_t i = b; any && i < e; i++)                                      \
+                if ((x[i] & (MASK)) == (WANT)) return (int64_t)i;                      \
+        }                                                                              \
+    } while (0)
+
+int64_t kn_first_nonfinite(const void *src, kn_dtype type, size_t n) {
+    switch (type) {
+    case KN_F32: NONFINITE_SCAN(uint32_t, 0x7f800000u, 0x7f800000u); break;
+    case KN_F64: NONFINITE_SCAN(uint64_t, 0x7ff0000000000000ull, 0x7ff0000000000000ull); break;
+    case KN_F16: NONFINITE_SCAN(uint16_t, 0x7c00u, 0x7c00u); break;
+    case KN_BF16: NONFINITE_SCAN(uint16_t, 0x7f80u, 0x7f80u); break;
+    case KN_F8_E4M3: NONFINITE_SCAN(uint8_t, 0x7fu, 0x7fu); break;
+    case KN_F8_E5M2: NONFINITE_SCAN(uint8_t, 0x7cu, 0x7cu); break;
+    default: break;
+    }
+    return -1;
+}

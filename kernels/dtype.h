@@ -48,5 +48,9 @@ uint8_t kn_f32_to_f8e5m2(float f);
 void kn_to_f32(float *dst, const void *src, kn_dtype src_type, size_t n, float scale);
 /* dst[i] = src[i] rounded to dst_type (float dtypes only). */
 void kn_from_f32(void *dst, kn_dtype dst_type, const float *src, size_t n);
+/* The index of the first NaN or infinity among n elements, -1 when all are
+ * finite (and for integer dtypes). Bit tests, blockwise, so a model's
+ * weights are checked at load for about the cost of reading them. */
+int64_t kn_first_nonfinite(const void *src, kn_dtype type, size_t n);
 
 #endif

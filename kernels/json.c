@@ -209,7 +209,10 @@ static void put_json(strbuf *b, const json_t *v, int indent, int level, int asci
         sb_put(b, "]", 1);
         break;
     }
-    case JSON_STRING: put_json_string(b, json_string_value(v), json_string_length(v), ascii); break;
+    case JSON_STRING:
+        if (kn_json_u64_digits(v)) sb_str(b, kn_json_u64_digits(v));
+        else put_json_string(b, json_string_value(v), json_string_length(v), ascii);
+        break;
     case JSON_INTEGER: sb_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v)); break;
     case JSON_REAL:
         kn_py_float(json_real_value(v), num, sizeof num);
@@ -288,7 +291,8 @@ static void put_py(strbuf *b, const json_t *v, int repr) {
         sb_put(b, "]", 1);
         break;
     case JSON_STRING:
-        if (repr) put_py_string_repr(b, json_string_value(v), json_string_length(v));
+        if (kn_json_u64_digits(v)) sb_str(b, kn_json_u64_digits(v));
+        else if (repr) put_py_string_repr(b, json_string_value(v), json_string_length(v));
         else sb_put(b, json_string_value(v), json_string_length(v));
         break;
     case JSON_INTEGER: sb_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v)); break;
@@ -331,6 +335,10 @@ json_t *kn_json_js_copy(const json_t *v) {
         return js_number((double)i);
     }
     case JSON_REAL: return js_number(json_real_value(v));
+    case JSON_STRING: {
+        uint64_t u;
+        return kn_json_u64_value(v, &u) ? js_number((double)u) : json_deep_copy(v);
+    }
     case JSON_ARRAY: {
         json_t *a = json_array();
         for (size_t i = 0; a && i < json_array_size(v); i++) {

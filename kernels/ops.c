@@ -3,6 +3,7 @@
 #include "kernels/ops.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -18,6 +19,12 @@ int kn_ctx_init(kn_ctx *ctx, kn_device dev, kn_precision prec) {
     ctx->device = dev;
     ctx->precision = prec;
     return kn_arena_create(&ctx->scratch, dev, &ctx->err);
+}
+
+int kn_ctx_cancelled(const kn_ctx *ctx) { return ctx->cancel && atomic_load((const atomic_int *)ctx->cancel); }
+
+int kn_ctx_check_cancel(kn_ctx *ctx, const char *op) {
+    return kn_ctx_cancelled(ctx) ? kn_fail(&ctx->err, KN_ERR_CANCELLED, "%s: interrupted", op) : KN_OK;
 }
 
 void kn_ctx_free(kn_ctx *ctx) {
@@ -119,6 +126,7 @@ static int last_dim(const kn_tensor *t) { return t->ndim ? (int)t->ne[t->ndim - 
 
 int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias) {
     char a[96], b[96], c[96];
+    KN_TRY(kn_ctx_check_cancel(ctx, "linear"));
     KN_TRY(check_act(ctx, "linear", x, "input"));
     KN_TRY(check_act(ctx, "linear", y, "output"));
     KN_TRY(check_same_device(ctx, "linear", y, x));
@@ -257,6 +265,7 @@ int kn_mrope_tables(kn_ctx *ctx, kn_tensor *cos_t, kn_tensor *sin_t, const doubl
 int kn_attention_ex(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
                     const kn_attention_args *a) {
     char dq[96], dk[96], dv[96];
+    KN_TRY(kn_ctx_check_cancel(ctx, "attention"));
     if (!a) return kn_fail(&ctx->err, KN_ERR_INVALID, "attention: no arguments (kn_attention_args is NULL)");
     KN_TRY(check_rows(ctx, "attention", q, "query"));
     KN_TRY(check_rows(ctx, "attention", k, "key"));

@@ -13,6 +13,11 @@
  *    they are never converted as a whole: GEMM widens them panel by panel.
  *  - Outputs may alias inputs where noted ("in place allowed").
  *  - Errors go to ctx->err; every op returns KN_OK or an error code.
+ *  - Interrupts: when ctx->cancel (an atomic_int, owned by the caller; NULL:
+ *    none) is non-zero, kn_linear, kn_attention_ex, kn_conv2d and kn_conv3d
+ *    refuse to start with KN_ERR_CANCELLED (a convolution also stops between
+ *    its tiles), so a text encoder, DiT or VAE stops within about one op of
+ *    /interrupt, with no check in the models.
  */
 #ifndef KN_OPS_H
 #define KN_OPS_H
@@ -31,7 +36,13 @@ typedef struct kn_ctx {
     kn_arena *scratch; /* op temporaries; each op restores the mark it found */
     kn_err err;
     double flops;      /* 2 x the multiply-adds of the GEMMs and attentions run so far (benchmarks read it) */
+    const void *cancel; /* const atomic_int * (C11; this header is also CUDA C++'s), see Interrupts */
 } kn_ctx;
+
+/* KN_ERR_CANCELLED (ctx->err set, naming op) once ctx->cancel is set, else
+ * KN_OK; kn_ctx_cancelled only reads the flag (from any thread). */
+int kn_ctx_check_cancel(kn_ctx *ctx, const char *op);
+int kn_ctx_cancelled(const kn_ctx *ctx);
 
 int kn_ctx_init(kn_ctx *ctx, kn_device dev, kn_precision prec);
 void kn_ctx_free(kn_ctx *ctx);

@@ -104,8 +104,9 @@ int kn_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
     static const char op[] = "conv2d";
     kn_conv_params r;
     int64_t out[3];
-    if (cpu_only(ctx, op, y) || resolve_conv_params(ctx, op, p, &r) || check_act(ctx, op, "x", x, 4, y->device) ||
-        check_act(ctx, op, "y", y, 4, y->device) || check_weight(ctx, op, "weight", w, -1, y->device))
+    if (kn_ctx_check_cancel(ctx, op) || cpu_only(ctx, op, y) || resolve_conv_params(ctx, op, p, &r) ||
+        check_act(ctx, op, "x", x, 4, y->device) || check_act(ctx, op, "y", y, 4, y->device) ||
+        check_weight(ctx, op, "weight", w, -1, y->device))
         return ctx->err.code;
     if (w->ndim != 4) return expect_shape(ctx, op, "weight", w, 4, (int64_t[]){-1, x->ne[1], -1, -1});
     if (r.stride_t != 1 || r.pad_front)
@@ -127,8 +128,9 @@ int kn_conv3d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
     static const char op[] = "conv3d";
     kn_conv_params r;
     int64_t out[3];
-    if (cpu_only(ctx, op, y) || resolve_conv_params(ctx, op, p, &r) || check_act(ctx, op, "x", x, 5, y->device) ||
-        check_act(ctx, op, "y", y, 5, y->device) || check_weight(ctx, op, "weight", w, -1, y->device))
+    if (kn_ctx_check_cancel(ctx, op) || cpu_only(ctx, op, y) || resolve_conv_params(ctx, op, p, &r) ||
+        check_act(ctx, op, "x", x, 5, y->device) || check_act(ctx, op, "y", y, 5, y->device) ||
+        check_weight(ctx, op, "weight", w, -1, y->device))
         return ctx->err.code;
     if (w->ndim != 5) return expect_shape(ctx, op, "weight", w, 5, (int64_t[]){-1, x->ne[1], -1, -1, -1});
     if (conv_check(ctx, op, y, x, w, bias, &r, out) ||

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,6 +307,23 @@ void kn_st_close(kn_st_file *f) {
     free(f);
 }
 
+int kn_st_check_finite(const kn_st_file *f, kn_err *err) {
+    int first = f->count; /* the first tensor with a non-finite value, tensors scanned in parallel */
+#pragma omp parallel for schedule(dynamic) reduction(min : first)
+    for (int i = 0; i < f->count; i++)
+        if (kn_first_nonfinite(f->tensors[i].data, f->tensors[i].dtype, (size_t)kn_tensor_numel(&f->tensors[i])) >= 0)
+            first = i < first ? i : first;
+    if (first < f->count) {
+        const kn_tensor *t = &f->tensors[first];
+        int64_t bad = kn_first_nonfinite(t->data, t->dtype, (size_t)kn_tensor_numel(t));
+        float v;
+        kn_to_f32(&v, (const char *)t->data + (size_t)bad * kn_dtype_size(t->dtype), t->dtype, 1, 1.0f);
+        return kn_fail(err, KN_ERR_FORMAT, "%s: tensor '%s' holds %s at element %lld: weights must be finite", f->path,
+                       t->name, isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf", (long long)bad);
+    }
+    return KN_OK;
+}
+
 const char *kn_st_path(const kn_st_file *f) { return f->path; }
 int kn_st_count(const kn_st_file *f) { return f->count; }
 const kn_tensor *kn_st_at(const kn_st_file *f, int i) { return i >= 0 && i < f->count ? &f->tensors[i] : NULL; }
@@ -399,7 +417,10 @@ int kn_st_write_meta(const char *path, const kn_tensor *t, int n, const kn_st_me
     if (!js) return kn_fail(err, KN_ERR_NOMEM, "%s: cannot serialise header", path);
     size_t hlen = strlen(js);
     size_t padded = (hlen + 7) & ~(size_t)7; /* 8-byte aligned data, padded with spaces */
-    FILE *fp = fopen(path, "wb");
+    /* O_NOFOLLOW: a symlink planted under the name is not written through */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (fd >= 0 && !fp) close(fd);
     int rc = KN_OK;
     if (!fp) {
         rc = kn_fail(err, KN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));

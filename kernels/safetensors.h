@@ -42,6 +42,12 @@ void kn_st_close(kn_st_file *f);
  * is "<f's path> (<prefix>*)" (f's for ""). Close it with kn_st_close. */
 int kn_st_view(kn_st_file **out, kn_st_file *f, const char *prefix, kn_err *err);
 
+/* KN_ERR_FORMAT naming the file, the first tensor holding a NaN or an
+ * infinity, the value and its element; KN_OK when every float is finite.
+ * Reads every byte of the data: model loaders call it once per load, not
+ * the validation hooks, which read headers only. */
+int kn_st_check_finite(const kn_st_file *f, kn_err *err);
+
 const char *kn_st_path(const kn_st_file *f);
 int kn_st_count(const kn_st_file *f);
 const kn_tensor *kn_st_at(const kn_st_file *f, int i);   /* in file order */

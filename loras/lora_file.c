@@ -201,12 +201,27 @@ static const char *dest(const loader *ld, const place *at, char *buf, size_t len
     return buf;
 }
 
+/* A factor must be float and finite: a NaN would reach the sampler's image. */
 static int check_float(const loader *ld, int i) {
     const kn_tensor *t = ftensor(ld, i);
     if (!kn_dtype_is_float(t->dtype))
         return kn_fail(ld->err, KN_ERR_FORMAT, "%s: '%s' has dtype %s, LoRA factors must be float", path_of(ld),
                        t->name, kn_dtype_name(t->dtype));
+    int64_t bad = kn_first_nonfinite(t->data, t->dtype, (size_t)kn_tensor_numel(t));
+    if (bad >= 0) {
+        float v;
+        kn_to_f32(&v, (const char *)t->data + (size_t)bad * kn_dtype_size(t->dtype), t->dtype, 1, 1.0f);
+        return kn_fail(ld->err, KN_ERR_FORMAT, "%s: '%s' holds %s at element %lld, LoRA factors must be finite",
+                       path_of(ld), t->name, isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf", (long long)bad);
+    }
     return KN_OK;
+}
+
+/* A low-rank factor pair needs rank >= 1 (down [r, in] with r > 0). */
+static int check_rank(const loader *ld, int i, const kn_tensor *down) {
+    if (down->ne[0] > 0) return KN_OK;
+    return kn_fail(ld->err, KN_ERR_SHAPE, "%s: '%s' has rank 0 (%lld rows): nothing to apply", path_of(ld),
+                   ftensor(ld, i)->name, (long long)down->ne[0]);
 }
 
 /* Tensor i must be 2-D [r, c] (-1: any); errors name the file, the key and what it patches. */
@@ -301,6 +316,7 @@ static int adapter(loader *ld, const group *g, const place *at, int has_alpha, d
         int64_t rows = O, cols = I;
         KN_TRY(lora_shape(ld, g, at, &rows, &cols));
         KN_TRY(factor2(ld, ix[R_DOWN + q], -1, cols, at, &p->f[1]));
+        KN_TRY(check_rank(ld, ix[R_DOWN + q], p->f[1]));
         KN_TRY(factor2(ld, ix[R_UP + q], rows, p->f[1]->ne[0], at, &p->f[0]));
         p->kind = P_LORA;
         p->scale = has_alpha ? alpha / (double)p->f[1]->ne[0] : 1.0;
@@ -317,6 +333,7 @@ static int adapter(loader *ld, const group *g, const place *at, int has_alpha, d
         if (ix[R_T1] >= 0 || ix[R_T2] >= 0)
             return unsupported(ld, ix[R_T1] >= 0 ? ix[R_T1] : ix[R_T2], "LoHa Tucker (hada_t*)");
         KN_TRY(factor2(ld, ix[R_W1B], -1, I, at, &p->f[1]));
+        KN_TRY(check_rank(ld, ix[R_W1B], p->f[1]));
         KN_TRY(factor2(ld, ix[R_W1A], O, p->f[1]->ne[0], at, &p->f[0]));
         KN_TRY(factor2(ld, ix[R_W2B], -1, I, at, &p->f[3]));
         KN_TRY(factor2(ld, ix[R_W2A], O, p->f[3]->ne[0], at, &p->f[2]));

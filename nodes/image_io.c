@@ -25,12 +25,14 @@
 #include "nodes/image_io.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <stb/stb_image.h>
@@ -241,7 +243,10 @@ int kn_png_write(const char *path, const kn_tensor *image, int64_t index, const 
     size_t len;
     if (kn_png_encode(image, index, texts, ntexts, compress_level, &buf, &len, err))
         return kn_err_wrap(err, "%s: ", path);
-    FILE *f = fopen(path, "wb");
+    /* O_NOFOLLOW: never write through a symlink planted under the output name */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (fd >= 0 && !f) close(fd);
     int rc = KN_OK;
     if (!f) {
         rc = kn_fail(err, KN_ERR_IO, "%s: %s", path, strerror(errno));

@@ -10,7 +10,12 @@
  *    prompt) and one entry per extra_pnginfo key; UI output "latents".
  *  - LoadLatent: such a file from the input folder as F32 samples; a file
  *    without the marker is an old SD1 one, scaled by 1 / 0.18215 as ComfyUI
- *    scales it. */
+ *    scales it.
+ *  - The empty latents' validate hook refuses a size whose render would
+ *    need more than the memory budget (nodes/model_store.h), naming the
+ *    input that makes it so: batch_size when one image fits, else the
+ *    larger side. The estimate is per output pixel (KN_PEAK_BYTES_PER_PIXEL),
+ *    so 16384x16384 at batch 64 is refused before anything is allocated. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +41,30 @@ static int empty_latent(kn_node_call *c, int64_t channels) {
     l->downscale_ratio = 8;
     kn_out_object(c, 0, &l->base);
     return KN_OK;
+}
+
+/* What sampling and decoding one output pixel keeps live at the peak, at
+ * least, with the real models: the VAE decoder's full-resolution
+ * activations (96 to 128 channels of f32 in two or more buffers) and the
+ * DiT's per-token ones (3072 wide, ~10 buffers, per 16x16 pixels). The tiny
+ * set needs ~150 bytes (1536x1536: +300 MB over 512x512). */
+#define KN_PEAK_BYTES_PER_PIXEL 1024
+
+static int empty_latent_validate(kn_node_call *c) {
+    int64_t width, height, batch;
+    if (kn_in_int_opt(c, "width", 0, &width) || kn_in_int_opt(c, "height", 0, &height) ||
+        kn_in_int_opt(c, "batch_size", 0, &batch))
+        return c->err->code;
+    if (width <= 0 || height <= 0 || batch <= 0) return KN_OK; /* linked: not known before the run */
+    double one = (double)width * (double)height * KN_PEAK_BYTES_PER_PIXEL, need = one * (double)batch;
+    double budget = (double)kn_models_budget(c->env->models);
+    if (need <= budget) return KN_OK;
+    const char *input = one <= budget ? "batch_size" : width >= height ? "width" : "height";
+    return kn_node_fail(c, input, KN_ERR_INVALID,
+                        "%lldx%lld at batch %lld needs about %.1f GiB to sample and decode (%d bytes per pixel), above "
+                        "the memory budget of %.1f GiB (--memory-budget)",
+                        (long long)width, (long long)height, (long long)batch, need / 1073741824.0,
+                        KN_PEAK_BYTES_PER_PIXEL, budget / 1073741824.0);
 }
 
 static int empty_latent_image(kn_node_call *c) { return empty_latent(c, 4); }
@@ -119,4 +148,10 @@ const kn_node_def kn_nodes_latent[] = {
     {"SaveLatent", save_latent},
     {"LoadLatent", load_latent},
     {NULL, NULL},
+};
+
+const kn_node_hooks kn_hooks_latent[] = {
+    {"EmptyLatentImage", NULL, empty_latent_validate, NULL},
+    {"EmptySD3LatentImage", NULL, empty_latent_validate, NULL},
+    {0},
 };

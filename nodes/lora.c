@@ -101,7 +101,7 @@ static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_f
     } else {
         kn_object_release(&f->base);
     }
-    if (rc) return kn_node_fail(c, "lora_name", rc, "%s", e.msg);
+    if (rc) return kn_node_fail(c, "lora_name", rc, "%s", kn_models_relative(c->env->models, e.msg));
     *out = f;
     return KN_OK;
 }

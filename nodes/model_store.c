@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #ifndef KN_TOKENIZER_DIR
 #define KN_TOKENIZER_DIR "tokenizers"
@@ -25,6 +26,7 @@ typedef struct store_entry {
 
 struct kn_models {
     char *root, *input_dir;
+    uint64_t budget; /* bytes */
     store_entry *store;
     int n_store, cap_store;
 };
@@ -71,8 +73,17 @@ int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_e
         kn_models_free(m);
         return kn_fail(err, KN_ERR_NOMEM, "out of memory");
     }
+    kn_models_set_budget(m, 0);
     *out = m;
     return KN_OK;
+}
+
+uint64_t kn_models_budget(const kn_models *m) { return m->budget; }
+
+void kn_models_set_budget(kn_models *m, uint64_t bytes) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t physical = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)8 << 30;
+    m->budget = bytes ? bytes : physical / 100 * KN_MEMORY_BUDGET_PERCENT;
 }
 
 void kn_models_free(kn_models *m) {
@@ -90,6 +101,11 @@ void kn_models_unload(kn_models *m) {
 }
 
 const char *kn_models_root(const kn_models *m) { return m->root; }
+
+const char *kn_models_relative(const kn_models *m, const char *text) {
+    size_t n = strlen(m->root);
+    return strncmp(text, m->root, n) == 0 && text[n] == '/' ? text + n + 1 : text;
+}
 
 const char *kn_models_tokenizer_dir(const kn_models *m) {
     const char *env = getenv("KILN_TOKENIZERS");

@@ -27,6 +27,11 @@
  *    its own and releases the entry of an older stamp of the same kind and
  *    path (its users keep their references). kn_models_free releases all.
  *    Only the executor's worker uses the store.
+ *  - The memory budget (kn_models_budget) is what one node may plan to
+ *    allocate: nodes estimate their peak from their inputs at validation
+ *    and refuse above it, as a node error naming the input (nodes/latent.c).
+ *    Default: KN_MEMORY_BUDGET_PERCENT of physical memory; `--memory-budget`
+ *    of kiln run / serve sets it (kn_models_set_budget; 0: the default).
  *  - The tokenizer folder (one sub-folder per tokenizer, "qwen25/", ...) is not a ComfyUI model
  *    folder (ComfyUI ships it with its code); it is $KILN_TOKENIZERS or the
  *    build's copy. */
@@ -41,13 +46,20 @@
 #include "nodes/node.h"
 #include "nodes/registry.h"
 
+#define KN_MEMORY_BUDGET_PERCENT 75
+
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err);
+uint64_t kn_models_budget(const kn_models *m);
+void kn_models_set_budget(kn_models *m, uint64_t bytes);
 void kn_models_free(kn_models *m);
 /* Releases every loaded model (ComfyUI's /free unload_models); users that
  * still hold one keep it until they release it. Executor thread only. */
 void kn_models_unload(kn_models *m);
 
 const char *kn_models_root(const kn_models *m);
+/* text past "<root>/" when it starts with it (a message about a model file,
+ * for clients: the server's folders are not theirs to see), else text. */
+const char *kn_models_relative(const kn_models *m, const char *text);
 const char *kn_models_tokenizer_dir(const kn_models *m);
 
 int kn_models_list(kn_models *m, const char *folder, json_t *names, kn_err *err);

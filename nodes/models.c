@@ -42,6 +42,15 @@ static int open_file(kn_node_call *c, const char *input, const char *path, kn_st
     return KN_OK;
 }
 
+/* Weights about to be loaded hold no NaN or inf (read once per load; validation reads headers only).
+ * The message names the file below the models root: clients see it. */
+static int check_finite(kn_node_call *c, const char *input, const kn_st_file *f) {
+    kn_err e;
+    kn_err_clear(&e);
+    if (!kn_st_check_finite(f, &e)) return KN_OK;
+    return kn_node_fail(c, input, e.code, "%s", kn_models_relative(c->env->models, e.msg));
+}
+
 /* The part of `path` under `prefix` (NULL: the whole file) as a file of its own;
  * the view keeps the file open. */
 static int open_part(kn_node_call *c, const char *input, const char *path, const char *prefix, kn_st_file **out) {
@@ -105,6 +114,7 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dty
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
     w->dtype = dtype;
     int rc = open_file(c, input, path, &w->file);
+    if (!rc) rc = check_finite(c, input, w->file);
     if (!rc && kn_dit_load(&w->dit, w->file, c->err)) rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
     /* before any LoRA table exists over the weights, so LoRAs patch the stored copies */
     if (!rc && dtype != AS_STORED && kn_weight_table_convert(w->dit->weights, dtype, c->err))
@@ -339,6 +349,7 @@ static int load_clip(kn_node_call *c, const char *const *inputs, int n, const ch
     for (int i = 0; cl && !rc && i < n; i++) {
         rc = open_file(c, inputs[i], path[i], &cl->files[i]);
         cl->n_files += !rc;
+        if (!rc) rc = check_finite(c, inputs[i], cl->files[i]);
     }
     if (cl && rc) kn_object_release(&cl->base);
     else if (cl) rc = clip_finish(c, inputs[0], type, &key, cl, out);
@@ -382,6 +393,10 @@ static int load_vae(kn_node_call *c, const char *input, const char *path, const 
     if ((*out = (kn_vae_obj *)kn_models_get(c->env->models, &key))) return KN_OK;
     kn_st_file *f = NULL;
     if (open_part(c, input, path, prefix, &f)) return c->err->code;
+    if (check_finite(c, input, f)) {
+        kn_st_close(f);
+        return c->err->code;
+    }
     if (prefix && !kn_st_count(f)) {
         kn_st_close(f);
         return KN_OK;
@@ -454,6 +469,7 @@ static int load_ckpt_clip(kn_node_call *c, const char *path, const kn_ckpt_layou
     int rc = open_file(c, "ckpt_name", path, &f);
     if (!rc && !(cl = clip_new(c, "ckpt_name"))) rc = c->err->code;
     if (!rc) rc = te_views(c, f, layout, cl->files, &cl->n_files);
+    for (int i = 0; !rc && i < cl->n_files; i++) rc = check_finite(c, "ckpt_name", cl->files[i]);
     kn_st_close(f); /* the views keep it */
     if (cl && (rc || !cl->n_files)) kn_object_release(&cl->base);
     else if (cl) rc = clip_finish(c, "ckpt_name", layout->clip_type, &key, cl, out);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/json.h"
+
 /* ---- objects ----------------------------------------------------------------- */
 
 void kn_object_init(kn_object *obj, const char *type, void (*destroy)(kn_object *)) {
@@ -165,8 +167,11 @@ int kn_value_from_json(kn_value *v, kn_input_kind kind, const json_t *j, kn_err 
     switch (kind) {
     case KN_INPUT_INT:
         v->kind = KN_VALUE_INT;
+        uint64_t big;
         if (json_is_integer(j)) {
             v->i = json_integer_value(j);
+        } else if (kn_json_u64_value(j, &big)) {
+            v->i = (int64_t)big; /* seeds: the u64's bits */
         } else if (json_is_real(j) && json_real_value(j) >= 0 && json_real_value(j) < 18446744073709551616.0) {
             /* validation leaves integers above 2^63 (seeds) as reals */
             v->i = (int64_t)(uint64_t)json_real_value(j);
@@ -312,7 +317,7 @@ kn_node_exec_fn kn_node_exec_find(const char *class_type) {
 }
 
 const kn_node_hooks *kn_node_hooks_find(const char *class_type) {
-    static const kn_node_hooks *const tables[] = {kn_hooks_models, kn_hooks_image, kn_hooks_lora};
+    static const kn_node_hooks *const tables[] = {kn_hooks_models, kn_hooks_image, kn_hooks_lora, kn_hooks_latent};
     if (!class_type) return NULL;
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
         for (const kn_node_hooks *h = tables[t]; h->class_type; h++)

@@ -348,6 +348,6 @@ json_t *kn_node_object_info(const char *class_type, const kn_folder_lister *list
 
 extern const kn_node_def kn_nodes_models[], kn_nodes_conditioning[], kn_nodes_latent[], kn_nodes_sampling[],
     kn_nodes_vae[], kn_nodes_image[], kn_nodes_lora[], kn_nodes_stepcache[];
-extern const kn_node_hooks kn_hooks_models[], kn_hooks_image[], kn_hooks_lora[];
+extern const kn_node_hooks kn_hooks_models[], kn_hooks_image[], kn_hooks_lora[], kn_hooks_latent[];
 
 #endif

@@ -8,6 +8,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "kernels/confine.h"
 
 /* filename_prefix's %width%, %height% and %year% ... %second% (local time). */
 static void expand_prefix(const char *prefix, int64_t width, int64_t height, char *out, size_t cap) {
@@ -81,11 +84,15 @@ static int mkdirs(const char *path) {
 }
 
 /* ComfyUI's counter: 1 + the largest N of "<filename>_N..." in the folder. */
-static long next_counter(const char *dir, const char *filename) {
+static long next_counter(int dirfd, const char *filename) {
     long best = 0;
     size_t fl = strlen(filename);
-    DIR *d = opendir(dir);
-    if (!d) return 1;
+    int fd = dup(dirfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0) close(fd);
+        return 1;
+    }
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, filename, fl) != 0 || e->d_name[fl] != '_') continue;
@@ -104,8 +111,17 @@ int kn_save_path_get(kn_node_call *c, const char *base_dir, const char *prefix, 
     expand_prefix(prefix, width, height, expanded, sizeof expanded);
     if (split_prefix(c, expanded, out->subfolder, out->filename, sizeof out->subfolder)) return c->err->code;
     snprintf(out->folder, sizeof out->folder, "%s%s%s", base_dir, *out->subfolder ? "/" : "", out->subfolder);
-    if (mkdirs(out->folder) != 0)
-        return kn_node_fail(c, NULL, KN_ERR_IO, "cannot create the folder %s: %s", out->folder, strerror(errno));
-    out->counter = next_counter(out->folder, out->filename);
+    /* base_dir is configuration (made as needed); below it the subfolder goes through the server's
+     * resolver (kernels/confine.h), so a symlinked subfolder is refused as /view and /upload refuse it. */
+    if (mkdirs(base_dir) != 0)
+        return kn_node_fail(c, NULL, KN_ERR_IO, "cannot create the folder %s: %s", base_dir, strerror(errno));
+    kn_err e;
+    kn_err_clear(&e);
+    int dirfd;
+    if (kn_confine_open_dir(base_dir, out->subfolder, true, &dirfd, &e))
+        return kn_node_fail(c, "filename_prefix", e.code == KN_ERR_IO ? KN_ERR_IO : KN_ERR_INVALID,
+                            "Saving image outside the output folder is not allowed: %s", e.msg);
+    out->counter = next_counter(dirfd, out->filename);
+    close(dirfd);
     return KN_OK;
 }

@@ -8,7 +8,12 @@
  *    %second% the local time; then it is normalised as os.path.normpath
  *    would. An absolute prefix, or one whose ".." leaves base_dir, fails with
  *    ComfyUI's message on input 'filename_prefix'; no name ever leaves base_dir.
- *  - The folder base_dir/subfolder is created. `counter` is 1 + the largest N
+ *  - The folder base_dir/subfolder is created, its subfolder through
+ *    kernels/confine.h (the server's resolver for /view and /upload): a
+ *    subfolder that is or passes through a symlink is refused on
+ *    'filename_prefix', wherever the link points (ComfyUI's check is
+ *    textual and follows it); the files themselves are created without
+ *    following a symlink (kn_png_write, kn_st_write_meta). `counter` is 1 + the largest N
  *    of the files "<filename>_N..." already there, whatever their extension,
  *    so images and latents under one prefix share a count, as in ComfyUI.
  *  - Failures go through kn_node_fail (naming the node and the input). */

@@ -85,3 +85,15 @@ int kn_launch_end(kn_launch *l, int status) {
     l->world = NULL;
     return status;
 }
+
+int kn_parse_size(const char *text, uint64_t *bytes) {
+    char *end;
+    double v = strtod(text, &end);
+    static const char units[] = "KMGT";
+    const char *u = *end ? strchr(units, *end) : NULL;
+    double scale = u ? (double)((uint64_t)1 << (10 * (u - units + 1))) : 1.0;
+    if (u) end++;
+    if (end == text || *end || !(v > 0) || v * scale >= 18446744073709551616.0) return -1;
+    *bytes = (uint64_t)(v * scale);
+    return 0;
+}

@@ -39,4 +39,8 @@ int kn_launch_follow(kn_launch *l, kn_precision precision);
 /* Ends the launch (every rank); status: the command's exit status. */
 int kn_launch_end(kn_launch *l, int status);
 
+/* A --memory-budget value: bytes, or a number with K, M, G or T (powers of
+ * 1024; "16G", "1.5T"). 0 and *bytes set, or -1 for anything else. */
+int kn_parse_size(const char *text, uint64_t *bytes);
+
 #endif

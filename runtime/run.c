@@ -24,6 +24,7 @@ typedef struct run_opts {
     int n_sets;
     const char *seed;
     const char *precision; /* GEMM input precision: fp32 (default), bf16, fp16 */
+    const char *memory_budget; /* --memory-budget, NULL: the default */
     int json;
 } run_opts;
 
@@ -50,12 +51,19 @@ static const char help_text[] =
     "  --set NODE.INPUT=VALUE    set an input before the run (VALUE is JSON, else a string); repeatable\n"
     "  --seed N                  set every seed and noise_seed input\n"
     "  --precision fp32|bf16|fp16  input precision of the GEMMs (default fp32; weights stay as stored)\n"
+    "  --memory-budget SIZE      refuse nodes estimated to need more (bytes or K/M/G/T; default 75% of RAM)\n"
     "  --json                    one JSON line per event (ComfyUI's websocket message shapes) on stdout\n"
     "  --sp auto|ulysses|ring    under mpirun: how DiT attention is split across the ranks\n"
     "  --sp-ulysses U            under mpirun: the Ulysses degree\n"
     "  --sp-timeout S            under mpirun: seconds before a silent rank fails a render (default 120)\n"
     "  -h, --help                this help\n"
     "under mpirun -np N, every DiT forward is split across the N ranks\n";
+
+/* 0 .. 2^64 - 1, as ComfyUI's seed inputs take. */
+static int is_seed(const json_t *v) {
+    uint64_t big;
+    return (json_is_integer(v) && json_integer_value(v) >= 0) || kn_json_u64_value(v, &big);
+}
 
 /* A usage error: one plain line naming what was wrong, exit status 2. */
 static int usage_error(const char *fmt, const char *a) {
@@ -153,7 +161,8 @@ static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
             return kn_fail(err, KN_ERR_INVALID, "--set '%s': expected NODE.INPUT=VALUE", s);
         char *id = strndup(s, (size_t)(dot - s)), *name = strndup(dot + 1, (size_t)(eq - dot - 1));
         json_t *inputs = json_object_get(json_object_get(prompt, id ? id : ""), "inputs");
-        json_t *value = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+        json_error_t jerr;
+        json_t *value = kn_json_loadb(eq + 1, strlen(eq + 1), &jerr);
         if (!value) value = json_string(eq + 1);
         int rc = !id || !name || !value ? kn_fail(err, KN_ERR_NOMEM, "out of memory")
                  : !json_is_object(inputs) ? kn_fail(err, KN_ERR_NOT_FOUND, "--set '%s': no node '%s' in the prompt", s, id)
@@ -165,8 +174,9 @@ static int apply_edits(const run_opts *o, json_t *prompt, kn_err *err) {
         if (rc) return rc;
     }
     if (!o->seed) return KN_OK;
-    json_t *seed = json_loads(o->seed, JSON_DECODE_ANY, NULL);
-    if (!json_is_integer(seed) || json_integer_value(seed) < 0) {
+    json_error_t jerr;
+    json_t *seed = kn_json_loadb(o->seed, strlen(o->seed), &jerr);
+    if (!is_seed(seed)) {
         json_decref(seed);
         return kn_fail(err, KN_ERR_INVALID, "--seed '%s': expected a non-negative integer", o->seed);
     }
@@ -277,7 +287,7 @@ static char *launch_description(const run_opts *o, const char **files, int n) {
 }
 
 int kn_cmd_run(int argc, char **argv) {
-    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", 0};
+    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", NULL, 0};
     const char **files = calloc((size_t)argc + 1, sizeof *files);
     o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
     int n_files = 0;
@@ -307,6 +317,7 @@ int kn_cmd_run(int argc, char **argv) {
                            : strcmp(a, "--temp") == 0   ? &o.temp
                            : strcmp(a, "--seed") == 0   ? &o.seed
                            : strcmp(a, "--precision") == 0 ? &o.precision
+                           : strcmp(a, "--memory-budget") == 0 ? &o.memory_budget
                            : strcmp(a, "--set") == 0    ? &o.sets[o.n_sets]
                                                         : NULL;
         if (dst) {
@@ -324,9 +335,14 @@ int kn_cmd_run(int argc, char **argv) {
     kn_precision precision = KN_PREC_FP32;
     if (!bad && kn_precision_parse(o.precision, &precision) != KN_OK)
         bad = usage_error("--precision: '%s' is not one of fp32, bf16, fp16", o.precision) != 0;
+    uint64_t budget = 0;
+    if (!bad && o.memory_budget && kn_parse_size(o.memory_budget, &budget) != 0)
+        bad = usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)",
+                          o.memory_budget) != 0;
     if (!bad && o.seed) {
-        json_t *seed = json_loads(o.seed, JSON_DECODE_ANY, NULL);
-        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
+        json_error_t jerr;
+        json_t *seed = kn_json_loadb(o.seed, strlen(o.seed), &jerr);
+        if (!is_seed(seed))
             bad = usage_error("--seed: '%s' is not a non-negative integer", o.seed) != 0;
         json_decref(seed);
     }
@@ -368,6 +384,7 @@ int kn_cmd_run(int argc, char **argv) {
         status = 1;
     }
     if (!status) {
+        kn_models_set_budget(models, budget);
         interrupt_target = ex;
         signal(SIGINT, on_sigint);
         for (int i = 0; i < n_files; i++) status |= run_file(&o, models, ex, files[i]);

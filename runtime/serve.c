@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/error.h"
+#include "runtime/extra_paths.h"
 #include "runtime/launch.h"
 #include "web/preview.h"
 #include "web/server.h"
@@ -33,6 +34,7 @@ static const char help_text[] =
     "  --user-directory DIR     /userdata and /settings storage (default user)\n"
     "  --extra-model-paths-config FILE  an extra_model_paths.yaml naming one models root\n"
     "  --max-upload-size MB     cap on every request body (default 100)\n"
+    "  --memory-budget SIZE     refuse nodes estimated to need more (bytes or K/M/G/T; default 75% of RAM)\n"
     "  --front-end-root DIR     the browser UI's files (default the source tree's web/ui)\n"
     "  --preview-method M       latent previews: none (default), auto, latent2rgb, taesd (auto and taesd\n"
     "                           are latent2rgb: Kiln has no TAESD decoders)\n"
@@ -52,112 +54,10 @@ static int usage_error(const char *fmt, const char *a, const char *b) {
     return 2;
 }
 
-/* The model folder keys a ComfyUI extra_model_paths.yaml section may name,
- * each with the sub-folders of a Kiln models root it can stand for. */
-static const char *const yaml_folders[][3] = {
-    {"checkpoints", "checkpoints", NULL},  {"diffusion_models", "diffusion_models", "unet"},
-    {"unet", "unet", "diffusion_models"},  {"text_encoders", "text_encoders", "clip"},
-    {"clip", "clip", "text_encoders"},     {"vae", "vae", NULL},
-    {"loras", "loras", NULL},
-};
-
-/* Folder path `path` (relative to base) names sub-folder `sub` of a models
- * root: returns that root's length within path, or -1. */
-static int root_of(const char *path, const char *const *subs) {
-    size_t n = strlen(path);
-    while (n > 0 && path[n - 1] == '/') n--;
-    for (int k = 1; k < 3 && subs[k]; k++) {
-        size_t sl = strlen(subs[k]);
-        if (n >= sl && strncmp(path + n - sl, subs[k], sl) == 0 && (n == sl || path[n - sl - 1] == '/'))
-            return (int)(n - sl);
-    }
-    return -1;
-}
-
-/* The one models root an extra_model_paths.yaml describes. Supported subset
- * of ComfyUI's format: top-level sections ("name:") holding "key: value"
- * lines and "key: |" blocks of one path per line, "#" comments; base_path,
- * is_default and the model folder keys above. Kiln reads one models root, so
- * every folder path (joined to base_path) must be <root>/<folder> for one
- * common root; anything else is refused with a message rather than half
- * used. *root is malloc'd. */
-static int extra_paths_root(const char *file, char **root, kn_err *err) {
-    *root = NULL;
-    FILE *f = fopen(file, "r");
-    if (!f) return kn_fail(err, KN_ERR_IO, "cannot open '%s'", file);
-    char line[4096], base[4096] = "", found[4096] = "", key[128] = "";
-    int rc = KN_OK, lineno = 0, in_block = 0, have = 0;
-    while (!rc && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
-        size_t n = strcspn(line, "\r\n");
-        line[n] = '\0';
-        while (n > 0 && (line[n - 1] == ' ' || line[n - 1] == '\t')) line[--n] = '\0';
-        size_t indent = strspn(line, " \t");
-        char *t = line + indent;
-        if (!*t) continue;
-        const char *path = NULL;
-        if (indent == 0) { /* a new section */
-            if (t[strlen(t) - 1] != ':') rc = kn_fail(err, KN_ERR_FORMAT, "%s:%d: expected 'section:'", file, lineno);
-            base[0] = '\0';
-            in_block = 0;
-            continue;
-        }
-        if (in_block && indent > (size_t)in_block) {
-            path = t;
-        } else {
-            char *colon = strchr(t, ':');
-            if (!colon) {
-                rc = kn_fail(err, KN_ERR_FORMAT, "%s:%d: expected 'key: value'", file, lineno);
-                break;
-            }
-            *colon = '\0';
-            snprintf(key, sizeof key, "%s", t);
-            char *v = colon + 1 + strspn(colon + 1, " \t");
-            in_block = 0;
-            if (strcmp(v, "|") == 0) {
-                in_block = (int)indent;
-                continue;
-            }
-            if (strcmp(key, "base_path") == 0) snprintf(base, sizeof base, "%s", v);
-            else if (strcmp(key, "is_default") != 0) path = v;
-        }
-        if (!path) continue;
-        int k = -1;
-        for (int i = 0; i < (int)(sizeof yaml_folders / sizeof yaml_folders[0]); i++)
-            if (strcmp(yaml_folders[i][0], key) == 0) k = i;
-        if (k < 0) continue; /* folders Kiln has no nodes for (controlnet, upscale_models, ...) */
-        int rl = root_of(path, yaml_folders[k]);
-        char cand[8192];
-        if (rl < 0) {
-            rc = kn_fail(err, KN_ERR_UNSUPPORTED, "%s:%d: '%s: %s' is not <models root>/%s; kiln serve reads one models root",
-                         file, lineno, key, path, key);
-            break;
-        }
-        size_t bl = strlen(base);
-        snprintf(cand, sizeof cand, "%s%s%.*s", base, bl && base[bl - 1] != '/' && rl ? "/" : "", rl, path);
-        size_t cl = strlen(cand);
-        while (cl > 1 && cand[cl - 1] == '/') cand[--cl] = '\0';
-        if (!cl) snprintf(cand, sizeof cand, ".");
-        if (have && strcmp(cand, found) != 0) {
-            rc = kn_fail(err, KN_ERR_UNSUPPORTED, "%s:%d: a second models root '%s' (first '%s'); kiln serve reads one",
-                         file, lineno, cand, found);
-            break;
-        }
-        snprintf(found, sizeof found, "%s", cand);
-        have = 1;
-    }
-    fclose(f);
-    if (!rc && !have) rc = kn_fail(err, KN_ERR_NOT_FOUND, "%s names no model folder Kiln uses", file);
-    if (!rc && !(*root = strdup(found))) rc = kn_fail(err, KN_ERR_NOMEM, "out of memory");
-    return rc;
-}
-
 int kn_cmd_serve(int argc, char **argv) {
     kn_server_config cfg = {"127.0.0.1", 8188, NULL, "output", "input", "temp", KN_WEB_UI_DIR, KN_WORKFLOWS_DIR,
-                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none", NULL};
-    const char *yaml = NULL, *port = NULL, *upload = NULL;
+                            (size_t)100 << 20, KN_PREC_FP32, NULL, "user", NULL, "none", NULL, 0};
+    const char *yaml = NULL, *port = NULL, *upload = NULL, *budget = NULL;
     kn_launch launch;
     kn_launch_init(&launch);
     for (int i = 0; i < argc; i++) {
@@ -184,6 +84,7 @@ int kn_cmd_serve(int argc, char **argv) {
                            : strcmp(a, "--temp-directory") == 0           ? &cfg.temp_dir
                            : strcmp(a, "--extra-model-paths-config") == 0 ? &yaml
                            : strcmp(a, "--max-upload-size") == 0          ? &upload
+                           : strcmp(a, "--memory-budget") == 0            ? &budget
                            : strcmp(a, "--front-end-root") == 0           ? &cfg.ui_dir
                            : strcmp(a, "--user-directory") == 0           ? &cfg.user_dir
                            : strcmp(a, "--preview-method") == 0           ? &cfg.preview_method
@@ -205,13 +106,15 @@ int kn_cmd_serve(int argc, char **argv) {
             return usage_error("--max-upload-size: '%s' is not a size in MB (above 0, at most 1048576)%s", upload, "");
         cfg.max_body = (size_t)(mb * (1 << 20));
     }
+    if (budget && kn_parse_size(budget, &cfg.memory_budget) != 0)
+        return usage_error("--memory-budget: '%s' is not a size (bytes, or a number with K, M, G or T)%s", budget, "");
     kn_preview_method pm;
     if (kn_preview_method_parse(cfg.preview_method, &pm))
         return usage_error("--preview-method: '%s' is not one of none, auto, latent2rgb, taesd%s", cfg.preview_method, "");
     kn_err err;
     kn_err_clear(&err);
     char *yaml_root = NULL;
-    if (yaml && extra_paths_root(yaml, &yaml_root, &err)) {
+    if (yaml && kn_extra_paths_root_file(yaml, &yaml_root, &err)) {
         fprintf(stderr, "kiln serve: %s\n", err.msg);
         return 1;
     }

@@ -18,6 +18,8 @@
  *  - Status codes: KN_ERR_INVALID for names that fail the checks,
  *    KN_ERR_NOT_FOUND for anything absent or refused on disk, KN_ERR_IO for
  *    other system failures, KN_ERR_NOMEM. The HTTP layer maps them.
+ *  - The name checks and the folder walk are kernels/confine.h's, the
+ *    resolver the saving nodes use too.
  *  - Nothing here keeps state; safe from any thread. */
 #ifndef KN_WEB_FILES_H
 #define KN_WEB_FILES_H

@@ -150,7 +150,7 @@ int kn_http_read_json(const kn_http *h, json_t **out) {
     int st = kn_http_body(h, &body, &len);
     if (st) return kn_http_error(h, st, st == 413 ? "request body too large" : "could not read the request body");
     json_error_t jerr;
-    *out = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    *out = kn_json_loadb(body, len, &jerr);
     free(body);
     if (!*out) return kn_http_error(h, 400, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
     return 0;

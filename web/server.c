@@ -155,7 +155,7 @@ static int read_json(request *r, json_t **out) {
     if (st == 413) return send_text(r, 413, "413: request body too large");
     if (st) return send_bad_request(r, "could not read the request body");
     json_error_t jerr;
-    *out = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    *out = kn_json_loadb(body, len, &jerr);
     free(body);
     if (!*out) {
         char details[256];
@@ -682,6 +682,7 @@ int kn_server_start(kn_server **out, const kn_server_config *cfg, kn_err *err) {
         if (mkdir(dirs[i], 0755) != 0 && errno != EEXIST)
             rc = kn_fail(err, KN_ERR_IO, "cannot create folder '%s': %s", dirs[i], strerror(errno));
     if (!rc) rc = kn_models_new(&s->models, s->models_root, s->input_dir, err);
+    if (!rc) kn_models_set_budget(s->models, cfg->memory_budget);
     if (!rc) {
         kn_executor_config ec = {s->models, s->output_dir, s->temp_dir, s->input_dir, cfg->precision, cfg->ranks};
         rc = kn_executor_new(&s->ex, &ec, err);

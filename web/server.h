@@ -26,6 +26,7 @@
 #define KN_WEB_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kernels/error.h"
 #include "kernels/ops.h"
@@ -46,6 +47,7 @@ typedef struct kn_server_config {
     const char *cors_origin;   /* --enable-cors-header: NULL = off (the loopback origin guard applies) */
     const char *preview_method; /* --preview-method (web/preview.h); NULL = "none", as ComfyUI */
     const char *allow_hosts;   /* --allow-host: Host names accepted besides loopback and --listen (web/guard.h) */
+    uint64_t memory_budget;     /* --memory-budget in bytes (nodes/model_store.h); 0 = the default */
 } kn_server_config;
 
 typedef struct kn_server kn_server;

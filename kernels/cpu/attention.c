@@ -187,10 +187,11 @@ int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_t
         for (int64_t b = 0; b < g.B; b++)
             for (int64_t h = 0; h < g.Hq; h++)
                 for (int64_t qb = 0; qb < nqb; qb++)
-                    attend_block(&g, &w, b, h, qb * BQ, g.Lq - qb * BQ < BQ ? g.Lq - qb * BQ : BQ);
+                    if (!kn_ctx_cancelled(ctx)) /* a long attention stops within a query block */
+                        attend_block(&g, &w, b, h, qb * BQ, g.Lq - qb * BQ < BQ ? g.Lq - qb * BQ : BQ);
     }
     kn_arena_reset(ctx->scratch, mark);
-    return KN_OK;
+    return kn_ctx_check_cancel(ctx, "attention");
 }
 
 void kn_ref_attention(kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,

@@ -237,6 +237,7 @@ static int conv_run(kn_ctx *ctx, conv_job *j, const kn_tensor *w, const kn_tenso
         #pragma omp parallel for schedule(dynamic)
         for (int64_t task = 0; task < ntasks; task++) {
             kn_err task_err;
+            if (kn_ctx_cancelled(ctx)) continue; /* a big convolution stops within a tile */
             float *col = cols ? cols + (int64_t)thread_index() * g->k * j->tile : NULL;
             if (conv_task(j, task, col, &task_err) == KN_OK) continue;
             #pragma omp critical(kn_conv_error)
@@ -245,6 +246,7 @@ static int conv_run(kn_ctx *ctx, conv_job *j, const kn_tensor *w, const kn_tenso
                 ctx->err = task_err;
             }
         }
+        if (status == KN_OK) status = kn_ctx_check_cancel(ctx, "conv3d");
     }
     return status;
 }

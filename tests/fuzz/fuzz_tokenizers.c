@@ -5,7 +5,10 @@
  * Each input is used twice. As prompt text: both tokenizers must accept it exactly
  * when it is valid UTF-8, give ids inside their vocabularies framed by their special
  * tokens, and the prompt step must give CLIP-L chunks of 77 tokens and one T5 chunk
- * of at least 256 ending in </s> (or refuse only what ComfyUI refuses). As a
+ * of at least 256 ending in </s> (or refuse only what ComfyUI refuses). The weighting
+ * step alone (`(text:1.2)`, `((x))`, `\(`) may only drop bytes (parens, escapes,
+ * weights), fails only on nesting past KN_PROMPT_MAX_NESTING, and leaves text without
+ * parentheses or backslashes at weight 1. As a
  * precompiled charsmap blob: loading and normalizing may only fail as malformed
  * data, and what comes out is UTF-8. */
 #include <stdint.h>
@@ -73,6 +76,21 @@ static void as_text(const uint8_t *data, size_t size) {
     kn_prompt_chunks_free(&c);
 }
 
+static void as_weights(const uint8_t *data, size_t size) {
+    kn_prompt_segment *segs = NULL;
+    size_t n = 0, total = 0;
+    kn_err err;
+    int rc = kn_prompt_weights((const char *)data, size, &segs, &n, &err);
+    if (rc != KN_OK && rc != KN_ERR_INVALID) abort();
+    bool plain = !memchr(data, '(', size) && !memchr(data, ')', size) && !memchr(data, '\\', size);
+    for (size_t k = 0; rc == KN_OK && k < n; k++) {
+        total += segs[k].len;
+        if (plain && segs[k].weight != 1.0) abort();
+    }
+    if ((rc == KN_OK && total > size) || (rc != KN_OK && plain)) abort();
+    kn_prompt_segments_free(segs, n);
+}
+
 static void as_charsmap(const uint8_t *data, size_t size) {
     static const char sample[] = "a\r\nb \xef\xac\x81\xcc\x81 \xef\xbc\xa1\xcc\x81 "
                                  "caf\xc3\xa9\xe2\x80\x8b \xe2\x91\xa0";
@@ -93,6 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kn_err err;
     if (!clip && (kn_clip_bpe_load(&clip, DATA "/clip_l", &err) || kn_spm_load(&t5, DATA "/t5", &err))) abort();
     as_text(data, size);
+    as_weights(data, size);
     as_charsmap(data, size);
     return 0;
 }

@@ -3,7 +3,9 @@
  * The DiT fixture's linear weights are quantized to each dtype; a second file
  * holds the dequantized values in F32. Both run the fixture's case0 input and
  * must agree to float rounding. The BF16 compute precision is checked against
- * the F32 result with a bound that reflects bf16 activations. */
+ * the F32 result with a bound that reflects bf16 activations. kn_first_nonfinite
+ * (the load-time NaN/inf check) finds NaN and inf in every float dtype and
+ * passes each dtype's largest finite values. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,7 +117,33 @@ static int run_dit(const char *weights, kn_precision prec, kn_tensor *out) {
     return rc;
 }
 
+static void test_nonfinite(void) {
+    static const kn_dtype types[] = {KN_F32, KN_F16, KN_BF16, KN_F8_E4M3, KN_F8_E5M2};
+    enum { N = 10000, AT = 7777 };
+    float *f = malloc(N * sizeof *f);
+    unsigned char *buf = malloc(N * 4);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        kn_dtype t = types[k];
+        /* ramps up to past each dtype's largest finite value: fp8 saturates, wider types reach 1e30 */
+        for (int i = 0; i < N; i++) f[i] = (i % 2 ? -1.0f : 1.0f) * (t == KN_F32 ? 1e30f : 448.0f) * (float)i / N;
+        kn_from_f32(buf, t, f, N);
+        char what[128];
+        snprintf(what, sizeof what, "%s: finite values pass", kn_dtype_name(t));
+        check(kn_first_nonfinite(buf, t, N) == -1, what);
+        float specials[2] = {NAN, -INFINITY};
+        for (int s = 0; s < (t == KN_F8_E4M3 ? 1 : 2); s++) { /* e4m3fn has no infinity */
+            kn_from_f32(buf + (size_t)AT * kn_dtype_size(t), t, &specials[s], 1);
+            snprintf(what, sizeof what, "%s: %s found at element %d", kn_dtype_name(t), s ? "-inf" : "NaN", AT);
+            check(kn_first_nonfinite(buf, t, N) == AT, what);
+            kn_from_f32(buf + (size_t)AT * kn_dtype_size(t), t, &f[AT], 1);
+        }
+    }
+    free(f);
+    free(buf);
+}
+
 int main(void) {
+    test_nonfinite();
     const char *tmp = getenv("KN_TEST_TMP") ? getenv("KN_TEST_TMP") : "/tmp";
     kn_st_file *src = NULL;
     kn_err err;
