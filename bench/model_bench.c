@@ -7,6 +7,7 @@
  *   model_bench vision FILE [W H]                  Qwen2.5-VL's vision tower ("visual.*") on one W x H image
  *                                                  (default 1182 x 887: what TextEncodeQwenImageEdit makes
  *                                                  of a 4:3 picture, 5376 patches), preprocessing included
+ *   model_bench peak                               only the fp32 FMA peak (bench/compare_sdcpp.sh)
  *
  * Under mpirun the DiT forward runs split across the ranks (KN_BENCH_SP:
  * auto, ulysses or ring; bench/sp.sh) and rank 0 also prints the bytes each
@@ -281,11 +282,13 @@ static int usage(void) {
     fprintf(stderr, "usage: model_bench dit FILE [SIZE [TEXT_TOKENS]]\n"
                     "       model_bench text TYPE FILE [FILE2]\n"
                     "       model_bench vae FILE [SIZE]\n"
-                    "       model_bench vision FILE [W H]\n");
+                    "       model_bench vision FILE [W H]\n"
+                    "       model_bench peak\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "peak") == 0) return machine_peak() > 0 ? 0 : 1;
     if (argc < 3) return usage();
     const char *r = getenv("KN_BENCH_REPS");
     if (r && atoi(r) > 0 && atoi(r) <= 32) reps = atoi(r);
