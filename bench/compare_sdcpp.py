@@ -134,6 +134,8 @@ def run_sdcpp(args, fam, files, size, work):
     for i, n, v, unit in re.findall(r"(\d+)/(\d+) - ([0-9.]+)(s/it|it/s)", out):
         if int(n) == args.steps and int(i) >= 2:
             steps[int(i)] = float(v) if unit == "s/it" else 1.0 / float(v)
+    with open(os.path.join(work, "sdcpp.log"), "w") as f:  # the last run's log, to read what it did
+        f.write(out)
     te = re.findall(r"get_learned_condition completed, taking ([0-9.]+)s", out)
     vae = re.findall(r"decode_first_stage completed, taking ([0-9.]+)s", out)
     if not steps or not te or not vae:
@@ -169,7 +171,7 @@ def main():
                     print("  rep %d, %-5s %s: step %.2f s, text %.2f s, vae %.2f s, rss %.2f GiB, cpu %.0f%%, "
                           "load %s" % (rep + 1, side, fam["dit"][d], r["step"], r["te"], r["vae"], r["rss"],
                                        100 * r["cpu"], open("/proc/loadavg").read().split()[0]), flush=True)
-        report(args, fam, size, runs)
+            report(args, fam, size, runs)  # after every round, so a run cut short still leaves a table
 
 
 def report(args, fam, size, runs):
@@ -177,9 +179,9 @@ def report(args, fam, size, runs):
     tokens = (size // 16) ** 2 + fam["text_tokens"]
     flops = block_flops(args.family, tokens)
 
-    def stat(side, key, d=None, agg=None):
+    def stat(side, key, d=None):
         vals = [r[key] for dd in ([d] if d is not None else [0, 1]) for r in runs[(side, dd)]]
-        return (min(vals), statistics.median(vals)) if agg is None else agg(vals)
+        return min(vals), statistics.median(vals)
 
     def block(side):
         a, b = [r["step"] for r in runs[(side, 0)]], [r["step"] for r in runs[(side, 1)]]
@@ -191,7 +193,7 @@ def report(args, fam, size, runs):
             ("VAE decode (s)", stat("kiln", "vae"), stat("sdcpp", "vae")),
             ("peak RSS, %s (GiB)" % fam["dit"][1], stat("kiln", "rss", 1), stat("sdcpp", "rss", 1))]
     print("\n== %s at %dx%d: %d runs per side and depth, %d steps, cfg 1, %d threads; min / median" %
-          (args.family, size, size, args.reps, args.steps, args.threads))
+          (args.family, size, size, len(runs[("kiln", 0)]), args.steps, args.threads))
     print("| %-30s | %-15s | %-15s | %-13s |" % ("", "Kiln", "sd.cpp", "Kiln / sd.cpp"))
     print("|%s|%s|%s|%s|" % ("-" * 32, "-" * 17, "-" * 17, "-" * 15))
     for name, k, s in rows:
@@ -202,6 +204,8 @@ def report(args, fam, size, runs):
           ("DiT block, of fp32 peak", 100 * flops / kb[0] / args.peak / 1e9, 100 * flops / kb[1] / args.peak / 1e9,
            100 * flops / sb[0] / args.peak / 1e9, 100 * flops / sb[1] / args.peak / 1e9, ""))
     print("block: %.1f GFLOP (%d tokens), fp32 peak %.1f GFLOP/s" % (flops * 1e-9, tokens, args.peak))
+    print("CPU time over wall x %d threads, median of the runs: Kiln %.0f%%, sd.cpp %.0f%% (100%%: the cores were "
+          "theirs)" % (args.threads, 100 * stat("kiln", "cpu")[1], 100 * stat("sdcpp", "cpu")[1]))
     print("compute precision: Kiln %s GEMMs on bf16-stored weights; sd.cpp ggml-cpu on the bf16 weights as stored "
           "(activations rounded to bf16, fp32 accumulation)" % args.precision)
 
