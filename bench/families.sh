@@ -9,34 +9,12 @@
 # Env: KN_BENCH_DIR, KN_BENCH_REPS, KN_BENCH_PYTHON, KN_SHARED (as bench/run.sh).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="$root/build-bench"
-dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
-python=${KN_BENCH_PYTHON:-/usr/bin/python3}
-shared=${KN_SHARED:-$root/../shared}
+. "$root/bench/models.sh"
 size=${1:-1024}
 
 cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
 cmake --build "$build" --target model_bench -j2 >/dev/null
 bench="$build/bench/model_bench"
-mkdir -p "$dir"
-
-# make NAME MANIFEST BLOCKS [--dtype D]: $dir/NAME.safetensors, written once
-make() {
-    name=$1 manifest=$2 blocks=$3
-    shift 3
-    out="$dir/$name.safetensors"
-    if [ ! -f "$out" ]; then
-        echo "writing $out ..."
-        if [ "$blocks" = all ]; then
-            "$python" "$shared/bench/make_model.py" "$shared/bench/manifests/$manifest.json" "$out.tmp" --seed 1 "$@" >/dev/null
-        else
-            "$python" "$shared/bench/make_model.py" "$shared/bench/manifests/$manifest.json" "$out.tmp" \
-                --blocks "$blocks" --seed 1 --drop-unused "$@" >/dev/null
-        fi
-        mv "$out.tmp" "$out"
-    fi
-    echo "$out"
-}
 
 # step NAME MANIFEST BLOCKS1 BLOCKS2 (BLOCKS as make_model.py's --blocks)
 step() {
@@ -57,7 +35,7 @@ echo "== text encoders (full width, 2 layers)"
 "$bench" text flux "$(make clip_l_2l clip_l_text 2 | tail -1)" "$(make t5_xxl_2l t5_xxl_encoder 2 | tail -1)"
 
 echo "== Qwen2.5-VL vision tower (full width, all 32 blocks) on a ~1 Mpx edit image"
-vision=$(mkdir -p "$dir" && out="$dir/qwen25_vl_vision.safetensors" &&
+vision=$(out="$dir/qwen25_vl_vision.safetensors" &&
     if [ ! -f "$out" ]; then "$python" "$shared/bench/make_model.py" "$root/bench/manifests/qwen25_vl_7b_vision.json" \
         "$out.tmp" --seed 1 >/dev/null && mv "$out.tmp" "$out"; fi && echo "$out")
 "$bench" vision "$vision" 1182 887

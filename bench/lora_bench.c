@@ -4,7 +4,8 @@
  *
  * BASE defaults to $KN_BENCH_DIR/qi_dit_2.safetensors (KN_BENCH_DIR default
  * /tmp/kiln-bench): the full-width Qwen-Image DiT with 2 blocks, bf16,
- * written by shared/bench/make_model.py when absent. Measured, in one run:
+ * written by shared/bench/make_model.py when absent ($KN_SHARED, default the
+ * shared folder beside the checkout; $KN_BENCH_PYTHON). Measured, in one run:
  *  - load: kn_st_open (open + mmap + header), kn_dit_load (detect the family, bind every
  *    weight), and one checksum pass reading every byte of every tensor (what
  *    a first render pays to fault the weights in). The page cache is warm
@@ -232,14 +233,17 @@ int main(int argc, char **argv) {
     kn_err_clear(&err);
     if (getenv("KN_BENCH_REPS")) reps = atoi(getenv("KN_BENCH_REPS")) > 0 ? atoi(getenv("KN_BENCH_REPS")) : 1;
     const char *dir = getenv("KN_BENCH_DIR") ? getenv("KN_BENCH_DIR") : "/tmp/kiln-bench";
-    char path[4096], cmd[9000];
+    /* the shared folder beside the checkout, as bench/run.sh finds it */
+    const char *shared = getenv("KN_SHARED") ? getenv("KN_SHARED") : KN_SOURCE_DIR "/../shared";
+    const char *python = getenv("KN_BENCH_PYTHON") ? getenv("KN_BENCH_PYTHON") : "/usr/bin/python3";
+    char path[4096], cmd[16384];
     if (argc > 1) snprintf(path, sizeof path, "%s", argv[1]);
     else snprintf(path, sizeof path, "%s/qi_dit_2.safetensors", dir);
     if (!exists(path)) {
         snprintf(cmd, sizeof cmd,
-                 "mkdir -p '%s' && /usr/bin/python3 /work/shared/bench/make_model.py "
-                 "/work/shared/bench/manifests/qwen_image_dit.json '%s' --blocks 2 --dtype bf16 --seed 1",
-                 dir, path);
+                 "mkdir -p '%s' && '%s' '%s/bench/make_model.py' '%s/bench/manifests/qwen_image_dit.json' '%s' "
+                 "--blocks 2 --dtype bf16 --seed 1",
+                 dir, python, shared, shared, path);
         fprintf(stderr, "lora_bench: writing %s\n", path);
         if (system(cmd) != 0 || !exists(path)) {
             fprintf(stderr, "lora_bench: could not write %s\n", path);

@@ -7,6 +7,9 @@
  *   model_bench vision FILE [W H]                  Qwen2.5-VL's vision tower ("visual.*") on one W x H image
  *                                                  (default 1182 x 887: what TextEncodeQwenImageEdit makes
  *                                                  of a 4:3 picture, 5376 patches), preprocessing included
+ *   model_bench linear M N K                       one kn_linear: M rows x a bf16 [N, K] weight in FP32
+ *                                                  precision (the text encoders' skinny GEMMs)
+ *   model_bench peak                               only the fp32 FMA peak (bench/compare_sdcpp.sh)
  *
  * Under mpirun the DiT forward runs split across the ranks (KN_BENCH_SP:
  * auto, ulysses or ring; bench/sp.sh) and rank 0 also prints the bytes each
@@ -132,6 +135,47 @@ out:
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
     kn_dit_free(m);
     kn_st_close(f);
+    kn_ctx_free(&ctx);
+    return rc;
+}
+
+/* ---- one linear --------------------------------------------------------------------- */
+
+typedef struct linear_job {
+    kn_tensor x, w, y;
+} linear_job;
+
+static int run_linear(void *user, kn_ctx *ctx) {
+    linear_job *j = user;
+    return kn_linear(ctx, &j->y, &j->x, &j->w, NULL);
+}
+
+static int bench_linear(int64_t M, int64_t N, int64_t K, double peak, kn_err *err) {
+    kn_ctx ctx;
+    linear_job j = {0};
+    kn_tensor wf = {0};
+    uint64_t seed = 3;
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    if (!rc) rc = kn_tensor_new(&j.x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){M, K}, err);
+    if (!rc) rc = kn_tensor_new(&wf, KN_F32, KN_DEV_CPU, 2, (int64_t[]){N, K}, err);
+    if (!rc) rc = kn_tensor_new(&j.w, KN_BF16, KN_DEV_CPU, 2, (int64_t[]){N, K}, err);
+    if (!rc) rc = kn_tensor_new(&j.y, KN_F32, KN_DEV_CPU, 2, (int64_t[]){M, N}, err);
+    if (!rc) {
+        fill(&j.x, 1.0f, &seed);
+        fill(&wf, 0.05f, &seed);
+        kn_from_f32(j.w.data, KN_BF16, wf.data, (size_t)(N * K));
+        double med, best, flops;
+        if (timed(run_linear, &j, &ctx, &med, &best, &flops)) {
+            *err = ctx.err;
+            rc = err->code;
+        } else {
+            char what[96];
+            snprintf(what, sizeof what, "linear %lld x [%lld, %lld] bf16", (long long)M, (long long)N, (long long)K);
+            report(what, med, best, flops, peak);
+        }
+    }
+    kn_tensor *all[] = {&j.x, &wf, &j.w, &j.y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
     kn_ctx_free(&ctx);
     return rc;
 }
@@ -281,11 +325,14 @@ static int usage(void) {
     fprintf(stderr, "usage: model_bench dit FILE [SIZE [TEXT_TOKENS]]\n"
                     "       model_bench text TYPE FILE [FILE2]\n"
                     "       model_bench vae FILE [SIZE]\n"
-                    "       model_bench vision FILE [W H]\n");
+                    "       model_bench vision FILE [W H]\n"
+                    "       model_bench linear M N K\n"
+                    "       model_bench peak\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "peak") == 0) return machine_peak() > 0 ? 0 : 1;
     if (argc < 3) return usage();
     const char *r = getenv("KN_BENCH_REPS");
     if (r && atoi(r) > 0 && atoi(r) <= 32) reps = atoi(r);
@@ -309,6 +356,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "text") == 0 && argc >= 4) {
         const char *tok = getenv("KILN_TOKENIZERS") ? getenv("KILN_TOKENIZERS") : KN_TOKENIZER_DIR;
         rc = bench_text(argv[2], (const char *const *)argv + 3, argc > 4 ? 2 : 1, tok, machine_peak(), &err);
+    } else if (strcmp(argv[1], "linear") == 0 && argc == 5 && atoll(argv[2]) > 0 && atoll(argv[3]) > 0 &&
+               atoll(argv[4]) > 0) {
+        rc = bench_linear(atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), machine_peak(), &err);
     } else if (strcmp(argv[1], "vae") == 0) {
         rc = bench_vae(argv[2], argc > 3 ? atoi(argv[3]) : 1024, machine_peak(), &err);
     } else if (strcmp(argv[1], "vision") == 0) {

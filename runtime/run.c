@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "graph/executor.h"
 #include "kernels/json.h"
@@ -26,12 +27,82 @@ typedef struct run_opts {
     const char *precision; /* GEMM input precision: fp32 (default), bf16, fp16 */
     const char *memory_budget; /* --memory-budget, NULL: the default */
     int json;
+    int timings; /* --timings */
 } run_opts;
+
+/* --timings: wall seconds per executed node and per sampler step, taken from
+ * the executor's events (a node ends at its EXECUTED or at the next node's
+ * EXECUTING; a step ends at its PROGRESS, so step 1 includes the sampler's
+ * setup before its first model call). */
+typedef struct run_timings {
+    json_t *nodes;    /* [{node, class_type, seconds, steps: [s, ...]}] in execution order */
+    json_t *open;     /* the node running now, an element of nodes, or NULL */
+    double node_t0, step_t0, run_t0;
+} run_timings;
 
 typedef struct run_state {
     const run_opts *o;
     int bar_total; /* the progress bar on stderr is open */
+    run_timings t;
 } run_state;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void timing_close(run_timings *t, double now) {
+    if (t->open) json_object_set_new(t->open, "seconds", json_real(now - t->node_t0));
+    t->open = NULL;
+}
+
+static void timing_event(run_timings *t, const kn_exec_event *ev) {
+    double now = now_s();
+    if (ev->kind == KN_EVENT_EXECUTING) {
+        timing_close(t, now);
+        json_t *n = json_pack("{s:s, s:s, s:f, s:[]}", "node", ev->node_id, "class_type", ev->node_type, "seconds", 0.0,
+                              "steps");
+        if (n && json_array_append_new(t->nodes, n) == 0) t->open = n;
+        t->node_t0 = t->step_t0 = now;
+    } else if (ev->kind == KN_EVENT_PROGRESS && t->open) {
+        json_array_append_new(json_object_get(t->open, "steps"), json_real(now - t->step_t0));
+        t->step_t0 = now;
+    } else if (ev->kind == KN_EVENT_EXECUTED && t->open &&
+               strcmp(json_string_value(json_object_get(t->open, "node")), ev->node_id) == 0) {
+        timing_close(t, now);
+    }
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The table on stderr: node, class, seconds, share of the run; a sampler's
+ * steps as min / median / max. */
+static void print_timings(const run_timings *t, double total) {
+    fprintf(stderr, "timings (wall seconds, %.3f s in all):\n", total);
+    size_t i;
+    json_t *n;
+    json_array_foreach(t->nodes, i, n) {
+        double s = json_real_value(json_object_get(n, "seconds"));
+        fprintf(stderr, "  %-6s %-32s %9.3f s %5.1f%%", json_string_value(json_object_get(n, "node")),
+                json_string_value(json_object_get(n, "class_type")), s, total > 0 ? 100.0 * s / total : 0.0);
+        const json_t *steps = json_object_get(n, "steps");
+        size_t k = json_array_size(steps);
+        double *v = k ? malloc(k * sizeof *v) : NULL;
+        if (v) {
+            for (size_t j = 0; j < k; j++) v[j] = json_real_value(json_array_get(steps, j));
+            double first = v[0];
+            qsort(v, k, sizeof *v, cmp_double);
+            fprintf(stderr, "  %zu steps: min %.3f, median %.3f, max %.3f s (step 1 %.3f s, with setup)", k, v[0],
+                    k % 2 ? v[k / 2] : 0.5 * (v[k / 2 - 1] + v[k / 2]), v[k - 1], first);
+        }
+        free(v);
+        fputc('\n', stderr);
+    }
+}
 
 /* The executor SIGINT interrupts (one run at a time per process). */
 static kn_executor *volatile interrupt_target;
@@ -53,6 +124,8 @@ static const char help_text[] =
     "  --precision fp32|bf16|fp16  input precision of the GEMMs (default fp32; weights stay as stored)\n"
     "  --memory-budget SIZE      refuse nodes estimated to need more (bytes or K/M/G/T; default 75% of RAM)\n"
     "  --json                    one JSON line per event (ComfyUI's websocket message shapes) on stdout\n"
+    "  --timings                 wall seconds per node and per sampler step: a table on stderr after each\n"
+    "                            file, or with --json a \"timings\" event\n"
     "  --sp auto|ulysses|ring    under mpirun: how DiT attention is split across the ranks\n"
     "  --sp-ulysses U            under mpirun: the Ulysses degree\n"
     "  --sp-timeout S            under mpirun: seconds before a silent rank fails a render (default 120)\n"
@@ -108,6 +181,7 @@ static json_t *output_paths(const run_opts *o, const json_t *ui) {
 static void on_event(void *user, const kn_exec_event *ev) {
     run_state *st = user;
     const run_opts *o = st->o;
+    if (o->timings) timing_event(&st->t, ev);
     if (o->json) {
         switch (ev->kind) {
         case KN_EVENT_START:
@@ -238,15 +312,23 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
         }
         char id[40];
         kn_uuid4(id, 1);
-        run_state st = {o, 0};
+        run_state st = {o, 0, {o->timings ? json_array() : NULL, NULL, 0, 0, now_s()}};
         kn_executor_set_events(ex, on_event, &st);
-        if (kn_executor_run(ex, prompt, &v, extra, id, &res, &err)) {
+        int failed = kn_executor_run(ex, prompt, &v, extra, id, &res, &err);
+        timing_close(&st.t, now_s());
+        double total = now_s() - st.t.run_t0;
+        if (failed) {
             if (st.bar_total) fputc('\n', stderr);
             status = report_failure(path, res.error, &err);
         } else if (o->json) {
             print_event("execution_success", json_pack("{s:s, s:O, s:O, s:O}", "prompt_id", id, "outputs", res.outputs,
                                                        "executed", res.executed, "cached", res.cached));
         }
+        if (o->timings && o->json) /* after success or failure: where the time went either way */
+            print_event("timings", json_pack("{s:s, s:f, s:O}", "prompt_id", id, "seconds", total, "nodes", st.t.nodes));
+        else if (o->timings)
+            print_timings(&st.t, total);
+        json_decref(st.t.nodes);
     }
     kn_exec_result_free(&res);
     kn_validation_free(&v);
@@ -287,7 +369,7 @@ static char *launch_description(const run_opts *o, const char **files, int n) {
 }
 
 int kn_cmd_run(int argc, char **argv) {
-    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", NULL, 0};
+    run_opts o = {NULL, "output", "input", "temp", NULL, 0, NULL, "fp32", NULL, 0, 0};
     const char **files = calloc((size_t)argc + 1, sizeof *files);
     o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
     int n_files = 0;
@@ -326,6 +408,8 @@ int kn_cmd_run(int argc, char **argv) {
             if (dst == &o.sets[o.n_sets]) o.n_sets++;
         } else if (strcmp(a, "--json") == 0) {
             o.json = 1;
+        } else if (strcmp(a, "--timings") == 0) {
+            o.timings = 1;
         } else if (a[0] == '-' && a[1]) {
             bad = usage_error("unknown option '%s'", a) != 0;
         } else {

@@ -2,7 +2,7 @@
  *
  *   kiln run [--models DIR] [--output DIR] [--input DIR] [--temp DIR]
  *            [--set NODE.INPUT=VALUE]... [--seed N] [--precision fp32|bf16|fp16]
- *            [--json] FILE...
+ *            [--json] [--timings] FILE...
  *
  * Each file is converted (UI format), edited (--set: VALUE parsed as JSON,
  * else taken as a string; --seed: every constant seed/noise_seed input),
@@ -14,9 +14,12 @@
  * --json prints one JSON event per line on stdout (ComfyUI's websocket
  * message shapes: execution_start, execution_cached, executing, progress,
  * executed (+ "paths"), execution_success); otherwise a progress bar goes to
- * stderr and saved file paths to stdout. A failing file prints ComfyUI's
- * error JSON (the 400 body, or the execution_error message) on stdout; the
- * exit status is 1 when any file failed, 2 on usage errors. */
+ * stderr and saved file paths to stdout. --timings adds, after each file,
+ * the wall seconds of each executed node and of each sampler step: a
+ * "timings" event {prompt_id, seconds, nodes: [{node, class_type, seconds,
+ * steps: [...]}]} with --json, else a table on stderr. A failing file
+ * prints ComfyUI's error JSON (the 400 body, or the execution_error message)
+ * on stdout; the exit status is 1 when any file failed, 2 on usage errors. */
 #ifndef KN_RUNTIME_RUN_H
 #define KN_RUNTIME_RUN_H
 

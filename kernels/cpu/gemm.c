@@ -6,6 +6,9 @@
  * packing B is where weights of any dtype are widened (and fp8 scales
  * applied), so no widened copy of a weight is ever made.
  *  - FP32 precision: f32 activations x weights widened while packing.
+ *  - Linears of up to 320 rows (text encoders, DiT text streams) take a
+ *    skinny path that widens each weight block straight into L1; every row
+ *    gets the same bits either way.
  *  - BF16 precision: activations rounded to bf16; on CPUs with bf16 units
  *    the oneDNN matmul primitive multiplies bf16 x bf16 with f32
  *    accumulation; elsewhere the same products (bf16 x bf16 is exact in f32)
@@ -406,33 +409,53 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     return KN_OK;
 }
 
-#define FEW_ROWS 4 /* up to this many rows, a linear reads the weight once instead of packing it */
+#define FEW_ROWS 4 /* up to this many rows, micro_few computes a tile without padding rows */
+/* Up to this many rows (modulation and time embeddings; text encoders' and
+ * DiT text streams' 20-300 tokens), a linear reads the weight once straight
+ * into L1 instead of packing a 4 MB block of it: the packed-B round trip
+ * through L3 costs more than it saves when B meets this few rows. */
+#define SKINNY_ROWS 320
 
-/* Floats of the buffer linear_few_rows needs: x packed, one B panel per thread. */
-static size_t few_rows_floats(int64_t K) {
-    return (size_t)kn_gemm_packed_a_size(MR, K) + (size_t)gemm_threads() * (size_t)(KC * NR);
+/* Floats of the buffer linear_skinny needs: x packed whole, one B panel per thread. */
+static size_t skinny_floats(int64_t M, int64_t K) {
+    return (size_t)kn_gemm_packed_a_size(M, K) + (size_t)gemm_threads() * (size_t)(KC * NR);
 }
 
-/* y = x . w^T + bias for at most FEW_ROWS rows of x (modulation, time
- * embeddings): bound by reading the weight, so threads take whole NR-column
- * panels, each widened one KC block at a time into an L1-sized buffer and
- * met by the packed x at once. The products are the micro-kernel's, block
- * for block, as in gemm_run: a row's result does not depend on how many
- * rows came with it (sequence-parallel shards match one rank bit for bit). */
-static void linear_few_rows(const gemm_job *g, float *buf) {
-    float *apack = buf, *panels = buf + kn_gemm_packed_a_size(MR, g->K);
-    for (int64_t pc = 0; pc < g->K; pc += KC) kn_gemm_pack_a(apack + pc * MR, g->a + pc, g->lda, 0, g->M, min64(KC, g->K - pc));
-    int64_t npan = (g->N + NR - 1) / NR;
+#define SKINNY_GROUP 4 /* NR-column panels a thread takes at once: their C rows stay in L2 across K */
+
+/* y = x . w^T + bias for at most SKINNY_ROWS rows of x: threads take groups
+ * of SKINNY_GROUP NR-column panels of the weight; for each KC block of x (in
+ * L2), each panel's block is widened into an L1-sized buffer and met there by
+ * every row panel of x. The weight is read once, and neither x (for a long K)
+ * nor the packed weight goes round through L3. The products are the
+ * micro-kernel's, block for block, as in gemm_run: a row's result does not
+ * depend on how many rows came with it (sequence-parallel shards match one
+ * rank bit for bit). */
+static void linear_skinny(const gemm_job *g, float *buf) {
+    int64_t mp = (g->M + MR - 1) / MR * MR; /* x's rows padded to whole panels: one KC block of x is mp x KC */
+    float *apack = buf, *panels = buf + kn_gemm_packed_a_size(g->M, g->K);
+    for (int64_t pc = 0; pc < g->K; pc += KC)
+        kn_gemm_pack_a(apack + pc * mp, g->a + pc, g->lda, 0, g->M, min64(KC, g->K - pc));
+    int64_t npan = (g->N + NR - 1) / NR, ngroups = (npan + SKINNY_GROUP - 1) / SKINNY_GROUP;
 #pragma omp parallel for schedule(static) num_threads(gemm_threads())
-    for (int64_t q = 0; q < npan; q++) {
+    for (int64_t grp = 0; grp < ngroups; grp++) {
         float *bp = panels + (size_t)omp_get_thread_num() * (size_t)(KC * NR);
-        int64_t n0 = q * NR, nr = min64(NR, g->N - n0);
+        int64_t q1 = min64(npan, (grp + 1) * SKINNY_GROUP);
         for (int64_t pc = 0; pc < g->K; pc += KC) {
             int64_t kc = min64(KC, g->K - pc);
-            kn_gemm_pack_b(bp, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nr);
-            if (g->round_b) round_to_bf16(bp, bp, kc * NR);
-            micro_few(kc, apack + pc * MR, bp, g->c + n0, g->ldc, pc > 0, pc == 0 && g->bias ? g->bias + n0 : NULL,
-                      (int)g->M, (int)nr);
+            for (int64_t q = grp * SKINNY_GROUP; q < q1; q++) {
+                int64_t n0 = q * NR, nr = min64(NR, g->N - n0);
+                kn_gemm_pack_b(bp, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nr);
+                if (g->round_b) round_to_bf16(bp, bp, kc * NR);
+                const float *bias = pc == 0 && g->bias ? g->bias + n0 : NULL;
+                for (int64_t ir = 0; ir < g->M; ir += MR) {
+                    int mr = (int)min64(MR, g->M - ir);
+                    const float *a = apack + pc * mp + ir * kc;
+                    float *c = g->c + ir * g->ldc + n0;
+                    if (mr <= FEW_ROWS) micro_few(kc, a, bp, c, g->ldc, pc > 0, bias, mr, (int)nr);
+                    else kn_gemm_micro(kc, a, bp, c, g->ldc, pc > 0, NULL, bias, mr, (int)nr);
+                }
+            }
         }
     }
 }
@@ -582,9 +605,9 @@ int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
         }
         int round_b = emulate && !(w->dtype == KN_BF16 && w->scale == 1.0f);
         gemm_job g = {M, N, K, xd, K, w->data, w->dtype, w->scale, K, 1, round_b, 0.0f, bd, yd, N, NULL, NULL};
-        if (rc == KN_OK && M <= FEW_ROWS) {
-            float *buf = kn_arena_alloc(ctx->scratch, few_rows_floats(K) * 4, &ctx->err);
-            if (buf) linear_few_rows(&g, buf);
+        if (rc == KN_OK && M <= SKINNY_ROWS) {
+            float *buf = kn_arena_alloc(ctx->scratch, skinny_floats(M, K) * 4, &ctx->err);
+            if (buf) linear_skinny(&g, buf);
             else rc = ctx->err.code;
         } else if (rc == KN_OK) {
             float *buf = kn_arena_alloc(ctx->scratch, gemm_buffer_floats(M, N, K) * 4, &ctx->err);

@@ -143,9 +143,31 @@ if check(rc == 0, "LoadLatent workflow runs (exit %d) %s" % (rc, err.strip()[-30
     want = [f32(f32(v) * f32(1.0 / 0.18215)) for v in old_values]
     check(old["latent_tensor"].values == want, "old .latent scaled by 1 / 0.18215: %s" % old["latent_tensor"].values)
 
-# human mode: paths on stdout, progress bar on stderr
-rc, ev, err = run("--set", "60.filename_prefix=human/run", API, json_mode=False)
+# human mode: paths on stdout, progress bar on stderr; --timings adds a table there
+rc, ev, err = run("--timings", "--set", "60.filename_prefix=human/run", API, json_mode=False)
 check(rc == 0 and ev and ev[0]["data"].endswith("human/run_00001_.png") and "4/4" in err, "human output mode")
+rows = [line.split() for line in err.split("timings (wall seconds")[-1].splitlines()[1:]]
+check("timings (wall seconds" in err and [r[0] for r in rows] == EVERY_NODE and
+      any(r[1] == "KSampler" and "4 steps:" in " ".join(r) for r in rows), "--timings table on stderr: %s" % rows)
+
+# --timings with --json: a "timings" event per prompt after its execution_success, naming
+# the executed nodes in order with their seconds and the sampler's 4 step times; the
+# identical second prompt executes nothing, so it lists nothing
+rc, ev, err = run("--timings", "--output", os.path.join(WORK, "timed"), API, API)
+timed = of_type(ev, "timings")
+check(rc == 0 and len(timed) == 2 and ev[-1]["type"] == "timings", "one timings event per prompt, each after the run")
+if len(timed) == 2:
+    nodes = timed[0]["nodes"]
+    check([n["node"] for n in nodes] == EVERY_NODE and nodes[7]["class_type"] == "KSampler",
+          "timings name every executed node in order: %s" % [n["node"] for n in nodes])
+    secs = [n["seconds"] for n in nodes]
+    check(all(0 <= s < float("inf") for s in secs) and sum(secs) <= timed[0]["seconds"],
+          "node seconds are finite, >= 0, and add up to at most the run's %.3f s: %s" % (timed[0]["seconds"], secs))
+    steps = nodes[7]["steps"]
+    check(len(steps) == 4 and all(s > 0 for s in steps) and sum(steps) <= nodes[7]["seconds"],
+          "KSampler: 4 step times within its node time: %s" % steps)
+    check(all(n["steps"] == [] for i, n in enumerate(nodes) if i != 7), "only the sampler has steps")
+    check(timed[1]["nodes"] == [] and timed[1]["prompt_id"] != timed[0]["prompt_id"], "the cached prompt lists no nodes")
 
 
 def expect_validation_error(args, node, err_type, input_name, what):

@@ -151,35 +151,42 @@ static void run_case(kn_comm *world, const sp_case *c, kn_sp_mode mode, int ulys
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
 }
 
-/* A linear's row does not depend on how many rows come with it (few-row and
+/* A linear's row does not depend on how many rows come with it (skinny and
  * blocked paths, edge tiles, K blocks): what lets a Ulysses shard match one
- * rank bit for bit. */
+ * rank bit for bit. 330 rows take the blocked path, at most 320 the skinny
+ * one (kernels/cpu/gemm.c). */
 static void test_linear_rows(void) {
-    const int64_t K = 600, N = 70; /* K crosses a KC block, N ends in an edge panel */
+    const int64_t K = 600, N = 70, R = 330; /* K crosses a KC block, N ends in an edge panel */
     const kn_dtype types[] = {KN_F32, KN_BF16};
+    /* row ranges {first, count}: every range within the first 13 rows, then long ones */
+    int64_t ranges[13 * 14 / 2 + 3][2], nr = 0;
+    for (int64_t m0 = 0; m0 < 13; m0++)
+        for (int64_t m = 1; m0 + m <= 13; m++) ranges[nr][0] = m0, ranges[nr++][1] = m;
+    const int64_t longer[3][2] = {{0, 320}, {10, 320}, {7, 53}};
+    for (int i = 0; i < 3; i++) ranges[nr][0] = longer[i][0], ranges[nr++][1] = longer[i][1];
     for (size_t t = 0; t < 2; t++) {
         kn_tensor w, wf, b, x, y_all, y_part;
         kn_tensor_new(&wf, KN_F32, KN_DEV_CPU, 2, (int64_t[]){N, K}, &ctx.err);
         kn_tensor_new(&w, types[t], KN_DEV_CPU, 2, (int64_t[]){N, K}, &ctx.err);
         kn_tensor_new(&b, KN_F32, KN_DEV_CPU, 1, (int64_t[]){N}, &ctx.err);
-        kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, K}, &ctx.err);
-        kn_tensor_new(&y_all, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, N}, &ctx.err);
-        kn_tensor_new(&y_part, KN_F32, KN_DEV_CPU, 2, (int64_t[]){13, N}, &ctx.err);
+        kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){R, K}, &ctx.err);
+        kn_tensor_new(&y_all, KN_F32, KN_DEV_CPU, 2, (int64_t[]){R, N}, &ctx.err);
+        kn_tensor_new(&y_part, KN_F32, KN_DEV_CPU, 2, (int64_t[]){R, N}, &ctx.err);
         fill(&wf, 0.1f);
         fill(&b, 1.0f);
         fill(&x, 1.0f);
         kn_from_f32(w.data, types[t], wf.data, (size_t)(N * K));
         CHECK(kn_linear(&ctx, &y_all, &x, &w, &b) == KN_OK, "%s", ctx.err.msg);
-        for (int64_t m0 = 0; m0 < 13; m0++)
-            for (int64_t m = 1; m0 + m <= 13; m++) {
-                kn_tensor xs, ys;
-                kn_tensor_slice(&xs, &x, 0, m0, m, &ctx.err);
-                kn_tensor_slice(&ys, &y_part, 0, m0, m, &ctx.err);
-                int rc = kn_linear(&ctx, &ys, &xs, &w, &b);
-                CHECK(rc == KN_OK && memcmp(ys.data, (float *)y_all.data + m0 * N, (size_t)(m * N) * 4) == 0,
-                      "%s linear: rows %lld..%lld alone differ from the same rows among 13", kn_dtype_name(types[t]),
-                      (long long)m0, (long long)(m0 + m));
-            }
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t m0 = ranges[i][0], m = ranges[i][1];
+            kn_tensor xs, ys;
+            kn_tensor_slice(&xs, &x, 0, m0, m, &ctx.err);
+            kn_tensor_slice(&ys, &y_part, 0, m0, m, &ctx.err);
+            int rc = kn_linear(&ctx, &ys, &xs, &w, &b);
+            CHECK(rc == KN_OK && memcmp(ys.data, (float *)y_all.data + m0 * N, (size_t)(m * N) * 4) == 0,
+                  "%s linear: rows %lld..%lld alone differ from the same rows among %lld", kn_dtype_name(types[t]),
+                  (long long)m0, (long long)(m0 + m), (long long)R);
+        }
         kn_tensor *all[] = {&w, &wf, &b, &x, &y_all, &y_part};
         for (size_t i = 0; i < 6; i++) kn_tensor_free(all[i]);
     }
