@@ -31,7 +31,7 @@ static void check_prints(const json_t *v) {
     char *s = kn_json_dumps(v, 0);
     if (!s) return; /* out of memory */
     json_error_t e;
-    json_t *back = json_loads(s, 0, &e);
+    json_t *back = kn_json_loadb(s, strlen(s), &e); /* u64 values print as digits only it reads back */
     if (!back || !json_equal(back, v)) abort();
     json_decref(back);
     free(s);
