@@ -29,7 +29,8 @@ static const kn_folder_lister lister = {.list = list_folder};
 static void check_reply(json_t *v) {
     char *s = kn_json_dumps(kn_http_scrub_json(v), 0);
     if (!s) return; /* out of memory */
-    json_t *back = json_loads(s, 0, NULL);
+    json_error_t e;
+    json_t *back = kn_json_loadb(s, strlen(s), &e); /* u64 values print as digits only it reads back */
     if (!back || !json_equal(back, v)) abort();
     json_decref(back);
     free(s);
