@@ -4,12 +4,13 @@
 # headers the stored snapshot lacks). Prints the path of sd-cli on its last line.
 #   bench/sdcpp_peer.sh
 # Env: KN_PEERS (default: peers/ beside the checkout), KN_MIRRORS (the folder of
-# bare mirrors named owner+name/repo, default /work/.mirror), KN_SDCPP_CLI (an
+# bare mirrors named owner+name/repo, default .mirror beside the checkout, where the
+# fetch tool leaves them), KN_SDCPP_CLI (an
 # sd-cli already built: used as is).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 peers=${KN_PEERS:-$root/../peers}
-mirrors=${KN_MIRRORS:-/work/.mirror}
+mirrors=${KN_MIRRORS:-$root/../.mirror}
 sd_commit=97d2990807fe6d558e395f8764198d7c7e7b411c
 ggml_commit=8e800cef2948046cc47f9db6090491c6128ca42c
 
