@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/json.h"
+#include "tests/fuzz/fuzz_json.h"
 #include "graph/validate.h"
 #include "graph/workflow.h"
 
@@ -27,16 +28,6 @@ static int list_folder(void *user, const char *folder, json_t *names, kn_err *er
 
 static const kn_folder_lister lister = {.list = list_folder};
 
-static void check_prints(const json_t *v) {
-    char *s = kn_json_dumps(v, 0);
-    if (!s) return; /* out of memory */
-    json_error_t e;
-    json_t *back = kn_json_loadb(s, strlen(s), &e); /* u64 values print as digits only it reads back */
-    if (!back || !json_equal(back, v)) abort();
-    json_decref(back);
-    free(s);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kn_err err;
     kn_err_clear(&err);
@@ -44,19 +35,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int st = kn_workflow_load_memory(data, size, &lister, &prompt, &error, &err);
     if (st != KN_OK) {
         if (prompt || err.msg[0] == '\0' || (st != KN_ERR_NOMEM && !error)) abort();
-        check_prints(error);
+        kn_fuzz_check_prints(error);
         json_decref(error);
         return 0;
     }
     if (!prompt || error) abort();
-    check_prints(prompt);
+    kn_fuzz_check_prints(prompt);
     kn_validation v;
     st = kn_validate_prompt(prompt, NULL, &lister, NULL, &v, &err);
     if (st == KN_OK && (v.error || json_array_size(v.outputs) == 0 || json_array_size(v.order) == 0)) abort();
     if (st == KN_ERR_INVALID && (!v.error || err.msg[0] == '\0')) abort();
     if (st == KN_OK || st == KN_ERR_INVALID) {
         json_t *body = kn_validation_body(&v);
-        if (body) check_prints(body);
+        if (body) kn_fuzz_check_prints(body);
         json_decref(body);
         kn_validation_free(&v);
     }
