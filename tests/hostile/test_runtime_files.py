@@ -15,13 +15,10 @@ import subprocess
 import sys
 
 KILN, SRC, WORK, MODELS = sys.argv[1:5]
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from kiln_e2e import Checks  # noqa: E402
 
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    failures += not cond
+check = Checks()
 
 
 def run(prefix, name):
@@ -59,5 +56,4 @@ check(p.returncode == 0, "prefix real/y renders (rc %d): %s" % (p.returncode, p.
 check(os.path.exists(os.path.join(OUT, "real", "y_00002_.png")), "as real/y_00002_.png, past the planted name")
 check(not os.path.exists(planted), "the planted symlink's target was not created")
 
-print("test_runtime_files: %d failures" % failures)
-sys.exit(1 if failures else 0)
+check.exit()

@@ -17,13 +17,10 @@ import sys
 
 KILN, SRC, WORK, MODELS = sys.argv[1:5]
 BIG = 18446744073709551615
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from kiln_e2e import Checks  # noqa: E402
 
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    failures += not cond
+check = Checks()
 
 
 def run(args, name):
@@ -98,5 +95,4 @@ check(p.returncode == 1 and info.get("line") == 2 and info.get("column") == 14 a
      
       f"a syntax error names line, column and position: {info}")
 
-print(f"test_runtime_json: {failures} failures")
-sys.exit(1 if failures else 0)
+check.exit()

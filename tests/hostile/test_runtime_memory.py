@@ -19,13 +19,10 @@ import urllib.error
 import urllib.request
 
 KILN, SRC, WORK, MODELS = sys.argv[1:5]
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from kiln_e2e import Checks  # noqa: E402
 
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    failures += not cond
+check = Checks()
 
 
 def prompt(width, height, batch):
@@ -97,5 +94,4 @@ finally:
     srv.terminate()
     srv.wait(timeout=60)
 
-print("test_runtime_memory: %d failures" % failures)
-sys.exit(1 if failures else 0)
+check.exit()
