@@ -33,9 +33,12 @@ typedef struct run_opts {
 /* --timings: wall seconds per executed node and per sampler step, taken from
  * the executor's events (a node ends at its EXECUTED or at the next node's
  * EXECUTING; a step ends at its PROGRESS, so step 1 includes the sampler's
- * setup before its first model call). */
+ * setup before its first model call), and each node's peak resident memory:
+ * the kernel's high-water mark (VmHWM) is reset when the node starts
+ * (clear_refs 5) and read when it ends, so it is the process's peak while
+ * that node ran (mapped weights it touched included). */
 typedef struct run_timings {
-    json_t *nodes;    /* [{node, class_type, seconds, steps: [s, ...]}] in execution order */
+    json_t *nodes;    /* [{node, class_type, seconds, peak_rss_mib, steps: [s, ...]}] in execution order */
     json_t *open;     /* the node running now, an element of nodes, or NULL */
     double node_t0, step_t0, run_t0;
 } run_timings;
@@ -52,8 +55,32 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Resets the process's peak RSS to its current RSS (where the kernel does
+ * not allow it, peaks count from the process's start). */
+static void peak_rss_reset(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return;
+    fputs("5", f);
+    fclose(f);
+}
+
+/* The process's peak RSS in MiB (VmHWM), -1 where /proc does not say. */
+static double peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1.0;
+    char line[256];
+    long long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lld kB", &kib) == 1) break;
+    fclose(f);
+    return kib < 0 ? -1.0 : (double)kib / 1024.0;
+}
+
 static void timing_close(run_timings *t, double now) {
-    if (t->open) json_object_set_new(t->open, "seconds", json_real(now - t->node_t0));
+    if (t->open) {
+        json_object_set_new(t->open, "seconds", json_real(now - t->node_t0));
+        json_object_set_new(t->open, "peak_rss_mib", json_real(peak_rss_mib()));
+    }
     t->open = NULL;
 }
 
@@ -65,6 +92,7 @@ static void timing_event(run_timings *t, const kn_exec_event *ev) {
                               "steps");
         if (n && json_array_append_new(t->nodes, n) == 0) t->open = n;
         t->node_t0 = t->step_t0 = now;
+        peak_rss_reset();
     } else if (ev->kind == KN_EVENT_PROGRESS && t->open) {
         json_array_append_new(json_object_get(t->open, "steps"), json_real(now - t->step_t0));
         t->step_t0 = now;
@@ -79,16 +107,17 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* The table on stderr: node, class, seconds, share of the run; a sampler's
- * steps as min / median / max. */
+/* The table on stderr: node, class, seconds, share of the run, peak RSS; a
+ * sampler's steps as min / median / max. */
 static void print_timings(const run_timings *t, double total) {
-    fprintf(stderr, "timings (wall seconds, %.3f s in all):\n", total);
+    fprintf(stderr, "timings (wall seconds, %.3f s in all; peak resident memory while the node ran):\n", total);
     size_t i;
     json_t *n;
     json_array_foreach(t->nodes, i, n) {
         double s = json_real_value(json_object_get(n, "seconds"));
-        fprintf(stderr, "  %-6s %-32s %9.3f s %5.1f%%", json_string_value(json_object_get(n, "node")),
-                json_string_value(json_object_get(n, "class_type")), s, total > 0 ? 100.0 * s / total : 0.0);
+        fprintf(stderr, "  %-6s %-32s %9.3f s %5.1f%% %8.0f MiB", json_string_value(json_object_get(n, "node")),
+                json_string_value(json_object_get(n, "class_type")), s, total > 0 ? 100.0 * s / total : 0.0,
+                json_real_value(json_object_get(n, "peak_rss_mib")));
         const json_t *steps = json_object_get(n, "steps");
         size_t k = json_array_size(steps);
         double *v = k ? malloc(k * sizeof *v) : NULL;

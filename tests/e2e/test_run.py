@@ -17,6 +17,7 @@ and input, with exit status 1 and no crash.
 """
 import json
 import os
+import resource
 import shutil
 import struct
 import sys
@@ -167,6 +168,11 @@ if len(timed) == 2:
     check(len(steps) == 4 and all(s > 0 for s in steps) and sum(steps) <= nodes[7]["seconds"],
           "KSampler: 4 step times within its node time: %s" % steps)
     check(all(n["steps"] == [] for i, n in enumerate(nodes) if i != 7), "only the sampler has steps")
+    # each node's peak RSS: positive, and none above the largest any child process reached
+    peaks = [n["peak_rss_mib"] for n in nodes]
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    check(all(0 < p <= child_peak + 1 for p in peaks),
+          "node peak RSS within (0, %.1f] MiB: %s" % (child_peak, peaks))
     check(timed[1]["nodes"] == [] and timed[1]["prompt_id"] != timed[0]["prompt_id"], "the cached prompt lists no nodes")
 
 
