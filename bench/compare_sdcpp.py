@@ -119,9 +119,13 @@ def run_kiln(args, fam, files, size, work):
     out, r = timed_run([args.kiln, "run", "--json", "--timings", "--models", models, "--output",
                         os.path.join(work, "out"), "--precision", args.precision] + prompts, work, args.threads)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    nodes = {n["class_type"]: n for n in [e for e in events if e["type"] == "timings"][-1]["data"]["nodes"]}
-    return dict(r, step=statistics.median(nodes["KSampler"]["steps"][1:]), te=nodes["CLIPTextEncode"]["seconds"],
-                vae=nodes["VAEDecode"]["seconds"])
+    timings = [e["data"] for e in events if e["type"] == "timings"]
+    nodes = {n["class_type"]: n for n in timings[-1]["nodes"]}
+    # --timings resets the kernel's high-water mark at each node, so time's %M is only the peak
+    # since the last node began: the events carry the peaks of every node
+    rss = max([r["rss"]] + [t["peak_rss_mib"] / 1024 for t in timings])
+    return dict(r, rss=rss, step=statistics.median(nodes["KSampler"]["steps"][1:]),
+                te=nodes["CLIPTextEncode"]["seconds"], vae=nodes["VAEDecode"]["seconds"])
 
 
 def run_sdcpp(args, fam, files, size, work):

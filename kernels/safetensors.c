@@ -307,12 +307,34 @@ void kn_st_close(kn_st_file *f) {
     free(f);
 }
 
+/* Whether f's tensors live in a file mapping of its own (not a buffer given
+ * to kn_st_open_memory, nor an aligned heap copy). */
+static int tensors_mapped(const kn_st_file *f) {
+    while (f->parent) f = f->parent;
+    return f->owns_map && !f->aligned_copy;
+}
+
+/* Drops the whole pages inside t's bytes (a neighbour's pages are not t's). */
+static void drop_tensor_pages(const kn_tensor *t) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)t->data + page - 1) & ~(page - 1), e = ((uintptr_t)t->data + kn_tensor_nbytes(t)) & ~(page - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+void kn_st_drop_pages(const kn_st_file *f) {
+    if (!tensors_mapped(f)) return;
+    for (int i = 0; i < f->count; i++) drop_tensor_pages(&f->tensors[i]);
+}
+
 int kn_st_check_finite(const kn_st_file *f, kn_err *err) {
     int first = f->count; /* the first tensor with a non-finite value, tensors scanned in parallel */
+    const int drop = tensors_mapped(f); /* each tensor's pages as soon as it is scanned: RSS stays low */
 #pragma omp parallel for schedule(dynamic) reduction(min : first)
-    for (int i = 0; i < f->count; i++)
+    for (int i = 0; i < f->count; i++) {
         if (kn_first_nonfinite(f->tensors[i].data, f->tensors[i].dtype, (size_t)kn_tensor_numel(&f->tensors[i])) >= 0)
             first = i < first ? i : first;
+        if (drop) drop_tensor_pages(&f->tensors[i]);
+    }
     if (first < f->count) {
         const kn_tensor *t = &f->tensors[first];
         int64_t bad = kn_first_nonfinite(t->data, t->dtype, (size_t)kn_tensor_numel(t));

@@ -45,8 +45,17 @@ int kn_st_view(kn_st_file **out, kn_st_file *f, const char *prefix, kn_err *err)
 /* KN_ERR_FORMAT naming the file, the first tensor holding a NaN or an
  * infinity, the value and its element; KN_OK when every float is finite.
  * Reads every byte of the data: model loaders call it once per load, not
- * the validation hooks, which read headers only. */
+ * the validation hooks, which read headers only. The pages it read are
+ * dropped again (kn_st_drop_pages), so a load does not leave the whole file
+ * resident: a weight comes back when a forward first reads it, and one that
+ * is never read (most of a vocabulary's embedding rows) stays out. */
 int kn_st_check_finite(const kn_st_file *f, kn_err *err);
+
+/* Drops the pages of f's tensors from the process's resident memory
+ * (madvise MADV_DONTNEED on the read-only private mapping): they stay in the
+ * kernel's page cache and fault back in on the next read, so every tensor
+ * stays valid. A no-op for files opened from memory or copied for alignment. */
+void kn_st_drop_pages(const kn_st_file *f);
 
 const char *kn_st_path(const kn_st_file *f);
 int kn_st_count(const kn_st_file *f);

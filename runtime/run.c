@@ -102,6 +102,20 @@ static void timing_event(run_timings *t, const kn_exec_event *ev) {
     }
 }
 
+/* The largest of the nodes' peaks: the run's peak resident memory (the
+ * kernel's own high-water mark, which outside tools read, was reset at each
+ * node). */
+static double run_peak_rss(const run_timings *t) {
+    double peak = -1.0;
+    size_t i;
+    json_t *n;
+    json_array_foreach(t->nodes, i, n) {
+        double p = json_real_value(json_object_get(n, "peak_rss_mib"));
+        peak = p > peak ? p : peak;
+    }
+    return peak;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -110,7 +124,8 @@ static int cmp_double(const void *a, const void *b) {
 /* The table on stderr: node, class, seconds, share of the run, peak RSS; a
  * sampler's steps as min / median / max. */
 static void print_timings(const run_timings *t, double total) {
-    fprintf(stderr, "timings (wall seconds, %.3f s in all; peak resident memory while the node ran):\n", total);
+    fprintf(stderr, "timings (wall seconds, %.3f s in all; peak resident memory while the node ran, %.0f MiB in all):\n",
+            total, run_peak_rss(t));
     size_t i;
     json_t *n;
     json_array_foreach(t->nodes, i, n) {
@@ -354,7 +369,8 @@ static int run_file(const run_opts *o, kn_models *models, kn_executor *ex, const
                                                        "executed", res.executed, "cached", res.cached));
         }
         if (o->timings && o->json) /* after success or failure: where the time went either way */
-            print_event("timings", json_pack("{s:s, s:f, s:O}", "prompt_id", id, "seconds", total, "nodes", st.t.nodes));
+            print_event("timings", json_pack("{s:s, s:f, s:f, s:O}", "prompt_id", id, "seconds", total, "peak_rss_mib",
+                                             run_peak_rss(&st.t), "nodes", st.t.nodes));
         else if (o->timings)
             print_timings(&st.t, total);
         json_decref(st.t.nodes);
