@@ -179,12 +179,12 @@ void kn_gemm_pack_a(float *dst, const float *a, int64_t lda, int trans, int64_t 
     }
 }
 
-/* dst[j][i] = src[i][j] for a VL x VL block (row strides lds, ldd): the
- * in-register transposes of 16x16 (AVX-512) and 8x8 (AVX2) floats. */
-static inline void transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd) {
+/* dst[j][i] = r[i][j] for a VL x VL block held in registers (dst rows ldd
+ * apart): the in-register transposes of 16x16 (AVX-512) and 8x8 (AVX2) floats. */
+#if VL > 1
+static inline void transpose_store(vec r[VL], float *dst, int64_t ldd) {
 #if VL == 16
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    __m512 t[16];
     for (int i = 0; i < 16; i += 2) { /* interleave row pairs */
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -207,9 +207,8 @@ static inline void transpose_block(const float *src, int64_t lds, float *dst, in
         t[12 + c] = _mm512_shuffle_f32x4(a1, b1, 0xdd); /* column 12 + c */
     }
     for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ldd, t[i]);
-#elif VL == 8
-    __m256 r[8], t[8];
-    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+#else
+    __m256 t[8];
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -224,9 +223,27 @@ static inline void transpose_block(const float *src, int64_t lds, float *dst, in
         _mm256_storeu_ps(dst + c * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x20));
         _mm256_storeu_ps(dst + (4 + c) * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x31));
     }
+#endif
+}
+
+/* VL bf16 values widened to floats (bf16 is the top half of an f32). */
+static inline vec load_bf16(const uint16_t *p) {
+#if VL == 16
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16));
 #else
-    for (int i = 0; i < VL; i++)
-        for (int j = 0; j < VL; j++) dst[j * ldd + i] = src[i * lds + j];
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)p)), 16));
+#endif
+}
+#endif
+
+/* dst[j][i] = src[i][j] for a VL x VL block of floats (row strides lds, ldd). */
+static inline void transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd) {
+#if VL > 1
+    vec r[VL];
+    for (int i = 0; i < VL; i++) r[i] = VLOAD(src + i * lds);
+    transpose_store(r, dst, ldd);
+#else
+    dst[0] = src[0];
 #endif
 }
 
@@ -263,6 +280,22 @@ void kn_gemm_pack_b(float *dst, const void *b, kn_dtype dtype, float scale, int6
     float tile[NR][TB];
     for (int64_t p = 0; p < cols; p += NR, dst += NR * kc) {
         int64_t nc = cols - p < NR ? cols - p : NR;
+#if VL > 1
+        if (dtype == KN_BF16 && scale == 1.0f && nc == NR && kc % VL == 0) {
+            /* bf16 weights (the usual case): widened in registers on their way
+             * through the transpose, no tile between */
+            const uint16_t *w = (const uint16_t *)src + (size_t)p * (size_t)ldb;
+            for (int64_t j = NR; j < 2 * NR && p + j < cols; j++) /* the next panel's rows */
+                prefetch_span(w + (size_t)j * (size_t)ldb, (size_t)kc * 2);
+            for (int64_t k = 0; k < kc; k += VL)
+                for (int j = 0; j < NR; j += VL) {
+                    vec r[VL];
+                    for (int i = 0; i < VL; i++) r[i] = load_bf16(w + (size_t)(j + i) * (size_t)ldb + (size_t)k);
+                    transpose_store(r, dst + k * NR + j, NR);
+                }
+            continue;
+        }
+#endif
         for (int64_t k0 = 0; k0 < kc; k0 += TB) {
             int64_t n = kc - k0 < TB ? kc - k0 : TB;
             for (int64_t j = 0; j < nc; j++) {

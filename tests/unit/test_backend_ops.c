@@ -107,6 +107,11 @@ static void test_linear_all(void) {
         test_linear(3, x2, 67, wts[i].dt, wts[i].scale, bias_dt, KN_PREC_BF16);
         test_linear(2, x3, 48, wts[i].dt, wts[i].scale, KN_DTYPE_COUNT, KN_PREC_FP16);
     }
+    /* bf16 weights widened inside the transpose (whole panels, depths of 8): the
+     * blocked GEMM (over 320 rows) across two depth blocks, and the skinny path */
+    const int64_t x4[] = {400, 264}, x5[] = {20, 264};
+    test_linear(2, x4, 40, KN_BF16, 1.0f, KN_BF16, KN_PREC_FP32);
+    test_linear(2, x5, 40, KN_BF16, 1.0f, KN_DTYPE_COUNT, KN_PREC_FP32);
     /* several weight panels on both backends (16 MiB on the CPU, 32 MiB on CUDA) */
     const int64_t xbig[] = {3, 4096};
     test_linear(2, xbig, 2100, KN_F8_E4M3, 0.5f, KN_F8_E4M3, KN_PREC_FP32);
