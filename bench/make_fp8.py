@@ -174,8 +174,8 @@ def main():
     scales = {}  # weight name -> scale, computed in a first pass over its stream
     for n, _, s, src, kind in items:
         if kind == "scaled":
-            amax = max(float(np.max(np.abs(c))) for c in draw(src, s, a.seed))
-            scales[n] = np.float32(amax / E4M3_MAX if amax > 0 else 1.0)
+            amax = max(np.max(np.abs(c)) for c in draw(src, s, a.seed))
+            scales[n] = amax / np.float32(E4M3_MAX) if amax > 0 else np.float32(1.0)
     nparams = 0
     with open(a.out, "wb") as f:
         f.write(struct.pack("<Q", len(hb)))
