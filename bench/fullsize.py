@@ -82,16 +82,19 @@ def run(a, work):
            "--output", os.path.join(work, "out"), path]
     with open(events_path, "w") as out, open(os.path.join(work, "stderr"), "w") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err)
-    peaks, order, node, avail, t0 = {}, [], "(start)", mem_available_kb(), time.time()
+    peaks, order, node, avail, t0, part = {}, [], "(start)", mem_available_kb(), time.time(), ""
     with open(events_path) as ev:
         while p.poll() is None:
-            for line in ev.readlines():  # the lines written since the last look
+            lines = (part + ev.read()).split("\n")  # what was written since the last look
+            part = lines.pop()  # a line not finished yet
+            for line in lines:
                 if '"executing"' in line:
                     d = json.loads(line)["data"]
                     if d.get("node"):
                         node = "%s %s" % (d["node"], api.get(d["node"], {}).get("class_type", "?"))
             try:
-                pid = int(open(os.path.join(work, "pid")).read())
+                with open(os.path.join(work, "pid")) as f:
+                    pid = int(f.read())
             except (OSError, ValueError):
                 pid = None
             s = status_kb(pid, ("RssAnon", "RssFile")) if pid else None
