@@ -7,8 +7,10 @@ dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
 python=${KN_BENCH_PYTHON:-/usr/bin/python3}
 shared=${KN_SHARED:-$root/../shared}
 
-# make NAME MANIFEST BLOCKS [--dtype D]: prints $dir/NAME.safetensors, written
+# make NAME MANIFEST BLOCKS [ARGS]: prints $dir/NAME.safetensors, written
 # once from shared/bench's manifest (BLOCKS as make_model.py's --blocks, or all)
+# by make_model.py (ARGS e.g. --dtype bf16), or by $writer when set (a script
+# with make_model.py's arguments: bench/make_fp8.py, ARGS --layout L)
 make() {
     name=$1 manifest=$2 blocks=$3
     shift 3
@@ -17,9 +19,9 @@ make() {
     if [ ! -f "$out" ]; then
         echo "writing $out ..." >&2
         if [ "$blocks" = all ]; then
-            "$python" "$shared/bench/make_model.py" "$shared/bench/manifests/$manifest.json" "$out.tmp" --seed 1 "$@" >/dev/null
+            "$python" "${writer:-$shared/bench/make_model.py}" "$shared/bench/manifests/$manifest.json" "$out.tmp" --seed 1 "$@" >/dev/null
         else
-            "$python" "$shared/bench/make_model.py" "$shared/bench/manifests/$manifest.json" "$out.tmp" \
+            "$python" "${writer:-$shared/bench/make_model.py}" "$shared/bench/manifests/$manifest.json" "$out.tmp" \
                 --blocks "$blocks" --seed 1 --drop-unused "$@" >/dev/null
         fi
         mv "$out.tmp" "$out"
