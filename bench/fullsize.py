@@ -4,7 +4,9 @@
     fullsize.py --kiln KILN --models DIR --workflow FILE --size PX --steps N [--cfg X]
 
 Runs `kiln run --json --timings` on the workflow (EmptySD3LatentImage at PX x PX, KSampler's steps and
-cfg set by class) under GNU time, whose maximum RSS is the exact peak of the whole process. While it
+cfg set by class); the timings event's peak_rss_mib is the exact peak of the whole process (--timings
+resets the kernel's high-water mark at each node, so GNU time's maximum RSS only covers the last node
+and is printed beside it). While it
 runs, /proc/PID/status is read every 0.2 s: RssAnon (heap: activations, and any weight widened into a
 copy) and RssFile (the mapped weight files' resident pages), each attributed to the node running then
 (from the executing events on kiln's stdout), and the machine's MemAvailable. Prints the seconds per
@@ -128,8 +130,10 @@ def run(a, work):
     print("RSS peaks per node (polled every 0.2 s), anonymous / mapped files, GiB:")
     for n in order:
         print("  %-28s %6.2f / %6.2f" % (n, peaks[n][0] * 1024 / GIB, peaks[n][1] * 1024 / GIB))
-    print("peak RSS: %.2f GiB (the whole process, GNU time); lowest MemAvailable during the run: %.2f GiB" % (
-        int(open(maxrss).read().split()[-1]) * 1024 / GIB, avail * 1024 / GIB))
+    timings = [e for e in events if e["type"] == "timings"][-1]["data"]
+    print("peak RSS: %.2f GiB (the whole process: the largest node peak of --timings; GNU time, since the last node "
+          "began: %.2f GiB); lowest MemAvailable during the run: %.2f GiB" % (
+              timings["peak_rss_mib"] / 1024, int(open(maxrss).read().split()[-1]) * 1024 / GIB, avail * 1024 / GIB))
 
 
 if __name__ == "__main__":
