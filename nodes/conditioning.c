@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "nodes/image_io.h"
+#include "nodes/image_scale.h"
 #include "nodes/node.h"
 #include "pipelines/tokenizers/prompt.h"
 

@@ -12,6 +12,7 @@
 #include "kernels/json.h"
 #include "nodes/changed.h"
 #include "nodes/image_io.h"
+#include "nodes/image_scale.h"
 #include "nodes/model_store.h"
 #include "nodes/node.h"
 #include "nodes/save_path.h"

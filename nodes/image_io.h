@@ -1,5 +1,5 @@
 /* kn image I/O: the pixel work behind ComfyUI's image nodes (SaveImage,
- * PreviewImage, LoadImage, ImageScale, ImageScaleToTotalPixels), as a plain
+ * PreviewImage, LoadImage; scaling is nodes/image_scale.h), as a plain
  * library with no node or runtime types in it.
  *
  * Contract:
@@ -26,7 +26,6 @@
 #include <stdint.h>
 
 #include "kernels/error.h"
-#include "kernels/ops_image.h"
 #include "kernels/tensor.h"
 
 /* Upper bound on decoded pixels (all frames together): 2^26 = 8192 x 8192,
@@ -37,6 +36,13 @@
 /* ComfyUI's SaveImage and PreviewImage zlib levels. */
 #define KN_PNG_COMPRESS_SAVE 4
 #define KN_PNG_COMPRESS_PREVIEW 1
+
+/* ComfyUI's np.clip(255. * x, 0, 255).astype(np.uint8): truncation after the
+ * clip; NaN becomes 0. */
+uint8_t kn_image_quantise(float x);
+/* KN_ERR_SHAPE naming `what` unless t is a contiguous 4-D F32 CPU tensor with
+ * no empty dimension. */
+int kn_image_check_f32_4d(const kn_tensor *t, const char *what, kn_err *err);
 
 /* ---- PNG writing and tEXt metadata -------------------------------------- */
 
@@ -81,41 +87,5 @@ int kn_image_load(const char *path, kn_tensor *image, kn_tensor *mask, kn_err *e
 /* The same from memory (uploads, the fuzzer); `name` labels the buffer. */
 int kn_image_load_mem(const void *data, size_t len, const char *name, kn_tensor *image,
                       kn_tensor *mask, kn_err *err);
-
-/* ---- Scaling (comfy.utils.common_upscale) -------------------------------- */
-
-typedef enum kn_upscale_method {
-    /* torch's modes are kn_resample's (kernels/ops_image.h) */
-    KN_UPSCALE_NEAREST_EXACT = KN_RESAMPLE_NEAREST_EXACT,
-    KN_UPSCALE_BILINEAR = KN_RESAMPLE_BILINEAR,
-    KN_UPSCALE_AREA = KN_RESAMPLE_AREA,
-    KN_UPSCALE_BICUBIC = KN_RESAMPLE_BICUBIC,
-    KN_UPSCALE_LANCZOS,           /* PIL LANCZOS on the uint8-quantised image */
-} kn_upscale_method;
-
-typedef enum kn_upscale_crop { KN_CROP_DISABLED = 0, KN_CROP_CENTER } kn_upscale_crop;
-
-/* ComfyUI's option strings ("nearest-exact", ..., "disabled", "center"). */
-int kn_upscale_method_parse(const char *name, kn_upscale_method *out, kn_err *err);
-int kn_upscale_crop_parse(const char *name, kn_upscale_crop *out, kn_err *err);
-
-/* *out = common_upscale(image, width, height, method, crop) for an IMAGE
- * [B, H, W, C] (any C >= 1); out is allocated [B, height, width, C]. */
-int kn_image_upscale(kn_tensor *out, const kn_tensor *image, int64_t width, int64_t height,
-                     kn_upscale_method method, kn_upscale_crop crop, kn_err *err);
-/* The same for channels-first samples [B, C, H, W] (latents); out is
- * [B, C, height, width]. */
-int kn_common_upscale(kn_tensor *out, const kn_tensor *samples, int64_t width, int64_t height,
-                      kn_upscale_method method, kn_upscale_crop crop, kn_err *err);
-
-/* ImageScale's size rule for an input of in_w x in_h: width 0 -> max(1,
- * round(in_w * height / in_h)), height 0 -> likewise; both 0 leaves them 0,
- * which means "return the image unchanged". Python's round (half to even). */
-void kn_image_scale_dims(int64_t in_w, int64_t in_h, int64_t *width, int64_t *height);
-/* ImageScaleToTotalPixels' size: k = sqrt(megapixels * 1024 * 1024 / (in_w *
- * in_h)); width = round(in_w * k / steps) * steps, height likewise. Fails
- * (KN_ERR_INVALID) when a result would be 0 (torch's interpolate refuses it). */
-int kn_image_total_pixels_dims(int64_t in_w, int64_t in_h, double megapixels, int64_t steps,
-                               int64_t *width, int64_t *height, kn_err *err);
 
 #endif

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "nodes/image_io.h"
+#include "nodes/image_scale.h"
 #include "check.h"
 #include "lanczos_golden.h"
 

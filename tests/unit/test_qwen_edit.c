@@ -23,6 +23,7 @@
 
 #include "check.h"
 #include "nodes/image_io.h"
+#include "nodes/image_scale.h"
 #include "pipelines/qwen_image/vision.h"
 #include "pipelines/tokenizers/prompt.h"
 
