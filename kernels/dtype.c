@@ -1,8 +1,11 @@
 #include "kernels/dtype.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 static const struct { const char *name; size_t size; } dtype_info[KN_DTYPE_COUNT] = {
     [KN_F32] = {"F32", 4},     [KN_F16] = {"F16", 2},       [KN_BF16] = {"BF16", 2},
@@ -107,15 +110,6 @@ uint8_t kn_f32_to_f8e5m2(float f) {
     return sign | (uint8_t)mag;
 }
 
-static float f8_lut[2][256];
-static pthread_once_t f8_lut_once = PTHREAD_ONCE_INIT;
-static void f8_lut_init(void) {
-    for (int i = 0; i < 256; i++) {
-        f8_lut[0][i] = kn_f8e4m3_to_f32((uint8_t)i);
-        f8_lut[1][i] = kn_f8e5m2_to_f32((uint8_t)i);
-    }
-}
-
 void kn_to_f32(float *dst, const void *src, kn_dtype t, size_t n, float scale) {
     switch (t) {
     case KN_F32: {
@@ -131,15 +125,54 @@ void kn_to_f32(float *dst, const void *src, kn_dtype t, size_t n, float scale) {
     }
     case KN_F16: {
         const uint16_t *s = src;
-        for (size_t i = 0; i < n; i++) dst[i] = kn_f16_to_f32(s[i]) * scale;
+        size_t i = 0;
+#ifdef __F16C__ /* fp16 checkpoints widen every weight through here: eight at a time */
+        for (const __m256 vscale = _mm256_set1_ps(scale); i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))), vscale));
+#endif
+        for (; i < n; i++) dst[i] = kn_f16_to_f32(s[i]) * scale;
         return;
     }
     case KN_F8_E4M3:
     case KN_F8_E5M2: {
-        pthread_once(&f8_lut_once, f8_lut_init);
-        const float *l = f8_lut[t == KN_F8_E5M2];
+        /* fp8 checkpoints widen every weight through here (GEMM packing), so
+         * there is no table lookup: an fp8 code is a half float's top bits
+         * (e5m2: exactly; e4m3fn: shifted, the value times 2^-8), widened by
+         * F16C eight at a time; the scalar path rebiases the exponent and
+         * reads a subnormal code m as 1.m at the smallest normal exponent
+         * minus that power of two (no f32 subnormal, slow on some CPUs).
+         * e4m3fn's all-ones codes are NaN. Same values as kn_f8e4m3_to_f32 /
+         * kn_f8e5m2_to_f32, times scale rounded once. */
         const uint8_t *s = src;
-        for (size_t i = 0; i < n; i++) dst[i] = l[s[i]] * scale;
+        const int e5 = t == KN_F8_E5M2;
+        size_t i = 0;
+#ifdef __F16C__
+        const __m256 vscale = _mm256_set1_ps(scale), e4_unscale = _mm256_set1_ps(256.0f), vnan = _mm256_set1_ps(NAN);
+        const __m128i low7 = _mm_set1_epi16(0x7f), signbit = _mm_set1_epi16(0x80);
+        for (; i + 8 <= n; i += 8) {
+            __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(s + i)));
+            __m256 v;
+            if (e5) {
+                v = _mm256_cvtph_ps(_mm_slli_epi16(b, 8));
+            } else {
+                __m128i mag = _mm_and_si128(b, low7);
+                __m128i h = _mm_or_si128(_mm_slli_epi16(mag, 7), _mm_slli_epi16(_mm_and_si128(b, signbit), 8));
+                v = _mm256_mul_ps(_mm256_cvtph_ps(h), e4_unscale);
+                __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, low7)));
+                v = _mm256_blendv_ps(v, vnan, nan);
+            }
+            _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, vscale));
+        }
+#endif
+        const uint32_t mbits = e5 ? 2 : 3, rebias = e5 ? 112 : 120, special = e5 ? 0x7cu : 0x7fu;
+        const float min_normal = e5 ? 0x1p-14f : 0x1p-6f;
+        for (; i < n; i++) {
+            uint32_t b = s[i], e = (b & 0x7fu) >> mbits, m = b & ((1u << mbits) - 1);
+            float v = bits_f32(((e ? e : 1u) + rebias) << 23 | m << (23 - mbits)) - (e ? 0.0f : min_normal);
+            uint32_t bits = f32_bits(v) | (b & 0x80u) << 24;
+            if ((b & special) == special) bits = (b & 0x80u) << 24 | 0x7f800000u | (e5 ? (b & 3u) << 21 : 0x400000u);
+            dst[i] = bits_f32(bits) * scale;
+        }
         return;
     }
     case KN_F64: { const double *s = src; for (size_t i = 0; i < n; i++) dst[i] = (float)(s[i] * scale); return; }
