@@ -255,6 +255,8 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     int cached = 0;
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
+    /* before kn_model_dit patches the weights: what the budget releases goes first */
+    if (!rc && kn_model_use(j->model, c->env->models, err)) rc = kn_node_fail(c, NULL, err->code, "%s", err->msg);
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
     if (!rc) prog.format = dit->family->latent;
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/ops_image.h"
+#include "nodes/model_store.h"
 #include "nodes/node.h"
 
 /* img [B, H, W, C] = y [B, C, H, W]. */
@@ -29,6 +30,7 @@ static int vae_decode(kn_node_call *c) {
     kn_ctx *ctx = c->env->ctx;
     int64_t ne[4];
     if (v->family->image_shape(v, z, ne, c->err)) return kn_node_fail(c, "samples", c->err->code, "%s", c->err->msg);
+    kn_models_use(c->env->models, &vae, 1);
     kn_tensor y = {0};
     kn_image_obj *img = kn_image_new("IMAGE");
     int rc = img ? kn_tensor_new(&y, KN_F32, KN_DEV_CPU, 4, ne, c->err)
@@ -59,6 +61,7 @@ int kn_vae_encode_pixels(kn_node_call *c, const char *input, const kn_vae_obj *v
     if (h < 8 || w < 8 || C < vc)
         return kn_node_fail(c, input, KN_ERR_SHAPE, "image %lldx%lld with %lld channels is too small to encode",
                             (long long)W, (long long)H, (long long)C);
+    kn_models_use(c->env->models, (kn_object *const *)&vae, 1);
     kn_tensor x = {0};
     kn_latent_obj *lat = kn_latent_new();
     int rc = lat ? kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 4, (int64_t[]){B, vc, h, w}, c->err)
