@@ -263,7 +263,7 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);
     if (!rc && j->negative) rc = check_conditioning(c, dit, j->negative, j->cond_input[1]);
     if (!rc) rc = kn_tensor_zeros(&noise, KN_F32, lat.ndim, lat.ne, err);
-    if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, err);
+    if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, c->env->cancel, err);
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
     if (!rc && den) rc = kn_tensor_dup(&x0, &lat, err);
     if (!rc && den) prog.x0 = &x0;
