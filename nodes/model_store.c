@@ -84,6 +84,21 @@ int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_e
 
 uint64_t kn_models_budget(const kn_models *m) { return m->budget; }
 
+/* "0.5 MiB", "8.1 GiB". */
+static const char *human_bytes(double b, char *buf, size_t len) {
+    if (b >= 1073741824.0) snprintf(buf, len, "%.1f GiB", b / 1073741824.0);
+    else snprintf(buf, len, "%.1f MiB", b / 1048576.0);
+    return buf;
+}
+
+int kn_models_check_peak(kn_node_call *c, const char *input, double bytes, const char *what) {
+    if (!c->env->models || bytes <= (double)c->env->models->budget) return KN_OK;
+    char need[32], budget[32];
+    return kn_node_fail(c, input, KN_ERR_INVALID, "%s needs about %s, above the memory budget of %s (--memory-budget)",
+                        what, human_bytes(bytes, need, sizeof need),
+                        human_bytes((double)c->env->models->budget, budget, sizeof budget));
+}
+
 void kn_models_set_budget(kn_models *m, uint64_t bytes) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     uint64_t physical = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)8 << 30;
@@ -318,13 +333,6 @@ static int needed(const store_entry *e, kn_object *const *objs, int n) {
     return 0;
 }
 
-/* "0.5 MiB", "8.1 GiB". */
-static const char *human_bytes(uint64_t b, char *buf, size_t len) {
-    if (b >= (uint64_t)1 << 30) snprintf(buf, len, "%.1f GiB", (double)b / 1073741824.0);
-    else snprintf(buf, len, "%.1f MiB", (double)b / 1048576.0);
-    return buf;
-}
-
 /* Releases the least recently used resident entries that objs[0..n) do not
  * hold until the counted total plus `extra` (files about to be loaded) fits
  * the budget, one line on stderr each. What objs hold is never released: a
@@ -344,9 +352,9 @@ static void make_room(kn_models *m, uint64_t extra, kn_object *const *objs, int 
         lru->resident = 0;
         total -= all - kept;
         char size[32];
+        human_bytes((double)(all - kept), size, sizeof size);
         fprintf(stderr, "released %s%s%s (%s) for %s\n", kn_models_relative(m, lru->path[0]), lru->n > 1 ? " + " : "",
-                lru->n > 1 ? kn_models_relative(m, lru->path[1]) : "", human_bytes(all - kept, size, sizeof size),
-                kn_models_relative(m, for_path));
+                lru->n > 1 ? kn_models_relative(m, lru->path[1]) : "", size, kn_models_relative(m, for_path));
     }
 }
 

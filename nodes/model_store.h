@@ -70,6 +70,12 @@
 
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err);
 uint64_t kn_models_budget(const kn_models *m);
+/* A node's estimated peak against the budget: KN_OK when `bytes` fit (or the
+ * env has no models), else a node error on `input`: "<what> needs about X GiB,
+ * above the memory budget of Y GiB (--memory-budget)". Nodes call it with
+ * their inputs' sizes before allocating (validation, or the start of a run
+ * for linked inputs). */
+int kn_models_check_peak(kn_node_call *c, const char *input, double bytes, const char *what);
 void kn_models_set_budget(kn_models *m, uint64_t bytes);
 void kn_models_free(kn_models *m);
 /* Releases every loaded model (ComfyUI's /free unload_models): their pages
