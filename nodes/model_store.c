@@ -410,13 +410,14 @@ void kn_models_use(kn_models *m, kn_object *const *objs, int n) {
     const char *for_path = NULL;
     if (!m) return;
     m->clock++;
-    for (int i = 0; i < m->n_store; i++) {
-        store_entry *e = &m->store[i];
-        if (!needed(e, objs, n)) continue;
-        e->resident = 1;
-        e->last_used = m->clock;
-        if (!for_path) for_path = e->path[0];
-    }
+    for (int k = 0; k < n; k++) /* the message names what objs lists first */
+        for (int i = 0; i < m->n_store; i++) {
+            store_entry *e = &m->store[i];
+            if (e->obj != objs[k]) continue;
+            e->resident = 1;
+            e->last_used = m->clock;
+            if (!for_path) for_path = e->path[0];
+        }
     if (for_path) make_room(m, 0, objs, n, for_path);
 }
 
