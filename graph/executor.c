@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __GLIBC__ /* defined by the headers above */
+#include <malloc.h>
+#endif
 
 #include "kernels/json.h"
 
@@ -74,6 +77,10 @@ void kn_executor_free_memory(kn_executor *ex, int unload_models, int free_memory
         ex->n_cache = 0;
     }
     if (unload_models) kn_models_unload(ex->cfg.models);
+    if (unload_models || free_memory) kn_arena_release(ex->ctx.scratch);
+#ifdef __GLIBC__
+    malloc_trim(0); /* glibc keeps freed heap below its top (the cache's latents and images) otherwise */
+#endif
 }
 
 long kn_executor_runs(const kn_executor *ex) { return ex->runs; }

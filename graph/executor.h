@@ -90,7 +90,9 @@ void kn_executor_set_previews(kn_executor *ex, int on);
 /* ComfyUI's /free, between runs on the executor's thread: free_memory drops
  * every cached node output; unload_models also releases the loaded-model
  * store (a model a cached output still holds stays until that output goes,
- * so unloading drops the cache too). */
+ * so unloading drops the cache too). Either frees the ops' scratch and
+ * gives freed heap back to the system (malloc_trim on glibc), so the
+ * process's memory goes down. */
 void kn_executor_free_memory(kn_executor *ex, int unload_models, int free_memory);
 /* Nodes executed (not served from the cache) over the executor's life. */
 long kn_executor_runs(const kn_executor *ex);

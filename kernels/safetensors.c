@@ -18,6 +18,7 @@ struct kn_st_file {
     const uint8_t *map;     /* whole file (or caller's buffer) */
     size_t map_len;
     int owns_map;
+    int fd;                 /* the mapped file, kept open for kn_st_release's page-cache advice; -1: none */
     const uint8_t *data;    /* start of the data region */
     void *aligned_copy;     /* the data region, copied when the file leaves it misaligned */
     size_t data_len;
@@ -202,6 +203,7 @@ static int st_open(kn_st_file **out, kn_st_file *f, kn_err *err) {
 static kn_st_file *st_new(const char *path) {
     kn_st_file *f = calloc(1, sizeof *f);
     if (f) f->refs = 1;
+    if (f) f->fd = -1;
     if (f && !(f->path = strdup(path))) {
         free(f);
         f = NULL;
@@ -236,8 +238,10 @@ int kn_st_open(kn_st_file **out, const char *path, kn_err *err) {
         }
         f->map = m;
         f->owns_map = 1;
+        f->fd = fd;
+    } else {
+        close(fd);
     }
-    close(fd);
     return st_open(out, f, err);
 }
 
@@ -296,6 +300,7 @@ void kn_st_close(kn_st_file *f) {
     if (!f || --f->refs > 0) return;
     if (!f->parent) { /* a view borrows these from its file */
         if (f->owns_map && f->map) munmap((void *)f->map, f->map_len);
+        if (f->fd >= 0) close(f->fd);
         json_decref(f->header);
         free(f->aligned_copy);
     }
@@ -307,11 +312,17 @@ void kn_st_close(kn_st_file *f) {
     free(f);
 }
 
+/* The file a view belongs to (a file is its own). */
+static const kn_st_file *root_of(const kn_st_file *f) {
+    while (f->parent) f = f->parent;
+    return f;
+}
+
 /* Whether f's tensors live in a file mapping of its own (not a buffer given
  * to kn_st_open_memory, nor an aligned heap copy). */
 static int tensors_mapped(const kn_st_file *f) {
-    while (f->parent) f = f->parent;
-    return f->owns_map && !f->aligned_copy;
+    const kn_st_file *root = root_of(f);
+    return root->owns_map && !root->aligned_copy;
 }
 
 /* Drops the whole pages inside t's bytes (a neighbour's pages are not t's). */
@@ -385,6 +396,45 @@ int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err
 const void *kn_st_data(const kn_st_file *f, size_t *len) {
     *len = f->data_len;
     return f->data;
+}
+
+/* The bytes [*lo, *hi) of the data region f's tensors occupy: all of it for a file. */
+static void data_span(const kn_st_file *f, size_t *lo, size_t *hi) {
+    *lo = 0;
+    *hi = f->data_len;
+    if (!f->parent) return;
+    *lo = f->data_len;
+    *hi = 0;
+    for (int i = 0; i < f->count; i++) {
+        size_t b = (size_t)((const uint8_t *)f->tensors[i].data - f->data), e = b + kn_tensor_nbytes(&f->tensors[i]);
+        if (b < *lo) *lo = b;
+        if (e > *hi) *hi = e;
+    }
+    if (*lo > *hi) *lo = *hi = 0;
+}
+
+size_t kn_st_span_bytes(const kn_st_file *f, int *mapped) {
+    size_t lo, hi;
+    data_span(f, &lo, &hi);
+    *mapped = tensors_mapped(f);
+    return hi - lo;
+}
+
+void kn_st_release(const kn_st_file *f) {
+    const kn_st_file *root = root_of(f);
+    if (!root->owns_map || !root->map) return;
+    size_t lo = 0, hi = root->map_len; /* an aligned copy: every page the copy was read from */
+    if (!root->aligned_copy) {
+        data_span(f, &lo, &hi);
+        size_t base = (size_t)(f->data - root->map);
+        lo += base;
+        hi += base;
+    }
+    /* madvise takes a page-aligned start; a neighbour's page dropped with it faults back in */
+    lo &= ~((size_t)sysconf(_SC_PAGESIZE) - 1);
+    if (hi <= lo) return;
+    madvise((void *)(root->map + lo), hi - lo, MADV_DONTNEED);
+    if (root->fd >= 0) posix_fadvise(root->fd, (off_t)lo, (off_t)(hi - lo), POSIX_FADV_DONTNEED);
 }
 
 const char *kn_st_metadata(const kn_st_file *f, const char *key) {

@@ -68,6 +68,17 @@ int kn_st_get(const kn_st_file *f, const char *name, kn_tensor *out, kn_err *err
 /* The data region every tensor points into (the mapping, or an aligned copy
  * when the file leaves its elements misaligned) and its length. */
 const void *kn_st_data(const kn_st_file *f, size_t *len);
+/* Residency (the loaded-model store's budget, nodes/model_store.h): the bytes
+ * of the data region f's tensors span (a view: its part of the file's) and
+ * whether they are file pages (*mapped 1) or the heap copy of a misaligned
+ * file (0). */
+size_t kn_st_span_bytes(const kn_st_file *f, int *mapped);
+/* Drops f's file pages from this process (madvise MADV_DONTNEED on its span
+ * of the read-only private mapping) and, as advice, from the page cache
+ * (posix_fadvise DONTNEED; the file stays open for it while mapped). f stays
+ * valid: its pages fault back in from the file when read again. A heap copy
+ * stays (only the pages it was read from go); a memory buffer is left alone. */
+void kn_st_release(const kn_st_file *f);
 /* Value of a __metadata__ string, or NULL. */
 const char *kn_st_metadata(const kn_st_file *f, const char *key);
 

@@ -299,6 +299,11 @@ void kn_arena_reset(kn_arena *a, size_t mark) {
     a->used = mark;
 }
 
+void kn_arena_release(kn_arena *a) {
+    while (a->top) arena_pop(a);
+    a->used = 0;
+}
+
 int kn_arena_tensor(kn_arena *a, kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err) {
     size_t bytes;
     if (ndim < 0 || ndim > KN_MAX_DIMS || checked_nbytes(dtype, ndim, ne, &bytes))

@@ -69,6 +69,8 @@ void kn_arena_destroy(kn_arena *a);
 void *kn_arena_alloc(kn_arena *a, size_t bytes, kn_err *err);
 size_t kn_arena_mark(const kn_arena *a);
 void kn_arena_reset(kn_arena *a, size_t mark); /* frees everything allocated after mark */
+/* Frees every chunk, the one a reset keeps too (/free: nothing may be allocated from it). */
+void kn_arena_release(kn_arena *a);
 int kn_arena_tensor(kn_arena *a, kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err);
 
 #endif

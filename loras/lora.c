@@ -93,13 +93,22 @@ void kn_lora_model_free(kn_lora_model *m) {
     free(m);
 }
 
-void kn_lora_model_set_runtime(kn_lora_model *m, int on) {
-    if (m->runtime == !!on) return;
-    /* every tensor back to its file view with no adapters: the next apply rebuilds the stack in the new mode */
+void kn_lora_model_restore(kn_lora_model *m) {
     for (int i = 0; i < m->n; i++) {
         target_restore(&m->t[i]);
         target_detach(&m->t[i]);
     }
+}
+
+size_t kn_lora_model_patched_bytes(const kn_lora_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n; i++) n += m->t[i].buf_bytes;
+    return n;
+}
+
+void kn_lora_model_set_runtime(kn_lora_model *m, int on) {
+    if (m->runtime == !!on) return;
+    kn_lora_model_restore(m); /* the next apply rebuilds the stack in the new mode */
     m->runtime = !!on;
 }
 

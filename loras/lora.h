@@ -134,6 +134,7 @@ int kn_lora_load(kn_lora **out, const char *path, kn_lora_model *m, kn_err *err)
 void kn_lora_free(kn_lora *l); /* NULL-safe */
 
 const char *kn_lora_name(const kn_lora *l);  /* the file's base name */
+const kn_st_file *kn_lora_file(const kn_lora *l); /* its mapping (the model store releases its pages) */
 int kn_lora_patch_count(const kn_lora *l);   /* model tensors it patches (a fused one once) */
 int kn_lora_tensor_count(const kn_lora *l);  /* tensors in the file */
 /* Tensors of the file no rule consumed, in file order (the ComfyUI warning
@@ -167,5 +168,11 @@ typedef struct kn_lora_apply_stats {
  * tensor its original view, so the model is never half-written. */
 int kn_lora_model_apply(kn_lora_model *m, const kn_lora_use *stack, int n, kn_lora_apply_stats *stats,
                         kn_err *err);
+/* The bytes of the patched copies m holds (what kn_lora_model_restore frees). */
+size_t kn_lora_model_patched_bytes(const kn_lora_model *m);
+/* Every tensor back to its original view with no adapters, the copies freed;
+ * the next kn_lora_model_apply rebuilds the stack (the model store's release
+ * under its memory budget). */
+void kn_lora_model_restore(kn_lora_model *m);
 
 #endif

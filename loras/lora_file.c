@@ -617,6 +617,7 @@ const char *kn_lora_name(const kn_lora *l) { return l->name; }
 int kn_lora_patch_count(const kn_lora *l) { return l->n_targets; }
 int kn_lora_tensor_count(const kn_lora *l) { return kn_st_count(l->file); }
 int kn_lora_unloaded_count(const kn_lora *l) { return l->n_unloaded; }
+const kn_st_file *kn_lora_file(const kn_lora *l) { return l->file; }
 const char *kn_lora_unloaded(const kn_lora *l, int i) { return i >= 0 && i < l->n_unloaded ? l->unloaded[i] : NULL; }
 
 const char *kn_lora_warning(const kn_lora *l, char *buf, size_t len) {

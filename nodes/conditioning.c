@@ -11,6 +11,7 @@
 
 #include "nodes/image_io.h"
 #include "nodes/image_scale.h"
+#include "nodes/model_store.h"
 #include "nodes/node.h"
 #include "pipelines/tokenizers/prompt.h"
 
@@ -19,6 +20,7 @@ static int encode(kn_node_call *c, const kn_object *clip, const char *const *tex
                   kn_cond_obj **out) {
     const kn_clip *cl = ((const kn_clip_obj *)clip)->clip;
     if (!(*out = kn_cond_new(1))) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    kn_models_use(c->env->models, (kn_object *const *)&clip, 1);
     if (cl->family->encode(c->env->ctx, cl, texts, n, &(*out)->e[0].t, c->err)) {
         kn_object_release(&(*out)->base);
         return kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
@@ -164,6 +166,7 @@ static int encode_images(kn_node_call *c, const kn_object *clip, const kn_clip_i
     if (!cl->encode_images)
         return kn_node_fail(c, "clip", KN_ERR_UNSUPPORTED, "the %s text encoder takes no images", cl->family->title);
     if (!(*out = kn_cond_new(1))) return kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory");
+    kn_models_use(c->env->models, (kn_object *const *)&clip, 1);
     int rc = cl->encode_images(c->env->ctx, cl, p, &(*out)->e[0].t, NULL, NULL, c->err);
     if (rc) rc = kn_node_fail(c, input, rc, "%s", c->err->msg);
     for (int i = 0; !rc && i < n_refs; i++) rc = kn_cond_entry_add_ref(&(*out)->e[0], refs[i], c->err);

@@ -2,7 +2,10 @@
  * ImageScaleToTotalPixels, FluxKontextImageScale. Thin wrappers over
  * nodes/image_io.h; this file holds ComfyUI's node rules (%batch_num%,
  * metadata chunks, size rules; the folder and counter come from
- * nodes/save_path.h). */
+ * nodes/save_path.h). The scaling nodes refuse an output whose scaling would
+ * exceed the memory budget (nodes/model_store.h) before allocating, naming
+ * the input that asks for the size; ImageScale's constant size already at
+ * validation. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,13 +123,29 @@ static int load_image(kn_node_call *c) {
     return KN_OK;
 }
 
-/* common_upscale of the input image to width x height (0 x 0: unchanged). */
+/* What scaling B images of C channels from in_w x in_h to width x height keeps
+ * live, at least: the output, the filter's intermediate passes and channel
+ * planes (~3 outputs) and two copies of the input, f32; above the memory
+ * budget it is refused on `input` (the one that asks for that size). */
+static int check_scale_peak(kn_node_call *c, const char *input, int64_t B, int64_t C, int64_t in_w, int64_t in_h,
+                            int64_t width, int64_t height) {
+    char what[160];
+    snprintf(what, sizeof what, "scaling to %lldx%lld at batch %lld", (long long)width, (long long)height,
+             (long long)B);
+    double out = (double)width * (double)height, in = (double)in_w * (double)in_h;
+    return kn_models_check_peak(c, input, 4.0 * (double)B * (double)C * (3.0 * out + 2.0 * in), what);
+}
+
+/* common_upscale of the input image to width x height (0 x 0: unchanged);
+ * size_input: the input a size above the memory budget is refused on. */
 static int scale_to(kn_node_call *c, kn_object *image, const char *method_name, const char *crop_name, int64_t width,
-                    int64_t height) {
+                    int64_t height, const char *size_input) {
     if (width == 0 && height == 0) {
         kn_out_object(c, 0, kn_object_retain(image));
         return KN_OK;
     }
+    const kn_tensor *t = &((const kn_image_obj *)image)->t;
+    if (check_scale_peak(c, size_input, t->ne[0], t->ne[3], t->ne[2], t->ne[1], width, height)) return c->err->code;
     kn_upscale_method method;
     kn_upscale_crop crop;
     if (kn_upscale_method_parse(method_name, &method, c->err))
@@ -151,7 +170,15 @@ static int image_scale(kn_node_call *c) {
         return c->err->code;
     const kn_tensor *t = &((const kn_image_obj *)image)->t;
     kn_image_scale_dims(t->ne[2], t->ne[1], &width, &height);
-    return scale_to(c, image, method, crop, width, height);
+    return scale_to(c, image, method, crop, width, height, width >= height ? "width" : "height");
+}
+
+/* ImageScale's validate hook: one 3-channel image of the constant width x height against the budget. */
+static int image_scale_validate(kn_node_call *c) {
+    int64_t width, height;
+    if (kn_in_int_opt(c, "width", 0, &width) || kn_in_int_opt(c, "height", 0, &height)) return c->err->code;
+    if (width <= 0 || height <= 0) return KN_OK; /* linked, or one side kept from the image: known at the run */
+    return check_scale_peak(c, width >= height ? "width" : "height", 1, 3, 0, 0, width, height);
 }
 
 static int image_scale_to_total_pixels(kn_node_call *c) {
@@ -165,7 +192,7 @@ static int image_scale_to_total_pixels(kn_node_call *c) {
     const kn_tensor *t = &((const kn_image_obj *)image)->t;
     if (kn_image_total_pixels_dims(t->ne[2], t->ne[1], megapixels, steps, &width, &height, c->err))
         return kn_node_fail(c, "megapixels", c->err->code, "%s", c->err->msg);
-    return scale_to(c, image, method, "disabled", width, height);
+    return scale_to(c, image, method, "disabled", width, height, "megapixels");
 }
 
 /* FluxKontextImageScale (comfy_extras/nodes_flux.py): the preferred Kontext
@@ -187,7 +214,7 @@ static int flux_kontext_image_scale(kn_node_call *c) {
             pick = i;
         }
     }
-    return scale_to(c, image, "lanczos", "center", sizes[pick][0], sizes[pick][1]);
+    return scale_to(c, image, "lanczos", "center", sizes[pick][0], sizes[pick][1], "image");
 }
 
 const kn_node_def kn_nodes_image[] = {
@@ -203,5 +230,6 @@ const kn_node_def kn_nodes_image[] = {
 /* An upload overwritten with other pixels re-runs LoadImage (nodes/changed.h). */
 const kn_node_hooks kn_hooks_image[] = {
     {"LoadImage", kn_changed_file_hashes, NULL, NULL},
+    {"ImageScale", NULL, image_scale_validate, NULL},
     {0},
 };

@@ -79,6 +79,30 @@ void kn_model_lora_at(const kn_model_obj *m, int i, const char **path, double *s
     *strength = s->use[i].strength;
 }
 
+int kn_model_use(const kn_model_obj *m, kn_models *models, kn_err *err) {
+    const lora_stack *s = (const lora_stack *)m->loras;
+    int n = 1 + (s ? s->n : 0);
+    kn_object **objs = malloc((size_t)n * sizeof *objs);
+    if (!objs) return kn_fail(err, KN_ERR_NOMEM, "out of memory");
+    objs[0] = &m->weights->base;
+    for (int i = 1; i < n; i++) objs[i] = &s->files[i - 1]->base;
+    kn_models_use(models, objs, n);
+    free(objs);
+    return KN_OK;
+}
+
+/* A LoRA file's mapping; its factors hold no heap copy. */
+static uint64_t lora_bytes(const kn_object *o, uint64_t *kept) {
+    int mapped;
+    uint64_t n = kn_st_span_bytes(kn_lora_file(((const lora_file *)o)->lora), &mapped);
+    *kept = mapped ? 0 : n;
+    return n;
+}
+
+static void lora_release(kn_object *o) { kn_st_release(kn_lora_file(((lora_file *)o)->lora)); }
+
+static const kn_resident_ops lora_resident = {lora_bytes, lora_release};
+
 /* The mapped LoRA `path` for these weights, from the store or loaded now. */
 static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_file **out) {
     char kind[64]; /* mapped onto these weights' table */
@@ -88,6 +112,7 @@ static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_f
     kn_err_clear(&e);
     if (kn_model_key_of(&key, kind, path, &e)) return kn_node_fail(c, "lora_name", e.code, "%s", e.msg);
     if ((*out = (lora_file *)kn_models_get(c->env->models, &key))) return KN_OK;
+    kn_models_reserve(c->env->models, &key);
     lora_file *f = calloc(1, sizeof *f);
     if (!f) return kn_node_fail(c, "lora_name", KN_ERR_NOMEM, "out of memory");
     kn_object_init(&f->base, "LORA", free_lora_file);
@@ -97,7 +122,7 @@ static int get_lora(kn_node_call *c, kn_dit_weights *w, const char *path, lora_f
     if (!rc) {
         char warn[4096];
         if (kn_lora_unloaded_count(f->lora)) fprintf(stderr, "%s\n", kn_lora_warning(f->lora, warn, sizeof warn));
-        if ((rc = kn_models_put(c->env->models, &key, &f->base, &e))) kn_object_release(&f->base);
+        if ((rc = kn_models_put(c->env->models, &key, &f->base, &lora_resident, &e))) kn_object_release(&f->base);
     } else {
         kn_object_release(&f->base);
     }

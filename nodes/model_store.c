@@ -22,6 +22,9 @@ typedef struct store_entry {
     kn_file_stamp stamp[KN_MODEL_KEY_FILES];
     int n;
     kn_object *obj;
+    const kn_resident_ops *ops; /* NULL: nothing the store can size or release */
+    uint64_t last_used;         /* the store's clock at its last load or use */
+    int resident;               /* counted in full: its pages may be in memory */
 } store_entry;
 
 struct kn_models {
@@ -29,6 +32,7 @@ struct kn_models {
     uint64_t budget; /* bytes */
     store_entry *store;
     int n_store, cap_store;
+    uint64_t clock; /* ticks at every load and use */
 };
 
 /* ComfyUI's folder names and the older aliases it also reads. */
@@ -80,6 +84,21 @@ int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_e
 
 uint64_t kn_models_budget(const kn_models *m) { return m->budget; }
 
+/* "0.5 MiB", "8.1 GiB". */
+static const char *human_bytes(double b, char *buf, size_t len) {
+    if (b >= 1073741824.0) snprintf(buf, len, "%.1f GiB", b / 1073741824.0);
+    else snprintf(buf, len, "%.1f MiB", b / 1048576.0);
+    return buf;
+}
+
+int kn_models_check_peak(kn_node_call *c, const char *input, double bytes, const char *what) {
+    if (!c->env->models || bytes <= (double)c->env->models->budget) return KN_OK;
+    char need[32], budget[32];
+    return kn_node_fail(c, input, KN_ERR_INVALID, "%s needs about %s, above the memory budget of %s (--memory-budget)",
+                        what, human_bytes(bytes, need, sizeof need),
+                        human_bytes((double)c->env->models->budget, budget, sizeof budget));
+}
+
 void kn_models_set_budget(kn_models *m, uint64_t bytes) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     uint64_t physical = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)8 << 30;
@@ -96,6 +115,9 @@ void kn_models_free(kn_models *m) {
 }
 
 void kn_models_unload(kn_models *m) {
+    /* released first: a holder outside the store (the executor's cache) keeps a valid object without its pages */
+    for (int i = 0; i < m->n_store; i++)
+        if (m->store[i].ops) m->store[i].ops->release(m->store[i].obj);
     for (int i = 0; i < m->n_store; i++) entry_clear(&m->store[i]);
     m->n_store = 0;
 }
@@ -297,14 +319,53 @@ static int same_stamps(const store_entry *e, const kn_model_key *key) {
     return 1;
 }
 
+/* ---- residency ------------------------------------------------------------------- */
+
+/* What e counts against the budget: all of it while resident, else what release keeps. */
+static uint64_t counted(const store_entry *e) {
+    uint64_t kept = 0, all = e->ops ? e->ops->bytes(e->obj, &kept) : 0;
+    return e->resident ? all : kept;
+}
+
+static int needed(const store_entry *e, kn_object *const *objs, int n) {
+    for (int i = 0; i < n; i++)
+        if (e->obj == objs[i]) return 1;
+    return 0;
+}
+
+/* Releases the least recently used resident entries that objs[0..n) do not
+ * hold until the counted total plus `extra` (files about to be loaded) fits
+ * the budget, one line on stderr each. What objs hold is never released: a
+ * model larger than the whole budget still runs. */
+static void make_room(kn_models *m, uint64_t extra, kn_object *const *objs, int n, const char *for_path) {
+    uint64_t total = extra;
+    for (int i = 0; i < m->n_store; i++) total += counted(&m->store[i]);
+    while (total > m->budget) {
+        store_entry *lru = NULL;
+        for (int i = 0; i < m->n_store; i++) {
+            store_entry *e = &m->store[i];
+            if (e->resident && e->ops && !needed(e, objs, n) && (!lru || e->last_used < lru->last_used)) lru = e;
+        }
+        if (!lru) return;
+        uint64_t kept = 0, all = lru->ops->bytes(lru->obj, &kept);
+        lru->ops->release(lru->obj);
+        lru->resident = 0;
+        total -= all - kept;
+        char size[32];
+        human_bytes((double)(all - kept), size, sizeof size);
+        fprintf(stderr, "released %s%s%s (%s) for %s\n", kn_models_relative(m, lru->path[0]), lru->n > 1 ? " + " : "",
+                lru->n > 1 ? kn_models_relative(m, lru->path[1]) : "", size, kn_models_relative(m, for_path));
+    }
+}
+
 kn_object *kn_models_get(kn_models *m, const kn_model_key *key) {
     for (int i = 0; i < m->n_store; i++)
         if (same_file(&m->store[i], key) && same_stamps(&m->store[i], key)) return kn_object_retain(m->store[i].obj);
     return NULL;
 }
 
-int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err *err) {
-    store_entry e = {strdup(key->kind), {NULL, NULL}, {{0}}, key->n, obj};
+int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, const kn_resident_ops *ops, kn_err *err) {
+    store_entry e = {strdup(key->kind), {NULL, NULL}, {{0}}, key->n, obj, ops, ++m->clock, 1};
     int ok = e.kind != NULL;
     for (int i = 0; i < key->n; i++) {
         e.path[i] = strdup(key->path[i]);
@@ -335,5 +396,33 @@ int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err 
     }
     e.obj = kn_object_retain(obj);
     m->store[slot] = e;
+    make_room(m, 0, &obj, 1, key->path[0]);
     return KN_OK;
+}
+
+void kn_models_reserve(kn_models *m, const kn_model_key *key) {
+    uint64_t need = 0;
+    for (int i = 0; i < key->n; i++) need += (uint64_t)key->stamp[i].size;
+    make_room(m, need, NULL, 0, key->path[0]);
+}
+
+void kn_models_use(kn_models *m, kn_object *const *objs, int n) {
+    const char *for_path = NULL;
+    if (!m) return;
+    m->clock++;
+    for (int k = 0; k < n; k++) /* the message names what objs lists first */
+        for (int i = 0; i < m->n_store; i++) {
+            store_entry *e = &m->store[i];
+            if (e->obj != objs[k]) continue;
+            e->resident = 1;
+            e->last_used = m->clock;
+            if (!for_path) for_path = e->path[0];
+        }
+    if (for_path) make_room(m, 0, objs, n, for_path);
+}
+
+uint64_t kn_models_resident_bytes(const kn_models *m) {
+    uint64_t total = 0;
+    for (int i = 0; i < m->n_store; i++) total += counted(&m->store[i]);
+    return total;
 }

@@ -27,11 +27,31 @@
  *    its own and releases the entry of an older stamp of the same kind and
  *    path (its users keep their references). kn_models_free releases all.
  *    Only the executor's worker uses the store.
+ *  - Residency: every entry has a size (kn_resident_ops.bytes: the bytes of
+ *    its mapped files plus the heap it holds) and the time of its last load
+ *    or use. Loaders call kn_models_reserve before loading a file the store
+ *    misses, nodes that run a model call kn_models_use with what they run
+ *    (kn_model_use for a MODEL: its weights and LoRA files). When the
+ *    resident entries would then exceed the budget, the least recently used
+ *    ones the caller does not run are released (kn_resident_ops.release),
+ *    each with one line on stderr: "released text_encoders/x.safetensors
+ *    (8.1 GiB) for diffusion_models/y.safetensors". Released is not freed:
+ *    the object stays valid for every holder (the executor's cache, MODELs
+ *    made from it): its file pages are dropped (kn_st_release) and fault back
+ *    in when it runs again, and heap it can rebuild (LoRA-patched copies) is
+ *    freed and rebuilt on its next use. Heap it cannot rebuild (weights
+ *    stored anew by UNETLoader's weight_dtype, a misaligned file's copy)
+ *    stays and stays counted. What the caller runs is never released, so a
+ *    model larger than the whole budget still runs, everything else released.
+ *    Sizes are what an entry occupies once used, not what is paged in now:
+ *    a checkpoint's DiT counts its whole file and its parts again. An entry
+ *    put without ops (NULL) is never counted nor released.
  *  - The memory budget (kn_models_budget) is what one node may plan to
  *    allocate: nodes estimate their peak from their inputs at validation
  *    and refuse above it, as a node error naming the input (nodes/latent.c).
  *    Default: KN_MEMORY_BUDGET_PERCENT of physical memory; `--memory-budget`
  *    of kiln run / serve sets it (kn_models_set_budget; 0: the default).
+ *    The same budget bounds the loaded models' residency (above).
  *  - The tokenizer folder (one sub-folder per tokenizer, "qwen25/", ...) is not a ComfyUI model
  *    folder (ComfyUI ships it with its code); it is $KILN_TOKENIZERS or the
  *    build's copy. */
@@ -50,10 +70,18 @@
 
 int kn_models_new(kn_models **out, const char *root, const char *input_dir, kn_err *err);
 uint64_t kn_models_budget(const kn_models *m);
+/* A node's estimated peak against the budget: KN_OK when `bytes` fit (or the
+ * env has no models), else a node error on `input`: "<what> needs about X GiB,
+ * above the memory budget of Y GiB (--memory-budget)". Nodes call it with
+ * their inputs' sizes before allocating (validation, or the start of a run
+ * for linked inputs). */
+int kn_models_check_peak(kn_node_call *c, const char *input, double bytes, const char *what);
 void kn_models_set_budget(kn_models *m, uint64_t bytes);
 void kn_models_free(kn_models *m);
-/* Releases every loaded model (ComfyUI's /free unload_models); users that
- * still hold one keep it until they release it. Executor thread only. */
+/* Releases every loaded model (ComfyUI's /free unload_models): their pages
+ * are dropped (kn_resident_ops.release) and the store's references go; users
+ * that still hold one keep a valid object until they release it. Executor
+ * thread only. */
 void kn_models_unload(kn_models *m);
 
 const char *kn_models_root(const kn_models *m);
@@ -91,6 +119,26 @@ int kn_model_key_of(kn_model_key *key, const char *kind, const char *path, kn_er
 /* Adds a second file the object was loaded from (DualCLIPLoader). */
 int kn_model_key_add(kn_model_key *key, const char *path, kn_err *err);
 kn_object *kn_models_get(kn_models *m, const kn_model_key *key);
-int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, kn_err *err);
+
+/* How the store sizes a stored object and gives its memory back (above). */
+typedef struct kn_resident_ops {
+    /* What obj occupies in use: mapped file bytes plus heap; *kept: the part release leaves. */
+    uint64_t (*bytes)(const kn_object *obj, uint64_t *kept);
+    /* Drops its file pages and the heap it rebuilds on demand; obj stays valid. */
+    void (*release)(kn_object *obj);
+} kn_resident_ops;
+
+/* Stores obj (ops: its residency, NULL: none) as resident and just used,
+ * then releases what the budget needs released for it. */
+int kn_models_put(kn_models *m, const kn_model_key *key, kn_object *obj, const kn_resident_ops *ops, kn_err *err);
+/* A loader is about to load key's files (a miss): releases what the budget
+ * needs released for their size. */
+void kn_models_reserve(kn_models *m, const kn_model_key *key);
+/* A node is about to run objs[0..n) (stored objects; others are ignored):
+ * they become resident and most recently used, and what the budget needs
+ * released of the rest is released. m NULL: nothing. */
+void kn_models_use(kn_models *m, kn_object *const *objs, int n);
+/* The bytes the entries count against the budget now (tests, logs). */
+uint64_t kn_models_resident_bytes(const kn_models *m);
 
 #endif

@@ -68,6 +68,62 @@ static int open_part(kn_node_call *c, const char *input, const char *path, const
     return rc;
 }
 
+/* ---- residency (nodes/model_store.h) ---------------------------------------------- */
+
+/* The bytes of files[0..n); those of misaligned files' heap copies are also added to *kept. */
+static uint64_t files_bytes(kn_st_file *const *files, int n, uint64_t *kept) {
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int mapped;
+        uint64_t b = kn_st_span_bytes(files[i], &mapped);
+        total += b;
+        if (!mapped) *kept += b;
+    }
+    return total;
+}
+
+static void files_release(kn_st_file *const *files, int n) {
+    for (int i = 0; i < n; i++) kn_st_release(files[i]);
+}
+
+/* A DiT: its file, the weights weight_dtype stored anew (kept) and the LoRA-patched copies (rebuilt on use). */
+static uint64_t dit_bytes(const kn_object *o, uint64_t *kept) {
+    const kn_dit_weights *w = (const kn_dit_weights *)o;
+    *kept = w->dit->weights->converted_bytes;
+    return files_bytes(&w->file, 1, kept) + w->dit->weights->converted_bytes +
+           (w->lora_table ? kn_lora_model_patched_bytes(w->lora_table) : 0);
+}
+
+static void dit_release(kn_object *o) {
+    kn_dit_weights *w = (kn_dit_weights *)o;
+    if (w->lora_table) kn_lora_model_restore(w->lora_table); /* kn_model_dit re-applies a MODEL's stack */
+    files_release(&w->file, 1);
+}
+
+static const kn_resident_ops dit_resident = {dit_bytes, dit_release};
+
+static uint64_t clip_bytes(const kn_object *o, uint64_t *kept) {
+    const kn_clip_obj *cl = (const kn_clip_obj *)o;
+    *kept = 0;
+    return files_bytes(cl->files, cl->n_files, kept);
+}
+
+static void clip_release(kn_object *o) {
+    kn_clip_obj *cl = (kn_clip_obj *)o;
+    files_release(cl->files, cl->n_files);
+}
+
+static const kn_resident_ops clip_resident = {clip_bytes, clip_release};
+
+static uint64_t vae_bytes(const kn_object *o, uint64_t *kept) {
+    *kept = 0;
+    return files_bytes(&((const kn_vae_obj *)o)->file, 1, kept);
+}
+
+static void vae_release(kn_object *o) { files_release(&((kn_vae_obj *)o)->file, 1); }
+
+static const kn_resident_ops vae_resident = {vae_bytes, vae_release};
+
 /* ---- diffusion models ---------------------------------------------------------- */
 
 /* KN_DTYPE_COUNT: the weights stay in the file's dtypes. */
@@ -109,6 +165,7 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dty
     if (dtype != AS_STORED) snprintf(kind, sizeof kind, "dit:%s", kn_dtype_name(dtype));
     if (store_key(c, input, kind, path, &key)) return c->err->code;
     if ((*out = (kn_dit_weights *)kn_models_get(c->env->models, &key))) return KN_OK;
+    kn_models_reserve(c->env->models, &key);
     kn_dit_weights *w = calloc(1, sizeof *w);
     if (!w) return kn_node_fail(c, input, KN_ERR_NOMEM, "out of memory");
     kn_object_init(&w->base, "DIT_WEIGHTS", free_dit_weights);
@@ -119,7 +176,7 @@ static int load_dit(kn_node_call *c, const char *input, const char *path, kn_dty
     /* before any LoRA table exists over the weights, so LoRAs patch the stored copies */
     if (!rc && dtype != AS_STORED && kn_weight_table_convert(w->dit->weights, dtype, c->err))
         rc = kn_node_fail(c, "weight_dtype", c->err->code, "%s", c->err->msg);
-    if (!rc) rc = kn_models_put(c->env->models, &key, &w->base, c->err);
+    if (!rc) rc = kn_models_put(c->env->models, &key, &w->base, &dit_resident, c->err);
     if (rc) {
         if (!w->file) free(w);
         else kn_object_release(&w->base);
@@ -323,7 +380,7 @@ static int clip_finish(kn_node_call *c, const char *input, const char *type, con
     if (kn_clip_detect((const kn_st_file **)cl->files, cl->n_files, type, &fam, c->err) ||
         fam->load(&cl->clip, (const kn_st_file *const *)cl->files, kn_models_tokenizer_dir(c->env->models), c->err))
         rc = kn_node_fail(c, input, c->err->code, "%s", c->err->msg);
-    if (!rc) rc = kn_models_put(c->env->models, key, &cl->base, c->err);
+    if (!rc) rc = kn_models_put(c->env->models, key, &cl->base, &clip_resident, c->err);
     if (rc) kn_object_release(&cl->base);
     else *out = cl;
     return rc;
@@ -345,6 +402,7 @@ static int load_clip(kn_node_call *c, const char *const *inputs, int n, const ch
     }
     if (!rc) *out = (kn_clip_obj *)kn_models_get(c->env->models, &key);
     kn_clip_obj *cl = NULL;
+    if (!rc && !*out) kn_models_reserve(c->env->models, &key);
     if (!rc && !*out && !(cl = clip_new(c, inputs[0]))) rc = c->err->code;
     for (int i = 0; cl && !rc && i < n; i++) {
         rc = open_file(c, inputs[i], path[i], &cl->files[i]);
@@ -391,6 +449,7 @@ static int load_vae(kn_node_call *c, const char *input, const char *path, const 
     *out = NULL;
     if (store_key(c, input, kind, path, &key)) return c->err->code;
     if ((*out = (kn_vae_obj *)kn_models_get(c->env->models, &key))) return KN_OK;
+    kn_models_reserve(c->env->models, &key);
     kn_st_file *f = NULL;
     if (open_part(c, input, path, prefix, &f)) return c->err->code;
     if (check_finite(c, input, f)) {
@@ -409,7 +468,7 @@ static int load_vae(kn_node_call *c, const char *input, const char *path, const 
     kn_object_init(&v->base, "VAE", free_vae);
     v->file = f;
     int rc = kn_vae_load(&v->vae, v->file, c->err) ? kn_node_fail(c, input, c->err->code, "%s", c->err->msg) : KN_OK;
-    if (!rc) rc = kn_models_put(c->env->models, &key, &v->base, c->err);
+    if (!rc) rc = kn_models_put(c->env->models, &key, &v->base, &vae_resident, c->err);
     if (rc) kn_object_release(&v->base);
     else *out = v;
     return rc;
@@ -466,6 +525,7 @@ static int load_ckpt_clip(kn_node_call *c, const char *path, const kn_ckpt_layou
     *out = NULL;
     if (store_key(c, "ckpt_name", "clip:checkpoint", path, &key)) return c->err->code;
     if ((*out = (kn_clip_obj *)kn_models_get(c->env->models, &key))) return KN_OK;
+    kn_models_reserve(c->env->models, &key);
     int rc = open_file(c, "ckpt_name", path, &f);
     if (!rc && !(cl = clip_new(c, "ckpt_name"))) rc = c->err->code;
     if (!rc) rc = te_views(c, f, layout, cl->files, &cl->n_files);

@@ -88,6 +88,10 @@ typedef struct kn_model_obj {
  * (only tensors whose list changed are recomputed) and returns them. Call it
  * before each forward; the result is valid until another MODEL's call. */
 int kn_model_dit(const kn_model_obj *m, const kn_dit **dit, kn_err *err);
+/* The model store's kn_models_use for running m: its weights and its LoRA
+ * files (nodes/model_store.h). */
+typedef struct kn_models kn_models;
+int kn_model_use(const kn_model_obj *m, kn_models *models, kn_err *err);
 /* m's LoRA patch list, in order: the files' paths and strengths (to load the
  * same model elsewhere: nodes/ranks.h). */
 int kn_model_lora_count(const kn_model_obj *m);
@@ -220,7 +224,6 @@ void kn_value_clear(kn_value *v);
 
 /* ---- running a node ------------------------------------------------------------ */
 
-typedef struct kn_models kn_models;
 typedef struct kn_node_env kn_node_env;
 struct kn_latent_format; /* pipelines/sampling/samplers.h */
 typedef struct kn_ranks kn_ranks;

@@ -3,10 +3,15 @@
  * BasicGuider, CFGGuider), and CFGNorm (a post-CFG hook on the MODEL), over
  * pipelines/sampling and the MODEL's diffusion model through its family
  * (latent format and layout, forward). Every entry of a CONDITIONING is run
- * with its own extras (reference latents) and the predictions averaged. */
+ * with its own extras (reference latents) and the predictions averaged.
+ * Before allocating, a sampler estimates one forward's peak from the token
+ * count and the model's widths and refuses it above the memory budget
+ * (nodes/model_store.h), naming its latent input. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nodes/model_store.h"
 #include "nodes/node.h"
 #include "nodes/ranks.h"
 #include "nodes/stepcache.h"
@@ -238,6 +243,41 @@ static int check_conditioning(kn_node_call *c, const kn_dit *dit, const kn_cond_
     return KN_OK;
 }
 
+/* Tokens of one forward for entry e of a [.., h, w] latent: the image's, its reference latents' and the text's. */
+static double entry_tokens(const kn_dit *dit, const kn_cond_entry *e, int64_t h, int64_t w) {
+    const int64_t p = dit->patch > 0 ? dit->patch : 1;
+    double tokens = (double)((h + p - 1) / p) * (double)((w + p - 1) / p) + (double)e->t.cond.ne[1];
+    for (int r = 0; r < e->n_refs; r++) {
+        const kn_tensor *ref = &e->refs[r]->samples;
+        tokens += (double)((ref->ne[ref->ndim - 2] + p - 1) / p) * (double)((ref->ne[ref->ndim - 1] + p - 1) / p);
+    }
+    return tokens;
+}
+
+/* The peak of one forward, at least, against the memory budget: per token of
+ * its longest entry, the block's hidden-wide rows (the stream, its norm, q, k,
+ * v, the attention output, packed K and V, the modulated copies: ~10) and 3
+ * feed-forward-wide ones, f32, for each image of the batch; beside them the
+ * sampler's copies of the latent (noise, x, output, predictions: ~8). Attention
+ * runs in query blocks (kernels/cpu/attention.c): no token x token buffer. */
+static int check_peak(kn_node_call *c, const kn_dit *dit, const sample_job *j) {
+    const kn_tensor *s = &j->latent->samples;
+    const int64_t B = s->ne[0], h = s->ne[s->ndim - 2], w = s->ne[s->ndim - 1];
+    const kn_cond_obj *conds[2] = {j->positive, j->negative};
+    double tokens = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; conds[k] && i < conds[k]->n; i++) {
+            double t = entry_tokens(dit, &conds[k]->e[i], h, w);
+            if (t > tokens) tokens = t;
+        }
+    double need = 4.0 * (double)B * (tokens * (double)(10 * dit->dim + 3 * dit->mlp_hidden) +
+                                     8.0 * (double)dit->channels * (double)h * (double)w);
+    char what[256];
+    snprintf(what, sizeof what, "sampling a %lldx%lld latent at batch %lld (%.0f tokens per forward) with the %s "
+             "diffusion model", (long long)w, (long long)h, (long long)B, tokens, dit->family->title);
+    return kn_models_check_peak(c, j->latent_input, need, what);
+}
+
 /* Samples job into *out (and the last prediction, process_out'd, into
  * *denoised_out when it is not NULL). */
 static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **out, kn_latent_obj **denoised_out) {
@@ -255,13 +295,16 @@ static int run_sampling(kn_node_call *c, const sample_job *j, kn_latent_obj **ou
     int cached = 0;
     int rc = (!res || (denoised_out && !den)) ? kn_node_fail(c, NULL, KN_ERR_NOMEM, "out of memory") : KN_OK;
     const kn_dit *dit = NULL;
+    if (!rc) rc = check_peak(c, j->model->weights->dit, j);
+    /* before kn_model_dit patches the weights: what the budget releases goes first */
+    if (!rc && kn_model_use(j->model, c->env->models, err)) rc = kn_node_fail(c, NULL, err->code, "%s", err->msg);
     if (!rc && kn_model_dit(j->model, &dit, err)) rc = kn_node_fail(c, "model", err->code, "%s", err->msg);
     if (!rc) prog.format = dit->family->latent;
     if (!rc) rc = model_latent(c, dit, j->latent, j->latent_input, &lat);
     if (!rc) rc = check_conditioning(c, dit, j->positive, j->cond_input[0]);
     if (!rc && j->negative) rc = check_conditioning(c, dit, j->negative, j->cond_input[1]);
     if (!rc) rc = kn_tensor_zeros(&noise, KN_F32, lat.ndim, lat.ne, err);
-    if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, err);
+    if (!rc && j->add_noise) rc = kn_prepare_noise(&noise, j->seed, NULL, 0, KN_RANDN_AVX2, c->env->cancel, err);
     if (!rc) rc = kn_tensor_new(&res->samples, KN_F32, KN_DEV_CPU, lat.ndim, lat.ne, err);
     if (!rc && den) rc = kn_tensor_dup(&x0, &lat, err);
     if (!rc && den) prog.x0 = &x0;

@@ -4,11 +4,15 @@
  * channels-first [B, C, H, W] in [-1, 1]. Decode: ComfyUI's process_output
  * clamp((y + 1) / 2, 0, 1) (kn_image_to_unit). Encode: crop to multiples of 8
  * (centred), drop channels past the VAE's inputs, 2x - 1; the latent is the
- * raw VAE latent in the VAE's layout (no process_in). */
+ * raw VAE latent in the VAE's layout (no process_in). Both refuse, before
+ * allocating, an image whose feature maps would exceed the memory budget
+ * (kn_vae.peak_channels per pixel; nodes/model_store.h), naming the input. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/ops_image.h"
+#include "nodes/model_store.h"
 #include "nodes/node.h"
 
 /* img [B, H, W, C] = y [B, C, H, W]. */
@@ -21,6 +25,17 @@ static void channels_last(const kn_tensor *y, kn_tensor *img) {
             for (int64_t p = 0; p < HW; p++) d[(b * HW + p) * C + c] = s[(b * C + c) * HW + p];
 }
 
+/* The VAE's feature maps at full resolution (kn_vae.peak_channels) and the
+ * image's own copies, for B images of H x W, against the memory budget. */
+static int check_peak(kn_node_call *c, const char *input, const kn_vae *v, int64_t B, int64_t H, int64_t W,
+                      const char *doing) {
+    char what[256];
+    double pixels = (double)B * (double)H * (double)W;
+    snprintf(what, sizeof what, "%s %lldx%lld at batch %lld with the %s", doing, (long long)W, (long long)H,
+             (long long)B, v->family->title);
+    return kn_models_check_peak(c, input, 4.0 * pixels * (double)(v->peak_channels + 2 * v->image_channels), what);
+}
+
 static int vae_decode(kn_node_call *c) {
     kn_object *samples, *vae;
     if (kn_in_object(c, "samples", "LATENT", &samples) || kn_in_object(c, "vae", "VAE", &vae)) return c->err->code;
@@ -29,6 +44,8 @@ static int vae_decode(kn_node_call *c) {
     kn_ctx *ctx = c->env->ctx;
     int64_t ne[4];
     if (v->family->image_shape(v, z, ne, c->err)) return kn_node_fail(c, "samples", c->err->code, "%s", c->err->msg);
+    if (check_peak(c, "samples", v, ne[0], ne[2], ne[3], "decoding")) return c->err->code;
+    kn_models_use(c->env->models, &vae, 1);
     kn_tensor y = {0};
     kn_image_obj *img = kn_image_new("IMAGE");
     int rc = img ? kn_tensor_new(&y, KN_F32, KN_DEV_CPU, 4, ne, c->err)
@@ -59,6 +76,8 @@ int kn_vae_encode_pixels(kn_node_call *c, const char *input, const kn_vae_obj *v
     if (h < 8 || w < 8 || C < vc)
         return kn_node_fail(c, input, KN_ERR_SHAPE, "image %lldx%lld with %lld channels is too small to encode",
                             (long long)W, (long long)H, (long long)C);
+    if (check_peak(c, input, v, B, h, w, "encoding")) return c->err->code;
+    kn_models_use(c->env->models, (kn_object *const *)&vae, 1);
     kn_tensor x = {0};
     kn_latent_obj *lat = kn_latent_new();
     int rc = lat ? kn_tensor_new(&x, KN_F32, KN_DEV_CPU, 4, (int64_t[]){B, vc, h, w}, c->err)

@@ -46,6 +46,10 @@ typedef struct kn_dit {
     int ref_method;           /* the file's default for reference latents (family-defined) */
     int64_t context_dim;      /* width of the conditioning it reads */
     int64_t pooled_dim;       /* width of the pooled vector it reads, 0: none */
+    /* Sizes the sampler's memory estimate reads (nodes/sampling.c): */
+    int64_t dim;              /* hidden width of its tokens */
+    int64_t mlp_hidden;       /* hidden width of its feed-forward layers */
+    int64_t patch;            /* latent pixels per token side */
 } kn_dit;
 
 typedef struct kn_dit_input {
@@ -240,6 +244,9 @@ typedef struct kn_vae {
     int64_t image_channels; /* what encode takes */
     int64_t latent_channels;
     int latent_ndim;        /* layout of the latents it makes: 5 [B, C, T, h, w] or 4 */
+    /* f32 values per image pixel its decoder and encoder keep live at their peak, at
+     * least (a few full-resolution feature maps): VAEDecode/VAEEncode's memory estimate */
+    int64_t peak_channels;
 } kn_vae;
 
 struct kn_vae_family {

@@ -60,6 +60,7 @@ int kn_weight_table_convert(kn_weight_table *t, kn_dtype dtype, kn_err *err) {
         off += (n * esize + CONVERT_ALIGN - 1) & ~(size_t)(CONVERT_ALIGN - 1);
     }
     t->converted = buf;
+    t->converted_bytes = total;
     return KN_OK;
 }
 

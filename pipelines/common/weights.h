@@ -40,6 +40,7 @@ typedef struct kn_weight_table {
     kn_weight_slot *slot;
     int n, cap;
     void *converted; /* the weights kn_weight_table_convert stored anew (owned) */
+    size_t converted_bytes;
 } kn_weight_table;
 
 void kn_weight_table_free(kn_weight_table *t); /* keeps nothing; the struct is zeroed */

@@ -132,7 +132,10 @@ int kn_flux_dit_load(kn_flux_dit *m, const kn_st_file *f, const char *prefix, co
                        m->cfg.out_channels,
                        KN_FLUX_REF_OFFSET,
                        m->cfg.context_dim,
-                       m->cfg.vec_dim};
+                       m->cfg.vec_dim,
+                       m->cfg.dim,
+                       m->cfg.mlp_hidden,
+                       m->cfg.consts.patch};
     return KN_OK;
 }
 

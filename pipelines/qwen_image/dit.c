@@ -117,7 +117,8 @@ int kn_qwen_dit_load(kn_qwen_dit *m, const kn_st_file *f, const char *prefix, co
     }
     /* Qwen-Image-Edit-2511 files carry a marker key for their reference method */
     int ref = kn_st_find(f, "__index_timestep_zero__") ? KN_QWEN_REF_INDEX_TIMESTEP_ZERO : KN_QWEN_REF_INDEX;
-    m->base = (kn_dit){&kn_qwen_image_dit, &m->weights, m->cfg.out_channels, ref, m->cfg.joint_dim, 0};
+    m->base = (kn_dit){&kn_qwen_image_dit, &m->weights, m->cfg.out_channels, ref, m->cfg.joint_dim, 0, m->cfg.dim,
+                       m->cfg.mlp_hidden, m->cfg.consts.patch};
     return KN_OK;
 }
 

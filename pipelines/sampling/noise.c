@@ -189,20 +189,38 @@ static double normal_f64(kn_torch_rng *g) {
     return r * cos(theta);
 }
 
-void kn_torch_randn(kn_torch_rng *g, float *out, int64_t n, kn_randn_path path) {
+/* Values drawn between looks at the cancel flag: a multiple of 16 (whole
+ * Box-Muller blocks), some milliseconds of work. */
+#define RANDN_CHUNK ((int64_t)1 << 20)
+
+static int cancelled(const atomic_int *cancel) { return cancel && atomic_load(cancel); }
+
+/* kn_torch_randn, giving up (1) between chunks once *cancel is set; out is then partly written. */
+static int randn(kn_torch_rng *g, float *out, int64_t n, kn_randn_path path, const atomic_int *cancel) {
     if (n < 16) { /* torch's per-element path for small (or strided) tensors */
         for (int64_t i = 0; i < n; i++) out[i] = (float)normal_f64(g);
-        return;
+        return 0;
     }
-    for (int64_t i = 0; i < n; i++) out[i] = uniform_f32(g);
+    for (int64_t c = 0; c < n; c += RANDN_CHUNK) {
+        if (cancelled(cancel)) return 1;
+        for (int64_t i = c, end = c + RANDN_CHUNK < n ? c + RANDN_CHUNK : n; i < end; i++) out[i] = uniform_f32(g);
+    }
     /* the blocks are independent once the uniforms are drawn */
-#pragma omp parallel for schedule(static) if (n >= (1 << 16))
-    for (int64_t i = 0; i < n / 16 * 16; i += 16) box_muller16(out + i, path);
+    const int64_t blocks = n / 16 * 16;
+    for (int64_t c = 0; c < blocks; c += RANDN_CHUNK) {
+        if (cancelled(cancel)) return 1;
+        const int64_t end = c + RANDN_CHUNK < blocks ? c + RANDN_CHUNK : blocks;
+#pragma omp parallel for schedule(static) if (end - c >= (1 << 16))
+        for (int64_t i = c; i < end; i += 16) box_muller16(out + i, path);
+    }
     if (n % 16) { /* torch redraws the last 16 slots, overlapping the last full block */
         for (int64_t i = n - 16; i < n; i++) out[i] = uniform_f32(g);
         box_muller16(out + n - 16, path);
     }
+    return 0;
 }
+
+void kn_torch_randn(kn_torch_rng *g, float *out, int64_t n, kn_randn_path path) { randn(g, out, n, path, NULL); }
 
 static int check_f32_cpu(const kn_tensor *t, const char *what, kn_err *err) {
     char d[96];
@@ -213,17 +231,16 @@ static int check_f32_cpu(const kn_tensor *t, const char *what, kn_err *err) {
 }
 
 int kn_prepare_noise(kn_tensor *noise, uint64_t seed, const int64_t *batch_index, int n_index,
-                     kn_randn_path path, kn_err *err) {
+                     kn_randn_path path, const atomic_int *cancel, kn_err *err) {
     int rc = check_f32_cpu(noise, "prepare_noise: noise", err);
     if (rc) return rc;
     kn_torch_rng g;
     kn_torch_rng_seed(&g, seed);
     float *data = noise->data;
     int64_t numel = kn_tensor_numel(noise);
-    if (!batch_index) {
-        kn_torch_randn(&g, data, numel, path);
-        return KN_OK;
-    }
+    if (!batch_index)
+        return randn(&g, data, numel, path, cancel) ? kn_fail(err, KN_ERR_CANCELLED, "prepare_noise: interrupted")
+                                                    : KN_OK;
     int64_t batch = noise->ne[0], item = batch ? numel / batch : 0, last = -1;
     const int64_t max_index = 1 << 16; /* ComfyUI's batches stay far below; a bigger index only burns time */
     if (n_index != batch)
@@ -237,13 +254,14 @@ int kn_prepare_noise(kn_tensor *noise, uint64_t seed, const int64_t *batch_index
     }
     float *draw = malloc((size_t)(item ? item : 1) * sizeof *draw);
     if (!draw) return kn_fail(err, KN_ERR_NOMEM, "prepare_noise: out of memory for %lld values", (long long)item);
-    for (int64_t i = 0; i <= last; i++) {
-        kn_torch_randn(&g, draw, item, path);
-        for (int k = 0; k < n_index; k++)
+    int stop = 0;
+    for (int64_t i = 0; !stop && i <= last; i++) {
+        stop = randn(&g, draw, item, path, cancel);
+        for (int k = 0; !stop && k < n_index; k++)
             if (batch_index[k] == i) memcpy(data + k * item, draw, (size_t)item * sizeof *draw);
     }
     free(draw);
-    return KN_OK;
+    return stop ? kn_fail(err, KN_ERR_CANCELLED, "prepare_noise: interrupted") : KN_OK;
 }
 
 /* ---- default_noise_sampler ------------------------------------------------------ */

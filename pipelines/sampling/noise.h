@@ -21,6 +21,7 @@
 #ifndef KN_SAMPLING_NOISE_H
 #define KN_SAMPLING_NOISE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "kernels/tensor.h"
@@ -52,9 +53,11 @@ void kn_torch_randn(kn_torch_rng *g, float *out, int64_t n, kn_randn_path path);
  * the whole tensor. Otherwise n_index == B non-negative entries: one randn per
  * batch item for i = 0..max(batch_index), item k taking draw batch_index[k]
  * (draws nobody asks for are discarded, repeats allowed), as LatentFromBatch
- * and RepeatLatentBatch make ComfyUI do. */
+ * and RepeatLatentBatch make ComfyUI do. cancel (NULL: none) is looked at
+ * every 2^20 values, so a huge latent's noise stops within milliseconds of
+ * an interrupt: KN_ERR_CANCELLED, noise partly written. */
 int kn_prepare_noise(kn_tensor *noise, uint64_t seed, const int64_t *batch_index, int n_index,
-                     kn_randn_path path, kn_err *err);
+                     kn_randn_path path, const atomic_int *cancel, kn_err *err);
 
 /* Per-step sampler noise: draw() fills `out` (F32, CPU, contiguous, the shape
  * the source was made for) with the noise of the step sigma -> sigma_next. */

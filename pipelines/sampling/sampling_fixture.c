@@ -76,7 +76,7 @@ static int run_noise(const kn_fixture_case *c, kn_fixture_results *res, kn_err *
     } paths[] = {{"out.noise", KN_RANDN_AVX2}, {"out.noise_scalar", KN_RANDN_SCALAR}};
     int rc = KN_OK;
     for (size_t i = 0; !rc && i < sizeof paths / sizeof paths[0]; i++) {
-        rc = kn_prepare_noise(&noise, (uint64_t)seed, has_index ? index : NULL, n_index, paths[i].path, err);
+        rc = kn_prepare_noise(&noise, (uint64_t)seed, has_index ? index : NULL, n_index, paths[i].path, NULL, err);
         if (!rc) rc = kn_fixture_emit(res, paths[i].out, &noise, err);
     }
     kn_tensor_free(&noise);

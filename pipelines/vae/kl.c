@@ -217,7 +217,8 @@ int kn_kl_vae_load(kn_kl_vae **out, const kn_st_file *f, int groups, kn_err *err
         return kn_err_wrap(err, "flux_vae");
     }
     const kn_kl_vae_config *c = &m->cfg;
-    m->base = (kn_vae){&kn_flux_vae, c->image_channels, c->z_channels, 4};
+    /* the last level's 2ch-wide input at full resolution, its output and temporaries (kl.h: ~3 such maps) */
+    m->base = (kn_vae){&kn_flux_vae, c->image_channels, c->z_channels, 4, 4 * 2 * (int64_t)c->ch};
     *out = m;
     return KN_OK;
 }

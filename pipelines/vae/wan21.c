@@ -289,7 +289,8 @@ static int family_load(kn_vae **out, const kn_st_file *f, kn_err *err) {
         return err->code;
     }
     const kn_wan_vae_config *c = kn_wan_vae_get_config(m->vae);
-    m->base = (kn_vae){&kn_wan21_vae, c->image_channels, c->z_dim, 5};
+    /* wan21.h measures ~3 dim-wide full-resolution maps; 2dim-wide ones at half resolution add a quarter each */
+    m->base = (kn_vae){&kn_wan21_vae, c->image_channels, c->z_dim, 5, 4 * 2 * (int64_t)c->dim};
     *out = &m->base;
     return KN_OK;
 }

@@ -363,7 +363,8 @@ static int family_load(kn_dit **out, const kn_st_file *f, const char *prefix, co
         zimage_free(m);
         return err->code;
     }
-    m->base = (kn_dit){&kn_z_image_dit, &m->weights, m->cfg.out_channels, 0, m->cfg.cap_dim, 0};
+    m->base = (kn_dit){&kn_z_image_dit, &m->weights, m->cfg.out_channels, 0, m->cfg.cap_dim, 0, m->cfg.dim,
+                       m->cfg.ffn_hidden, m->cfg.consts.patch};
     *out = &m->base;
     return KN_OK;
 }

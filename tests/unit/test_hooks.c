@@ -177,7 +177,7 @@ static void test_store(kn_models *m) {
     kn_object *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
     kn_object_init(a, "PROBE", count_destroy);
     kn_object_init(b, "PROBE", count_destroy);
-    CHECK(kn_models_put(m, &k1, a, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_models_put(m, &k1, a, NULL, &err) == KN_OK, "%s", err.msg);
     kn_object *got = kn_models_get(m, &k1);
     CHECK(got == a, "the stored object is found under its key");
     kn_object_release(got);
@@ -188,7 +188,7 @@ static void test_store(kn_models *m) {
     CHECK(replace_file(path, "two", 3) == 0, "replace %s", path);
     CHECK(kn_model_key_of(&k2, "probe", path, &err) == KN_OK, "%s", err.msg);
     CHECK(kn_models_get(m, &k2) == NULL, "a replaced file (same name and size) is not served from the store");
-    CHECK(kn_models_put(m, &k2, b, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_models_put(m, &k2, b, NULL, &err) == KN_OK, "%s", err.msg);
     kn_object_release(a);
     CHECK(destroyed == 1, "the replaced file's object is released by the store (%d destroyed)", destroyed);
     got = kn_models_get(m, &k2);
@@ -200,6 +200,71 @@ static void test_store(kn_models *m) {
     unlink(path);
     CHECK(kn_model_key_of(&k2, "probe", path, &err) == KN_ERR_NOT_FOUND && strstr(err.msg, "store_probe.bin"),
           "a vanished file: not found, naming it: %s", err.msg);
+}
+
+/* Residency: probes of fixed sizes; release counts and keeps what the probe says it keeps. */
+typedef struct probe {
+    kn_object base;
+    uint64_t bytes, kept;
+    int released;
+} probe;
+
+static uint64_t probe_bytes(const kn_object *o, uint64_t *kept) {
+    *kept = ((const probe *)o)->kept;
+    return ((const probe *)o)->bytes;
+}
+
+static void probe_release(kn_object *o) { ((probe *)o)->released++; }
+
+static const kn_resident_ops probe_ops = {probe_bytes, probe_release};
+
+static void free_probe(kn_object *o) { free(o); }
+
+static probe *put_probe(kn_models *m, const char *name, uint64_t bytes, uint64_t kept) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", tmp, name);
+    kn_err err;
+    kn_err_clear(&err);
+    kn_model_key key;
+    probe *p = calloc(1, sizeof *p);
+    kn_object_init(&p->base, "PROBE", free_probe);
+    p->bytes = bytes;
+    p->kept = kept;
+    CHECK(write_file(path, "x", 1) == 0 && kn_model_key_of(&key, "probe", path, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_models_put(m, &key, &p->base, &probe_ops, &err) == KN_OK, "%s", err.msg);
+    kn_object_release(&p->base); /* the store's reference keeps it */
+    return p;
+}
+
+static void test_residency(kn_models *m) {
+    kn_models_unload(m);
+    kn_models_set_budget(m, 1000);
+    probe *te = put_probe(m, "te.bin", 600, 0), *dit = put_probe(m, "dit.bin", 700, 100);
+    CHECK(te->released == 1 && !dit->released, "loading the DiT over the budget released the text encoder (%d %d)",
+          te->released, dit->released);
+    CHECK(kn_models_resident_bytes(m) == 700, "counted: the DiT alone (%llu)",
+          (unsigned long long)kn_models_resident_bytes(m));
+    kn_object *te_obj = &te->base, *dit_obj = &dit->base;
+    kn_models_use(m, &te_obj, 1);
+    CHECK(dit->released == 1 && te->released == 1, "running the text encoder released the DiT (%d)", dit->released);
+    CHECK(kn_models_resident_bytes(m) == 700, "the DiT's kept heap stays counted: 600 + 100 (%llu)",
+          (unsigned long long)kn_models_resident_bytes(m));
+    kn_models_use(m, &te_obj, 1);
+    CHECK(dit->released == 1 && te->released == 1, "within the budget nothing more is released");
+    probe *vae = put_probe(m, "vae.bin", 200, 0);
+    CHECK(!vae->released && te->released == 1, "a small VAE fits beside the text encoder (%llu)",
+          (unsigned long long)kn_models_resident_bytes(m));
+    kn_models_use(m, &dit_obj, 1);
+    CHECK(te->released == 2 && vae->released == 0, "the DiT releases the least recently used first: the text encoder");
+    probe *big = put_probe(m, "big.bin", 5000, 0);
+    CHECK(!big->released && dit->released == 2 && vae->released == 1,
+          "a model above the whole budget is kept, everything else released (%d %d %d)", big->released,
+          dit->released, vae->released);
+    kn_object *both[2] = {&big->base, &vae->base};
+    kn_models_use(m, both, 2);
+    CHECK(!big->released && vae->released == 1, "what the node runs is never released");
+    kn_models_unload(m);
+    kn_models_set_budget(m, 0);
 }
 
 /* ---- caching on the files nodes read ----------------------------------------------- */
@@ -498,6 +563,7 @@ int main(void) {
     CHECK(m && kn_executor_new(&ex, &cfg, &err) == KN_OK, "%s", err.msg);
     if (ex) {
         test_store(m);
+        test_residency(m);
         test_validation(ex, m);
         test_replaced_model(ex, m);
         test_overwritten_image(ex, m);

@@ -54,12 +54,42 @@ static void test_batch_index(void) {
     int64_t one[4] = {1, 16, 4, 6};
     kn_tensor t1 = kn_tensor_make(KN_F32, KN_DEV_CPU, item, 4, one);
     /* 384-value items are whole blocks of 16: drawing item by item equals one draw over the batch */
-    CHECK(kn_prepare_noise(&t, 7, NULL, 0, KN_RANDN_AVX2, &err) == KN_OK, "%s", err.msg);
-    CHECK(kn_prepare_noise(&t1, 7, (int64_t[]){1}, 1, KN_RANDN_AVX2, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_prepare_noise(&t, 7, NULL, 0, KN_RANDN_AVX2, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_prepare_noise(&t1, 7, (int64_t[]){1}, 1, KN_RANDN_AVX2, NULL, &err) == KN_OK, "%s", err.msg);
     CHECK(memcmp(item, whole + N_LATENT / 2, sizeof item) == 0, "batch_index [1] is not the second draw");
-    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, -1}, 2, KN_RANDN_AVX2, &err) == KN_ERR_INVALID, "negative index");
-    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, INT64_MAX}, 2, KN_RANDN_AVX2, &err) == KN_ERR_INVALID, "huge index");
-    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0}, 1, KN_RANDN_AVX2, &err) == KN_ERR_SHAPE, "index count");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, -1}, 2, KN_RANDN_AVX2, NULL, &err) == KN_ERR_INVALID,
+          "negative index");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0, INT64_MAX}, 2, KN_RANDN_AVX2, NULL, &err) == KN_ERR_INVALID,
+          "huge index");
+    CHECK(kn_prepare_noise(&t, 7, (int64_t[]){0}, 1, KN_RANDN_AVX2, NULL, &err) == KN_ERR_SHAPE, "index count");
+}
+
+/* The initial noise of a huge latent looks at the interrupt flag every 2^20 values: a set flag stops
+ * it (KN_ERR_CANCELLED) before the next chunk, and drawing in chunks changes no value. */
+static void test_noise_cancel(void) {
+    enum { CHUNK = 1 << 20 };
+    const int64_t big[2] = {1, 3 * CHUNK + 8}, part[2] = {1, 2 * CHUNK};
+    float *a = malloc((size_t)big[1] * sizeof *a), *b = malloc((size_t)part[1] * sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return;
+    }
+    kn_err err;
+    kn_tensor ta = kn_tensor_make(KN_F32, KN_DEV_CPU, a, 2, big), tb = kn_tensor_make(KN_F32, KN_DEV_CPU, b, 2, part);
+    atomic_int cancel = 0;
+    CHECK(kn_prepare_noise(&ta, 11, NULL, 0, KN_RANDN_AVX2, &cancel, &err) == KN_OK, "%s", err.msg);
+    CHECK(kn_prepare_noise(&tb, 11, NULL, 0, KN_RANDN_AVX2, NULL, &err) == KN_OK, "%s", err.msg);
+    CHECK(memcmp(a, b, (size_t)part[1] * sizeof *a) == 0, "a draw across chunks equals the shorter draw it starts with");
+    for (int64_t i = 0; i < big[1]; i++) a[i] = -1e30f;
+    atomic_store(&cancel, 1);
+    int rc = kn_prepare_noise(&ta, 11, NULL, 0, KN_RANDN_AVX2, &cancel, &err);
+    CHECK(rc == KN_ERR_CANCELLED && strstr(err.msg, "interrupted"), "a set flag stops the noise: %d %s", rc, err.msg);
+    CHECK(a[0] == -1e30f && a[big[1] - 1] == -1e30f, "before it draws the first chunk");
+    rc = kn_prepare_noise(&ta, 11, (int64_t[]){0}, 1, KN_RANDN_AVX2, &cancel, &err);
+    CHECK(rc == KN_ERR_CANCELLED, "also with a batch_index (%d)", rc);
+    free(a);
+    free(b);
 }
 
 static void test_schedules(void) {
@@ -168,8 +198,8 @@ static void test_samplers(void) {
     kn_err err;
     kn_model_sampling ms;
     CHECK(kn_model_sampling_flux(&ms, 1.15, &err) == KN_OK, "%s", err.msg);
-    kn_prepare_noise(&tx0, 1, NULL, 0, KN_RANDN_AVX2, &err);
-    kn_prepare_noise(&tn, 2, NULL, 0, KN_RANDN_AVX2, &err);
+    kn_prepare_noise(&tx0, 1, NULL, 0, KN_RANDN_AVX2, NULL, &err);
+    kn_prepare_noise(&tn, 2, NULL, 0, KN_RANDN_AVX2, NULL, &err);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         for (int guided = 0; guided < 2; guided++) {
             float *s;
@@ -251,7 +281,7 @@ static void test_post_cfg(void) {
     kn_tensor tx = kn_tensor_make(KN_F32, KN_DEV_CPU, x, 4, latent_shape);
     kn_tensor to = kn_tensor_make(KN_F32, KN_DEV_CPU, out, 4, latent_shape);
     kn_err err;
-    kn_prepare_noise(&tx0, 5, NULL, 0, KN_RANDN_AVX2, &err);
+    kn_prepare_noise(&tx0, 5, NULL, 0, KN_RANDN_AVX2, NULL, &err);
     for (int k = 0; k < N_LATENT; k++) x0[k] *= 0.5f; /* |x0 - 3| > |x0| almost everywhere: the clamp bites */
     for (int c = 0; c < 16; c++) x0[c * 24] = 60.0f; /* and not at pixel 0: norm 240 against 228 */
     kn_post_cfg hooks[2] = {{kn_cfg_norm, 0.8}, {record, 0.0}};
@@ -300,6 +330,7 @@ static void test_post_cfg(void) {
 int main(void) {
     test_mt19937();
     test_batch_index();
+    test_noise_cancel();
     test_schedules();
     test_ddim_uniform();
     test_samplers();
