@@ -9,7 +9,10 @@ render, and they must leave it
 - under `--memory-budget 128M`, smaller than that diffusion model: the render still completes, the
   text encoder is released for the diffusion model and the diffusion model for the VAE, each said
   in one stderr line ("released <file> (<size>) for <file>"), and the RSS after the render is
-  >= 80% of the pad below that of the server with the default budget.
+  >= 80% of the pad below that of the server with the default budget;
+- a released model runs again unchanged: under `--memory-budget 10M` a LoRA'd diffusion model is
+  released for the VAE (its LoRA adapters put back) and the next prompt's render, which patches it
+  again, is byte for byte the render of a fresh process.
 
 usage: test_runtime_free.py KILN SOURCE_DIR WORK_DIR MODELS"""
 import json
@@ -17,6 +20,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import time
 
@@ -118,5 +122,38 @@ check(any(r[0] == "diffusion_models/" + DIT and r[2] == "vae/" + VAE for r in re
       "and the diffusion model for the VAE")
 check(loaded - tight >= 0.8 * PAD, "VmRSS after the render: %s, %s under the default budget's %s"
       % (mib(tight), mib(loaded - tight), mib(loaded)))
+
+
+
+def lora_prompt(seed):
+    with open(os.path.join(SRC, "workflows", "qwen_image_t2i.api.json")) as f:
+        p = json.load(f)
+    p["58"]["inputs"].update(width=64, height=64)
+    p["3"]["inputs"].update(seed=seed, steps=2)
+    p["90"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["37", 0], "lora_name": "Qwen-Image-Lightning-8steps-V1.0.safetensors", "strength_model": 0.8}}
+    p["66"]["inputs"]["model"] = ["90", 0]
+    p["60"]["inputs"]["filename_prefix"] = "seed%d" % seed
+    path = os.path.join(WORK, "lora%d.api.json" % seed)
+    with open(path, "w") as f:
+        json.dump(p, f)
+    return path
+
+
+def kiln_run(out, prompts, *args):
+    return subprocess.run([KILN, "run", "--models", MODELS, "--output", os.path.join(WORK, out)] + list(args) + prompts,
+                          capture_output=True, text=True, timeout=600)
+
+
+tight = kiln_run("tight", [lora_prompt(1), lora_prompt(2)], "--memory-budget", "10M")
+fresh = kiln_run("fresh", [lora_prompt(2)])
+pngs = [os.path.join(WORK, d, "seed2_00001_.png") for d in ("tight", "fresh")]
+check(tight.returncode == 0 and tight.stderr.count("released diffusion_models/%s" % DIT) == 2,
+      "--memory-budget 10M: the LoRA'd diffusion model is released for the VAE after each prompt")
+same = fresh.returncode == 0 and all(os.path.exists(p) for p in pngs)
+if same:
+    with open(pngs[0], "rb") as a, open(pngs[1], "rb") as b:
+        same = a.read() == b.read()
+check(same, "and its second render (LoRA applied again) is the fresh process's, byte for byte")
 
 check.exit()
