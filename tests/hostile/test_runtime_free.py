@@ -12,7 +12,10 @@ is measured per file from /proc/PID/smaps (the resident pages of their mappings)
 - under `--memory-budget 128M`, smaller than that diffusion model: the render still completes, the
   text encoder is released for the diffusion model and the diffusion model for the VAE, each said
   in one stderr line ("released <file> (<size>) for <file>"), and after the render neither the
-  text encoder's nor the diffusion model's pages are resident (<= 10% of the default budget's).
+  text encoder's nor the diffusion model's pages are resident (<= 10% of the default budget's);
+- a released model runs again unchanged: under `--memory-budget 10M` a LoRA'd diffusion model is
+  released for the VAE (its LoRA adapters put back) and the next prompt's render, which patches it
+  again, is byte for byte the render of a fresh process.
 
 usage: test_runtime_free.py KILN SOURCE_DIR WORK_DIR MODELS"""
 import json
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import time
 
@@ -144,5 +148,37 @@ check(any(r[0] == "diffusion_models/" + DIT and r[2] == "vae/" + VAE for r in re
       "and the diffusion model for the VAE")
 check(tight <= 0.1 * default_te_dit, "after the render the text encoder's and diffusion model's resident pages: %s "
       "(%s under the default budget)" % (mib(tight), mib(default_te_dit)))
+
+
+def lora_prompt(seed):
+    with open(os.path.join(SRC, "workflows", "qwen_image_t2i.api.json")) as f:
+        p = json.load(f)
+    p["58"]["inputs"].update(width=64, height=64)
+    p["3"]["inputs"].update(seed=seed, steps=2)
+    p["90"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["37", 0], "lora_name": "Qwen-Image-Lightning-8steps-V1.0.safetensors", "strength_model": 0.8}}
+    p["66"]["inputs"]["model"] = ["90", 0]
+    p["60"]["inputs"]["filename_prefix"] = "seed%d" % seed
+    path = os.path.join(WORK, "lora%d.api.json" % seed)
+    with open(path, "w") as f:
+        json.dump(p, f)
+    return path
+
+
+def kiln_run(out, prompts, *args):
+    return subprocess.run([KILN, "run", "--models", MODELS, "--output", os.path.join(WORK, out)] + list(args) + prompts,
+                          capture_output=True, text=True, timeout=600)
+
+
+tight_run = kiln_run("tight", [lora_prompt(1), lora_prompt(2)], "--memory-budget", "10M")
+fresh = kiln_run("fresh", [lora_prompt(2)])
+pngs = [os.path.join(WORK, d, "seed2_00001_.png") for d in ("tight", "fresh")]
+check(tight_run.returncode == 0 and tight_run.stderr.count("released diffusion_models/%s" % DIT) == 2,
+      "--memory-budget 10M: the LoRA'd diffusion model is released for the VAE after each prompt")
+same = fresh.returncode == 0 and all(os.path.exists(p) for p in pngs)
+if same:
+    with open(pngs[0], "rb") as a, open(pngs[1], "rb") as b:
+        same = a.read() == b.read()
+check(same, "and its second render (LoRA applied again) is the fresh process's, byte for byte")
 
 check.exit()
