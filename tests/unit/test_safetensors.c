@@ -629,63 +629,6 @@ static void test_views(void) {
 
 /* ---- ComfyUI fixtures ----------------------------------------------------- */
 
-/* This process's file-backed resident bytes (RssFile in /proc/self/status), -1 when unreadable. */
-static long long rss_file(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "RssFile: %lld kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb < 0 ? -1 : kb * 1024;
-}
-
-/* kn_st_release drops a file's (and a view's) pages from the process; they fault back in unchanged. */
-static void test_release(void) {
-    enum { N = 4 << 20 }; /* 16 MiB per tensor */
-    float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
-    if (!a || !b) return;
-    for (int i = 0; i < N; i++) a[i] = (float)i, b[i] = (float)-i;
-    const int64_t ne = N;
-    kn_tensor t[2] = {kn_tensor_make(KN_F32, KN_DEV_CPU, a, 1, &ne), kn_tensor_make(KN_F32, KN_DEV_CPU, b, 1, &ne)};
-    t[0].name = "a.w";
-    t[1].name = "b.w";
-    char path[600];
-    tmp_path(path, sizeof path, "release.safetensors");
-    kn_err err;
-    kn_st_file *f = NULL, *view = NULL;
-    CHECK(kn_st_write(path, t, 2, &err) == KN_OK && kn_st_open(&f, path, &err) == KN_OK &&
-              kn_st_view(&view, f, "b.", &err) == KN_OK,
-          "%s", err.msg);
-    free(a);
-    free(b);
-    if (!view) {
-        kn_st_close(f);
-        return;
-    }
-    int mapped = 0;
-    CHECK(kn_st_span_bytes(f, &mapped) == 2 * (size_t)N * 4 && mapped, "the file spans both tensors, mapped");
-    CHECK(kn_st_span_bytes(view, &mapped) == (size_t)N * 4 && mapped, "the view spans its tensor");
-    const float *x = kn_st_find(f, "a.w")->data, *y = kn_st_find(view, "w")->data;
-    double sum = 0;
-    for (int i = 0; i < N; i += 1024) sum += x[i] + y[i]; /* one read per page */
-    long long before = rss_file();
-    kn_st_release(view);
-    long long after_view = rss_file();
-    kn_st_release(f);
-    long long after = rss_file();
-    CHECK(before - after_view >= 15LL << 20 && after_view - after >= 15LL << 20,
-          "released pages leave the process: the view's, then the rest (RssFile %lld -> %lld -> %lld)", before,
-          after_view, after);
-    double again = 0;
-    for (int i = 0; i < N; i += 1024) again += x[i] + y[i];
-    CHECK(again == sum && x[N - 1] == (float)(N - 1) && y[N - 1] == (float)-(N - 1),
-          "the pages fault back in unchanged");
-    kn_st_close(view);
-    kn_st_close(f);
-    unlink(path);
-}
-
 static void test_fixtures(void) {
     char root[600];
     snprintf(root, sizeof root, "%s/tests/fixtures", KN_SOURCE_DIR);
@@ -883,7 +826,6 @@ int main(void) {
     test_write_metadata();
     test_fp8_scale();
     test_views();
-    test_release();
     test_fixtures();
     for (size_t i = 0; i < sizeof fmts / sizeof fmts[0]; i++) test_dtype(&fmts[i]);
     rmdir(tmp_dir);
