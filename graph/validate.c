@@ -236,8 +236,6 @@ static int target_set(vctx *c, const json_t *targets) {
 
 static int in_targets(const vctx *c, const char *id) { return !c->targets || json_object_get(c->targets, id); }
 
-static int link_source(const vctx *c, const vnode *n, const kn_input_spec *in);
-
 static int by_position(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 /* After output o (position oi, the walk's stamp) failed: the failed nodes it

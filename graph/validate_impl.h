@@ -17,7 +17,7 @@
 
 #include "graph/validate.h"
 
-enum { NODE_NEW, NODE_BUSY, NODE_DONE };
+enum { NODE_NEW /* zeroed: not checked yet */, NODE_BUSY, NODE_DONE };
 /* What checking a node or input yields. RES_OK: carry on (for a node: it is
  * valid). RES_RAISED mirrors a Python exception escaping validate_inputs,
  * which the caller turns into an error on that node. RES_FATAL: err is set
