@@ -53,7 +53,7 @@ FAMILIES = {
     },
     "flux": {
         "dit": ["flux_dev_1,1", "flux_dev_2,2"], "blocks": [2, 4], "text_tokens": 256,
-        "te": ["clip_l_2l", "t5_xxl_2l"], "vae": "flux_vae", "clip_type": "flux",
+        "te": ["clip_l", "t5_xxl_2l"], "vae": "flux_vae", "clip_type": "flux",
         "sdcpp": lambda f: ["--clip_l", f["te"][0], "--t5xxl", f["te"][1], "--guidance", "3.5"],
     },
     "zimage": {

@@ -30,7 +30,8 @@ qwen_image)
 flux)
     make flux_dev_1,1 flux1_dev_dit 1,1 --dtype bf16 >/dev/null
     make flux_dev_2,2 flux1_dev_dit 2,2 --dtype bf16 >/dev/null
-    make clip_l_2l clip_l_text 2 >/dev/null
+    # CLIP-L whole: sd.cpp's metadata validation refuses one missing layers (T5 may have 2)
+    make clip_l clip_l_text all --dtype bf16 >/dev/null
     make t5_xxl_2l t5_xxl_encoder 2 >/dev/null
     make flux_vae flux_vae all >/dev/null ;;
 zimage)
