@@ -71,7 +71,7 @@ static void test_scrub(void) {
     static const char *cases[][2] = {
         {"cannot open '/srv/models/vae/x.safetensors': No such file", "cannot open 'x.safetensors': No such file"},
         {"/abs/dir/file.json: bad header", "file.json: bad header"},
-        {"not in the loras folder of /home/u/models", "not in the loras folder of models"},
+        {"not in the loras folder of /var/lib/kiln/models", "not in the loras folder of models"},
         {"a (/a/b/c) and \"/d/e/\"", "a (c) and \"e/\""},
         {"diffusion_models/x.safetensors and /etc", "diffusion_models/x.safetensors and /etc"},
         {"ratio 1/2, key=/x/y", "ratio 1/2, key=y"},
