@@ -67,7 +67,7 @@ typedef struct timing {
     double cpu_share;    /* CPU time the process got / (wall time x threads), over the timed runs */
 } timing;
 
-/* Median and best of `reps` runs after a warm-up (first touch, oneDNN kernel
+/* Median and best of `reps` runs after a warm-up (first touch, page faults,
  * generation, OpenBLAS thread start-up). The best shows what the code does
  * when the rest of a shared machine leaves it alone. */
 static int time_runs(run_fn run, void *user, timing *out) {

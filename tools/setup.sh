@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake make gcc libc6-dev pkg-config clang libclang-rt-14-dev libomp-14-dev llvm
-          libjansson-dev libdnnl-dev libopenblas-dev libpng-dev libstb-dev python3-numpy
+          libjansson-dev libopenblas-dev libpng-dev libstb-dev python3-numpy
           libcivetweb-dev python3-websocket chromium nodejs
           libopenmpi-dev openmpi-bin iproute2)
 missing=()

@@ -1,6 +1,6 @@
 /* CPU GEMM: the one matrix-product entry point of the CPU backend.
  *
- * Kiln's own packed GEMM (gemm_kernel.h) for every F32 product. On the 2-core
+ * Kiln's own packed GEMM (gemm_kernel.h) for every product. On the 2-core
  * AVX2 (Zen 3) machine it reaches ~88% of the FMA peak on the DiT's shapes when
  * left alone, where oneDNN 2.6's sgemm reached ~75% (bench/run.sh), and
  * packing B is where weights of any dtype are widened (and fp8 scales
@@ -9,16 +9,16 @@
  *  - Linears of up to 320 rows (text encoders, DiT text streams) take a
  *    skinny path that widens each weight block straight into L1; every row
  *    gets the same bits either way.
- *  - BF16 precision: activations rounded to bf16; on CPUs with bf16 units
- *    the oneDNN matmul primitive multiplies bf16 x bf16 with f32
- *    accumulation; elsewhere the same products (bf16 x bf16 is exact in f32)
- *    go through the f32 GEMM. */
-#include <pthread.h>
+ *  - BF16 precision: activations and weights rounded to bf16, products
+ *    accumulated in f32. On CPUs with AVX512_BF16 the same driver runs a
+ *    vdpbf16ps micro-kernel on bf16 pairs (as fast as oneDNN 2.6's bf16
+ *    matmul in a DiT block on Zen 5, bench/run.sh, so oneDNN is no longer
+ *    needed); elsewhere the same products (bf16 x bf16 is exact in f32) go
+ *    through the f32 kernel. */
 #include <stdlib.h>
 #include <string.h>
 
 #include <immintrin.h>
-#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -76,8 +76,9 @@ typedef float vec;
 _Static_assert(MR == 6, "ROWS() lists MR rows");
 
 /* c[i, 0:NR] for the rows i of R: acc ? c * cscale + sum : sum + bias, sum
- * the products of a's row i and b over kc (packed panels). */
-#define MICRO_KERNEL(name, R)                                                                                 \
+ * the products of a's row i and b over kc packed elements, STEP(i) adding one
+ * element's products to row i's accumulators. */
+#define MICRO_KERNEL(name, R, STEP)                                                                           \
     static inline void name(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c, \
                             int64_t ldc, int acc, const float *cscale, const float *bias) {                  \
         R(DECL)                                                                                               \
@@ -94,7 +95,7 @@ _Static_assert(MR == 6, "ROWS() lists MR rows");
     vec c##i##0 = VZERO(), c##i##1 = VZERO();                                                               \
     __builtin_prefetch(c + i * ldc, 1);                                                                      \
     __builtin_prefetch(c + i * ldc + NR - 1, 1);
-#define STEP(i)                                                                                             \
+#define STEP_F32(i)                                                                                         \
     ai = VBCAST(a + i);                                                                                     \
     c##i##0 = VFMA(ai, b0, c##i##0);                                                                        \
     c##i##1 = VFMA(ai, b1, c##i##1);
@@ -104,48 +105,68 @@ _Static_assert(MR == 6, "ROWS() lists MR rows");
         VSTORE(r, acc ? VFMA(VLOAD(r), mul0, c##i##0) : VADD(c##i##0, add0));                               \
         VSTORE(r + VL, acc ? VFMA(VLOAD(r + VL), mul1, c##i##1) : VADD(c##i##1, add1));                     \
     }
-MICRO_KERNEL(micro_full, ROWS)
-MICRO_KERNEL(micro_rows1, ROWS1)
-MICRO_KERNEL(micro_rows2, ROWS2)
-MICRO_KERNEL(micro_rows3, ROWS3)
-MICRO_KERNEL(micro_rows4, ROWS4)
+MICRO_KERNEL(micro_full, ROWS, STEP_F32)
+MICRO_KERNEL(micro_rows1, ROWS1, STEP_F32)
+MICRO_KERNEL(micro_rows2, ROWS2, STEP_F32)
+MICRO_KERNEL(micro_rows3, ROWS3, STEP_F32)
+MICRO_KERNEL(micro_rows4, ROWS4, STEP_F32)
+
+/* The kernels of one arithmetic: rows[r] computes r rows (1-4 and MR). */
+typedef void (*micro_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc,
+                         const float *cscale, const float *bias);
+typedef struct micro_set {
+    micro_fn rows[MR + 1];
+} micro_set;
+static const micro_set micro_f32 = {{NULL, micro_rows1, micro_rows2, micro_rows3, micro_rows4, NULL, micro_full}};
+
+#if KN_GEMM_BF16
+/* BF16 pairs: each packed element holds two bf16 values of consecutive k
+ * (the lower k in the low half), and vdpbf16ps adds both products of a pair
+ * to f32 accumulators: twice the fp32 FMA's work per instruction. The
+ * products of bf16 values are exact in f32; only the order of the sums
+ * differs from the f32 kernel on bf16-rounded inputs. */
+#define STEP_BF16(i)                                                                                        \
+    ai = VBCAST(a + i);                                                                                     \
+    c##i##0 = _mm512_dpbf16_ps(c##i##0, (__m512bh)ai, (__m512bh)b0);                                       \
+    c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)ai, (__m512bh)b1);
+MICRO_KERNEL(micro_bf16_full, ROWS, STEP_BF16)
+MICRO_KERNEL(micro_bf16_rows1, ROWS1, STEP_BF16)
+MICRO_KERNEL(micro_bf16_rows2, ROWS2, STEP_BF16)
+MICRO_KERNEL(micro_bf16_rows3, ROWS3, STEP_BF16)
+MICRO_KERNEL(micro_bf16_rows4, ROWS4, STEP_BF16)
+static const micro_set micro_bf16 = {
+    {NULL, micro_bf16_rows1, micro_bf16_rows2, micro_bf16_rows3, micro_bf16_rows4, NULL, micro_bf16_full}};
+#undef STEP_BF16
+#endif
 #undef DECL
-#undef STEP
+#undef STEP_F32
 #undef STORE
 
-/* kn_gemm_micro without cscale for mr <= 4 rows: the products the full
- * kernel would give those rows, without computing the padding rows. */
-static void micro_few(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *bias,
-                      int mr, int nr) {
-    float t[4 * NR];
-    float *dst = nr == NR ? c : t;
-    int64_t ld = nr == NR ? ldc : NR;
-    int direct = nr == NR;
-    switch (mr) {
-    case 1: micro_rows1(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
-    case 2: micro_rows2(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
-    case 3: micro_rows3(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
-    default: micro_rows4(kc, a, b, dst, ld, direct && acc, NULL, direct ? bias : NULL); break;
-    }
-    if (direct) return;
-    for (int i = 0; i < mr; i++) /* as kn_gemm_micro's edge tiles */
-        for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * NR + j] + (acc ? c[i * ldc + j] : bias ? bias[j] : 0.0f);
-}
-
-void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *cscale,
-                   const float *bias, int mr, int nr) {
-    if (mr == MR && nr == NR) {
-        micro_full(kc, a, b, c, ldc, acc, cscale, bias);
+/* One mr x nr (<= MR x NR) tile, as kn_gemm_micro, with the kernels of `set`.
+ * Up to FEW_ROWS rows without cscale run a kernel of just those rows: the
+ * products the full kernel would give them, without the padding rows. */
+#define FEW_ROWS 4
+static void micro_tile(const micro_set *set, int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                       int acc, const float *cscale, const float *bias, int mr, int nr) {
+    int few = mr <= FEW_ROWS && !cscale;
+    micro_fn f = set->rows[few ? mr : MR];
+    if (nr == NR && (few || mr == MR)) {
+        f(kc, a, b, c, ldc, acc, cscale, bias);
         return;
     }
     /* Edge tile: the padded panels give a full tile; keep its valid corner. */
     float t[MR * NR];
-    micro_full(kc, a, b, t, NR, 0, NULL, NULL);
+    f(kc, a, b, t, NR, 0, NULL, NULL);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
             c[i * ldc + j] = t[i * NR + j] + (acc    ? c[i * ldc + j] * (cscale ? cscale[j] : 1.0f)
                                               : bias ? bias[j]
                                                      : 0.0f);
+}
+
+void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *cscale,
+                   const float *bias, int mr, int nr) {
+    micro_tile(&micro_f32, kc, a, b, c, ldc, acc, cscale, bias, mr, nr);
 }
 
 /* ---- packing ------------------------------------------------------------ */
@@ -314,6 +335,84 @@ void kn_gemm_pack_b(float *dst, const void *b, kn_dtype dtype, float scale, int6
     }
 }
 
+#if KN_GEMM_BF16
+/* ---- bf16 pairs --------------------------------------------------------- */
+
+/* 32 floats rounded to bf16 (to nearest even), as 16 pairs of consecutive
+ * values; the float lanes only carry the pairs' bits. */
+static inline __m512 pairs_of(const float *p) {
+    return (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
+}
+
+/* dst[m][t] = pair(x[m][2t], x[m][2t + 1]) for M rows of K floats, rows
+ * (K + 1) / 2 pairs apart; an odd K's last pair is padded with zero. */
+static void rows_to_pairs(float *dst, const float *x, int64_t M, int64_t K) {
+    int64_t kp = (K + 1) / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * K;
+        float *d = dst + m * kp;
+        int64_t k = 0;
+        for (; k + 32 <= K; k += 32) _mm512_storeu_ps(d + k / 2, pairs_of(r + k));
+        if (k < K) {
+            float t[32] = {0};
+            memcpy(t, r + k, (size_t)(K - k) * sizeof(float));
+            _mm512_mask_storeu_ps(d + k / 2, (__mmask16)((1u << ((K - k + 1) / 2)) - 1), pairs_of(t));
+        }
+    }
+}
+
+/* B panels of bf16 pairs from a [N, K] weight (rows ldb elements apart), b
+ * at the block's first k: dst[p][t][j] = pair(W(p*NR + j, 2t), W(.., 2t + 1))
+ * for kcp pairs, with zeros past the block's kn valid values. Stored bf16
+ * rows (unscaled, pairs aligned) are copied as they are: a pair is a 32-bit
+ * unit of the row, so the panel is the rows' 32-bit transpose; other dtypes
+ * are widened (and scaled) into a tile and rounded to pairs there. */
+static void pack_b_pairs(float *dst, const void *b, kn_dtype dtype, float scale, int64_t ldb, int64_t kcp, int64_t kn,
+                         int64_t cols) {
+    enum { TB = 128 }; /* k values a tile */
+    size_t esz = kn_dtype_size(dtype);
+    const char *src = b;
+    int raw = dtype == KN_BF16 && scale == 1.0f && ldb % 2 == 0 && kn == 2 * kcp && kcp % VL == 0;
+    float tile[NR][TB], pt[NR][TB / 2];
+    for (int64_t p = 0; p < cols; p += NR, dst += NR * kcp) {
+        int64_t nc = cols - p < NR ? cols - p : NR;
+        if (raw && nc == NR) {
+            const char *w = src + (size_t)p * (size_t)ldb * 2;
+            for (int64_t j = NR; j < 2 * NR && p + j < cols; j++) /* the next panel's rows */
+                prefetch_span(w + (size_t)j * (size_t)ldb * 2, (size_t)kn * 2);
+            for (int64_t t = 0; t < kcp; t += VL)
+                for (int j = 0; j < NR; j += VL) {
+                    vec r[VL];
+                    for (int i = 0; i < VL; i++) r[i] = _mm512_loadu_ps(w + ((size_t)(j + i) * (size_t)ldb + 2 * (size_t)t) * 2);
+                    transpose_store(r, dst + t * NR + j, NR);
+                }
+            continue;
+        }
+        for (int64_t k0 = 0; k0 < 2 * kcp; k0 += TB) {
+            int64_t n = kn - k0 < TB ? (kn > k0 ? kn - k0 : 0) : TB;
+            int64_t np = (2 * kcp - k0 < TB ? 2 * kcp - k0 : TB) / 2; /* pairs of this tile */
+            for (int64_t j = 0; j < NR; j++) {
+                if (j < nc && n > 0) {
+                    const char *row = src + ((size_t)(p + j) * (size_t)ldb + (size_t)k0) * esz;
+                    if (k0 == 0 && p + j + PREFETCH_ROWS < cols)
+                        prefetch_span(src + (size_t)(p + j + PREFETCH_ROWS) * (size_t)ldb * esz, (size_t)kn * esz);
+                    kn_to_f32(tile[j], row, dtype, (size_t)n, scale);
+                }
+                int64_t from = j < nc ? n : 0;
+                memset(tile[j] + from, 0, (size_t)(TB - from) * sizeof(float));
+                for (int64_t k = 0; k < TB; k += 32) _mm512_storeu_ps(pt[j] + k / 2, pairs_of(tile[j] + k));
+            }
+            int64_t t = 0;
+            for (; t + VL <= np; t += VL)
+                for (int j = 0; j < NR; j += VL) transpose_block(&pt[j][t], TB / 2, dst + (k0 / 2 + t) * NR + j, NR);
+            for (; t < np; t++)
+                for (int64_t j = 0; j < NR; j++) dst[(k0 / 2 + t) * NR + j] = pt[j][t];
+        }
+    }
+}
+#endif
+
 /* ---- blocked, threaded GEMM --------------------------------------------- */
 
 /* C[M, N] (ldc) = beta C + A[M, K] (lda) . B + bias[N], B as in kn_gemm_pack_b. */
@@ -333,6 +432,10 @@ typedef struct gemm_job {
     int64_t ldc;
     float *bpack; /* per thread: KC x min(N, NC) rounded to NR, set by gemm_run */
     float *apack; /* per thread: MC x KC */
+    /* bf16 pairs (KN_GEMM_BF16): a holds x as pairs and M, K, lda count
+     * pairs; B keeps its own layout, kvals values a row */
+    int pairs;
+    int64_t kvals;
 } gemm_job;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -352,8 +455,29 @@ static int64_t bpack_floats(int64_t N, int64_t K) { return kn_gemm_packed_b_size
 static int64_t apack_floats(int64_t M, int64_t K) { return kn_gemm_packed_a_size(min64(M, MC), min64(K, KC)); }
 
 static const char *b_at(const gemm_job *g, int64_t k, int64_t n) {
+    if (g->pairs) k *= 2;
     size_t off = g->trans_b ? (size_t)n * (size_t)g->ldb + (size_t)k : (size_t)k * (size_t)g->ldb + (size_t)n;
     return (const char *)g->b + off * kn_dtype_size(g->b_type);
+}
+
+/* Panels of B's rows pc..pc+kc (packed elements) and columns n0..n0+nc. */
+static void pack_b_block(const gemm_job *g, float *dst, int64_t pc, int64_t kc, int64_t n0, int64_t nc) {
+#if KN_GEMM_BF16
+    if (g->pairs) {
+        pack_b_pairs(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, kc, min64(2 * kc, g->kvals - 2 * pc), nc);
+        return;
+    }
+#endif
+    kn_gemm_pack_b(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nc);
+    if (g->round_b) round_to_bf16(dst, dst, (nc + NR - 1) / NR * kc * NR);
+}
+
+static const micro_set *job_kernels(const gemm_job *g) {
+#if KN_GEMM_BF16
+    if (g->pairs) return &micro_bf16;
+#endif
+    (void)g;
+    return &micro_f32;
 }
 
 /* Thread tid of nt computes its own block of C with its own packing buffers:
@@ -370,12 +494,12 @@ static void gemm_thread(const gemm_job *g, int tid, int nt) {
     int64_t m0 = mpan * im / tm * MR, m1 = min64(g->M, mpan * (im + 1) / tm * MR);
     float *apack = g->apack + (size_t)tid * (size_t)apack_floats(g->M, g->K);
     float *bpack = g->bpack + (size_t)tid * (size_t)bpack_floats(g->N, g->K);
+    const micro_set *ks = job_kernels(g);
     for (int64_t jc = n0; jc < n1; jc += NC) {
         int64_t nc = min64(NC, n1 - jc), ncp = (nc + NR - 1) / NR;
         for (int64_t pc = 0; pc < g->K; pc += KC) {
             int64_t kc = min64(KC, g->K - pc);
-            kn_gemm_pack_b(bpack, b_at(g, pc, jc), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nc);
-            if (g->round_b) round_to_bf16(bpack, bpack, ncp * kc * NR);
+            pack_b_block(g, bpack, pc, kc, jc, nc);
             int acc = pc > 0 || g->beta != 0.0f;
             const float *bias = pc == 0 ? g->bias : NULL;
             for (int64_t ic = m0; ic < m1; ic += MC) {
@@ -383,10 +507,10 @@ static void gemm_thread(const gemm_job *g, int tid, int nt) {
                 kn_gemm_pack_a(apack, g->a + ic * g->lda + pc, g->lda, 0, mc, kc);
                 for (int64_t q = 0; q < ncp; q++)
                     for (int64_t ir = 0; ir < mc; ir += MR)
-                        kn_gemm_micro(kc, apack + ir * kc, bpack + q * kc * NR,
-                                      g->c + (ic + ir) * g->ldc + jc + q * NR, g->ldc, acc, NULL,
-                                      bias ? bias + jc + q * NR : NULL, (int)min64(MR, mc - ir),
-                                      (int)min64(NR, nc - q * NR));
+                        micro_tile(ks, kc, apack + ir * kc, bpack + q * kc * NR,
+                                   g->c + (ic + ir) * g->ldc + jc + q * NR, g->ldc, acc, NULL,
+                                   bias ? bias + jc + q * NR : NULL, (int)min64(MR, mc - ir),
+                                   (int)min64(NR, nc - q * NR));
             }
         }
     }
@@ -436,13 +560,12 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     float *buf = aligned_alloc(64, (nf * sizeof(float) + 63) & ~(size_t)63);
     if (!buf) return kn_fail(err, KN_ERR_NOMEM, "gemm %lld x %lld x %lld: out of memory for packing", (long long)M,
                              (long long)N, (long long)K);
-    gemm_job g = {M, N, K, A, lda, B, KN_F32, 1.0f, ldb, trans_b, 0, beta, NULL, C, ldc, NULL, NULL};
+    gemm_job g = {M, N, K, A, lda, B, KN_F32, 1.0f, ldb, trans_b, 0, beta, NULL, C, ldc, NULL, NULL, 0, K};
     gemm_run(&g, buf);
     free(buf);
     return KN_OK;
 }
 
-#define FEW_ROWS 4 /* up to this many rows, micro_few computes a tile without padding rows */
 /* Up to this many rows (modulation and time embeddings; text encoders' and
  * DiT text streams' 20-300 tokens), a linear reads the weight once straight
  * into L1 instead of packing a 4 MB block of it: the packed-B round trip
@@ -467,6 +590,7 @@ static size_t skinny_floats(int64_t M, int64_t K) {
 static void linear_skinny(const gemm_job *g, float *buf) {
     int64_t mp = (g->M + MR - 1) / MR * MR; /* x's rows padded to whole panels: one KC block of x is mp x KC */
     float *apack = buf, *panels = buf + kn_gemm_packed_a_size(g->M, g->K);
+    const micro_set *ks = job_kernels(g);
     for (int64_t pc = 0; pc < g->K; pc += KC)
         kn_gemm_pack_a(apack + pc * mp, g->a + pc, g->lda, 0, g->M, min64(KC, g->K - pc));
     int64_t npan = (g->N + NR - 1) / NR, ngroups = (npan + SKINNY_GROUP - 1) / SKINNY_GROUP;
@@ -478,117 +602,17 @@ static void linear_skinny(const gemm_job *g, float *buf) {
             int64_t kc = min64(KC, g->K - pc);
             for (int64_t q = grp * SKINNY_GROUP; q < q1; q++) {
                 int64_t n0 = q * NR, nr = min64(NR, g->N - n0);
-                kn_gemm_pack_b(bp, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, g->trans_b, kc, nr);
-                if (g->round_b) round_to_bf16(bp, bp, kc * NR);
+                pack_b_block(g, bp, pc, kc, n0, nr);
                 const float *bias = pc == 0 && g->bias ? g->bias + n0 : NULL;
                 for (int64_t ir = 0; ir < g->M; ir += MR) {
                     int mr = (int)min64(MR, g->M - ir);
                     const float *a = apack + pc * mp + ir * kc;
                     float *c = g->c + ir * g->ldc + n0;
-                    if (mr <= FEW_ROWS) micro_few(kc, a, bp, c, g->ldc, pc > 0, bias, mr, (int)nr);
-                    else kn_gemm_micro(kc, a, bp, c, g->ldc, pc > 0, NULL, bias, mr, (int)nr);
+                    micro_tile(ks, kc, a, bp, c, g->ldc, pc > 0, NULL, bias, mr, (int)nr);
                 }
             }
         }
     }
-}
-
-/* ---- oneDNN bf16 matmul ------------------------------------------------- */
-
-static dnnl_engine_t dnnl_cpu_engine;
-static dnnl_stream_t dnnl_cpu_stream;
-static dnnl_status_t dnnl_init_status = dnnl_runtime_error;
-static pthread_once_t dnnl_once = PTHREAD_ONCE_INIT;
-
-static void dnnl_init(void) {
-    dnnl_init_status = dnnl_engine_create(&dnnl_cpu_engine, dnnl_cpu, 0);
-    if (dnnl_init_status == dnnl_success)
-        dnnl_init_status = dnnl_stream_create(&dnnl_cpu_stream, dnnl_cpu_engine, dnnl_stream_default_flags);
-}
-
-/* C[M,N] (ldc) = A[M,K] (lda, bf16) . W[N,K]^T (rows ldw apart, bf16), f32 accumulation. */
-static int matmul_bf16(int64_t M, int64_t N, int64_t K, const uint16_t *A, int64_t lda, const uint16_t *W,
-                       int64_t ldw, float *C, int64_t ldc, kn_err *err) {
-    pthread_once(&dnnl_once, dnnl_init);
-    if (dnnl_init_status != dnnl_success)
-        return kn_fail(err, KN_ERR_BACKEND, "oneDNN CPU engine unavailable (status %d)", (int)dnnl_init_status);
-    dnnl_memory_desc_t a_md, w_md, c_md;
-    dnnl_dims_t a_dims = {M, K}, a_str = {lda, 1};
-    dnnl_dims_t w_dims = {K, N}, w_str = {1, ldw}; /* W^T seen through strides: no copy */
-    dnnl_dims_t c_dims = {M, N}, c_str = {ldc, 1};
-    dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_bf16, a_str);
-    dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dnnl_bf16, w_str);
-    dnnl_memory_desc_init_by_strides(&c_md, 2, c_dims, dnnl_f32, c_str);
-    dnnl_matmul_desc_t desc;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_memory_t am = NULL, wm = NULL, cm = NULL;
-    dnnl_status_t st = dnnl_matmul_desc_init(&desc, &a_md, &w_md, NULL, &c_md);
-    if (st == dnnl_success) st = dnnl_primitive_desc_create(&pd, &desc, NULL, dnnl_cpu_engine, NULL);
-    if (st == dnnl_success) st = dnnl_primitive_create(&prim, pd);
-    if (st == dnnl_success) st = dnnl_memory_create(&am, &a_md, dnnl_cpu_engine, (void *)A);
-    if (st == dnnl_success) st = dnnl_memory_create(&wm, &w_md, dnnl_cpu_engine, (void *)W);
-    if (st == dnnl_success) st = dnnl_memory_create(&cm, &c_md, dnnl_cpu_engine, C);
-    if (st == dnnl_success) {
-        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}};
-        st = dnnl_primitive_execute(prim, dnnl_cpu_stream, 3, args);
-        if (st == dnnl_success) st = dnnl_stream_wait(dnnl_cpu_stream);
-    }
-    dnnl_memory_destroy(am);
-    dnnl_memory_destroy(wm);
-    dnnl_memory_destroy(cm);
-    dnnl_primitive_destroy(prim);
-    dnnl_primitive_desc_destroy(pd);
-    if (st != dnnl_success)
-        return kn_fail(err, KN_ERR_BACKEND, "oneDNN bf16 matmul (%lld x %lld x %lld) failed with status %d",
-                       (long long)M, (long long)N, (long long)K, (int)st);
-    return KN_OK;
-}
-
-/* Whether this CPU and oneDNN build run bf16 matmuls (AVX512_BF16 or AMX);
- * asked once with a tiny problem. */
-static int bf16_matmul_ok;
-static pthread_once_t bf16_probe_once = PTHREAD_ONCE_INIT;
-
-static void bf16_probe(void) {
-    uint16_t a[16] = {0}, w[16] = {0};
-    float c[16];
-    kn_err err;
-    bf16_matmul_ok = matmul_bf16(4, 4, 4, a, 4, w, 4, c, 4, &err) == KN_OK;
-}
-
-#define BF16_PANEL_BYTES ((size_t)16 << 20) /* non-bf16 weights rounded to bf16 this much at a time */
-
-/* y = bf16(x) . bf16(w)^T accumulated in f32 by oneDNN; non-bf16 weights are
- * rounded to bf16 one panel of rows at a time. */
-static int linear_bf16(kn_ctx *ctx, float *yd, const float *xd, int64_t M, const kn_tensor *w) {
-    int64_t K = w->ne[1], N = w->ne[0];
-    uint16_t *xb = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 2, &ctx->err);
-    if (!xb) return ctx->err.code;
-    kn_from_f32(xb, KN_BF16, xd, (size_t)(M * K));
-    if (w->dtype == KN_BF16 && w->scale == 1.0f) return matmul_bf16(M, N, K, xb, K, w->data, K, yd, N, &ctx->err);
-    int64_t P = (int64_t)(BF16_PANEL_BYTES / (2 * (size_t)K));
-    P = P < 64 ? 64 : P & ~(int64_t)63;
-    P = P < N ? P : N;
-    uint16_t *panel = kn_arena_alloc(ctx->scratch, (size_t)P * (size_t)K * 2, &ctx->err);
-    if (!panel) return ctx->err.code;
-    size_t esz = kn_dtype_size(w->dtype);
-    for (int64_t n0 = 0; n0 < N; n0 += P) {
-        int64_t rows = N - n0 < P ? N - n0 : P;
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            float tmp[PACK_CHUNK];
-            for (int64_t k0 = 0; k0 < K; k0 += PACK_CHUNK) {
-                int64_t n = K - k0 < PACK_CHUNK ? K - k0 : PACK_CHUNK;
-                kn_to_f32(tmp, (const char *)w->data + ((size_t)(n0 + r) * (size_t)K + (size_t)k0) * esz, w->dtype,
-                          (size_t)n, w->scale);
-                kn_from_f32(panel + r * K + k0, KN_BF16, tmp, (size_t)n);
-            }
-        }
-        int rc = matmul_bf16(M, rows, K, xb, K, panel, K, yd + n0, N, &ctx->err);
-        if (rc) return rc;
-    }
-    return KN_OK;
 }
 
 /* ---- linear ------------------------------------------------------------- */
@@ -604,50 +628,53 @@ int kn_cpu_weight_f32(kn_ctx *ctx, kn_tensor *out, const kn_tensor *w) {
     return KN_OK;
 }
 
-static void add_bias(float *y, int64_t M, int64_t N, const float *b) {
+/* BF16 precision: with bf16 dot-product units, x becomes bf16 pairs (the
+ * weights are paired as their panels are packed); without them, the same
+ * products (bf16 x bf16 is exact in f32) go through the f32 GEMM on rounded
+ * activations and weights (stored bf16 weights without a scale already are). */
+static int bf16_inputs(kn_ctx *ctx, gemm_job *g) {
+    int64_t M = g->M, K = g->K;
+#if KN_GEMM_BF16
+    int64_t kp = (K + 1) / 2;
+    float *xp = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)kp * 4, &ctx->err);
+    if (!xp) return ctx->err.code;
+    rows_to_pairs(xp, g->a, M, K);
+    g->a = xp;
+    g->K = g->lda = kp;
+    g->pairs = 1;
+#else
+    float *xr = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 4, &ctx->err);
+    if (!xr) return ctx->err.code;
+    const float *xd = g->a;
 #pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) y[m * N + n] += b[n];
+    for (int64_t m = 0; m < M; m++) round_to_bf16(xr + m * K, xd + m * K, K);
+    g->a = xr;
+    g->round_b = !(g->b_type == KN_BF16 && g->b_scale == 1.0f);
+#endif
+    return KN_OK;
+}
+
+/* A linear's GEMM, skinny or blocked, with its buffer from the scratch arena. */
+static int linear_run(kn_ctx *ctx, gemm_job *g) {
+    int skinny = g->M <= SKINNY_ROWS;
+    size_t nf = skinny ? skinny_floats(g->M, g->K) : gemm_buffer_floats(g->M, g->N, g->K);
+    float *buf = kn_arena_alloc(ctx->scratch, nf * 4, &ctx->err);
+    if (!buf) return ctx->err.code;
+    if (skinny) linear_skinny(g, buf);
+    else gemm_run(g, buf);
+    return KN_OK;
 }
 
 int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *bias) {
     int64_t M = kn_tensor_rows(x), N = w->ne[0], K = w->ne[1];
     size_t mark = kn_arena_mark(ctx->scratch);
-    const float *xd = x->data, *bd = NULL;
-    float *yd = y->data;
+    const float *bd = NULL;
     kn_tensor bf;
     int rc = bias ? kn_cpu_weight_f32(ctx, &bf, bias) : KN_OK;
     if (rc == KN_OK && bias) bd = bf.data;
-    pthread_once(&bf16_probe_once, bf16_probe);
-    if (rc == KN_OK && ctx->precision == KN_PREC_BF16 && bf16_matmul_ok) {
-        rc = linear_bf16(ctx, yd, xd, M, w);
-        if (rc == KN_OK && bd) add_bias(yd, M, N, bd);
-    } else if (rc == KN_OK) {
-        /* BF16 precision without bf16 units: the same products (bf16 x bf16
-         * is exact in f32) through the f32 GEMM on bf16-rounded activations
-         * and weights (stored bf16 weights without a scale already are). */
-        int emulate = ctx->precision == KN_PREC_BF16;
-        if (emulate) {
-            float *xr = kn_arena_alloc(ctx->scratch, (size_t)M * (size_t)K * 4, &ctx->err);
-            if (xr) {
-#pragma omp parallel for schedule(static)
-                for (int64_t m = 0; m < M; m++) round_to_bf16(xr + m * K, xd + m * K, K);
-            }
-            xd = xr;
-            if (!xr) rc = ctx->err.code;
-        }
-        int round_b = emulate && !(w->dtype == KN_BF16 && w->scale == 1.0f);
-        gemm_job g = {M, N, K, xd, K, w->data, w->dtype, w->scale, K, 1, round_b, 0.0f, bd, yd, N, NULL, NULL};
-        if (rc == KN_OK && M <= SKINNY_ROWS) {
-            float *buf = kn_arena_alloc(ctx->scratch, skinny_floats(M, K) * 4, &ctx->err);
-            if (buf) linear_skinny(&g, buf);
-            else rc = ctx->err.code;
-        } else if (rc == KN_OK) {
-            float *buf = kn_arena_alloc(ctx->scratch, gemm_buffer_floats(M, N, K) * 4, &ctx->err);
-            if (buf) gemm_run(&g, buf);
-            else rc = ctx->err.code;
-        }
-    }
+    gemm_job g = {M, N, K, x->data, K, w->data, w->dtype, w->scale, K, 1, 0, 0.0f, bd, y->data, N, NULL, NULL, 0, K};
+    if (rc == KN_OK && ctx->precision == KN_PREC_BF16) rc = bf16_inputs(ctx, &g);
+    if (rc == KN_OK) rc = linear_run(ctx, &g);
     kn_arena_reset(ctx->scratch, mark);
     return rc;
 }

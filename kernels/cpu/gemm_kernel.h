@@ -24,6 +24,12 @@
 #define KN_GEMM_VLEN 1
 #endif
 #define KN_GEMM_MR 6
+/* BF16 precision multiplies bf16 pairs with vdpbf16ps where the build targets it. */
+#if defined(__AVX512BF16__) && KN_GEMM_VLEN == 16
+#define KN_GEMM_BF16 1
+#else
+#define KN_GEMM_BF16 0
+#endif
 #define KN_GEMM_NR (2 * KN_GEMM_VLEN)
 
 /* Floats of the packed form of `rows` x kc (A) or kc x `cols` (B): partial

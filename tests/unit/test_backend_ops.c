@@ -112,6 +112,13 @@ static void test_linear_all(void) {
     const int64_t x4[] = {400, 264}, x5[] = {20, 264};
     test_linear(2, x4, 40, KN_BF16, 1.0f, KN_BF16, KN_PREC_FP32);
     test_linear(2, x5, 40, KN_BF16, 1.0f, KN_DTYPE_COUNT, KN_PREC_FP32);
+    /* bf16 pairs (vdpbf16ps where the CPU has it): bf16 rows copied as
+     * pairs over three depth blocks, blocked and skinny, a partial last
+     * weight panel, and an odd depth whose last pair is padded */
+    const int64_t x6[] = {400, 1056}, x7[] = {20, 1056}, x8[] = {7, 33};
+    test_linear(2, x6, 40, KN_BF16, 1.0f, KN_BF16, KN_PREC_BF16);
+    test_linear(2, x7, 72, KN_BF16, 1.0f, KN_DTYPE_COUNT, KN_PREC_BF16);
+    test_linear(2, x8, 9, KN_F8_E4M3, 0.5f, KN_F32, KN_PREC_BF16);
     /* several weight panels on both backends (16 MiB on the CPU, 32 MiB on CUDA) */
     const int64_t xbig[] = {3, 4096};
     test_linear(2, xbig, 2100, KN_F8_E4M3, 0.5f, KN_F8_E4M3, KN_PREC_FP32);
