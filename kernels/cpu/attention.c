@@ -37,10 +37,12 @@
 #define MR KN_GEMM_MR
 #define NR KN_GEMM_NR
 #define BQ 128      /* queries a task: a multiple of NR */
-#define BK (20 * MR) /* keys a block: whole K panels */
+#define BK (20 * MR) /* keys a block: whole K panels, and even (whole pairs) */
 
 typedef struct attn_geom {
     int64_t B, Lq, Lk, Hq, Hkv, D, Dp; /* Dp: D rounded up to MR (rows of V^T panels) */
+    int pairs;                         /* BF16 precision on bf16 units: both products on bf16 pairs */
+    int64_t dk, lk;                    /* packed depths: of K and Q^T (D), of V^T (Lk); halved for pairs */
     int64_t k_floats, v_floats;        /* packed K and V^T of one (batch, kv head) */
     int64_t qst[3], kst[3], vst[3];    /* element strides of batch, position and head */
     int64_t bias_bst;                  /* bias batch stride: 0 when one bias serves every batch */
@@ -54,6 +56,7 @@ typedef struct attn_geom {
 typedef struct attn_scratch {
     float *qt; /* Q^T of the block, B panels: [BQ / NR][D][NR] */
     float *st; /* S^T then P^T, B panels: [BQ / NR][BK][NR] */
+    float *pt; /* P^T of one panel as pairs: [BK / 2][NR] */
     float *ot; /* O^T: [Dp][BQ] */
     float *m, *l, *alpha; /* [BQ]: running max, running sum, rescale of this key block */
 } attn_scratch;
@@ -108,8 +111,18 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
     const float *vp = g->vpack + (b * g->Hkv + kvh) * g->v_floats;
     const float *mask = g->mask ? g->mask + b * g->Lk : NULL;
     const float *bias = g->bias ? g->bias + b * g->bias_bst + (h * g->Lq + q0) * g->Lk : NULL;
-    kn_gemm_pack_b(w->qt, g->q + b * g->qst[0] + q0 * g->qst[1] + h * g->qst[2], KN_F32, g->scale, g->qst[1], 1, D,
-                   nq);
+    void (*micro)(int64_t, const float *, const float *, float *, int64_t, int, const float *, const float *, int,
+                  int) = kn_gemm_micro;
+#if KN_GEMM_BF16
+    if (g->pairs) micro = kn_gemm_micro_bf16;
+#endif
+    const float *q = g->q + b * g->qst[0] + q0 * g->qst[1] + h * g->qst[2];
+    int64_t dk = g->dk;
+#if KN_GEMM_BF16
+    if (g->pairs) kn_gemm_pack_b_pairs(w->qt, q, KN_F32, g->scale, g->qst[1], dk, D, nq);
+    else
+#endif
+        kn_gemm_pack_b(w->qt, q, KN_F32, g->scale, g->qst[1], 1, D, nq);
     for (int64_t i = 0; i < nqp * NR; i++) {
         w->m[i] = -INFINITY;
         w->l[i] = 0.0f;
@@ -120,15 +133,24 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
         for (int64_t p = 0; p < nqp; p++) {
             float *st = w->st + p * BK * NR;
             for (int64_t r = 0; r < nkp; r++)
-                kn_gemm_micro(D, kp + (k0 + r * MR) * D, w->qt + p * D * NR, st + r * MR * NR, NR, 0, NULL, NULL,
-                              MR, NR);
+                micro(dk, kp + (k0 + r * MR) * dk, w->qt + p * dk * NR, st + r * MR * NR, NR, 0, NULL, NULL, MR, NR);
             int nc = nq - p * NR < NR ? (int)(nq - p * NR) : NR;
             panel_softmax(st, nk, k0, q0 + p * NR, g, mask, bias ? bias + p * NR * g->Lk : NULL, nc, w->m + p * NR,
                           w->l + p * NR, w->alpha + p * NR);
             /* the first block writes O^T; later ones rescale it by alpha as they add */
+            const float *pt = st;
+            int64_t depth = nk, kv0 = k0; /* BK is even: a block starts on a whole pair */
+#if KN_GEMM_BF16
+            if (g->pairs) {
+                kn_gemm_panel_pairs(w->pt, st, nk);
+                pt = w->pt;
+                depth = (nk + 1) / 2;
+                kv0 = k0 / 2;
+            }
+#endif
             for (int64_t r = 0; r < g->Dp / MR; r++)
-                kn_gemm_micro(nk, vp + r * MR * g->Lk + k0 * MR, st, w->ot + r * MR * BQ + p * NR, BQ, k0 > 0,
-                              w->alpha + p * NR, NULL, MR, NR);
+                micro(depth, vp + r * MR * g->lk + kv0 * MR, pt, w->ot + r * MR * BQ + p * NR, BQ, k0 > 0,
+                      w->alpha + p * NR, NULL, MR, NR);
         }
     }
     /* l > 0 exactly when some key scored above -inf (the max contributes 1) */
@@ -148,18 +170,21 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
 
 int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_tensor *k, const kn_tensor *v,
                      const kn_attention_args *a) {
-    attn_geom g = {q->ne[0], q->ne[1], k->ne[1], q->ne[2], k->ne[2], q->ne[3], 0, 0, 0,
+    attn_geom g = {q->ne[0], q->ne[1], k->ne[1], q->ne[2], k->ne[2], q->ne[3], 0, 0, 0, 0, 0, 0,
                    {q->st[0], q->st[1], q->st[2]}, {k->st[0], k->st[1], k->st[2]}, {v->st[0], v->st[1], v->st[2]},
                    0, q->data, k->data, v->data, a->key_mask ? a->key_mask->data : NULL,
                    a->bias ? a->bias->data : NULL, out->data, a->lse ? a->lse->data : NULL, a->causal, a->scale,
                    NULL, NULL};
     if (a->bias && a->bias->ne[0] > 1) g.bias_bst = a->bias->st[0];
     g.Dp = (g.D + MR - 1) / MR * MR;
-    g.k_floats = kn_gemm_packed_a_size(g.Lk, g.D);
-    g.v_floats = kn_gemm_packed_a_size(g.D, g.Lk);
+    g.pairs = KN_GEMM_BF16 && ctx->precision == KN_PREC_BF16;
+    g.dk = g.pairs ? (g.D + 1) / 2 : g.D;
+    g.lk = g.pairs ? (g.Lk + 1) / 2 : g.Lk;
+    g.k_floats = kn_gemm_packed_a_size(g.Lk, g.dk);
+    g.v_floats = kn_gemm_packed_a_size(g.D, g.lk);
     int64_t nqb = (g.Lq + BQ - 1) / BQ, nkv = g.B * g.Hkv;
     int nthreads = kn_cpu_threads();
-    size_t per_thread = (size_t)(kn_gemm_packed_b_size(g.D, BQ) + BK * BQ + g.Dp * BQ + 3 * BQ);
+    size_t per_thread = (size_t)(kn_gemm_packed_b_size(g.D, BQ) + BK * BQ + BK / 2 * NR + g.Dp * BQ + 3 * BQ);
     size_t mark = kn_arena_mark(ctx->scratch);
     size_t floats = (size_t)(nkv * (g.k_floats + g.v_floats)) + per_thread * (size_t)nthreads;
     float *buf = kn_arena_alloc(ctx->scratch, floats * sizeof(float), &ctx->err);
@@ -173,15 +198,24 @@ int kn_cpu_attention(kn_ctx *ctx, kn_tensor *out, const kn_tensor *q, const kn_t
         attn_scratch w;
         w.qt = base;
         w.st = w.qt + kn_gemm_packed_b_size(g.D, BQ);
-        w.ot = w.st + BK * BQ;
+        w.pt = w.st + BK * BQ;
+        w.ot = w.pt + BK / 2 * NR;
         w.m = w.ot + g.Dp * BQ;
         w.l = w.m + BQ;
         w.alpha = w.l + BQ;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nkv; i++) {
             int64_t b = i / g.Hkv, hk = i % g.Hkv;
-            kn_gemm_pack_a(g.kpack + i * g.k_floats, g.k + b * g.kst[0] + hk * g.kst[2], g.kst[1], 0, g.Lk, g.D);
-            kn_gemm_pack_a(g.vpack + i * g.v_floats, g.v + b * g.vst[0] + hk * g.vst[2], g.vst[1], 1, g.D, g.Lk);
+            const float *k = g.k + b * g.kst[0] + hk * g.kst[2], *v = g.v + b * g.vst[0] + hk * g.vst[2];
+#if KN_GEMM_BF16
+            if (g.pairs) {
+                kn_gemm_pack_a_pairs(g.kpack + i * g.k_floats, k, g.kst[1], 0, g.Lk, g.D);
+                kn_gemm_pack_a_pairs(g.vpack + i * g.v_floats, v, g.vst[1], 1, g.D, g.Lk);
+                continue;
+            }
+#endif
+            kn_gemm_pack_a(g.kpack + i * g.k_floats, k, g.kst[1], 0, g.Lk, g.D);
+            kn_gemm_pack_a(g.vpack + i * g.v_floats, v, g.vst[1], 1, g.D, g.Lk);
         }
 #pragma omp for collapse(3) schedule(dynamic)
         for (int64_t b = 0; b < g.B; b++)

@@ -362,14 +362,63 @@ static void rows_to_pairs(float *dst, const float *x, int64_t M, int64_t K) {
     }
 }
 
-/* B panels of bf16 pairs from a [N, K] weight (rows ldb elements apart), b
- * at the block's first k: dst[p][t][j] = pair(W(p*NR + j, 2t), W(.., 2t + 1))
- * for kcp pairs, with zeros past the block's kn valid values. Stored bf16
- * rows (unscaled, pairs aligned) are copied as they are: a pair is a 32-bit
- * unit of the row, so the panel is the rows' 32-bit transpose; other dtypes
- * are widened (and scaled) into a tile and rounded to pairs there. */
-static void pack_b_pairs(float *dst, const void *b, kn_dtype dtype, float scale, int64_t ldb, int64_t kcp, int64_t kn,
-                         int64_t cols) {
+/* 16 pairs (lo[i], hi[i]) rounded to bf16. */
+static inline __m512 pairs16(__m512 lo, __m512 hi) {
+    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_castsi512_ps(_mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+}
+
+void kn_gemm_pack_a_pairs(float *dst, const float *a, int64_t lda, int trans, int64_t rows, int64_t kn) {
+    int64_t kcp = (kn + 1) / 2;
+    for (int64_t p = 0; p < rows; p += MR, dst += MR * kcp) {
+        int n = rows - p < MR ? (int)(rows - p) : MR;
+        if (trans) { /* A(i, k) = a[k*lda + i]: a pair is two rows of a, the panel's rows side by side */
+            __mmask16 m = (__mmask16)((1u << n) - 1);
+            for (int64_t t = 0; t < kcp; t++) {
+                __m512 lo = _mm512_maskz_loadu_ps(m, a + 2 * t * lda + p);
+                __m512 hi = 2 * t + 1 < kn ? _mm512_maskz_loadu_ps(m, a + (2 * t + 1) * lda + p) : _mm512_setzero_ps();
+                _mm512_mask_storeu_ps(dst + t * MR, (__mmask16)((1u << MR) - 1), pairs16(lo, hi));
+            }
+            continue;
+        }
+        /* A(i, k) = a[i*lda + k]: 16 pairs of each row, then written down the panel */
+        float tmp[MR][16];
+        for (int64_t t0 = 0; t0 < kcp; t0 += 16) {
+            int64_t c = kn - 2 * t0 < 32 ? kn - 2 * t0 : 32; /* values of this chunk */
+            __mmask16 m0 = (__mmask16)(c >= 16 ? 0xffffu : (1u << c) - 1);
+            __mmask16 m1 = (__mmask16)(c >= 32 ? 0xffffu : c > 16 ? (1u << (c - 16)) - 1 : 0);
+            for (int i = 0; i < MR; i++) {
+                const float *r = a + (p + i) * lda + 2 * t0;
+                __m512 lo = i < n ? _mm512_maskz_loadu_ps(m0, r) : _mm512_setzero_ps();
+                __m512 hi = i < n ? _mm512_maskz_loadu_ps(m1, r + 16) : _mm512_setzero_ps();
+                _mm512_storeu_ps(tmp[i], (__m512)_mm512_cvtne2ps_pbh(hi, lo));
+            }
+            for (int64_t e = 0; e < 16 && t0 + e < kcp; e++)
+                for (int i = 0; i < MR; i++) dst[(t0 + e) * MR + i] = tmp[i][e];
+        }
+    }
+}
+
+void kn_gemm_panel_pairs(float *dst, const float *s, int64_t rows) {
+    for (int64_t t = 0; t < (rows + 1) / 2; t++)
+        for (int j = 0; j < NR; j += VL) {
+            __m512 hi = 2 * t + 1 < rows ? _mm512_loadu_ps(s + (2 * t + 1) * NR + j) : _mm512_setzero_ps();
+            _mm512_storeu_ps(dst + t * NR + j, pairs16(_mm512_loadu_ps(s + 2 * t * NR + j), hi));
+        }
+}
+
+void kn_gemm_micro_bf16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc,
+                        const float *cscale, const float *bias, int mr, int nr) {
+    micro_tile(&micro_bf16, kc, a, b, c, ldc, acc, cscale, bias, mr, nr);
+}
+
+/* Stored bf16 rows (unscaled, pairs aligned) are copied as they are: a pair
+ * is a 32-bit unit of the row, so the panel is the rows' 32-bit transpose;
+ * other dtypes are widened (and scaled) into a tile and rounded to pairs
+ * there. */
+void kn_gemm_pack_b_pairs(float *dst, const void *b, kn_dtype dtype, float scale, int64_t ldb, int64_t kcp, int64_t kn,
+                          int64_t cols) {
     enum { TB = 128 }; /* k values a tile */
     size_t esz = kn_dtype_size(dtype);
     const char *src = b;
@@ -464,7 +513,7 @@ static const char *b_at(const gemm_job *g, int64_t k, int64_t n) {
 static void pack_b_block(const gemm_job *g, float *dst, int64_t pc, int64_t kc, int64_t n0, int64_t nc) {
 #if KN_GEMM_BF16
     if (g->pairs) {
-        pack_b_pairs(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, kc, min64(2 * kc, g->kvals - 2 * pc), nc);
+        kn_gemm_pack_b_pairs(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, kc, min64(2 * kc, g->kvals - 2 * pc), nc);
         return;
     }
 #endif

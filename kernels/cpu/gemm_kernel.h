@@ -59,4 +59,28 @@ void kn_gemm_pack_b(float *dst, const void *b, kn_dtype dtype, float scale, int6
 void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *cscale,
                    const float *bias, int mr, int nr);
 
+
+#if KN_GEMM_BF16
+/* BF16 pairs (vdpbf16ps): each packed 32-bit element holds two bf16 values
+ * of consecutive k, the lower k in the low half, so panels of depth kcp pairs
+ * cover 2 kcp values of k (an odd count padded with zero). Rounding is to
+ * nearest even. */
+
+/* As kn_gemm_pack_a, over kn values of k from f32 rows. */
+void kn_gemm_pack_a_pairs(float *dst, const float *a, int64_t lda, int trans, int64_t rows, int64_t kn);
+
+/* As kn_gemm_pack_b for a transposed B (a [N, K] weight, b at the block's
+ * first k, rows ldb elements apart), kcp pairs deep, zero past kn values. */
+void kn_gemm_pack_b_pairs(float *dst, const void *b, kn_dtype dtype, float scale, int64_t ldb, int64_t kcp,
+                          int64_t kn, int64_t cols);
+
+/* A B panel of f32 rows (NR floats each, `rows` of them, as the micro-kernel
+ * writes them) as (rows + 1) / 2 rows of pairs. */
+void kn_gemm_panel_pairs(float *dst, const float *s, int64_t rows);
+
+/* kn_gemm_micro on pair panels, kc pairs deep. */
+void kn_gemm_micro_bf16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc,
+                        const float *cscale, const float *bias, int mr, int nr);
+#endif
+
 #endif

@@ -162,25 +162,54 @@ static int run_attention(const void *vp, env *e, float *out) {
     return get(e, p->want_lse ? lse : o, out);
 }
 
-static void test_attention(attn_spec s) {
-    attn_case p = make_case(&s);
+/* FP32, or BF16 precision: the CPU then multiplies bf16 pairs where it has
+ * bf16 units (q is rounded after scaling, k and v as they are, and the
+ * probabilities before meeting v), so the reference gets bf16(q * scale),
+ * bf16(k), bf16(v) and scale 1, and what is left is the probabilities'
+ * rounding: each is off by at most 2^-9 of itself, so the output by at most
+ * 2^-9 of max |v| (4e-3 allows twice that). */
+static void test_attention_prec(attn_spec s, kn_precision prec) {
+    attn_case p = make_case(&s), r = p;
     int64_t no = s.B * s.Lq * s.Hq * s.D, nl = s.B * s.Hq * s.Lq;
+    int64_t nq = s.B * s.Lq * s.Hq * s.D, nk = s.B * s.Lk * s.Hkv * s.D;
+    float *rq = NULL, *rk = NULL, *rv = NULL;
+    if (prec == KN_PREC_BF16) {
+        rq = xmalloc((size_t)nq * sizeof *rq);
+        rk = xmalloc((size_t)nk * sizeof *rk);
+        rv = xmalloc((size_t)nk * sizeof *rv);
+        for (int64_t i = 0; i < nq; i++) rq[i] = p.q[i] * p.scale;
+        memcpy(rk, p.k, (size_t)nk * sizeof *rk);
+        memcpy(rv, p.v, (size_t)nk * sizeof *rv);
+        round_to(rq, nq, KN_BF16);
+        round_to(rk, nk, KN_BF16);
+        round_to(rv, nk, KN_BF16);
+        r.q = rq, r.k = rk, r.v = rv, r.scale = 1.0f;
+    }
+    double tol = prec == KN_PREC_BF16 ? 4e-3 : 2e-5;
     float *ref = xmalloc((size_t)no * sizeof *ref), *ref_lse = xmalloc((size_t)nl * sizeof *ref_lse);
-    reference(&p, ref, ref_lse);
-    check c = {"attention", "", run_attention, &p, KN_PREC_FP32, no, ref, 2e-5, 2e-5};
-    describe(&s, c.what, sizeof c.what, s.lse ? " +lse" : "");
+    reference(&r, ref, ref_lse);
+    const char *tag = prec == KN_PREC_BF16 ? " bf16" : "";
+    check c = {"attention", "", run_attention, &p, prec, no, ref, tol, prec == KN_PREC_BF16 ? 1e-2 : 2e-5};
+    char extra[32];
+    snprintf(extra, sizeof extra, "%s%s", s.lse ? " +lse" : "", tag);
+    describe(&s, c.what, sizeof c.what, extra);
     run_check(&c);
     if (s.lse) {
         attn_case pl = p;
         pl.want_lse = 1;
-        check cl = {"attn-lse", "", run_attention, &pl, KN_PREC_FP32, nl, ref_lse, 2e-5, 2e-5};
-        describe(&s, cl.what, sizeof cl.what, "");
+        check cl = {"attn-lse", "", run_attention, &pl, prec, nl, ref_lse, tol, c.dev_tol};
+        describe(&s, cl.what, sizeof cl.what, tag);
         run_check(&cl);
     }
     free_case(&p);
+    free(rq);
+    free(rk);
+    free(rv);
     free(ref);
     free(ref_lse);
 }
+
+static void test_attention(attn_spec s) { test_attention_prec(s, KN_PREC_FP32); }
 
 /* ---- ring attention: two key halves merged through their LSEs ------------------------------------- */
 
@@ -339,6 +368,12 @@ void test_attention_all(void) {
     test_attention((attn_spec){1, 130, 130, 3, 3, 48, 1, 0, FUSED_QKV, 1, 1, 0}); /* fused, causal + bias */
     test_attention((attn_spec){2, 45, 77, 4, 2, 40, 0, 1, HEAD_MAJOR, 2, 1, 0});  /* [B, H, L, D] views */
     test_attention((attn_spec){1, 130, 300, 2, 1, 64, 0, 0, HEAD_MAJOR, 0, 0, 0});
+    /* BF16 precision: odd head dim and key count (padded pairs), several
+     * key blocks, causal, GQA, bias and lse, fused views */
+    test_attention_prec((attn_spec){2, 45, 45, 4, 2, 40, 1, 1, CONTIG, 2, 1, 0}, KN_PREC_BF16);
+    test_attention_prec((attn_spec){1, 130, 301, 2, 1, 64, 0, 1, CONTIG, 0, 0, 1}, KN_PREC_BF16);
+    test_attention_prec((attn_spec){1, 37, 37, 4, 1, 27, 1, 0, CONTIG, 0, 0, 1}, KN_PREC_BF16);
+    test_attention_prec((attn_spec){2, 37, 37, 4, 2, 128, 0, 1, FUSED_QKV, 0, 1, 0}, KN_PREC_BF16);
     /* ring attention's merge */
     test_merge((attn_spec){2, 33, 50, 6, 2, 64, 0, 1, CONTIG, 0, 1, 0}, 23);
     test_merge((attn_spec){2, 21, 300, 4, 4, 32, 0, 1, CONTIG, 2, 1, 0}, 131);   /* bias, crosses key blocks */
