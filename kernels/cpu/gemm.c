@@ -500,6 +500,8 @@ static void round_to_bf16(float *dst, const float *src, int64_t n) {
     }
 }
 
+void kn_gemm_round_bf16(float *x, int64_t n) { round_to_bf16(x, x, n); }
+
 static int64_t bpack_floats(int64_t N, int64_t K) { return kn_gemm_packed_b_size(min64(K, KC), min64(N, NC)); }
 static int64_t apack_floats(int64_t M, int64_t K) { return kn_gemm_packed_a_size(min64(M, MC), min64(K, KC)); }
 

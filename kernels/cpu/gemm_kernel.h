@@ -60,6 +60,10 @@ void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t
                    const float *bias, int mr, int nr);
 
 
+/* x rounded to bf16 values in place: BF16 precision without bf16 units
+ * packs f32 panels of the same values the pair kernels would multiply. */
+void kn_gemm_round_bf16(float *x, int64_t n);
+
 #if KN_GEMM_BF16
 /* BF16 pairs (vdpbf16ps): each packed 32-bit element holds two bf16 values
  * of consecutive k, the lower k in the low half, so panels of depth kcp pairs

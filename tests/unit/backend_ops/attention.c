@@ -162,9 +162,10 @@ static int run_attention(const void *vp, env *e, float *out) {
     return get(e, p->want_lse ? lse : o, out);
 }
 
-/* FP32, or BF16 precision: the CPU then multiplies bf16 pairs where it has
- * bf16 units (q is rounded after scaling, k and v as they are, and the
- * probabilities before meeting v), so the reference gets bf16(q * scale),
+/* FP32, or BF16 precision: the CPU then multiplies bf16 values (pairs on
+ * bf16 units, f32 products of the rounded values elsewhere; q is rounded
+ * after scaling, k and v as they are, and the probabilities before meeting
+ * v), so the reference gets bf16(q * scale),
  * bf16(k), bf16(v) and scale 1, and what is left is the probabilities'
  * rounding: each is off by at most 2^-9 of itself, so the output by at most
  * 2^-9 of max |v| (4e-3 allows twice that). */
