@@ -7,13 +7,17 @@
  *   model_bench vision FILE [W H]                  Qwen2.5-VL's vision tower ("visual.*") on one W x H image
  *                                                  (default 1182 x 887: what TextEncodeQwenImageEdit makes
  *                                                  of a 4:3 picture, 5376 patches), preprocessing included
- *   model_bench linear M N K                       one kn_linear: M rows x a bf16 [N, K] weight in FP32
- *                                                  precision (the text encoders' skinny GEMMs)
+ *   model_bench linear M N K                       one kn_linear: M rows x a bf16 [N, K] weight (the
+ *                                                  text encoders' skinny GEMMs)
  *   model_bench peak                               only the fp32 FMA peak (bench/compare_sdcpp.sh)
  *
  * Under mpirun the DiT forward runs split across the ranks (KN_BENCH_SP:
  * auto, ulysses or ring; bench/sp.sh) and rank 0 also prints the bytes each
  * rank sent per step.
+ *
+ * KN_BENCH_PRECISION=bf16 runs everything in BF16 compute precision (bf16
+ * pairs on CPUs with AVX512_BF16; FP32 by default); the peak printed stays
+ * the fp32 FMA peak.
  *
  * Prints the median and best of KN_BENCH_REPS runs (default 3) after one
  * warm-up, the GEMM and attention work the ops counted (ctx->flops), its
@@ -34,6 +38,7 @@
 #define PROMPT "a red fox sitting in fresh snow, watercolor, soft morning light, pine trees in the background"
 
 static int reps = 3;
+static kn_precision precision = KN_PREC_FP32; /* KN_BENCH_PRECISION: fp32 or bf16 */
 
 typedef int (*run_fn)(void *job, kn_ctx *ctx);
 
@@ -93,7 +98,7 @@ static int bench_dit(const char *path, int size, int64_t text, const kn_sp *sp, 
     dit_job j = {0};
     kn_tensor x = {0}, t = {0}, context = {0}, pooled = {0};
     uint64_t seed = 1;
-    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, precision);
     if (!rc) rc = kn_st_open(&f, path, err);
     if (!rc) rc = kn_dit_load(&m, f, err);
     if (rc) goto out;
@@ -155,7 +160,7 @@ static int bench_linear(int64_t M, int64_t N, int64_t K, double peak, kn_err *er
     linear_job j = {0};
     kn_tensor wf = {0};
     uint64_t seed = 3;
-    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, precision);
     if (!rc) rc = kn_tensor_new(&j.x, KN_F32, KN_DEV_CPU, 2, (int64_t[]){M, K}, err);
     if (!rc) rc = kn_tensor_new(&wf, KN_F32, KN_DEV_CPU, 2, (int64_t[]){N, K}, err);
     if (!rc) rc = kn_tensor_new(&j.w, KN_BF16, KN_DEV_CPU, 2, (int64_t[]){N, K}, err);
@@ -202,7 +207,7 @@ static int bench_text(const char *type, const char *const *paths, int n, const c
     kn_clip *c = NULL;
     kn_ctx ctx;
     const kn_clip_family *fam = NULL;
-    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, precision);
     for (int i = 0; !rc && i < n; i++) rc = kn_st_open(&f[i], paths[i], err);
     if (!rc) rc = kn_clip_detect((const kn_st_file **)f, n, type, &fam, err);
     if (!rc) rc = fam->load(&c, (const kn_st_file *const *)f, tokenizers, err);
@@ -237,7 +242,7 @@ static int bench_vae(const char *path, int size, double peak, kn_err *err) {
     vae_job j = {0};
     uint64_t seed = 2;
     int64_t ne[4];
-    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, precision);
     if (!rc) rc = kn_st_open(&f, path, err);
     if (!rc) rc = kn_vae_load(&v, f, err);
     if (!rc) rc = kn_tensor_new(&j.z, KN_F32, KN_DEV_CPU, 4, (int64_t[]){1, v->latent_channels, size / 8, size / 8}, err);
@@ -293,7 +298,7 @@ static int bench_vision(const char *path, int64_t w, int64_t h, double peak, kn_
     kn_ctx ctx;
     vision_job j = {&m, {0}, NULL, 0};
     uint64_t seed = 3;
-    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_FP32);
+    int rc = kn_ctx_init(&ctx, KN_DEV_CPU, precision);
     if (!rc) rc = kn_st_open(&f, path, err);
     if (!rc) rc = kn_qwen_vision_load(&m, f, "visual.", &kn_qwen25vl_vision, err);
     if (!rc) rc = kn_arena_create(&j.arena, KN_DEV_CPU, err);
@@ -336,6 +341,10 @@ int main(int argc, char **argv) {
     if (argc < 3) return usage();
     const char *r = getenv("KN_BENCH_REPS");
     if (r && atoi(r) > 0 && atoi(r) <= 32) reps = atoi(r);
+    const char *pr = getenv("KN_BENCH_PRECISION");
+    if (pr && strcmp(pr, "bf16") == 0) precision = KN_PREC_BF16;
+    else if (pr && strcmp(pr, "fp32") != 0) return usage();
+    printf("precision: %s\n", precision == KN_PREC_BF16 ? "bf16" : "fp32");
     kn_err err;
     kn_err_clear(&err);
     int rc;
