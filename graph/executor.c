@@ -365,6 +365,7 @@ static int run_node(kn_executor *ex, const json_t *prompt, const char *id, const
                                   json_string_value(json_object_get(hook_error, "message")))
                         : exec(&call);
         ex->runs++;
+        kn_arena_trim(ex->ctx.scratch);
         if (!rc) json_array_append_new(res->executed, json_string(id));
     }
     if (!rc) {

@@ -235,7 +235,8 @@ typedef struct arena_chunk {
 struct kn_arena {
     kn_device dev;
     arena_chunk *top;
-    size_t used; /* global offset of the next free byte */
+    size_t used;        /* global offset of the next free byte */
+    arena_chunk *spare; /* the largest chunk a reset popped, kept mapped until kn_arena_trim */
 };
 
 int kn_arena_create(kn_arena **out, kn_device dev, kn_err *err) {
@@ -246,16 +247,27 @@ int kn_arena_create(kn_arena **out, kn_device dev, kn_err *err) {
     return KN_OK;
 }
 
+static void chunk_free(kn_arena *a, arena_chunk *c) {
+    if (!c) return;
+    kn_device_free(a->dev, c->base);
+    free(c);
+}
+
 static void arena_pop(kn_arena *a) {
     arena_chunk *c = a->top;
     a->top = c->prev;
-    kn_device_free(a->dev, c->base);
-    free(c);
+    chunk_free(a, c);
+}
+
+void kn_arena_trim(kn_arena *a) {
+    chunk_free(a, a->spare);
+    a->spare = NULL;
 }
 
 void kn_arena_destroy(kn_arena *a) {
     if (!a) return;
     while (a->top) arena_pop(a);
+    kn_arena_trim(a);
     free(a);
 }
 
@@ -269,17 +281,28 @@ void *kn_arena_alloc(kn_arena *a, size_t bytes, kn_err *err) {
         a->used += need;
         return p;
     }
-    size_t size = need > ((size_t)64 << 20) ? need : ((size_t)64 << 20);
-    arena_chunk *n = calloc(1, sizeof *n);
-    if (!n) goto oom;
-    n->base = kn_device_alloc(a->dev, size, err);
-    if (!n->base) {
-        free(n);
-        return NULL;
+    /* the spare when it is big enough (faulting fresh pages in for every
+     * op's scratch cost a DiT step ~10%), else it goes before a new chunk
+     * comes, so memory never holds both */
+    arena_chunk *n = a->spare;
+    a->spare = NULL;
+    if (n && n->size < need) {
+        chunk_free(a, n);
+        n = NULL;
+    }
+    if (!n) {
+        size_t size = need > ((size_t)64 << 20) ? need : ((size_t)64 << 20);
+        n = calloc(1, sizeof *n);
+        if (!n) goto oom;
+        n->base = kn_device_alloc(a->dev, size, err);
+        if (!n->base) {
+            free(n);
+            return NULL;
+        }
+        n->size = size;
     }
     n->prev = c;
     n->start = a->used;
-    n->size = size;
     a->top = n;
     a->used += need;
     return n->base;
@@ -294,13 +317,25 @@ oom:
 size_t kn_arena_mark(const kn_arena *a) { return a->used; }
 
 void kn_arena_reset(kn_arena *a, size_t mark) {
-    /* the bottom chunk is kept so a reset-and-reuse loop does not re-map memory */
-    while (a->top && a->top->prev && a->top->start >= mark) arena_pop(a);
+    /* the bottom chunk stays in place and the largest other one becomes
+     * the spare, so a reset-and-reuse loop does not map (and fault in)
+     * memory again */
+    while (a->top && a->top->prev && a->top->start >= mark) {
+        arena_chunk *c = a->top;
+        a->top = c->prev;
+        if (a->spare && a->spare->size >= c->size) {
+            chunk_free(a, c);
+        } else {
+            chunk_free(a, a->spare);
+            a->spare = c;
+        }
+    }
     a->used = mark;
 }
 
 void kn_arena_release(kn_arena *a) {
     while (a->top) arena_pop(a);
+    kn_arena_trim(a);
     a->used = 0;
 }
 

@@ -68,7 +68,13 @@ int kn_arena_create(kn_arena **out, kn_device dev, kn_err *err);
 void kn_arena_destroy(kn_arena *a);
 void *kn_arena_alloc(kn_arena *a, size_t bytes, kn_err *err);
 size_t kn_arena_mark(const kn_arena *a);
-void kn_arena_reset(kn_arena *a, size_t mark); /* frees everything allocated after mark */
+/* Frees everything allocated after mark; the largest chunk that held it
+ * stays mapped as a spare for later allocations until kn_arena_trim (or
+ * release). */
+void kn_arena_reset(kn_arena *a, size_t mark);
+/* Unmaps the spare chunk: the executor trims after every node, so one
+ * node's scratch high-water mark does not stay resident under the next. */
+void kn_arena_trim(kn_arena *a);
 /* Frees every chunk, the one a reset keeps too (/free: nothing may be allocated from it). */
 void kn_arena_release(kn_arena *a);
 int kn_arena_tensor(kn_arena *a, kn_tensor *t, kn_dtype dtype, int ndim, const int64_t *ne, kn_err *err);
