@@ -9,8 +9,8 @@
 # sd-cli already built: used as is).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-peers=${KN_PEERS:-$root/../peers}
-mirrors=${KN_MIRRORS:-$root/../.mirror}
+peers=$(realpath -m "${KN_PEERS:-$root/../peers}")
+mirrors=$(realpath -m "${KN_MIRRORS:-$root/../.mirror}")
 sd_commit=97d2990807fe6d558e395f8764198d7c7e7b411c
 ggml_commit=8e800cef2948046cc47f9db6090491c6128ca42c
 
