@@ -17,8 +17,7 @@ family=${1:?usage: bench/compare_sdcpp.sh qwen_image|flux|zimage [SIZE...]}
 shift
 [ $# -gt 0 ] || set -- 512
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target kiln model_bench -j2 >/dev/null
+build_targets kiln model_bench
 sdcpp=$("$root/bench/sdcpp_peer.sh" | tail -1)
 
 case $family in

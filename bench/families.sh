@@ -12,8 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/models.sh"
 size=${1:-1024}
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target model_bench -j2 >/dev/null
+build_targets model_bench
 bench="$build/bench/model_bench"
 
 # step NAME MANIFEST BLOCKS1 BLOCKS2 (BLOCKS as make_model.py's --blocks)

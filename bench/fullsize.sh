@@ -42,8 +42,7 @@ if [ "$need" -gt 0 ]; then
     fi
 fi
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target kiln -j2 >/dev/null
+build_targets kiln
 [ "$blocks" = 60 ] && dit_blocks=all || dit_blocks=$blocks
 [ "$layers" = 28 ] && te_layers=all || te_layers=$layers
 writer="$root/bench/make_fp8.py"

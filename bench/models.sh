@@ -7,6 +7,12 @@ dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
 python=${KN_BENCH_PYTHON:-/usr/bin/python3}
 shared=${KN_SHARED:-$root/../shared}
 
+# build_targets TARGET...: configures $build (CPU only) and builds the targets there
+build_targets() {
+    cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
+    cmake --build "$build" --target "$@" -j2 >/dev/null
+}
+
 # make NAME MANIFEST BLOCKS [ARGS]: prints $dir/NAME.safetensors, written
 # once from shared/bench's manifest (BLOCKS as make_model.py's --blocks, or all)
 # by make_model.py (ARGS e.g. --dtype bf16), or by $writer when set (a script

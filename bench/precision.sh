@@ -12,8 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/models.sh"
 size=${1:-1024}
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target model_bench -j2 >/dev/null
+build_targets model_bench
 bench="$build/bench/model_bench"
 grep -m1 'model name' /proc/cpuinfo
 echo "bf16 dot product: $(grep -q avx512_bf16 /proc/cpuinfo && echo 'avx512_bf16' || echo 'none (BF16 emulated)')"

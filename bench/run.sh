@@ -7,15 +7,11 @@
 #      KN_BENCH_PYTHON (a python3 with numpy, default /usr/bin/python3).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="$root/build-bench"
-dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
-python=${KN_BENCH_PYTHON:-/usr/bin/python3}
-shared=${KN_SHARED:-$root/../shared} # the shared folder beside the checkout
+. "$root/bench/models.sh"
 # OpenBLAS picks its kernels by core type; keep the caller's choice, default Haswell (AVX2).
 export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}"
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target kiln_bench -j2 >/dev/null
+build_targets kiln_bench
 
 model="$dir/qwen_image_dit_1block_bf16.safetensors"
 if [ ! -f "$model" ]; then

@@ -14,18 +14,14 @@
 # Env: KN_BENCH_DIR, KN_BENCH_REPS, KN_BENCH_PYTHON, KN_SHARED (as families.sh).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="$root/build-bench"
-dir=${KN_BENCH_DIR:-/tmp/kiln-bench}
-python=${KN_BENCH_PYTHON:-/usr/bin/python3}
-shared=${KN_SHARED:-$root/../shared}
+. "$root/bench/models.sh"
 size=${1:-1024}
 blocks=${2:-2}
 mode=${3:-auto}
 text=256
 width=3072
 
-cmake -S "$root" -B "$build" -DKN_CUDA=OFF >/dev/null
-cmake --build "$build" --target model_bench -j2 >/dev/null
+build_targets model_bench
 bench="$build/bench/model_bench"
 mkdir -p "$dir"
 model="$dir/qwen_image_$blocks.safetensors"
