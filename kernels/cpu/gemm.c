@@ -344,22 +344,22 @@ static inline __m512 pairs_of(const float *p) {
     return (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
 }
 
-/* dst[m][t] = pair(x[m][2t], x[m][2t + 1]) for M rows of K floats, rows
- * (K + 1) / 2 pairs apart; an odd K's last pair is padded with zero. */
-static void rows_to_pairs(float *dst, const float *x, int64_t M, int64_t K) {
-    int64_t kp = (K + 1) / 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++) {
-        const float *r = x + m * K;
-        float *d = dst + m * kp;
-        int64_t k = 0;
-        for (; k + 32 <= K; k += 32) _mm512_storeu_ps(d + k / 2, pairs_of(r + k));
-        if (k < K) {
-            float t[32] = {0};
-            memcpy(t, r + k, (size_t)(K - k) * sizeof(float));
-            _mm512_mask_storeu_ps(d + k / 2, (__mmask16)((1u << ((K - k + 1) / 2)) - 1), pairs_of(t));
-        }
+/* d[t] = pair(r[2t], r[2t + 1]) for a row of K floats; an odd K's last pair
+ * is padded with zero. */
+static void row_to_pairs(float *d, const float *r, int64_t K) {
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) _mm512_storeu_ps(d + k / 2, pairs_of(r + k));
+    if (k < K) {
+        float t[32] = {0};
+        memcpy(t, r + k, (size_t)(K - k) * sizeof(float));
+        _mm512_mask_storeu_ps(d + k / 2, (__mmask16)((1u << ((K - k + 1) / 2)) - 1), pairs_of(t));
     }
+}
+
+/* M rows of K floats as rows of (K + 1) / 2 pairs. */
+static void rows_to_pairs(float *dst, const float *x, int64_t M, int64_t K) {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; m++) row_to_pairs(dst + m * ((K + 1) / 2), x + m * K, K);
 }
 
 /* 16 pairs (lo[i], hi[i]) rounded to bf16. */
@@ -405,6 +405,23 @@ void kn_gemm_panel_pairs(float *dst, const float *s, int64_t rows) {
         for (int j = 0; j < NR; j += VL) {
             __m512 hi = 2 * t + 1 < rows ? _mm512_loadu_ps(s + (2 * t + 1) * NR + j) : _mm512_setzero_ps();
             _mm512_storeu_ps(dst + t * NR + j, pairs16(_mm512_loadu_ps(s + 2 * t * NR + j), hi));
+        }
+}
+
+/* B panels of pairs from a row-major B [K, N] (rows ldb apart), b at the
+ * block's first row: dst[p][t][j] = pair(B(2t, p*NR + j), B(2t + 1, ..)) for
+ * kcp pairs, zero past kn rows and cols columns. */
+static void pack_b_pairs_rows(float *dst, const float *b, int64_t ldb, int64_t kcp, int64_t kn, int64_t cols) {
+    for (int64_t p = 0; p < cols; p += NR, dst += NR * kcp)
+        for (int j = 0; j < NR; j += VL) {
+            int64_t n = cols - p - j < VL ? cols - p - j : VL;
+            __mmask16 m = (__mmask16)(n <= 0 ? 0 : n >= VL ? 0xffffu : (1u << n) - 1);
+            for (int64_t t = 0; t < kcp; t++) {
+                const float *r = b + 2 * t * ldb + p + j;
+                __m512 lo = 2 * t < kn ? _mm512_maskz_loadu_ps(m, r) : _mm512_setzero_ps();
+                __m512 hi = 2 * t + 1 < kn ? _mm512_maskz_loadu_ps(m, r + ldb) : _mm512_setzero_ps();
+                _mm512_storeu_ps(dst + t * NR + j, pairs16(lo, hi));
+            }
         }
 }
 
@@ -515,7 +532,9 @@ static const char *b_at(const gemm_job *g, int64_t k, int64_t n) {
 static void pack_b_block(const gemm_job *g, float *dst, int64_t pc, int64_t kc, int64_t n0, int64_t nc) {
 #if KN_GEMM_BF16
     if (g->pairs) {
-        kn_gemm_pack_b_pairs(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, kc, min64(2 * kc, g->kvals - 2 * pc), nc);
+        int64_t kn = min64(2 * kc, g->kvals - 2 * pc);
+        if (g->trans_b) kn_gemm_pack_b_pairs(dst, b_at(g, pc, n0), g->b_type, g->b_scale, g->ldb, kc, kn, nc);
+        else pack_b_pairs_rows(dst, (const float *)b_at(g, pc, n0), g->ldb, kc, kn, nc); /* f32 B only */
         return;
     }
 #endif
@@ -612,6 +631,30 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     if (!buf) return kn_fail(err, KN_ERR_NOMEM, "gemm %lld x %lld x %lld: out of memory for packing", (long long)M,
                              (long long)N, (long long)K);
     gemm_job g = {M, N, K, A, lda, B, KN_F32, 1.0f, ldb, trans_b, 0, beta, NULL, C, ldc, NULL, NULL, 0, K};
+    gemm_run(&g, buf);
+    free(buf);
+    return KN_OK;
+}
+
+int kn_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                     float beta, float *C, int64_t ldc, kn_err *err) {
+#if KN_GEMM_BF16
+    int64_t ka = (K + 1) / 2; /* A's row as pairs */
+#else
+    int64_t ka = K; /* A's row rounded */
+#endif
+    size_t nf = gemm_buffer_floats(M, N, ka), na = (size_t)M * (size_t)ka;
+    float *buf = aligned_alloc(64, ((nf + na) * sizeof(float) + 63) & ~(size_t)63);
+    if (!buf) return kn_fail(err, KN_ERR_NOMEM, "bf16 gemm %lld x %lld x %lld: out of memory for packing",
+                             (long long)M, (long long)N, (long long)K);
+    float *a = buf + nf;
+#if KN_GEMM_BF16
+    for (int64_t m = 0; m < M; m++) row_to_pairs(a + m * ka, A + m * lda, K);
+    gemm_job g = {M, N, ka, a, ka, B, KN_F32, 1.0f, ldb, 0, 0, beta, NULL, C, ldc, NULL, NULL, 1, K};
+#else
+    for (int64_t m = 0; m < M; m++) round_to_bf16(a + m * K, A + m * lda, K);
+    gemm_job g = {M, N, K, a, K, B, KN_F32, 1.0f, ldb, 0, 1, beta, NULL, C, ldc, NULL, NULL, 0, K};
+#endif
     gemm_run(&g, buf);
     free(buf);
     return KN_OK;

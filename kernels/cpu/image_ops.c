@@ -142,6 +142,7 @@ typedef struct conv_job {
     int64_t co0, pc;     /* output channels of this panel */
     int64_t tile, ntiles;
     int pointwise;
+    int bf16;            /* BF16 precision: weights and inputs rounded to bf16 in the GEMM */
 } conv_job;
 
 /* panel[slot(k)][c][:] = w[co0 + c, :, k, :, :] as F32, for the taps some output frame reads. */
@@ -182,7 +183,8 @@ static int conv_task(const conv_job *j, int64_t task, float *col, kn_err *err) {
             ldb = np;
         }
         const float *wk = j->panel + j->tap_slot[k] * j->panel_rows * g->k;
-        int rc = kn_cpu_gemm_f32(j->pc, np, g->k, wk, g->k, 0, bm, ldb, beta, yc, g->y_cs, err);
+        int rc = j->bf16 ? kn_cpu_gemm_bf16(j->pc, np, g->k, wk, g->k, bm, ldb, beta, yc, g->y_cs, err)
+                         : kn_cpu_gemm_f32(j->pc, np, g->k, wk, g->k, 0, bm, ldb, beta, yc, g->y_cs, err);
         if (rc) return rc;
         beta = 1.0f;
     }
@@ -222,6 +224,7 @@ static int conv_run(kn_ctx *ctx, conv_job *j, const kn_tensor *w, const kn_tenso
     }
     if (widen_small(ctx, bias, &j->bias)) return ctx->err.code;
     j->pointwise = conv_is_pointwise(g);
+    j->bf16 = ctx->precision == KN_PREC_BF16;
     j->tile = conv_tile_pixels(g, threads);
     j->ntiles = (g->pixels + j->tile - 1) / j->tile;
     j->panel_rows = min64(g->cout, max64(1, CONV_PANEL_BYTES / (max64(taps, 1) * g->k * (int64_t)sizeof(float))));

@@ -4,7 +4,8 @@
  * geometry the VAEs use (padding 1, ZeroPad2d(0, 1, 0, 1) + stride 2, fused
  * nearest upsampling, 1x1, causal temporal kernels with and without frame
  * stride) and a few they do not (5x5, asymmetric padding, batches), with F32,
- * BF16 and F16 weights, and are compared with kn_ref_conv3d on the widened
+ * BF16 and F16 weights (and again in BF16 precision against the reference
+ * on bf16-rounded inputs), and are compared with kn_ref_conv3d on the widened
  * weights. The other ops are checked element by element; shape errors must
  * name the offending tensor. */
 #include <math.h>
@@ -88,7 +89,14 @@ static void test_conv(kn_ctx *ctx, const conv_case *c, kn_dtype wdt) {
     kn_conv_params rp = *p; /* the reference takes resolved defaults */
     rp.stride_h = p->stride_h ? p->stride_h : 1, rp.stride_w = p->stride_w ? p->stride_w : 1;
     rp.stride_t = p->stride_t ? p->stride_t : 1, rp.upsample = p->upsample ? p->upsample : 1;
-    kn_ref_conv3d(&ref, &x, &wx, c->bias ? &bias : NULL, &rp);
+    if (ctx->precision == KN_PREC_BF16) { /* products of bf16 values, exact in f32: the same tolerance */
+        kn_tensor xr, wr, xb = stored_as(&x, KN_BF16, &xr), wb = stored_as(&wx, KN_BF16, &wr);
+        kn_ref_conv3d(&ref, &xr, &wr, c->bias ? &bias : NULL, &rp);
+        kn_tensor *rounded[] = {&xr, &wr, &xb, &wb};
+        for (size_t i = 0; i < 4; i++) kn_tensor_free(rounded[i]);
+    } else {
+        kn_ref_conv3d(&ref, &x, &wx, c->bias ? &bias : NULL, &rp);
+    }
     int rc;
     if (conv2d) {
         kn_tensor x4, w4, y4;
@@ -100,9 +108,10 @@ static void test_conv(kn_ctx *ctx, const conv_case *c, kn_dtype wdt) {
     } else {
         rc = kn_conv3d(ctx, &y, &x, &w, c->bias ? &bias : NULL, p);
     }
-    CHECK(rc == KN_OK, "%s (%s weights): %s", c->what, kn_dtype_name(wdt), ctx->err.msg);
+    const char *prec = ctx->precision == KN_PREC_BF16 ? ", bf16" : "";
+    CHECK(rc == KN_OK, "%s (%s weights%s): %s", c->what, kn_dtype_name(wdt), prec, ctx->err.msg);
     double e = rel_l2(&y, &ref);
-    CHECK(!rc && e < 1e-5, "%s (%s weights): rel L2 %.3e", c->what, kn_dtype_name(wdt), e);
+    CHECK(!rc && e < 1e-5, "%s (%s weights%s): rel L2 %.3e", c->what, kn_dtype_name(wdt), prec, e);
     kn_tensor *all[] = {&x, &w32, &wx, &w, &bias, &y, &ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kn_tensor_free(all[i]);
 }
@@ -257,6 +266,13 @@ int main(void) {
     test_convs(&ctx);
     test_norms(&ctx);
     test_layout_ops(&ctx);
+    kn_ctx_free(&ctx);
+    /* BF16 precision: the convolutions' GEMMs on bf16-rounded weights and inputs */
+    if (kn_ctx_init(&ctx, KN_DEV_CPU, KN_PREC_BF16)) {
+        fprintf(stderr, "kn_ctx_init failed\n");
+        return 1;
+    }
+    test_convs(&ctx);
     kn_ctx_free(&ctx);
     printf("test_image_ops: %d checks, %d failures\n", checks, failures);
     return failures != 0;
