@@ -144,7 +144,6 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
             int nc = nq - p * NR < NR ? (int)(nq - p * NR) : NR;
             panel_softmax(st, nk, k0, q0 + p * NR, g, mask, bias ? bias + p * NR * g->Lk : NULL, nc, w->m + p * NR,
                           w->l + p * NR, w->alpha + p * NR);
-            /* the first block writes O^T; later ones rescale it by alpha as they add */
             if (g->round) kn_gemm_round_bf16(st, nk * NR);
             const float *pt = st;
             int64_t depth = nk, kv0 = k0; /* BK is even: a block starts on a whole pair */
@@ -156,6 +155,7 @@ static void attend_block(const attn_geom *g, const attn_scratch *w, int64_t b, i
                 kv0 = k0 / 2;
             }
 #endif
+            /* the first block writes O^T; later ones rescale it by alpha as they add */
             for (int64_t r = 0; r < g->Dp / MR; r++)
                 micro(depth, vp + r * MR * g->lk + kv0 * MR, pt, w->ot + r * MR * BQ + p * NR, BQ, k0 > 0,
                       w->alpha + p * NR, NULL, MR, NR);
