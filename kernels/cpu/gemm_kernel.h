@@ -59,7 +59,6 @@ void kn_gemm_pack_b(float *dst, const void *b, kn_dtype dtype, float scale, int6
 void kn_gemm_micro(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc, const float *cscale,
                    const float *bias, int mr, int nr);
 
-
 /* x rounded to bf16 values in place: BF16 precision without bf16 units
  * packs f32 panels of the same values the pair kernels would multiply. */
 void kn_gemm_round_bf16(float *x, int64_t n);
