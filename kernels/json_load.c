@@ -187,6 +187,11 @@ json_t *kn_json_loadb(const char *buf, size_t len, json_error_t *e) {
     free(bigs);
     /* jansson counts the bytes it read, the offending one included; Python's char is its offset */
     if (jansson_error && e->position > 0) e->position--;
+    /* jansson quotes the input it stopped at ("invalid escape near '"\<byte>'"):
+     * anything but printable ASCII becomes '?', so the text is valid UTF-8
+     * (error bodies carry it in JSON strings) */
+    for (char *c = e->text; jansson_error && *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
     if (!doc && skip) {
         e->position += (int)skip;
         if (e->line == 1) e->column += 1;

@@ -65,6 +65,14 @@ int main(void) {
     refused("{\"a\":\n \"x\\u0000y\"}", "\\u0000", 2, 4, 9);
     refused("{\"1\": {,}}", "expected", 1, 8, 7);
     refused("\xef\xbb\xbf{,}", "expected", 1, 3, 4);
+    /* jansson quotes the bad input in its message: a stray byte there must
+     * not make the message invalid UTF-8 (error bodies are JSON; found by
+     * fuzz_workflow) */
+    v = load("{\"a\": \"\\\xc3\xa9\"}", &e);
+    int printable = 1;
+    for (const char *c = e.text; *c; c++) printable &= *c >= 0x20 && *c < 0x7f;
+    CHECK(!v && strstr(e.text, "invalid escape") && printable, "escape of a stray byte: '%s'", e.text);
+    json_decref(v);
     printf("test_json_load: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

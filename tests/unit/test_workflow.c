@@ -844,6 +844,9 @@ static void test_mutations(void) {
             free(text);
         }
     }
+    /* a stray byte jansson quotes in its message (fuzz_workflow's crash) */
+    static const char stray[] = "{\"nodes\": [{\"id\": 1, \"type\": \"\\\xc3\xa9\"}]}";
+    run_untrusted(stray, sizeof stray - 1);
 }
 
 int main(void) {
