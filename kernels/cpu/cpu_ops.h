@@ -17,12 +17,16 @@
  * or single-threaded when called inside an OpenMP parallel region. */
 int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int trans_b,
                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc, kn_err *err);
-/* C[M,N] = bf16(A[M,K]) . bf16(B[K,N]) + beta * C: A and B rounded to bf16,
- * products accumulated in f32 (bf16 pairs on vdpbf16ps where the build has
- * AVX512_BF16, the f32 kernel on the rounded values elsewhere). Threads as
- * kn_cpu_gemm_f32. */
-int kn_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, float *C, int64_t ldc, kn_err *err);
+/* A GEMM whose A is packed once and met by many B (a convolution's weight
+ * panel and its pixel tiles): C[M,N] = A[M,K] . B[K,N] + beta * C with B
+ * row-major F32 (rows ldb apart). With bf16, A and B are rounded to bf16 and
+ * the products accumulated in f32 (bf16 pairs on vdpbf16ps where the build
+ * has AVX512_BF16, the f32 kernel on the rounded values elsewhere). Threads
+ * as kn_cpu_gemm_f32. */
+size_t kn_cpu_gemm_packed_a_floats(int64_t M, int64_t K, int bf16);
+void kn_cpu_gemm_pack_a(float *dst, const float *A, int64_t lda, int64_t M, int64_t K, int bf16);
+int kn_cpu_gemm_packed(int64_t M, int64_t N, int64_t K, const float *Apacked, const float *B, int64_t ldb,
+                       float beta, float *C, int64_t ldc, int bf16, kn_err *err);
 
 /* w widened to an F32 tensor in ctx->scratch (the backend's twin of
  * kn_weight_f32: callers have checked that w is contiguous CPU floats). */

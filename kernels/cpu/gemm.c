@@ -502,6 +502,7 @@ typedef struct gemm_job {
      * pairs; B keeps its own layout, kvals values a row */
     int pairs;
     int64_t kvals;
+    const float *apacked; /* A packed whole (kn_cpu_gemm_pack_a), or NULL: packed per block */
 } gemm_job;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -574,10 +575,12 @@ static void gemm_thread(const gemm_job *g, int tid, int nt) {
             const float *bias = pc == 0 ? g->bias : NULL;
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 int64_t mc = min64(MC, m1 - ic);
-                kn_gemm_pack_a(apack, g->a + ic * g->lda + pc, g->lda, 0, mc, kc);
+                const float *ap = apack;
+                if (g->apacked) ap = g->apacked + pc * ((g->M + MR - 1) / MR * MR) + ic * kc; /* as pack_a_all */
+                else kn_gemm_pack_a(apack, g->a + ic * g->lda + pc, g->lda, 0, mc, kc);
                 for (int64_t q = 0; q < ncp; q++)
                     for (int64_t ir = 0; ir < mc; ir += MR)
-                        micro_tile(ks, kc, apack + ir * kc, bpack + q * kc * NR,
+                        micro_tile(ks, kc, ap + ir * kc, bpack + q * kc * NR,
                                    g->c + (ic + ir) * g->ldc + jc + q * NR, g->ldc, acc, NULL,
                                    bias ? bias + jc + q * NR : NULL, (int)min64(MR, mc - ir),
                                    (int)min64(NR, nc - q * NR));
@@ -630,31 +633,42 @@ int kn_cpu_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     float *buf = aligned_alloc(64, (nf * sizeof(float) + 63) & ~(size_t)63);
     if (!buf) return kn_fail(err, KN_ERR_NOMEM, "gemm %lld x %lld x %lld: out of memory for packing", (long long)M,
                              (long long)N, (long long)K);
-    gemm_job g = {M, N, K, A, lda, B, KN_F32, 1.0f, ldb, trans_b, 0, beta, NULL, C, ldc, NULL, NULL, 0, K};
+    gemm_job g = {M, N, K, A, lda, B, KN_F32, 1.0f, ldb, trans_b, 0, beta, NULL, C, ldc, NULL, NULL, 0, K, NULL};
     gemm_run(&g, buf);
     free(buf);
     return KN_OK;
 }
 
-int kn_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, float *C, int64_t ldc, kn_err *err) {
+size_t kn_cpu_gemm_packed_a_floats(int64_t M, int64_t K, int bf16) {
+    return (size_t)kn_gemm_packed_a_size(M, bf16 && KN_GEMM_BF16 ? (K + 1) / 2 : K);
+}
+
+/* Each KC block of A's packed elements in turn, all M rows: the block at
+ * (packed) depth pc starts pc x M-rounded-to-MR floats in, as gemm_thread
+ * reads it. */
+void kn_cpu_gemm_pack_a(float *dst, const float *A, int64_t lda, int64_t M, int64_t K, int bf16) {
+    int64_t mp = (M + MR - 1) / MR * MR;
 #if KN_GEMM_BF16
-    int64_t ka = (K + 1) / 2; /* A's row as pairs */
-#else
-    int64_t ka = K; /* A's row rounded */
+    if (bf16) {
+        for (int64_t pc = 0; pc < (K + 1) / 2; pc += KC)
+            kn_gemm_pack_a_pairs(dst + pc * mp, A + 2 * pc, lda, 0, M, min64(2 * KC, K - 2 * pc));
+        return;
+    }
 #endif
-    size_t nf = gemm_buffer_floats(M, N, ka), na = (size_t)M * (size_t)ka;
-    float *buf = aligned_alloc(64, ((nf + na) * sizeof(float) + 63) & ~(size_t)63);
-    if (!buf) return kn_fail(err, KN_ERR_NOMEM, "bf16 gemm %lld x %lld x %lld: out of memory for packing",
-                             (long long)M, (long long)N, (long long)K);
-    float *a = buf + nf;
-#if KN_GEMM_BF16
-    for (int64_t m = 0; m < M; m++) row_to_pairs(a + m * ka, A + m * lda, K);
-    gemm_job g = {M, N, ka, a, ka, B, KN_F32, 1.0f, ldb, 0, 0, beta, NULL, C, ldc, NULL, NULL, 1, K};
-#else
-    for (int64_t m = 0; m < M; m++) round_to_bf16(a + m * K, A + m * lda, K);
-    gemm_job g = {M, N, K, a, K, B, KN_F32, 1.0f, ldb, 0, 1, beta, NULL, C, ldc, NULL, NULL, 0, K};
-#endif
+    for (int64_t pc = 0; pc < K; pc += KC) kn_gemm_pack_a(dst + pc * mp, A + pc, lda, 0, M, min64(KC, K - pc));
+    if (bf16) kn_gemm_round_bf16(dst, kn_gemm_packed_a_size(M, K));
+}
+
+int kn_cpu_gemm_packed(int64_t M, int64_t N, int64_t K, const float *Apacked, const float *B, int64_t ldb,
+                       float beta, float *C, int64_t ldc, int bf16, kn_err *err) {
+    int pairs = bf16 && KN_GEMM_BF16;
+    int64_t ke = pairs ? (K + 1) / 2 : K; /* packed depth */
+    size_t nf = gemm_buffer_floats(M, N, ke);
+    float *buf = aligned_alloc(64, (nf * sizeof(float) + 63) & ~(size_t)63);
+    if (!buf) return kn_fail(err, KN_ERR_NOMEM, "gemm %lld x %lld x %lld: out of memory for packing", (long long)M,
+                             (long long)N, (long long)K);
+    gemm_job g = {M, N, ke, NULL, 0, B, KN_F32, 1.0f, ldb, 0, bf16 && !pairs, beta, NULL, C, ldc, NULL, NULL,
+                  pairs, K, Apacked};
     gemm_run(&g, buf);
     free(buf);
     return KN_OK;
@@ -766,7 +780,8 @@ int kn_cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     kn_tensor bf;
     int rc = bias ? kn_cpu_weight_f32(ctx, &bf, bias) : KN_OK;
     if (rc == KN_OK && bias) bd = bf.data;
-    gemm_job g = {M, N, K, x->data, K, w->data, w->dtype, w->scale, K, 1, 0, 0.0f, bd, y->data, N, NULL, NULL, 0, K};
+    gemm_job g = {M, N, K, x->data, K, w->data, w->dtype, w->scale, K, 1, 0, 0.0f, bd, y->data, N, NULL, NULL, 0, K,
+                  NULL};
     if (rc == KN_OK && ctx->precision == KN_PREC_BF16) rc = bf16_inputs(ctx, &g);
     if (rc == KN_OK) rc = linear_run(ctx, &g);
     kn_arena_reset(ctx->scratch, mark);

@@ -137,6 +137,8 @@ typedef struct conv_job {
     float *y;
     const float *bias;   /* [cout] or NULL */
     const float *panel;  /* [taps][panel_rows][k]: widened weights of channels co0.. */
+    const float *packed; /* [taps][packed_floats]: the panel packed once for the GEMM */
+    size_t packed_floats;
     int64_t panel_rows;  /* allocated rows per tap */
     int tap_slot[CONV_MAX_TAPS]; /* panel slot of each temporal tap, -1 when no frame reads it */
     int64_t co0, pc;     /* output channels of this panel */
@@ -182,9 +184,8 @@ static int conv_task(const conv_job *j, int64_t task, float *col, kn_err *err) {
             bm = col;
             ldb = np;
         }
-        const float *wk = j->panel + j->tap_slot[k] * j->panel_rows * g->k;
-        int rc = j->bf16 ? kn_cpu_gemm_bf16(j->pc, np, g->k, wk, g->k, bm, ldb, beta, yc, g->y_cs, err)
-                         : kn_cpu_gemm_f32(j->pc, np, g->k, wk, g->k, 0, bm, ldb, beta, yc, g->y_cs, err);
+        const float *wk = j->packed + (size_t)j->tap_slot[k] * j->packed_floats;
+        int rc = kn_cpu_gemm_packed(j->pc, np, g->k, wk, bm, ldb, beta, yc, g->y_cs, j->bf16, err);
         if (rc) return rc;
         beta = 1.0f;
     }
@@ -229,14 +230,21 @@ static int conv_run(kn_ctx *ctx, conv_job *j, const kn_tensor *w, const kn_tenso
     j->ntiles = (g->pixels + j->tile - 1) / j->tile;
     j->panel_rows = min64(g->cout, max64(1, CONV_PANEL_BYTES / (max64(taps, 1) * g->k * (int64_t)sizeof(float))));
     float *panel = scratch_floats(ctx, max64(taps, 1) * j->panel_rows * g->k);
+    j->packed_floats = kn_cpu_gemm_packed_a_floats(j->panel_rows, g->k, j->bf16);
+    float *packed = scratch_floats(ctx, max64(taps, 1) * (int64_t)j->packed_floats);
     float *cols = j->pointwise ? NULL : scratch_floats(ctx, (int64_t)threads * g->k * j->tile);
-    if (!panel || (!j->pointwise && !cols)) return ctx->err.code;
+    if (!panel || !packed || (!j->pointwise && !cols)) return ctx->err.code;
     j->panel = panel;
+    j->packed = packed;
     const int64_t ntasks = g->b * g->to * j->ntiles;
     int status = KN_OK;
     for (j->co0 = 0; j->co0 < g->cout && !status; j->co0 += j->panel_rows) {
         j->pc = min64(j->panel_rows, g->cout - j->co0);
         widen_panel(panel, j, w);
+        /* packed once here, not again by every pixel tile's GEMM */
+        for (int k = 0; k < taps; k++)
+            kn_cpu_gemm_pack_a(packed + (size_t)k * j->packed_floats, panel + k * j->panel_rows * g->k, g->k, j->pc,
+                               g->k, j->bf16);
         #pragma omp parallel for schedule(dynamic)
         for (int64_t task = 0; task < ntasks; task++) {
             kn_err task_err;
