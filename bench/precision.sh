@@ -11,11 +11,11 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/models.sh"
 size=${1:-1024}
+grep -m1 'model name' /proc/cpuinfo
+echo "bf16 dot product: $(grep -q avx512_bf16 /proc/cpuinfo && echo 'avx512_bf16' || echo 'none (BF16 emulated)')"
 
 build_targets model_bench
 bench="$build/bench/model_bench"
-grep -m1 'model name' /proc/cpuinfo
-echo "bf16 dot product: $(grep -q avx512_bf16 /proc/cpuinfo && echo 'avx512_bf16' || echo 'none (BF16 emulated)')"
 
 # seconds PRECISION ARGS...: the median time model_bench prints
 seconds() {
