@@ -117,7 +117,10 @@ async function comfyUiSdk(promptJson) {
     .setOutputNode("images", "60")
     .input("positive", "a red fox in the snow")
     .input("seed", seed())
-    .input("step", 2)
+    // enough steps to outlast the /prompt reply: the SDK drops progress and
+    // previews until it has the prompt id, and 2 tiny steps can finish first
+    // on a loaded machine (ComfyUI's own server races the same way)
+    .input("step", 12)
     .input("width", 64)
     .input("height", 64);
   let previews = 0, progress = 0, outputs = 0;
