@@ -400,14 +400,6 @@ void kn_gemm_pack_a_pairs(float *dst, const float *a, int64_t lda, int trans, in
     }
 }
 
-void kn_gemm_panel_pairs(float *dst, const float *s, int64_t rows) {
-    for (int64_t t = 0; t < (rows + 1) / 2; t++)
-        for (int j = 0; j < NR; j += VL) {
-            __m512 hi = 2 * t + 1 < rows ? _mm512_loadu_ps(s + (2 * t + 1) * NR + j) : _mm512_setzero_ps();
-            _mm512_storeu_ps(dst + t * NR + j, pairs16(_mm512_loadu_ps(s + 2 * t * NR + j), hi));
-        }
-}
-
 /* B panels of pairs from a row-major B [K, N] (rows ldb apart), b at the
  * block's first row: dst[p][t][j] = pair(B(2t, p*NR + j), B(2t + 1, ..)) for
  * kcp pairs, zero past kn rows and cols columns. */
@@ -423,6 +415,10 @@ static void pack_b_pairs_rows(float *dst, const float *b, int64_t ldb, int64_t k
                 _mm512_storeu_ps(dst + t * NR + j, pairs16(lo, hi));
             }
         }
+}
+
+void kn_gemm_panel_pairs(float *dst, const float *s, int64_t rows) {
+    pack_b_pairs_rows(dst, s, NR, (rows + 1) / 2, rows, NR);
 }
 
 void kn_gemm_micro_bf16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc,
